@@ -1,0 +1,33 @@
+"""The three MIVA attention processors and the functions that install them and manage their adapters."""
+
+from .adapter_config import MIVAAdapterConfig
+from .context import MIVAContext
+from .cross_attention import MIVACrossAttnProcessor
+from .install import (
+    add_miva_adapter,
+    delete_miva_adapter,
+    get_miva_adapter_modules,
+    get_miva_context,
+    install_miva_processors,
+    set_miva_adapters,
+    set_parallel_mode,
+)
+from .lora import LoRADelta
+from .self_attention import MIVASelfAttnProcessor
+from .temporal_attention import MIVATemporalAttnProcessor
+
+__all__ = [
+    "LoRADelta",
+    "MIVAAdapterConfig",
+    "MIVAContext",
+    "MIVACrossAttnProcessor",
+    "MIVASelfAttnProcessor",
+    "MIVATemporalAttnProcessor",
+    "add_miva_adapter",
+    "delete_miva_adapter",
+    "get_miva_adapter_modules",
+    "get_miva_context",
+    "install_miva_processors",
+    "set_miva_adapters",
+    "set_parallel_mode",
+]

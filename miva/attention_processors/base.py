@@ -1,0 +1,57 @@
+"""What the three MIVA processors have in common: a bank of named adapters and the shared context."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .adapter_config import MIVAAdapterConfig
+from .context import MIVAContext
+
+
+class MIVAProcessorBase(nn.Module):
+    """A diffusers attention processor that is also an `nn.Module` holding adapters by name.
+
+    Being a submodule of the `Attention` it serves, its adapter weights appear in `unet.state_dict()` under
+    `<layer>.processor.adapters.<name>.<part>` and follow `.to()`, dtype casts and `accelerate.prepare`.
+    """
+
+    def __init__(self, context: MIVAContext, layer_name: str = ""):
+        super().__init__()
+        self.adapters = nn.ModuleDict()
+        self.layer_name = layer_name
+        # A plain attribute (not a submodule): the context is shared and holds no parameters.
+        object.__setattr__(self, "context", context)
+
+    def build_adapter(self, attn, name: str, config: MIVAAdapterConfig) -> nn.Module | None:
+        """Return the module holding `config`'s part for this layer, or None when the adapter has none here."""
+        raise NotImplementedError
+
+    def add_adapter(self, attn, name: str, config: MIVAAdapterConfig) -> None:
+        module = self.build_adapter(attn, name, config)
+        if module is not None:
+            weight = attn.to_q.weight
+            self.adapters[name] = module.to(device=weight.device, dtype=weight.dtype)
+
+    def remove_adapter(self, name: str) -> None:
+        if name in self.adapters:
+            del self.adapters[name]
+
+
+def mix_residual(branch_outputs: list[torch.Tensor], weights: list[float], base: torch.Tensor | None) -> torch.Tensor:
+    """`y_base + sum_i w_i (y_i - y_base)` written as `sum_i w_i y_i + (1 - sum_i w_i) y_base`.
+
+    `base` may be None only when the weights sum to 1 (then it cancels and is never computed).
+    """
+    out = branch_outputs[0] * weights[0] if weights[0] != 1.0 else branch_outputs[0]
+    for y, w in zip(branch_outputs[1:], weights[1:]):
+        out = out + y * w
+    rest = 1.0 - sum(weights)
+    if base is not None and rest != 0.0:
+        out = out + base * rest
+    return out
+
+
+def needs_base(weights: list[float]) -> bool:
+    """The frozen base branch matters only when the adapter weights do not sum to one."""
+    return abs(1.0 - sum(weights)) > 1e-12

@@ -1,0 +1,105 @@
+"""The state the MIVA processors of one UNet share, kept up to date by forward hooks (never by globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+PARALLEL_MODES = ("residual", "weights")
+
+
+@dataclass
+class MIVAContext:
+    """Shared by the processors of one `UNetMotionModel` (`unet.miva_context`).
+
+    Per-call values (`num_frames`, `timestep`, `temb`) come from hooks on every UNet forward; the level size `(h, w)`
+    is written by a pre-hook on each spatial `Transformer2DModel` onto its own attention modules (so it stays right
+    under gradient checkpointing, which re-runs single transformer blocks). The pipeline and the loaders set the
+    rest.
+    """
+
+    # Adapter bookkeeping.
+    configs: dict[str, Any] = field(default_factory=dict)  # name -> MIVAAdapterConfig
+    active: list[tuple[str, float]] = field(default_factory=list)  # (name, weight), in prompt-chunk order
+    parallel_mode: str = "residual"
+    enabled: bool = True
+    fused: list[tuple[str, float]] = field(default_factory=list)  # (name, weight) merged into base weights
+    # Per-call values written by hooks.
+    num_frames: int | None = None
+    timestep: torch.Tensor | None = None  # (batch,) as the UNet saw it
+    temb: torch.Tensor | None = None  # (batch, temb_channels), one row per video
+    # Set by the pipeline for one call.
+    adapter_prompts: bool = False  # encoder_hidden_states = [main prompt; one prompt per active adapter] on tokens
+    attention_store: Any = None  # CA-map store with `wants(layer_name)` and `add(...)`
+    # Fixed facts about the UNet.
+    max_frames: int = 32
+    temb_channels: int = 1280
+    processors: dict[str, nn.Module] = field(default_factory=dict)  # layer name -> our processor (kept on re-install)
+    hook_handles: list = field(default_factory=list)
+
+    def active_adapters(self, available: Any, weight_override: list[float] | None = None) -> list[tuple[int, str, float]]:
+        """`(prompt chunk index, name, weight)` of the active adapters found in `available` (a processor's adapters)."""
+        if not self.enabled:
+            return []
+        fused = {name for name, _ in self.fused}
+        chosen = []
+        for index, (name, weight) in enumerate(self.active):
+            if weight_override is not None:
+                weight = weight_override[index]
+            if name in available and name not in fused:
+                chosen.append((index, name, float(weight)))
+        return chosen
+
+
+def _unet_pre_hook(context: MIVAContext):
+    def hook(module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
+        context.num_frames = sample.shape[2]
+        if not torch.is_tensor(timestep):
+            timestep = torch.tensor([timestep], device=sample.device)
+        context.timestep = timestep.reshape(-1).expand(sample.shape[0])
+
+    return hook
+
+
+def _temb_hook(context: MIVAContext):
+    def hook(module, args, output):
+        context.temb = output
+
+    return hook
+
+
+def _spatial_size_hook(attention_modules: list[nn.Module]):
+    def hook(module, args, kwargs):
+        hidden_states = args[0] if args else kwargs["hidden_states"]
+        size = tuple(hidden_states.shape[-2:])  # (batch*frames, channels, h, w) -> (h, w)
+        for attn in attention_modules:
+            attn.miva_spatial_size = size
+
+    return hook
+
+
+def register_context_hooks(unet: nn.Module, context: MIVAContext) -> None:
+    """Attach the hooks that feed `context` (once per UNet)."""
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    if context.hook_handles:
+        return
+    handles = [unet.register_forward_pre_hook(_unet_pre_hook(context), with_kwargs=True)]
+    handles.append(unet.time_embedding.register_forward_hook(_temb_hook(context)))
+    for module in unet.modules():
+        if isinstance(module, Transformer2DModel):
+            attention_modules = [m for m in module.modules() if isinstance(m, Attention)]
+            handles.append(module.register_forward_pre_hook(_spatial_size_hook(attention_modules), with_kwargs=True))
+    context.hook_handles = handles
+
+
+def remove_context_hooks(context: MIVAContext) -> None:
+    for handle in context.hook_handles:
+        handle.remove()
+    context.hook_handles = []

@@ -1,0 +1,295 @@
+"""`MIVACrossAttnProcessor`: CA-LoRA, spatiotemporal Q, Q positional encodings and the implicit prompt."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adapter_config import MIVAAdapterConfig
+from .attention_utils import attend, attention_probs, finish_output, prepare_mask
+from .base import MIVAProcessorBase, needs_base
+from .lora import LoRADelta
+from .positional import encode_key_value, encode_query_input, encode_query_output, pe_uses_kv
+
+
+class ImplicitPrompt(nn.Module):
+    """The paper's final cross-attention: `f(x) = up(GELU(LN(down(W_Q x))))`, no text used. `up` starts at zero."""
+
+    def __init__(self, inner_dim: int, out_dim: int, rank: int = 64):
+        super().__init__()
+        self.down = nn.Linear(inner_dim, rank)
+        self.norm = nn.LayerNorm(rank)
+        self.up = nn.Linear(rank, out_dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, query: torch.Tensor) -> torch.Tensor:
+        """`query` = W_Q x, (batch*frames, tokens, inner_dim) -> (batch*frames, tokens, out_dim)."""
+        return self.up(F.gelu(self.norm(self.down(query))))
+
+
+class CrossAttnAdapter(nn.Module):
+    """One adapter's part at one spatial `attn2`: LoRA deltas on K/V/O (+Q) or an implicit prompt, and how it
+    builds its (spatiotemporal) queries. The out delta reads the attention output (standard placement)."""
+
+    def __init__(self, attn, config: MIVAAdapterConfig):
+        super().__init__()
+        self.implicit = config.ca_mode == "implicit"
+        self.stq = config.spatiotemporal_key
+        self.has_lora = config.use_ca_lora and not self.implicit
+        self.has_q_lora = self.has_lora and config.use_q_lora
+        rank, alpha = config.ca_lora_rank, config.ca_lora_scale
+        if self.has_lora:
+            self.to_k_lora = LoRADelta(attn.to_k.in_features, attn.to_k.out_features, rank, alpha)
+            self.to_v_lora = LoRADelta(attn.to_v.in_features, attn.to_v.out_features, rank, alpha)
+            self.to_out_lora = LoRADelta(attn.to_out[0].in_features, attn.to_out[0].out_features, rank, alpha)
+            if self.has_q_lora:
+                self.to_q_lora = LoRADelta(attn.to_q.in_features, attn.to_q.out_features, rank, alpha)
+        if self.implicit:
+            self.implicit_prompt = ImplicitPrompt(attn.to_q.out_features, attn.to_out[0].out_features,
+                                                  config.implicit_rank)
+
+
+class SpatiotemporalQuery:
+    """Query layout of the spatiotemporal-Q path: fold frames out of the batch, downsample space by `ratio`,
+    flatten to (batch, frames*h'*w', channels) in (frame, row, column) order, and back."""
+
+    def __init__(self, key: tuple):
+        _, self.ratio, self.mode, self.pe_mode, self.pe_style = key
+
+    def grid(self, size: tuple[int, int]) -> tuple[int, int]:
+        return -(-size[0] // self.ratio), -(-size[1] // self.ratio)  # ceil: never collapses a small level
+
+    def downsample(self, x: torch.Tensor, frames: int, size: tuple[int, int]) -> torch.Tensor:
+        """(batch*frames, h*w, C) -> (batch, frames, h', w', C)."""
+        bf, _, channels = x.shape
+        h, w = size
+        x = x.view(bf // frames, frames, h, w, channels)
+        r = self.ratio
+        if r == 1:
+            return x
+        if self.mode == "nearest":  # research: keep every r-th row and column
+            return x[:, :, ::r, ::r]
+        pooled = F.avg_pool2d(x.reshape(bf, h, w, channels).permute(0, 3, 1, 2), r, r, ceil_mode=True)
+        return pooled.permute(0, 2, 3, 1).reshape(bf // frames, frames, *pooled.shape[-2:], channels)
+
+    def upsample(self, y: torch.Tensor, frames: int, size: tuple[int, int]) -> torch.Tensor:
+        """(batch, frames*h'*w', C) -> (batch*frames, h*w, C): each cell to an r x r block, cropped at the edge."""
+        h, w = size
+        hq, wq = self.grid(size)
+        y = y.reshape(-1, hq, wq, y.shape[-1])
+        if self.ratio > 1:
+            y = y.repeat_interleave(self.ratio, dim=1)[:, :h].repeat_interleave(self.ratio, dim=2)[:, :, :w]
+        return y.reshape(-1, h * w, y.shape[-1])
+
+
+class MIVACrossAttnProcessor(MIVAProcessorBase):
+    """Replaces the processor of every spatial `attn2` (text cross-attention). Input `(batch*frames, h*w, C)`.
+
+    `encoder_hidden_states` is `(batch*frames, T*(1+P), D)`: the main prompt's T tokens, then one prompt per active
+    adapter when the pipeline sets `context.adapter_prompts` (P = number of active adapters). With no active adapter
+    this equals diffusers' `AttnProcessor2_0` exactly. `"residual"`: `y_base + sum_i w_i (y_i - y_base)`, the N
+    branches batched into one SDPA call and `y_base` (frozen, main prompt, ordinary queries) computed only when the
+    weights do not sum to 1. `"weights"`: w_i-scaled deltas, one softmax over the adapters' prompts.
+    """
+
+    def __init__(self, context, layer_name: str = ""):
+        super().__init__(context, layer_name)
+        self.ip_adapter = None  # diffusers' IPAdapterAttnProcessor2_0 (its to_k_ip / to_v_ip) after load_ip_adapter
+
+    def build_adapter(self, attn, name, config):
+        return CrossAttnAdapter(attn, config) if config.has_cross_attention_part else None
+
+    # ---------------------------------------------------------------------------------------------- entry point
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 num_frames=None, adapter_weights=None):
+        residual = hidden_states
+        ip_states = None
+        if isinstance(encoder_hidden_states, tuple):
+            encoder_hidden_states, ip_states = encoder_hidden_states
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        ctx = self.context
+        active = ctx.active_adapters(self.adapters, adapter_weights)
+        prompts = self._split_prompts(encoder_hidden_states)
+        frames = num_frames or ctx.num_frames or 1
+        query = attn.to_q(hidden_states)
+
+        if not active:
+            mask = prepare_mask(attn, attention_mask, prompts[0].shape[1], hidden_states.shape[0])
+            key, value = attn.to_k(prompts[0]), attn.to_v(prompts[0])
+            self._store_maps(attn, query, key, frames=frames)
+            out = attn.to_out[0](attend(query, key, value, attn.heads, mask))
+        else:
+            if attention_mask is not None:
+                raise ValueError(f"{self.layer_name}: attention masks are not supported with active MIVA adapters")
+            out = self._adapted(attn, hidden_states, query, prompts, active, frames)
+        if ip_states is not None and self.ip_adapter is not None:
+            out = out + self._ip_adapter_output(attn, query, ip_states)
+        return finish_output(attn, attn.to_out[1](out), residual)
+
+    def _split_prompts(self, text: torch.Tensor) -> list[torch.Tensor]:
+        """[main prompt, adapter 0's prompt, ...] each (batch*frames, T, D)."""
+        if not self.context.adapter_prompts:
+            return [text]
+        chunks = 1 + len(self.context.active)
+        if text.shape[1] % chunks:
+            raise ValueError(f"{self.layer_name}: {text.shape[1]} text tokens cannot hold the main prompt and "
+                             f"{chunks - 1} adapter prompts of equal length")
+        return list(text.chunk(chunks, dim=1))
+
+    def _stq(self, active) -> SpatiotemporalQuery | None:
+        keys = {self.adapters[name].stq for _, name, _ in active}
+        if len(keys) > 1:
+            names = [name for _, name, _ in active]
+            raise ValueError(f"active adapters {names} disagree on spatiotemporal Q / positional encoding "
+                             f"(q_downsample, ratio, mode, ca_pe_mode, pe_style): {sorted(map(str, keys))}")
+        key = keys.pop()
+        return SpatiotemporalQuery(key) if key[0] else None
+
+    # ------------------------------------------------------------------------------------------ adapter paths
+    def _adapted(self, attn, x, query, prompts, active, frames):
+        ctx = self.context
+        stq = self._stq(active)
+        size = getattr(attn, "miva_spatial_size", None) if stq else None
+        if stq and size is None:
+            raise RuntimeError(f"{self.layer_name}: spatiotemporal Q needs the level size; run the whole UNet so the "
+                               "MIVA hooks can record it")
+        plan = _QueryPlan(attn, x, query, frames, stq, size)
+        texts = [prompts[1 + i] if ctx.adapter_prompts else prompts[0] for i, _, _ in active]
+        branches = [(self.adapters[n], w, t) for (_, n, w), t in zip(active, texts)]
+        attention = [b for b in branches if not b[0].implicit]
+        implicit = [(adapter.implicit_prompt(query), w) for adapter, w, _ in branches if adapter.implicit]
+
+        def base():
+            key, value = attn.to_k(prompts[0]), attn.to_v(prompts[0])
+            return attn.to_out[0](attend(query, key, value, attn.heads))
+
+        if ctx.parallel_mode == "weights":
+            # The merged attention is one branch; implicit prompts replace shares of it.
+            y = plan.upsample(self._weights_branch(attn, plan, attention)) if attention else base()
+            for f, w in implicit:
+                y = y + w * (f - y)
+            return y
+        y = plan.upsample(self._residual_branches(attn, plan, attention)) if attention else 0.0
+        for f, w in implicit:
+            y = y + w * f
+        weights = [w for _, w, _ in branches]
+        if needs_base(weights):
+            y = y + (1.0 - sum(weights)) * base()
+        return y
+
+    def _residual_branches(self, attn, plan, attention):
+        """sum_i w_i (W_O a_i + b + dO_i(a_i)), every adapter on its own prompt; one SDPA call for all branches."""
+        qs, ks, vs = [], [], []
+        shared_kv = {}
+        for adapter, _, text in attention:
+            text = plan.per_video(text)
+            if id(text) not in shared_kv:
+                shared_kv[id(text)] = (attn.to_k(text), attn.to_v(text))
+            k, v = shared_kv[id(text)]
+            if adapter.has_lora:
+                k, v = k + adapter.to_k_lora(text), v + adapter.to_v_lora(text)
+            k, v = plan.finish_kv(k, v)
+            q = plan.q_plain + adapter.to_q_lora(plan.x_q) if adapter.has_q_lora else plan.q_plain
+            qs.append(plan.finish_query(q))
+            ks.append(k)
+            vs.append(v)
+        n = len(qs)
+        if n > 1:
+            a = attend(torch.cat(qs), torch.cat(ks), torch.cat(vs), attn.heads)
+        else:
+            a = attend(qs[0], ks[0], vs[0], attn.heads)
+        self._store_maps(attn, qs[0], ks[0], plan)
+        y = attn.to_out[0](a)
+        total = 0.0
+        for (adapter, w, _), a_i, y_i in zip(attention, a.chunk(n), y.chunk(n)):
+            if adapter.has_lora:
+                y_i = y_i + adapter.to_out_lora(a_i)
+            total = total + (y_i if w == 1.0 else y_i * w)
+        return total
+
+    def _weights_branch(self, attn, plan, attention):
+        """One attention with w_i-scaled deltas; with per-adapter prompts one softmax over all their tokens."""
+        q = plan.q_plain
+        for adapter, w, _ in attention:
+            if adapter.has_q_lora:
+                q = q + w * adapter.to_q_lora(plan.x_q)
+        q = plan.finish_query(q)
+        keys, values = [], []
+        for text in dict.fromkeys(plan.per_video(t) for _, _, t in attention):  # one K/V block per distinct prompt
+            k, v = attn.to_k(text), attn.to_v(text)
+            for adapter, w, t in attention:
+                if adapter.has_lora and plan.per_video(t) is text:
+                    k, v = k + w * adapter.to_k_lora(text), v + w * adapter.to_v_lora(text)
+            keys.append(k)
+            values.append(v)
+        k, v = plan.finish_kv(torch.cat(keys, dim=1), torch.cat(values, dim=1))
+        a = attend(q, k, v, attn.heads)
+        self._store_maps(attn, q, k, plan)
+        y = attn.to_out[0](a)
+        for adapter, w, _ in attention:
+            if adapter.has_lora:
+                y = y + w * adapter.to_out_lora(a)
+        return y
+
+    # --------------------------------------------------------------------------------------------- extras
+    def _ip_adapter_output(self, attn, query, ip_states):
+        """diffusers' IP-Adapter term, added before W_O there; W_O is linear, so we add `W_O (sum scale_j a_j)`."""
+        total = 0.0
+        ip = self.ip_adapter
+        for states, scale, to_k_ip, to_v_ip in zip(ip_states, ip.scale, ip.to_k_ip, ip.to_v_ip):
+            scale = scale if not isinstance(scale, (list, tuple)) else scale[0]
+            if scale == 0:
+                continue
+            total = total + scale * attend(query, to_k_ip(states), to_v_ip(states), attn.heads)
+        if not torch.is_tensor(total):
+            return 0.0
+        return F.linear(total, attn.to_out[0].weight)
+
+    def _store_maps(self, attn, query, key, plan=None, frames=None):
+        store = self.context.attention_store
+        if store is None or not store.wants(self.layer_name):
+            return
+        text_tokens = getattr(store, "text_tokens", None) or key.shape[1]
+        probs = attention_probs(query, key[:, :text_tokens], attn.heads)
+        if plan is None or plan.stq is None:
+            size = getattr(attn, "miva_spatial_size", None)
+            frames = frames if plan is None else plan.frames
+            store.add(self.layer_name, probs, num_frames=frames, size=size, spatiotemporal=False)
+        else:
+            store.add(self.layer_name, probs, num_frames=plan.frames, size=plan.grid, spatiotemporal=True)
+
+
+class _QueryPlan:
+    """The query side of one adapted cross-attention call: ordinary queries, or spatiotemporal ones
+    (downsampled, positionally encoded, (batch, frames*h'*w', C)) with the matching text rows (one per video)."""
+
+    def __init__(self, attn, x, query, frames, stq: SpatiotemporalQuery | None, size):
+        self.attn, self.frames, self.stq, self.size = attn, frames, stq, size
+        if stq is None:
+            self.x_q, self.q_plain, self.grid = x, query, None
+        else:
+            self.grid = stq.grid(size)
+            self.x_q = encode_query_input(stq.downsample(x, frames, size), stq.pe_mode, stq.pe_style)
+            self.q_plain = attn.to_q(self.x_q)
+
+    def per_video(self, text: torch.Tensor) -> torch.Tensor:
+        """Text rows are repeated per frame; the spatiotemporal path needs one per video."""
+        return text if self.stq is None else text[:: self.frames]
+
+    def finish_query(self, q: torch.Tensor) -> torch.Tensor:
+        if self.stq is None:
+            return q
+        return encode_query_output(q, self.x_q, (self.frames, *self.grid), self.stq.pe_mode, self.stq.pe_style)
+
+    def finish_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.stq is not None and pe_uses_kv(self.stq.pe_mode):
+            return encode_key_value(k, v, self.frames, self.stq.pe_mode, self.stq.pe_style)
+        return k, v
+
+    def upsample(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self.stq is None else self.stq.upsample(y, self.frames, self.size)

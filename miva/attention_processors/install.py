@@ -1,0 +1,159 @@
+"""Putting the MIVA processors on a `UNetMotionModel` and managing its adapters by name."""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from .adapter_config import MIVAAdapterConfig
+from .attention_utils import check_supported_attention
+from .base import MIVAProcessorBase
+from .context import PARALLEL_MODES, MIVAContext, register_context_hooks
+from .cross_attention import MIVACrossAttnProcessor
+from .self_attention import MIVASelfAttnProcessor
+from .temporal_attention import MIVATemporalAttnProcessor
+
+_ADAPTER_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+def processor_kind(layer_name: str) -> type[MIVAProcessorBase] | None:
+    """Which MIVA processor serves the layer `layer_name` (a key of `unet.attn_processors`).
+
+    Motion modules' attn1 *and* attn2 are temporal self-attention; spatial attn1 is self-attention, spatial attn2
+    cross-attention. Anything else (none in SD1.5) keeps its processor.
+    """
+    if ".motion_modules." in layer_name or layer_name.startswith("motion_modules."):
+        return MIVATemporalAttnProcessor
+    if layer_name.endswith("attn1.processor"):
+        return MIVASelfAttnProcessor
+    if layer_name.endswith("attn2.processor"):
+        return MIVACrossAttnProcessor
+    return None
+
+
+def _attention_modules(unet: nn.Module) -> dict[str, nn.Module]:
+    """`unet.attn_processors` key -> the `Attention` module it belongs to."""
+    return {f"{name}.processor": module for name, module in unet.named_modules() if hasattr(module, "set_processor")}
+
+
+def get_miva_context(unet: nn.Module) -> MIVAContext:
+    context = getattr(unet, "miva_context", None)
+    if context is None:
+        raise ValueError("MIVA processors are not installed on this UNet: call install_miva_processors(unet) first")
+    return context
+
+
+def install_miva_processors(unet: nn.Module, parallel_mode: str | None = None) -> MIVAContext:
+    """Put `MIVASelfAttnProcessor`, `MIVACrossAttnProcessor` and `MIVATemporalAttnProcessor` on every matching
+    layer of `unet` and return the shared `MIVAContext` (`unet.miva_context`).
+
+    Idempotent, and safe after diffusers calls that replaced processors (`fuse_qkv_projections`, `load_ip_adapter`,
+    xformers, ...): the processors created the first time, with their adapters, are put back. An IP-Adapter
+    processor found on a cross-attention layer is kept inside ours.
+    """
+    context = getattr(unet, "miva_context", None)
+    if context is None:
+        config = getattr(unet, "config", {})
+        context = MIVAContext(
+            max_frames=int(getattr(config, "motion_max_seq_length", None) or 32),
+            temb_channels=unet.time_embedding.linear_2.out_features,
+        )
+        unet.miva_context = context
+    if parallel_mode is not None:
+        set_parallel_mode(unet, parallel_mode)
+    modules = _attention_modules(unet)
+    current = unet.attn_processors
+    ours = {}
+    for name, processor in current.items():
+        kind = processor_kind(name)
+        if kind is None:
+            continue
+        if not isinstance(processor, MIVAProcessorBase):
+            check_supported_attention(modules[name], name)
+        new = context.processors.get(name)
+        if new is None:
+            new = processor if isinstance(processor, kind) else kind(context, layer_name=name)
+            if new is not processor:  # adapters registered before this layer existed
+                for adapter_name, adapter_config in context.configs.items():
+                    new.add_adapter(modules[name], adapter_name, adapter_config)
+        if kind is MIVACrossAttnProcessor and hasattr(processor, "to_k_ip"):
+            new.ip_adapter = processor
+        context.processors[name] = new
+        ours[name] = new
+    if any(current[name] is not proc for name, proc in ours.items()):
+        unet.set_attn_processor({**current, **ours})  # diffusers wants every layer; it empties the dict it gets
+    register_context_hooks(unet, context)
+    return context
+
+
+def add_miva_adapter(unet: nn.Module, name: str, config: MIVAAdapterConfig) -> None:
+    """Create adapter `name`'s modules in every processor (zero-initialised: a no-op until trained or loaded).
+
+    The adapter is not activated; use `set_miva_adapters`.
+    """
+    if not isinstance(config, MIVAAdapterConfig):
+        raise TypeError(f"config must be a MIVAAdapterConfig, got {type(config).__name__}")
+    if not isinstance(name, str) or not _ADAPTER_NAME.match(name):
+        raise ValueError(f"adapter name {name!r} must be a non-empty string of letters, digits, '_' or '-'")
+    context = getattr(unet, "miva_context", None) or install_miva_processors(unet)
+    if name in context.configs:
+        raise ValueError(f"an adapter named {name!r} already exists; loaded adapters: {list(context.configs)}")
+    modules = _attention_modules(unet)
+    for layer_name, processor in context.processors.items():
+        processor.add_adapter(modules[layer_name], name, config)
+    context.configs[name] = config
+
+
+def delete_miva_adapter(unet: nn.Module, name: str) -> None:
+    """Remove adapter `name`'s modules everywhere (and from the active set)."""
+    context = get_miva_context(unet)
+    if name not in context.configs:
+        raise ValueError(f"no adapter named {name!r}; loaded adapters: {list(context.configs)}")
+    for processor in context.processors.values():
+        processor.remove_adapter(name)
+    del context.configs[name]
+    context.active = [(n, w) for n, w in context.active if n != name]
+
+
+def set_miva_adapters(unet: nn.Module, names: str | list[str], weights: float | list[float] | None = None,
+                      parallel_mode: str | None = None) -> None:
+    """Choose the active adapters, in order (the order of per-adapter prompts), and their weights (default 1).
+
+    A weight may be 0; adapters not named are inactive and cost nothing.
+    """
+    context = get_miva_context(unet)
+    names = [names] if isinstance(names, str) else list(names)
+    if weights is None:
+        weights = [1.0] * len(names)
+    elif isinstance(weights, (int, float)):
+        weights = [float(weights)] * len(names)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(names):
+        raise ValueError(f"adapter_weights has {len(weights)} entries but {len(names)} adapters were named: {names}")
+    unknown = [n for n in names if n not in context.configs]
+    if unknown:
+        raise ValueError(f"unknown adapter {unknown[0]!r}; loaded adapters: {list(context.configs)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"adapter names must be distinct, got {names}")
+    keys = {context.configs[n].spatiotemporal_key for n in names if context.configs[n].has_cross_attention_part}
+    if len(keys) > 1:
+        raise ValueError(f"adapters {names} disagree on spatiotemporal Q / positional encoding (q_downsample, "
+                         f"q_downsample_ratio, q_downsample_mode, ca_pe_mode, pe_style) and cannot be active together")
+    if context.fused:
+        raise ValueError("adapters are fused into the base weights; call unfuse_miva_adapters(unet) first")
+    if parallel_mode is not None:
+        set_parallel_mode(unet, parallel_mode)
+    context.active = list(zip(names, weights))
+
+
+def set_parallel_mode(unet: nn.Module, parallel_mode: str) -> None:
+    if parallel_mode not in PARALLEL_MODES:
+        raise ValueError(f"parallel_mode={parallel_mode!r} is not one of {list(PARALLEL_MODES)}")
+    get_miva_context(unet).parallel_mode = parallel_mode
+
+
+def get_miva_adapter_modules(unet: nn.Module, name: str) -> dict[str, nn.Module]:
+    """`layer name -> adapter module` for adapter `name` (layers where it has a part)."""
+    context = get_miva_context(unet)
+    return {layer: proc.adapters[name] for layer, proc in context.processors.items() if name in proc.adapters}

@@ -1,0 +1,138 @@
+"""`MIVASelfAttnProcessor`: frozen spatial self-attention plus the I2V / cross-frame adapter branch(es)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adapter_config import MIVAAdapterConfig, parse_first_frame_scale
+from .attention_utils import attend, finish_output, prepare_mask, project_out
+from .base import MIVAProcessorBase
+
+
+class CrossFrameAdapter(nn.Module):
+    """One adapter's cross-frame branch at one spatial `attn1` (DESIGN.md §3.3).
+
+    Keys/values are attn1's own (frozen); the branch owns `to_out` (zero-init, so a new adapter is a no-op), an
+    optional trainable copy of attn1's `to_q`, and for `sa_first_frame_scale="adaptive_<T>"` a `weight_module`
+    (`Linear(temb_channels, 2)`) giving the first-frame weight `s = softmax(W SiLU(temb) / T)[0]`.
+    """
+
+    def __init__(self, attn, config: MIVAAdapterConfig, temb_channels: int):
+        super().__init__()
+        self.sa_mode = config.sa_mode
+        self.scale_kind, self.scale_value = parse_first_frame_scale(config.sa_first_frame_scale)
+        self.to_q = copy.deepcopy(attn.to_q).requires_grad_(True) if config.i2v_train_q else None
+        self.to_out = nn.Linear(attn.to_out[0].in_features, attn.to_out[0].out_features, bias=True)
+        nn.init.zeros_(self.to_out.weight)
+        nn.init.zeros_(self.to_out.bias)
+        self.weight_module = nn.Linear(temb_channels, 2) if self.scale_kind == "adaptive" else None
+
+    def group_key(self, name: str) -> tuple:
+        """Branches with equal keys share keys/values (and are batched into one SDPA call)."""
+        if self.sa_mode != "first_prev":
+            return (self.sa_mode,)
+        if self.scale_kind == "adaptive":
+            return (self.sa_mode, "adaptive", name)
+        return (self.sa_mode, self.scale_kind, self.scale_value)
+
+    def first_frame_weight(self, context, num_frames: int) -> float | torch.Tensor:
+        """`s` of `first_prev`: a float, or a per-row tensor (batch*frames, 1, 1)."""
+        if self.scale_kind == "float":
+            return self.scale_value
+        if self.scale_kind == "linear":
+            if context.timestep is None:
+                raise RuntimeError("sa_first_frame_scale='linear' needs the timestep: call the UNet, not the layer")
+            s = context.timestep.float() / 1000.0
+        else:
+            if context.temb is None:
+                raise RuntimeError("sa_first_frame_scale='adaptive' needs the time embedding: call the UNet")
+            logits = self.weight_module(F.silu(context.temb.to(self.weight_module.weight.dtype)))
+            s = (logits / self.scale_value).softmax(dim=-1)[:, 0]
+        return s.repeat_interleave(num_frames)[:, None, None]
+
+
+class MIVASelfAttnProcessor(MIVAProcessorBase):
+    """Replaces the processor of every spatial `attn1`. Input `(batch*frames, h*w, channels)`, frame inner.
+
+    Output = frozen self-attention + `sum_i w_i * branch_i` (in both parallel modes, as in the research code). A
+    branch's queries attend to frame 0 (`"first"`), to the previous frame (`"prev"`, frame 0 to itself), or to
+    both with values `[s V_first; (1 - s) V_prev]` under one softmax (`"first_prev"`).
+    """
+
+    def build_adapter(self, attn, name, config):
+        if not config.use_i2v:
+            return None
+        return CrossFrameAdapter(attn, config, self.context.temb_channels)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 num_frames=None, adapter_weights=None):
+        residual = hidden_states
+        kv_source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        mask = prepare_mask(attn, attention_mask, kv_source.shape[1], hidden_states.shape[0])
+        query, key, value = attn.to_q(hidden_states), attn.to_k(kv_source), attn.to_v(kv_source)
+        out = project_out(attn, attend(query, key, value, attn.heads, mask))
+        active = self.context.active_adapters(self.adapters, adapter_weights)
+        if active:
+            frames = num_frames or self.context.num_frames
+            if frames is None or hidden_states.shape[0] % frames:
+                raise ValueError(f"{self.layer_name}: batch {hidden_states.shape[0]} is not a multiple of "
+                                 f"num_frames={frames}")
+            out = out + self._branches(hidden_states, query, key, value, active, frames, attn.heads)
+        return finish_output(attn, out, residual)
+
+    def _branches(self, x, query, key, value, active, frames, heads):
+        """Sum of `w_i * to_out_i(a_i)` over the active cross-frame branches, one SDPA call per K/V layout."""
+        groups: dict[tuple, list] = {}
+        for _, name, weight in active:
+            adapter = self.adapters[name]
+            groups.setdefault(adapter.group_key(name), []).append((adapter, weight))
+        total = 0.0
+        for members in groups.values():
+            adapters = [a for a, _ in members]
+            # Unique queries of the group: attn1's own (shared by every branch without a trainable W_Q) first.
+            queries, index_of, shared_index = [], [], None
+            for adapter in adapters:
+                if adapter.to_q is None:
+                    if shared_index is None:
+                        shared_index = len(queries)
+                        queries.append(query)
+                    index_of.append(shared_index)
+                else:
+                    index_of.append(len(queries))
+                    queries.append(adapter.to_q(x))
+            outputs = self._attend_group(adapters[0], queries, key, value, frames, heads)
+            for (adapter, weight), qi in zip(members, index_of):
+                branch = adapter.to_out(outputs[qi])
+                total = total + (branch if weight == 1.0 else branch * weight)
+        return total
+
+    def _attend_group(self, adapter, queries, key, value, frames, heads):
+        """Attend each query set (batch*frames, hw, C) to the group's cross-frame keys/values; one SDPA call."""
+        bf, hw, channels = key.shape
+        batch, n = bf // frames, len(queries)
+        k = key.view(batch, frames, hw, channels)
+        v = value.view(batch, frames, hw, channels)
+        if adapter.sa_mode == "first":
+            # Every frame attends to frame 0 only: fold frames into the query tokens, no K/V copies.
+            q = torch.cat([qi.reshape(batch, frames * hw, -1) for qi in queries], dim=1)
+            out = attend(q, k[:, 0], v[:, 0], heads)
+            return [o.reshape(bf, hw, -1) for o in out.chunk(n, dim=1)]
+        k_prev = torch.cat([k[:, :1], k[:, :-1]], dim=1).reshape(bf, hw, channels)
+        v_prev = torch.cat([v[:, :1], v[:, :-1]], dim=1).reshape(bf, hw, channels)
+        if adapter.sa_mode == "prev":
+            k_all, v_all = k_prev, v_prev
+        else:
+            s = adapter.first_frame_weight(self.context, frames)
+            k_first = k[:, :1].expand(batch, frames, hw, channels).reshape(bf, hw, channels)
+            v_first = v[:, :1].expand(batch, frames, hw, channels).reshape(bf, hw, channels)
+            if torch.is_tensor(s):
+                s = s.to(value.dtype)
+            k_all = torch.cat([k_first, k_prev], dim=1)
+            v_all = torch.cat([v_first * s, v_prev * (1 - s)], dim=1)
+        q = torch.cat(queries, dim=1) if n > 1 else queries[0]
+        out = attend(q, k_all, v_all, heads)
+        return list(out.chunk(n, dim=1)) if n > 1 else [out]
