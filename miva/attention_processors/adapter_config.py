@@ -97,6 +97,9 @@ class MIVAAdapterConfig:
     ca_lora_rank: int = field(default=32, metadata={"help": "Rank of the CA-LoRA deltas."})
     ca_lora_scale: float | None = field(default=1.0, metadata={"help": "network_alpha of CA-LoRA."})
     use_q_lora: bool = field(default=False, metadata={"help": "Also put a CA-LoRA delta on W_Q."})
+    ca_out_lora_bias: bool = field(
+        default=False, metadata={"help": "Constant (out,) bias on the CA out delta (research import of y + dO(y))."}
+    )
     implicit_rank: int = field(default=64, metadata={"help": "Rank of the implicit prompt (ca_mode='implicit')."})
     q_downsample: bool = field(default=False, metadata={"help": "Spatiotemporal Q in cross-attention."})
     q_downsample_ratio: int = field(default=4, metadata={"help": "Spatial stride r of the spatiotemporal Q."})
@@ -116,7 +119,7 @@ class MIVAAdapterConfig:
     def validate(self) -> None:
         """Raise `ValueError` naming the field, the value and what would be valid."""
         for name in ("use_i2v", "i2v_train_q", "use_motion_lora", "use_motion_embed", "use_ca_lora", "use_q_lora",
-                     "q_downsample"):
+                     "ca_out_lora_bias", "q_downsample"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
         _check_choice("sa_mode", self.sa_mode, SA_MODES)

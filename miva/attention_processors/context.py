@@ -27,6 +27,7 @@ class MIVAContext:
     parallel_mode: str = "residual"
     enabled: bool = True
     fused: list[tuple[str, float]] = field(default_factory=list)  # (name, weight) merged into base weights
+    fuse_state: Any = None  # backups and flags of `fuse_miva_adapters`, consumed by `unfuse_miva_adapters`
     # Per-call values written by hooks.
     num_frames: int | None = None
     timestep: torch.Tensor | None = None  # (batch,) as the UNet saw it
@@ -41,15 +42,29 @@ class MIVAContext:
     hook_handles: list = field(default_factory=list)
 
     def active_adapters(self, available: Any, weight_override: list[float] | None = None) -> list[tuple[int, str, float]]:
-        """`(prompt chunk index, name, weight)` of the active adapters found in `available` (a processor's adapters)."""
+        """`(prompt chunk index, name, weight)` of the active adapters found in `available` (a processor's adapters).
+
+        Fused adapters stay listed: `fuse_miva_adapters` merged their LoRA deltas into the base weights and marks
+        them so the processors skip those deltas, but their unfusable parts (cross-frame branch, motion embedding,
+        spatiotemporal Q, implicit prompt) still run with the fused weight.
+        """
         if not self.enabled:
             return []
-        fused = {name for name, _ in self.fused}
+        if weight_override is not None and len(weight_override) != len(self.active):
+            raise ValueError(f"adapter_weights={list(weight_override)} has {len(weight_override)} entries but "
+                             f"{len(self.active)} adapters are active: {[name for name, _ in self.active]}")
+        if weight_override is not None and self.fused:
+            fused_weights = dict(self.fused)
+            changed = [name for (name, _), w in zip(self.active, weight_override)
+                       if name in fused_weights and float(w) != fused_weights[name]]
+            if changed:
+                raise ValueError(f"adapter_weights={list(weight_override)} changes the weight of fused adapters "
+                                 f"{changed} (fused as {self.fused}); call unfuse_miva_adapters(unet) first")
         chosen = []
         for index, (name, weight) in enumerate(self.active):
             if weight_override is not None:
                 weight = weight_override[index]
-            if name in available and name not in fused:
+            if name in available:
                 chosen.append((index, name, float(weight)))
         return chosen
 

@@ -46,9 +46,17 @@ class CrossAttnAdapter(nn.Module):
             self.to_out_lora = LoRADelta(attn.to_out[0].in_features, attn.to_out[0].out_features, rank, alpha)
             if self.has_q_lora:
                 self.to_q_lora = LoRADelta(attn.to_q.in_features, attn.to_q.out_features, rank, alpha)
+            if config.ca_out_lora_bias:  # research import: y + dO(y) = W_O a + b + dO'(a) + dO(b) (loaders/research.py)
+                self.to_out_bias = nn.Parameter(torch.zeros(attn.to_out[0].out_features))
         if self.implicit:
             self.implicit_prompt = ImplicitPrompt(attn.to_q.out_features, attn.to_out[0].out_features,
                                                   config.implicit_rank)
+
+    def out_delta(self, a: torch.Tensor) -> torch.Tensor:
+        """The out delta `dO(a)` (+ the constant `to_out_bias` of imported research adapters), (..., out)."""
+        delta = self.to_out_lora(a)
+        bias = getattr(self, "to_out_bias", None)
+        return delta if bias is None else delta + bias.to(delta.dtype)
 
 
 class SpatiotemporalQuery:
@@ -135,6 +143,10 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         """[main prompt, adapter 0's prompt, ...] each (batch*frames, T, D)."""
         if not self.context.adapter_prompts:
             return [text]
+        if self.context.fused:
+            raise ValueError(f"{self.layer_name}: per-adapter prompts cannot be used while adapters {self.context.fused}"
+                             " are fused (each adapter's K/V delta applies to a different prompt); call "
+                             "unfuse_miva_adapters(unet) first")
         chunks = 1 + len(self.context.active)
         if text.shape[1] % chunks:
             raise ValueError(f"{self.layer_name}: {text.shape[1]} text tokens cannot hold the main prompt and "
@@ -159,7 +171,13 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
             raise RuntimeError(f"{self.layer_name}: spatiotemporal Q needs the level size; run the whole UNet so the "
                                "MIVA hooks can record it")
         plan = _QueryPlan(attn, x, query, frames, stq, size)
-        texts = [prompts[1 + i] if ctx.adapter_prompts else prompts[0] for i, _, _ in active]
+        # One (per-video) text tensor per prompt chunk, shared by the adapters that read it (identity matters below).
+        chunks = {}
+        for i, _, _ in active:
+            j = 1 + i if ctx.adapter_prompts else 0
+            if j not in chunks:
+                chunks[j] = plan.per_video(prompts[j])
+        texts = [chunks[1 + i if ctx.adapter_prompts else 0] for i, _, _ in active]
         branches = [(self.adapters[n], w, t) for (_, n, w), t in zip(active, texts)]
         attention = [b for b in branches if not b[0].implicit]
         implicit = [(adapter.implicit_prompt(query), w) for adapter, w, _ in branches if adapter.implicit]
@@ -187,7 +205,6 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         qs, ks, vs = [], [], []
         shared_kv = {}
         for adapter, _, text in attention:
-            text = plan.per_video(text)
             if id(text) not in shared_kv:
                 shared_kv[id(text)] = (attn.to_k(text), attn.to_v(text))
             k, v = shared_kv[id(text)]
@@ -208,7 +225,7 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         total = 0.0
         for (adapter, w, _), a_i, y_i in zip(attention, a.chunk(n), y.chunk(n)):
             if adapter.has_lora:
-                y_i = y_i + adapter.to_out_lora(a_i)
+                y_i = y_i + adapter.out_delta(a_i)
             total = total + (y_i if w == 1.0 else y_i * w)
         return total
 
@@ -220,10 +237,10 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
                 q = q + w * adapter.to_q_lora(plan.x_q)
         q = plan.finish_query(q)
         keys, values = [], []
-        for text in dict.fromkeys(plan.per_video(t) for _, _, t in attention):  # one K/V block per distinct prompt
+        for text in {id(t): t for _, _, t in attention}.values():  # one K/V block per distinct prompt chunk
             k, v = attn.to_k(text), attn.to_v(text)
             for adapter, w, t in attention:
-                if adapter.has_lora and plan.per_video(t) is text:
+                if adapter.has_lora and t is text:
                     k, v = k + w * adapter.to_k_lora(text), v + w * adapter.to_v_lora(text)
             keys.append(k)
             values.append(v)
@@ -233,7 +250,7 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         y = attn.to_out[0](a)
         for adapter, w, _ in attention:
             if adapter.has_lora:
-                y = y + w * adapter.to_out_lora(a)
+                y = y + w * adapter.out_delta(a)
         return y
 
     # --------------------------------------------------------------------------------------------- extras

@@ -110,6 +110,8 @@ def delete_miva_adapter(unet: nn.Module, name: str) -> None:
     context = get_miva_context(unet)
     if name not in context.configs:
         raise ValueError(f"no adapter named {name!r}; loaded adapters: {list(context.configs)}")
+    if name in dict(context.fused):
+        raise ValueError(f"adapter {name!r} is fused into the base weights; call unfuse_miva_adapters(unet) first")
     for processor in context.processors.values():
         processor.remove_adapter(name)
     del context.configs[name]
@@ -150,7 +152,11 @@ def set_miva_adapters(unet: nn.Module, names: str | list[str], weights: float | 
 def set_parallel_mode(unet: nn.Module, parallel_mode: str) -> None:
     if parallel_mode not in PARALLEL_MODES:
         raise ValueError(f"parallel_mode={parallel_mode!r} is not one of {list(PARALLEL_MODES)}")
-    get_miva_context(unet).parallel_mode = parallel_mode
+    context = get_miva_context(unet)
+    if context.fused and parallel_mode != context.parallel_mode:
+        raise ValueError(f"parallel_mode={parallel_mode!r}: adapters {context.fused} are fused ('weights' "
+                         "semantics); call unfuse_miva_adapters(unet) first")
+    context.parallel_mode = parallel_mode
 
 
 def get_miva_adapter_modules(unet: nn.Module, name: str) -> dict[str, nn.Module]:
