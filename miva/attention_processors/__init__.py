@@ -3,6 +3,7 @@
 from .adapter_config import MIVAAdapterConfig
 from .context import MIVAContext
 from .cross_attention import MIVACrossAttnProcessor
+from .fusing import fuse_miva_adapters, unfuse_miva_adapters
 from .install import (
     add_miva_adapter,
     delete_miva_adapter,
@@ -25,9 +26,11 @@ __all__ = [
     "MIVATemporalAttnProcessor",
     "add_miva_adapter",
     "delete_miva_adapter",
+    "fuse_miva_adapters",
     "get_miva_adapter_modules",
     "get_miva_context",
     "install_miva_processors",
     "set_miva_adapters",
     "set_parallel_mode",
+    "unfuse_miva_adapters",
 ]

@@ -190,7 +190,7 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
             # The merged attention is one branch; implicit prompts replace shares of it.
             y = plan.upsample(self._weights_branch(attn, plan, attention)) if attention else base()
             for f, w in implicit:
-                y = y + w * (f - y)
+                y = y * (1.0 - w) + f * w  # exactly f at w = 1 (no trace of the text left)
             return y
         y = plan.upsample(self._residual_branches(attn, plan, attention)) if attention else 0.0
         for f, w in implicit:

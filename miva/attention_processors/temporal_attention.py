@@ -34,6 +34,9 @@ class TemporalAdapter(nn.Module):
         """(batch*pixels, frames, channels) plus the first `frames` rows of the table."""
         if self.motion_embed is None:
             return hidden_states
+        if hidden_states.shape[1] > self.motion_embed.shape[0]:
+            raise ValueError(f"num_frames={hidden_states.shape[1]} exceeds the motion embedding's "
+                             f"{self.motion_embed.shape[0]} frames (the motion module's motion_max_seq_length)")
         table = self.motion_embed[: hidden_states.shape[1]].to(hidden_states.dtype)
         return hidden_states + (table if weight == 1.0 else table * weight)
 

@@ -1,4 +1,8 @@
-"""`MIVALoaderMixin`: the adapter lifecycle verbs of a MIVA pipeline (diffusers/PEFT names)."""
+"""`MIVALoaderMixin`: the adapter lifecycle verbs of a MIVA pipeline (diffusers/PEFT names).
+
+The mixin works on `self.unet` (a `UNetMotionModel`) and, for learned words, `self.text_encoder` /
+`self.tokenizer` when the class has them. File formats and sources: `adapter_io.py`, `sources.py`, `research.py`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,47 @@ from ..attention_processors import (
     install_miva_processors,
     set_miva_adapters,
 )
+from .adapter_io import (
+    apply_text_embeddings,
+    check_text_embeddings,
+    discard_adapter,
+    load_prepared_adapter,
+    prepare_adapter,
+    push_miva_adapter_to_hub,
+    save_miva_adapter,
+)
+from .model_card import is_hub_id
+from .sources import check_hub_kwargs, expand_sources, resolve_source
+
+
+def remove_miva_processors(unet) -> None:
+    """Make `unet` stock again: unfuse, drop every MIVA adapter, put diffusers' `AttnProcessor2_0` (or the
+    IP-Adapter processor we wrapped) back on our layers, remove the hooks and `unet.miva_context`."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from ..attention_processors.base import MIVAProcessorBase
+    from ..attention_processors.context import remove_context_hooks
+    from ..attention_processors.fusing import unfuse_miva_adapters
+
+    context = getattr(unet, "miva_context", None)
+    if context is None:
+        return
+    unfuse_miva_adapters(unet)
+    for name in list(context.configs):
+        discard_adapter(unet, name)
+    current = unet.attn_processors
+    stock = {}
+    for name, processor in current.items():
+        if isinstance(processor, MIVAProcessorBase):
+            ip_adapter = getattr(processor, "ip_adapter", None)
+            stock[name] = ip_adapter if ip_adapter is not None else AttnProcessor2_0()
+    if stock:
+        unet.set_attn_processor({**current, **stock})
+    remove_context_hooks(context)
+    for module in unet.modules():
+        if "miva_spatial_size" in vars(module):
+            del module.miva_spatial_size
+    del unet.miva_context
 
 
 class MIVALoaderMixin:
@@ -19,6 +64,10 @@ class MIVALoaderMixin:
     def miva_context(self):
         return install_miva_processors(self.unet)
 
+    def _text_parts(self):
+        return getattr(self, "text_encoder", None), getattr(self, "tokenizer", None)
+
+    # ------------------------------------------------------------------------------------------ create / load
     def add_adapter(self, adapter_name: str, config: MIVAAdapterConfig | None = None, *, activate: bool = True):
         """Add a fresh, zero-initialised adapter (a no-op until trained or loaded); activate it alone by default."""
         config = config or MIVAAdapterConfig()
@@ -27,6 +76,79 @@ class MIVALoaderMixin:
         if activate:
             self.set_adapters([adapter_name])
 
+    def load_adapters(self, sources, adapter_names: str | list[str] | None = None,
+                      weights: float | list[float] | None = None, parallel_mode: str | None = None,
+                      **kwargs) -> list[str]:
+        """Load one or several adapters and activate them (alone, in this order) with `weights` (default 1 each).
+
+        Args:
+            sources: a source or a list: native folders or `.safetensors` files, Hub repo ids, research checkpoints
+                (a dict with `adapter_i2v_path` / `adapter_lora_path` / `ca_lora_path`, a research `.pt`, a research
+                full-UNet `.safetensors`); see `miva.loaders.sources`.
+            adapter_names: one name per source (default: the folder, file or repo name).
+            weights, parallel_mode: as in `set_adapters`.
+            kwargs: `config` (a `MIVAAdapterConfig` for research sources: LoRA alphas, STQ and PE settings that the
+                checkpoint does not hold) and the Hub options `revision`, `subfolder`, `cache_dir`, `token`,
+                `local_files_only`, `force_download`.
+
+        All or nothing: on any error (unreadable or unsafe file, missing/unexpected keys, wrong shapes, adapters
+        that disagree on spatiotemporal Q / PE, name clashes) no adapter of this call remains and the previously
+        loaded adapters, their activation and the text encoder are unchanged. Returns the adapter names.
+        """
+        config = kwargs.pop("config", None)
+        hub_kwargs = check_hub_kwargs(kwargs)
+        sources = expand_sources(sources)
+        if not sources:
+            raise ValueError("sources is empty: give at least one adapter source")
+        if isinstance(adapter_names, str):
+            adapter_names = [adapter_names]
+        if adapter_names is not None and len(adapter_names) != len(sources):
+            raise ValueError(f"adapter_names has {len(adapter_names)} entries but there are {len(sources)} sources")
+        if isinstance(weights, (list, tuple)) and len(weights) != len(sources):
+            raise ValueError(f"weights has {len(weights)} entries but there are {len(sources)} sources")
+        context = install_miva_processors(self.unet)
+        prepared = [prepare_adapter(self.unet, resolve_source(s, config=config, **hub_kwargs)) for s in sources]
+        names = list(adapter_names) if adapter_names is not None else [p.default_name for p in prepared]
+        self._check_new_adapters(context, names, prepared)
+        text_encoder, tokenizer = self._text_parts()
+        actions = [check_text_embeddings(p.text_embeddings, text_encoder, tokenizer) for p in prepared]
+        words = [word for group in actions for word, _ in group]
+        if len(set(words)) != len(words):
+            raise ValueError(f"adapters {names} ship the same learned word twice ({words})")
+        previous = (list(context.active), context.parallel_mode)
+        loaded = []
+        try:
+            for name, item in zip(names, prepared):
+                load_prepared_adapter(self.unet, name, item.config, item.tensors)
+                loaded.append(name)
+            self.set_adapters(names, weights, parallel_mode=parallel_mode)
+        except BaseException:
+            for name in loaded:
+                discard_adapter(self.unet, name)
+            context.active, context.parallel_mode = previous
+            raise
+        for group in actions:
+            apply_text_embeddings(group, text_encoder, tokenizer)
+        return names
+
+    @staticmethod
+    def _check_new_adapters(context, names, prepared) -> None:
+        if len(set(names)) != len(names):
+            raise ValueError(f"adapter names must be distinct, got {names}; pass adapter_names=[...]")
+        taken = [n for n in names if n in context.configs]
+        if taken:
+            raise ValueError(f"an adapter named {taken[0]!r} already exists; loaded adapters: {list(context.configs)} "
+                             "(pass adapter_names=[...] or delete_adapters first)")
+        layouts = {}
+        for name, item in zip(names, prepared):
+            if item.config.has_cross_attention_part:
+                layouts.setdefault(item.config.spatiotemporal_key, []).append(name)
+        if len(layouts) > 1:
+            detail = "; ".join(f"{adapters}: {key}" for key, adapters in layouts.items())
+            raise ValueError("adapters loaded together must agree on spatiotemporal Q and its positional encoding "
+                             f"(q_downsample, q_downsample_ratio, q_downsample_mode, ca_pe_mode, pe_style): {detail}")
+
+    # ------------------------------------------------------------------------------------------- activation
     def set_adapters(self, adapter_names: str | list[str], weights: float | list[float] | None = None,
                      parallel_mode: str | None = None) -> None:
         """Choose the active adapters (in per-adapter prompt order) and their weights (default 1 each)."""
@@ -45,6 +167,51 @@ class MIVALoaderMixin:
     def enable_adapters(self) -> None:
         get_miva_context(self.unet).enabled = True
 
+    def fuse_adapters(self, adapter_names: str | list[str] | None = None) -> list[tuple[str, float]]:
+        """Merge the active adapters' LoRA deltas (default: all active) into the base weights ("weights" mode)."""
+        from ..attention_processors.fusing import fuse_miva_adapters
+
+        return fuse_miva_adapters(self.unet, adapter_names)
+
+    def unfuse_adapters(self) -> list[tuple[str, float]]:
+        """Restore the base weights bit-exactly; the adapters run unfused again."""
+        from ..attention_processors.fusing import unfuse_miva_adapters
+
+        return unfuse_miva_adapters(self.unet)
+
+    # ------------------------------------------------------------------------------------------ remove
     def delete_adapters(self, adapter_names: str | list[str]) -> None:
-        for name in [adapter_names] if isinstance(adapter_names, str) else adapter_names:
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        context = get_miva_context(self.unet)
+        fused = [n for n, _ in context.fused if n in names]
+        if fused:
+            raise ValueError(f"adapters {fused} are fused into the base weights; call unfuse_adapters() first")
+        for name in names:
             delete_miva_adapter(self.unet, name)
+
+    def unload_adapters(self) -> None:
+        """Remove every MIVA adapter and processor: the UNet is stock diffusers again (unfused first)."""
+        remove_miva_processors(self.unet)
+
+    # -------------------------------------------------------------------------------------------- files
+    def _base_model_id(self) -> str | None:
+        name = getattr(self, "name_or_path", None)
+        return name if isinstance(name, str) and is_hub_id(name) else None
+
+    def save_adapter(self, adapter_name: str, save_directory, sample_gif=None, *, base_model: str | None = None,
+                     repo_id: str | None = None):
+        """Save adapter `adapter_name` as a native adapter folder (config, safetensors, model card, sample GIF);
+        the learned word's embedding is included when the pipeline has a text encoder and tokenizer."""
+        text_encoder, tokenizer = self._text_parts()
+        return save_miva_adapter(self.unet, adapter_name, save_directory, text_encoder=text_encoder,
+                                 tokenizer=tokenizer, sample_gif=sample_gif,
+                                 base_model=base_model or self._base_model_id(), repo_id=repo_id)
+
+    def push_adapter_to_hub(self, adapter_name: str, repo_id: str, private: bool | None = None, token=None,
+                            commit_message: str | None = None, sample_gif=None):
+        """Create the Hub repo `repo_id` if needed and upload adapter `adapter_name` with its model card."""
+        text_encoder, tokenizer = self._text_parts()
+        return push_miva_adapter_to_hub(self.unet, adapter_name, repo_id, private=private, token=token,
+                                        commit_message=commit_message, sample_gif=sample_gif,
+                                        text_encoder=text_encoder, tokenizer=tokenizer,
+                                        base_model=self._base_model_id())

@@ -1,0 +1,171 @@
+"""Merging the active adapters' LoRA deltas into the base attention weights, and restoring them bit-exactly.
+
+Fusing implements the `"weights"` composition (DESIGN.md §3.2-§3.4): every projection gets
+`W <- W + sum_i w_i * up_i @ down_i * alpha_i / rank_i`, so one ordinary matmul replaces the base matmul plus N
+low-rank deltas. Our out delta reads the attention output (the input of `W_O`), so it merges into `to_out[0]` like
+the others; the constant `to_out_bias` of imported research adapters merges into `to_out[0].bias`.
+
+What cannot be merged keeps running in the processors with the fused weight: the cross-frame (I2V) branch, the motion
+embedding, spatiotemporal Q with its positional encodings and the implicit prompt. The processors know which deltas
+are merged because fusing switches the adapter modules' `has_lora` / `has_q_lora` flags off (and back on when
+unfusing); the names and weights are recorded in `context.fused`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .install import _attention_modules, get_miva_context
+from .lora import LoRADelta
+
+# Adapter attribute -> the projection of the diffusers `Attention` its delta belongs to.
+_DELTA_TARGETS = {"to_q_lora": "to_q", "to_k_lora": "to_k", "to_v_lora": "to_v", "to_out_lora": "to_out"}
+_FLAGS = ("has_lora", "has_q_lora")
+
+
+@dataclass
+class FuseState:
+    """What `unfuse_miva_adapters` needs: bit-exact copies of every changed tensor and the flags it switched."""
+
+    backups: list[tuple[nn.Module, str, torch.Tensor]] = field(default_factory=list)  # (Linear, "weight"/"bias", copy)
+    flags: list[tuple[nn.Module, str, bool]] = field(default_factory=list)  # (adapter module, flag, old value)
+    parallel_mode: str = "weights"  # the mode in use before fusing (fused adapters always compose as "weights")
+
+
+def _base_linear(module: nn.Module) -> nn.Linear:
+    """The plain `nn.Linear` behind a projection (PEFT wraps it as `base_layer`)."""
+    linear = getattr(module, "base_layer", module)
+    if not isinstance(linear, nn.Linear):
+        raise TypeError(f"cannot fuse into {type(module).__name__}: expected an nn.Linear projection")
+    return linear
+
+
+def _projection(attn: nn.Module, target: str) -> nn.Linear:
+    return _base_linear(attn.to_out[0] if target == "to_out" else getattr(attn, target))
+
+
+def _check_fusable(context, names: list[str]) -> None:
+    """Raise `ValueError` for every composition that merged weights cannot reproduce."""
+    if context.adapter_prompts:
+        raise ValueError(
+            "per-adapter prompts cannot be fused: each adapter's K/V delta applies to a different prompt, but a "
+            "fused W_K/W_V applies every delta to every prompt. Set context.adapter_prompts=False (one shared "
+            "prompt) or run unfused"
+        )
+    configs = {name: context.configs[name] for name in names}
+    text_adapters = [n for n, c in configs.items() if c.use_ca_lora and c.ca_mode == "lora"]
+    own_prompts = [n for n in text_adapters if configs[n].prompt is not None]
+    if len(text_adapters) > 1 and own_prompts:
+        raise ValueError(
+            f"per-adapter prompts cannot be fused: adapters {own_prompts} have their own prompt, and each "
+            f"adapter's K/V delta applies to a different prompt; fuse {text_adapters} only without per-adapter "
+            "prompts (prompt=None) or run unfused"
+        )
+    if context.parallel_mode == "residual" and len(context.active) > 1:
+        raise ValueError(
+            f"parallel_mode='residual' with {len(context.active)} active adapters cannot be fused: fusing implements "
+            "'weights' (summed w_i-scaled deltas, one attention). Use set_parallel_mode(unet, 'weights') first, or "
+            "run unfused"
+        )
+    q_lora = [n for n, c in configs.items() if c.use_ca_lora and c.ca_mode == "lora" and c.use_q_lora]
+    implicit = [n for n, _ in context.active if context.configs[n].ca_mode == "implicit"]
+    if q_lora and implicit:
+        raise ValueError(
+            f"adapters {q_lora} (use_q_lora) cannot be fused while implicit-prompt adapters {implicit} are active: "
+            "the implicit prompt reads W_Q x, which a fused Q delta would change"
+        )
+
+
+def fuse_miva_adapters(unet: nn.Module, names: str | list[str] | None = None) -> list[tuple[str, float]]:
+    """Merge the LoRA deltas of the active adapters `names` (default: all active) into the base projections.
+
+    Each delta enters with its adapter's weight w_i ("weights" semantics). The original tensors are kept as
+    bit-exact clones on their device, `context.fused` records `[(name, weight)]`, and `context.parallel_mode`
+    reads `"weights"` until `unfuse_miva_adapters` (for one adapter at weight 1 this equals `"residual"`).
+    Returns the fused `(name, weight)` pairs.
+
+    Raises `ValueError` for a second fuse, disabled or inactive adapters, per-adapter prompts, and
+    `parallel_mode="residual"` with more than one active adapter.
+    """
+    context = get_miva_context(unet)
+    if context.fused:
+        raise ValueError(f"adapters {context.fused} are already fused; call unfuse_miva_adapters(unet) first")
+    if not context.enabled:
+        raise ValueError("adapters are disabled (context.enabled=False); enable them before fusing")
+    active = dict(context.active)
+    if names is None:
+        names = list(active)
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ValueError("there are no active adapters to fuse; call set_miva_adapters(unet, names, weights) first")
+    inactive = [n for n in names if n not in active]
+    if inactive:
+        raise ValueError(f"names={names}: {inactive} are not active; active adapters: {list(active)}")
+    _check_fusable(context, names)
+
+    state = FuseState(parallel_mode=context.parallel_mode)
+    modules = _attention_modules(unet)
+    # Sum the deltas per tensor in float32 first, then add once (one rounding per weight).
+    deltas: dict[tuple[int, str], tuple[nn.Linear, str, torch.Tensor]] = {}
+
+    def accumulate(linear: nn.Linear, kind: str, delta: torch.Tensor) -> None:
+        key = (id(linear), kind)
+        if key in deltas:
+            delta = deltas[key][2] + delta
+        deltas[key] = (linear, kind, delta)
+
+    with torch.no_grad():
+        for layer_name, processor in context.processors.items():
+            attn = modules[layer_name]
+            for name in names:
+                adapter = processor.adapters[name] if name in processor.adapters else None
+                if adapter is None or not getattr(adapter, "has_lora", False):
+                    continue
+                weight = active[name]
+                for attribute, target in _DELTA_TARGETS.items():
+                    lora = getattr(adapter, attribute, None)
+                    if isinstance(lora, LoRADelta):
+                        accumulate(_projection(attn, target), "weight", weight * lora.delta_weight().float())
+                out_bias = getattr(adapter, "to_out_bias", None)
+                if out_bias is not None:
+                    if _projection(attn, "to_out").bias is None:
+                        raise ValueError(f"{layer_name}: adapter {name!r} has an out-delta bias but to_out[0] has no "
+                                         "bias to fuse it into")
+                    accumulate(_projection(attn, "to_out"), "bias", weight * out_bias.float())
+                for flag in _FLAGS:
+                    if getattr(adapter, flag, False):
+                        state.flags.append((adapter, flag, True))
+        for linear, kind, delta in deltas.values():
+            tensor = getattr(linear, kind)
+            state.backups.append((linear, kind, tensor.detach().clone()))
+            tensor.copy_((tensor.float() + delta.to(tensor.device)).to(tensor.dtype))
+    for adapter, flag, _ in state.flags:
+        setattr(adapter, flag, False)
+    context.fuse_state = state
+    context.fused = [(name, float(active[name])) for name in names]
+    context.parallel_mode = "weights"
+    return list(context.fused)
+
+
+def unfuse_miva_adapters(unet: nn.Module) -> list[tuple[str, float]]:
+    """Restore every tensor `fuse_miva_adapters` changed, bit-exactly, and run the deltas unfused again.
+
+    Returns the `(name, weight)` pairs that were fused (an empty list, and nothing done, when none are).
+    """
+    context = get_miva_context(unet)
+    state = context.fuse_state
+    if state is None:
+        return []
+    with torch.no_grad():
+        for linear, kind, original in state.backups:
+            getattr(linear, kind).copy_(original)
+    for adapter, flag, value in state.flags:
+        setattr(adapter, flag, value)
+    fused = list(context.fused)
+    context.fuse_state = None
+    context.fused = []
+    context.parallel_mode = state.parallel_mode
+    return fused

@@ -1,0 +1,184 @@
+"""What the config-driven subcommands share: the `--config/--set/--tiny` arguments, one-line errors, and building
+the pipeline, its adapters and learned words from a `MIVAConfig`.
+
+Heavy imports (torch, diffusers) happen inside the functions, so `miva --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--config", required=required, help="YAML config in the research layout (docs/config.md)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a config key, YAML-parsed (e.g. validation_data.video_length=8); repeatable")
+    parser.add_argument("--tiny", action="store_true", help="run on the offline miva.tiny models (model paths in the "
+                        "config are ignored; missing adapter checkpoints become fresh adapters)")
+
+
+def load_args_config(args: argparse.Namespace):
+    from ..config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def one_line_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Wrap a subcommand's `run`: config errors and missing files print one line to stderr and exit with 2."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        from ..config_fields import ConfigError
+
+        try:
+            return run(args)
+        except (ConfigError, FileNotFoundError) as e:
+            print(f"miva {args.command}: error: {e}", file=sys.stderr)
+            return 2
+
+    wrapped.__doc__ = run.__doc__
+    return wrapped
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------ models
+def load_motion_adapter(path: str, dtype=None):
+    """A diffusers `MotionAdapter` from a Hub id or folder, or an AnimateDiff `.ckpt`/`.safetensors` single file."""
+    from diffusers import MotionAdapter
+
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    if os.path.isfile(path) and path.lower().endswith(SINGLE_FILE_SUFFIXES):
+        return MotionAdapter.from_single_file(path, **kwargs)
+    return MotionAdapter.from_pretrained(path, **kwargs)
+
+
+def build_pipeline(config, tiny: bool = False, device=None, dtype=None):
+    """`MIVAPipeline` from `pretrained_model_path` + `motion_module_path` (or `miva.tiny` with `tiny`), with the
+    `noise_scheduler_kwargs` DDIM scheduler and, with `use_ip_adapter`, the IP-Adapter loaded. No adapters yet."""
+    import torch
+
+    from ..config_fields import ConfigError
+    from ..pipelines.pipeline_miva import MIVAPipeline
+
+    if tiny:
+        from ..tiny import tiny_components
+
+        pipe = MIVAPipeline(**tiny_components(seed=0))
+    else:
+        for name in ("pretrained_model_path", "motion_module_path"):
+            if getattr(config, name) is None:
+                raise ConfigError(f"{name}: required (a Hub id or a local folder) unless --tiny")
+        extra = {}
+        if config.use_ip_adapter:
+            from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+            extra = dict(image_encoder=CLIPVisionModelWithProjection.from_pretrained(config.image_encoder_path),
+                         feature_extractor=CLIPImageProcessor())
+        motion_adapter = load_motion_adapter(config.motion_module_path, dtype)
+        pipe = MIVAPipeline.from_pretrained(config.pretrained_model_path, motion_adapter=motion_adapter,
+                                            **({"dtype": dtype} if dtype is not None else {}), **extra)
+    pipe.scheduler = config.scheduler(pipe.scheduler.config)
+    if config.use_ip_adapter:
+        if tiny and not Path(config.ip_ckpt).is_file():
+            log(f"use_ip_adapter: skipped under --tiny ({config.ip_ckpt!r} is not a local file)")
+        else:
+            pipe.load_ip_adapter(**config.ip_adapter_kwargs())
+    pipe.set_progress_bar_config(disable=True)
+    if device is not None and torch.device(device).type != "cpu":
+        pipe.to(device)
+    if dtype is not None and dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    return pipe
+
+
+def _source_exists(source) -> bool:
+    if isinstance(source, dict):
+        return all(Path(p).exists() for p in source.values() if p is not None)
+    return Path(source).exists()
+
+
+def load_config_adapters(pipe, config, tiny: bool = False) -> list[str]:
+    """Load (or, without a checkpoint, add fresh) every adapter of `config` and activate them with
+    `adapter_weights` and `parallel_mode`. Under `tiny`, checkpoints that do not exist are fresh adapters too."""
+    names = []
+    for spec in config.adapter_sources(tiny):
+        if spec.source is None or (tiny and not _source_exists(spec.source)):
+            pipe.add_adapter(spec.name, spec.config, activate=False)
+            why = "no checkpoint in the config" if spec.source is None else f"{spec.source} not found (--tiny)"
+            log(f"adapter {spec.name!r}: fresh, zero-initialised ({why})")
+        else:
+            pipe.load_adapters(spec.source, adapter_names=[spec.name], config=spec.config)
+            log(f"adapter {spec.name!r}: loaded from {spec.source}")
+        names.append(spec.name)
+    pipe.set_adapters(names, config.adapter_weights(), parallel_mode=config.unet_additional_kwargs.parallel_mode)
+    return names
+
+
+def _known_word(tokenizer, word: str) -> bool:
+    added = tokenizer.get_added_vocab()
+    return word in added or f"<{word}>" in added
+
+
+def load_learned_words(pipe, config) -> list[str]:
+    """Make every `word_to_replace` known to the tokenizer: words an adapter shipped are kept; the others are read
+    from `config.learned_embeds_path()` (`{word: (dim,)}` safetensors, research layout). Returns the words loaded."""
+    from ..config_fields import ConfigError
+
+    words = config.validation_data.word_to_replace
+    words = [words] if isinstance(words, str) else list(words or [])
+    missing = [w for w in words if not _known_word(pipe.tokenizer, w)]
+    if not missing:
+        return []
+    path = config.learned_embeds_path()
+    if path is None:
+        raise ConfigError(f"validation_data.word_to_replace: no learned embedding for {missing}; set "
+                          "textemb_checkpoint_path (a learned_embeds.safetensors) or load an adapter that ships it")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"textemb_checkpoint_path: {path} not found")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        from ..loaders.sources import read_torch_file
+
+        state = read_torch_file(path)
+    for word in missing:
+        vector = state.get(word, state.get(f"<{word}>"))
+        if vector is None:
+            raise ConfigError(f"textemb_checkpoint_path: {path} has no embedding for {word!r} (it holds "
+                              f"{sorted(state)})")
+        pipe.load_textual_inversion(vector, token=word)
+    log(f"learned words {missing}: loaded from {path}")
+    return missing
+
+
+def load_image(item, tiny: bool, width: int, height: int, index: int = 0):
+    """The RGB image of `item` (an `InputItem`); under `tiny` a missing file is drawn by `make_test_image`."""
+    from PIL import Image
+
+    if os.path.isfile(item.image):
+        with Image.open(item.image) as image:
+            return image.convert("RGB")
+    if tiny:
+        from ..tiny import make_test_image
+
+        log(f"{item.image}: not found; using miva.tiny.make_test_image (--tiny)")
+        return make_test_image(width, height, seed=index)
+    raise FileNotFoundError(f"validation_data.prompt_path: image {item.image} not found")
+
+
+def device_and_dtype(state=None):
+    """The process's device (accelerate's `PartialState`) and the inference dtype (fp16 on CUDA, else fp32)."""
+    import torch
+
+    device = state.device if state is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return device, torch.float16 if device.type == "cuda" else torch.float32

@@ -1,0 +1,80 @@
+"""`miva infer`: animate the images of a research-layout config with its MIVA adapters.
+
+    miva infer --config examples/configs/infer_single.yaml [--set validation_data.video_length=8] [--format mp4]
+    miva infer --config examples/configs/infer_single.yaml --tiny        # dry run on the offline tiny models
+    accelerate launch -m miva.cli infer --config X.yaml                  # images split across the processes
+
+Builds `MIVAPipeline` from `pretrained_model_path` + `motion_module_path`, loads the adapters
+(`unet_checkpoint_path` or the split `adapter_*_path` checkpoints, `adapter_weights`, `parallel_mode`), then makes one
+video per input image (`validation_data.image_path` + `prompt_path`), named after the image, in `output_dir`; with
+`CA_Map_visualization_resolution` also the cross-attention maps (`<output_dir>/<image>_CAMap/<level>/...png`). The
+resolved config is written to `<output_dir>/config.yaml`. Each video's noise comes from a generator seeded with
+`global_seed`, so a video does not depend on how the images are split across processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from .common import add_config_arguments, log, one_line_errors
+
+HELP = "animate the images of a config with its MIVA adapters (videos named after the images in output_dir)"
+CONFIG_COPY = "config.yaml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--format", choices=("gif", "mp4", "png", "images", "eval"), default=None,
+                        help="output format (default: validation_data.format, else gif)")
+
+
+def run_infer(config, tiny: bool = False, fmt: str | None = None) -> list[str]:
+    """Animate every input of `config` (this process's share under accelerate); returns the paths written here."""
+    import torch
+    import yaml
+    from accelerate import PartialState
+
+    from ..pipelines.ca_maps import save_ca_maps
+    from .common import build_pipeline, device_and_dtype, load_config_adapters, load_image, load_learned_words
+    from .video_io import hist_match_frames, save_video
+
+    state = PartialState()
+    device, dtype = device_and_dtype(state)
+    v = config.validation_data
+    items = config.inputs(must_exist=not tiny)
+    pipe = build_pipeline(config, tiny=tiny, device=device, dtype=dtype)
+    load_config_adapters(pipe, config, tiny=tiny)
+    load_learned_words(pipe, config)
+    kwargs = config.pipeline_kwargs()
+    use_ip = getattr(pipe.unet, "encoder_hid_proj", None) is not None
+    fmt = fmt or v.format
+    if state.is_main_process:
+        os.makedirs(config.output_dir, exist_ok=True)
+        with open(os.path.join(config.output_dir, CONFIG_COPY), "w", encoding="utf-8") as f:
+            yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+    written: list[str] = []
+    with state.split_between_processes(list(enumerate(items))) as mine:
+        for index, item in mine:
+            image = load_image(item, tiny, v.width, v.height, index)
+            out = pipe(image=image, prompt=item.prompt, generator=torch.Generator().manual_seed(config.global_seed),
+                       output_type="np", **({"ip_adapter_image": image} if use_ip else {}), **kwargs)
+            frames = out.frames[0]
+            if v.hist_match:
+                frames = hist_match_frames(frames)
+            paths = save_video(frames, config.output_dir, item.name, fmt, v.fps)
+            if out.ca_maps:
+                paths += save_ca_maps(out, os.path.join(config.output_dir, f"{item.name}_CAMap"))
+            log(f"[process {state.process_index}] {item.name} ({item.prompt!r}): wrote {paths[0]}"
+                + (f" and {len(paths) - 1} more" if len(paths) > 1 else ""))
+            written += paths
+    state.wait_for_everyone()
+    return written
+
+
+@one_line_errors
+def run(args: argparse.Namespace) -> int:
+    from .common import load_args_config
+
+    run_infer(load_args_config(args), tiny=args.tiny, fmt=args.format)
+    return 0

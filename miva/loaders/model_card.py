@@ -1,0 +1,124 @@
+"""The `README.md` model card of a MIVA adapter (built with `huggingface_hub.ModelCard` / `ModelCardData`)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from ..attention_processors.adapter_config import MIVAAdapterConfig
+
+BASE_TAGS = ["miva", "animatediff", "image-to-video", "diffusers", "text-to-video", "motion-lora"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def is_hub_id(value: str | None) -> bool:
+    """A Hub repo id (`name` or `org/name`), not a local path."""
+    return bool(value) and not os.path.isabs(value) and not os.path.exists(value) and bool(_REPO_ID.match(value))
+
+
+def component_tags(config: MIVAAdapterConfig) -> list[str]:
+    """Tags naming what the adapter contains."""
+    tags = []
+    if config.use_i2v:
+        tags.append(f"cross-frame-{config.sa_mode}")
+    if config.use_motion_lora:
+        tags.append("temporal-lora")
+    if config.use_motion_embed:
+        tags.append("motion-embedding")
+    if config.ca_mode == "implicit":
+        tags.append("implicit-prompt")
+    elif config.use_ca_lora:
+        tags.append("ca-lora")
+    if config.q_downsample:
+        tags.append("spatiotemporal-query")
+    return tags
+
+
+def _components_text(config: MIVAAdapterConfig) -> list[str]:
+    rows = []
+    if config.use_i2v:
+        rows.append(f"- cross-frame (I2V) branch at spatial self-attention: `sa_mode={config.sa_mode!r}`, "
+                    f"`sa_first_frame_scale={config.sa_first_frame_scale!r}`, own W_Q: {config.i2v_train_q}")
+    if config.use_motion_lora:
+        rows.append(f"- MotionLoRA at temporal attention: rank {config.motion_lora_rank}, "
+                    f"alpha {config.motion_lora_scale}")
+    if config.use_motion_embed:
+        rows.append("- motion embedding (one `(frames, channels)` table per temporal attention)")
+    if config.ca_mode == "implicit":
+        rows.append(f"- implicit prompt at cross-attention: rank {config.implicit_rank}")
+    elif config.use_ca_lora:
+        rows.append(f"- CA-LoRA at cross-attention: rank {config.ca_lora_rank}, alpha {config.ca_lora_scale}, "
+                    f"Q-LoRA: {config.use_q_lora}")
+    if config.q_downsample:
+        rows.append(f"- spatiotemporal query: ratio {config.q_downsample_ratio} ({config.q_downsample_mode}), "
+                    f"`ca_pe_mode={config.ca_pe_mode!r}`, `pe_style={config.pe_style!r}`")
+    if config.word_to_learn:
+        rows.append(f"- learned token `{config.word_to_learn}` (its text embedding ships in the adapter file)")
+    return rows or ["- (no trainable parts)"]
+
+
+def miva_model_card(
+    config: MIVAAdapterConfig,
+    *,
+    adapter_name: str,
+    repo_id: str | None = None,
+    base_model: str | None = None,
+    sample: str | None = None,
+    extra_tags: list[str] | None = None,
+):
+    """A `huggingface_hub.ModelCard` for adapter `adapter_name`.
+
+    YAML metadata: `library_name: diffusers`, `pipeline_tag: image-to-video`, tags (`miva`, `animatediff`,
+    `image-to-video`, ... plus one per component), `base_model` (when it is a Hub id). Body: what the adapter
+    contains, a usage snippet with `pipe.load_adapters(...)`, and the sample GIF (`sample`, a path relative to the
+    card) when given.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from miva import __version__
+
+    base_model = base_model or config.base_model
+    tags = list(dict.fromkeys([*BASE_TAGS, *component_tags(config), *(extra_tags or [])]))
+    data = ModelCardData(
+        library_name="diffusers",
+        pipeline_tag="image-to-video",
+        tags=tags,
+        base_model=base_model if is_hub_id(base_model) else None,
+        model_name=repo_id.split("/")[-1] if repo_id else adapter_name,
+    )
+    where = repo_id or f"path/to/{adapter_name}"
+    base_line = base_model if is_hub_id(base_model) else "<an SD1.5 checkpoint>"
+    motion_line = config.motion_adapter if is_hub_id(config.motion_adapter) else "<an AnimateDiff motion adapter>"
+    prompt = config.prompt or "a description of the picture"
+    lines = [
+        f"# MIVA adapter `{adapter_name}`",
+        "",
+        "A **miva** image-to-video adapter: a small set of attention-processor weights that makes "
+        "the stock diffusers AnimateDiff UNet animate a given picture with one learned motion.",
+        "",
+        "## Contents",
+        "",
+        *_components_text(config),
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "import torch",
+        "from diffusers import MotionAdapter",
+        "from PIL import Image",
+        "from miva import MIVAPipeline",
+        "",
+        f'motion_adapter = MotionAdapter.from_pretrained("{motion_line}")',
+        f'pipe = MIVAPipeline.from_pretrained("{base_line}", motion_adapter=motion_adapter)',
+        f'pipe.load_adapters("{where}", adapter_names="{adapter_name}")',
+        f'video = pipe(image=Image.open("input.png"), prompt="{prompt}", num_frames=16,',
+        "             generator=torch.Generator().manual_seed(42)).frames[0]",
+        "```",
+        "",
+    ]
+    if sample:
+        lines += ["## Sample", "", f"![sample]({sample})", ""]
+    lines += [f"Saved with miva {__version__}; the adapter files are `adapter_config.json` and "
+              "`miva_adapter.safetensors`.", ""]
+    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
+    return ModelCard(content)

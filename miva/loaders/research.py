@@ -1,0 +1,398 @@
+"""Exact import of research checkpoints (REFERENCE.md §4, §8) as native MIVA adapters.
+
+Key mapping, research `UNet3DConditionModel` -> our native file keys (diffusers `UNetMotionModel` layer names).
+The block prefixes are identical: AnimateDiff builds its 3-D UNet from SD1.5's config, so `down_blocks.0-3`,
+`mid_block` and `up_blocks.0-3` keep SD's order and indices in both (up block i is the same resolution in both;
+`up_blocks.0` has no attentions; up blocks 1-3 have `attentions.0-2`; every down/up block has `motion_modules.j`,
+one per resnet; the research v3 mid block has no motion module, and a `mid_block.motion_modules.0` key would map by
+the same rule to diffusers' optional mid-block motion module). Inside a motion module, research
+`temporal_transformer.transformer_blocks.t.attention_blocks.K` is diffusers `transformer_blocks.t.attn{K+1}` (the
+rule of diffusers' own AnimateDiff converter):
+
+| research key | native key |
+|---|---|
+| `B.attentions.j.transformer_blocks.t.attn2.processor.to_k_lora.down.weight` | `B.attentions.j.transformer_blocks.t.attn2.to_k_lora.down.weight` |
+| `B.motion_modules.j.temporal_transformer.transformer_blocks.0.attention_blocks.K.processor.to_q_lora.up.weight` | `B.motion_modules.j.transformer_blocks.0.attn{K+1}.to_q_lora.up.weight` |
+| `... .attention_blocks.K.processor.motion_embed.weight` `(16, C)` | `... .attn{K+1}.motion_embed` `(max_frames, C)`, zero rows added |
+| `B.attentions.j.transformer_blocks.t.i2v_adapter.to_out.0.weight` / `.bias` | `B.attentions.j.transformer_blocks.t.attn1.to_out.weight` / `.bias` |
+| `... .i2v_adapter.to_q.weight` | `... .attn1.to_q.weight` (only when it differs from attn1's: `i2v_train_q`) |
+
+Multi-adapter research state dicts (what the research inference builds from N checkpoints, REFERENCE §4) carry
+an index: `i2v_adapters.{i}.`, `processor.processors.{i}.` (motion) and `to_k_loras.{i}.` / `to_v_loras.{i}.` /
+`to_out_loras.{i}.` (cross-attention; `to_q_lora` is never renamed). :func:`remap_research_keys_for_index`
+applies that renaming; the importer accepts both forms and picks one adapter with `adapter_index`.
+
+Semantics converted exactly:
+
+- CA out-LoRA is applied after W_O in the research code, `y' = y + s up(down(y))` with `y = W_O a + b`. That is
+  `W_O a + b + s up((down W_O) a) + s up(down(b))`: our standard placement with `down' = down @ W_O` plus the
+  constant `to_out_bias = s up(down(b))` (config `ca_out_lora_bias=True`). Without out-LoRA keys (`remove_WO`)
+  the out delta is zero.
+- The I2V branch's optional Q-/out-LoRAs fold into its dense `to_q` / `to_out` (out-LoRA after W_O:
+  `W' = (I + D) W`, `b' = (I + D) b`). Its K/V are attn1's (checked against the base when it is known).
+- Positional encodings: imported adapters with `ca_pe_mode` use `pe_style="research"` (REFERENCE §3 quirks:
+  additive rotary, positive-exponent sinusoid, token-major K/V tiling, bug B1).
+
+Not reproduced (documented deviations): the frozen random `attn_temp` bias of `unet_use_temporal_attention`
+(a base-model artefact, REFERENCE §1), the sequential out-LoRA order of multi-adapter `"weights"` mode and the
+research multi-adapter bugs (B2, CFG swap); imported adapters run with our multi-adapter semantics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..attention_processors.adapter_config import MIVAAdapterConfig
+
+logger = logging.getLogger(__name__)
+
+_CA = re.compile(
+    r"^(?P<layer>.+\.attn2)\.processor\.(?P<proj>to_(?:q|k|v|out))_loras?(?:\.(?P<idx>\d+))?\.(?P<w>down|up)\.weight$"
+)
+_MOTION = re.compile(
+    r"^(?P<mm>.+\.motion_modules\.\d+)\.temporal_transformer\.transformer_blocks\.(?P<t>\d+)\.attention_blocks\."
+    r"(?P<k>\d+)\.(?:processor\.)?(?:processors\.(?P<idx>\d+)\.)?"
+    r"(?P<part>to_(?:q|k|v|out)_lora\.(?:down|up)\.weight|motion_embed(?:\.weight)?)$"
+)
+_I2V = re.compile(
+    r"^(?P<block>.+\.transformer_blocks\.\d+)\.i2v_adapters?(?:\.(?P<idx>\d+))?\.(?:processor\.)?"
+    r"(?:processors\.(?P<idx2>\d+)\.)?(?P<part>.+)$"
+)
+_WEIGHT_MODULE = re.compile(r"^(?P<block>.+\.transformer_blocks\.\d+)\.attn1\.processor\.(?P<part>weight_module\..+)$")
+_I2V_PARTS = (
+    "to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias",
+    "to_q_lora.down.weight", "to_q_lora.up.weight", "to_out_lora.down.weight", "to_out_lora.up.weight",
+    "weight_module.weight", "weight_module.bias",
+)  # fmt: skip
+_BASE_KEY = re.compile(r"\.(?:attn2\.to_out\.0\.(?:weight|bias)|attn1\.to_[qkv]\.weight)$")
+_ADAPTER_MARKERS = ("_lora", "i2v_adapter", "motion_embed", "weight_module")
+
+
+@dataclass(frozen=True)
+class ResearchKey:
+    kind: str  # "ca", "motion", "i2v"
+    layer: str  # native attention layer path, e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
+    part: str  # part within the research layer, e.g. "to_k_lora.down.weight", "to_out.0.weight", "motion_embed"
+    index: int | None  # multi-adapter index, None for a single-adapter checkpoint
+
+
+def needed_base_key(key: str) -> bool:
+    """Whether a (research or diffusers) UNet key is a base weight the conversion reads: spatial attn2 `to_out.0`
+    (CA out-LoRA) and spatial attn1 `to_q/k/v` (I2V checks)."""
+    return bool(_BASE_KEY.search(key)) and "motion_modules" not in key
+
+
+def base_weights_from_unet(unet) -> dict[str, torch.Tensor]:
+    """The base weights :func:`convert_research_state_dict` may need, from a diffusers `UNetMotionModel`."""
+    return {k: v for k, v in unet.state_dict().items() if needed_base_key(k) and ".processor." not in k}
+
+
+def parse_research_key(key: str) -> ResearchKey | None:
+    """Map one research key; None for base weights; `ValueError` for adapter state we do not know."""
+    if not any(marker in key for marker in _ADAPTER_MARKERS):
+        return None
+    if m := _CA.match(key):
+        idx = m["idx"]
+        return ResearchKey("ca", m["layer"], f"{m['proj']}_lora.{m['w']}.weight", None if idx is None else int(idx))
+    if m := _MOTION.match(key):
+        part = "motion_embed" if m["part"].startswith("motion_embed") else m["part"]
+        layer = f"{m['mm']}.transformer_blocks.{m['t']}.attn{int(m['k']) + 1}"
+        return ResearchKey("motion", layer, part, None if m["idx"] is None else int(m["idx"]))
+    if (m := _I2V.match(key)) and m["part"] in _I2V_PARTS:
+        idx = m["idx"] if m["idx"] is not None else m["idx2"]
+        return ResearchKey("i2v", f"{m['block']}.attn1", m["part"], None if idx is None else int(idx))
+    if m := _WEIGHT_MODULE.match(key):
+        return ResearchKey("i2v", f"{m['block']}.attn1", m["part"], None)
+    raise ValueError(f"unsupported research adapter key {key!r}: miva imports CA-LoRA ('...attn2.processor.to_k_lora."
+                     "down.weight'), MotionLoRA / motion embedding ('...attention_blocks.K.processor.to_q_lora...') and "
+                     "the I2V adapter ('...i2v_adapter.to_out.0.weight')")
+
+
+def remap_research_keys_for_index(state_dict: Mapping[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+    """The research inference's renaming of adapter checkpoint `index` in a multi-adapter model (REFERENCE §4):
+    `i2v_adapter.` -> `i2v_adapters.{i}.`; in keys with `processor` but neither `_ip` nor `attn2` (the motion LoRAs)
+    `processor.` -> `processor.processors.{i}.`; in `attn2` keys `to_k_lora.` / `to_v_lora.` / `to_out_lora.` ->
+    `to_k_loras.{i}.` / ... (`to_q_lora` is not renamed)."""
+    out = {}
+    for key, value in state_dict.items():
+        new = key.replace("i2v_adapter.", f"i2v_adapters.{index}.")
+        if "processor" in new and "_ip" not in new and "attn2" not in new:
+            new = new.replace("processor.", f"processor.processors.{index}.")
+        if "attn2" in new:
+            for proj in ("to_k", "to_v", "to_out"):
+                new = new.replace(f"{proj}_lora.", f"{proj}_loras.{index}.")
+        out[new] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- conversion
+
+
+def _select(entries: list[tuple[str, ResearchKey, torch.Tensor]], adapter_index: int | None):
+    indices = sorted({p.index for _, p, _ in entries if p.index is not None})
+    if not indices:
+        if adapter_index not in (None, 0):
+            raise ValueError(f"adapter_index={adapter_index} but the checkpoint holds a single adapter (use 0 or None)")
+        return entries
+    if adapter_index is None:
+        if len(indices) > 1:
+            raise ValueError(f"the checkpoint holds {len(indices)} adapters (indices {indices}); pass adapter_index")
+        adapter_index = indices[0]
+    if adapter_index not in indices:
+        raise ValueError(f"adapter_index={adapter_index} is not in the checkpoint; it holds adapters {indices}")
+    chosen = []
+    for key, parsed, value in entries:
+        if parsed.index == adapter_index:
+            chosen.append((key, parsed, value))
+        elif parsed.index is None:
+            if parsed.kind == "ca" and parsed.part.startswith("to_q_lora"):
+                chosen.append((key, parsed, value))  # never renamed by the research loader: shared by every index
+            else:
+                raise ValueError(f"key {key!r} has no adapter index in a multi-adapter checkpoint (indices {indices})")
+    return chosen
+
+
+def _base(base: Mapping[str, torch.Tensor], key: str, needed_for: str) -> torch.Tensor:
+    if key not in base:
+        raise ValueError(f"{needed_for} needs the base weight {key!r}: pass the UNet (or a research full-UNet "
+                         "checkpoint, which holds it)")
+    return base[key]
+
+
+def _check_shape(key: str, tensor: torch.Tensor, expected: tuple[int, ...], what: str) -> None:
+    if tuple(tensor.shape) != tuple(expected):
+        raise ValueError(f"{key}: checkpoint shape {tuple(tensor.shape)} does not fit {what} shape {tuple(expected)} "
+                         "(an adapter trained for a base model of another width?)")
+
+
+def _single_rank(groups: dict[str, dict[str, torch.Tensor]], what: str) -> int:
+    ranks = {}
+    for layer, parts in groups.items():
+        for part, t in parts.items():
+            if part.endswith("_lora.down.weight"):
+                ranks.setdefault(t.shape[0], f"{layer}.{part} {tuple(t.shape)}")
+    if len(ranks) > 1:
+        raise ValueError(f"{what} LoRAs of different ranks in one adapter: {sorted(ranks.values())}")
+    return next(iter(ranks))
+
+
+def _lora_scale(alpha: float | None, rank: int) -> float:
+    return 1.0 if alpha is None else alpha / rank
+
+
+def _convert_ca(groups, cfg: MIVAAdapterConfig, base, native) -> dict:
+    rank = _single_rank(groups, "cross-attention")
+    s = _lora_scale(cfg.ca_lora_scale, rank)
+    with_out = [layer for layer, parts in groups.items() if "to_out_lora.down.weight" in parts]
+    with_q = [layer for layer, parts in groups.items() if "to_q_lora.down.weight" in parts]
+    for present, name in ((with_out, "to_out_lora"), (with_q, "to_q_lora")):
+        if present and len(present) != len(groups):
+            missing = sorted(set(groups) - set(present))[0]
+            raise ValueError(f"{missing}: research CA-LoRA layer lacks {name} while other layers have it")
+    for layer, parts in groups.items():
+        for proj in ("to_k_lora", "to_v_lora") + (("to_q_lora",) if with_q else ()):
+            for w in ("down", "up"):
+                part = f"{proj}.{w}.weight"
+                if part not in parts:
+                    raise ValueError(f"research CA-LoRA layer {layer} lacks {part}")
+                native[f"{layer}.{part}"] = parts[part]
+        inner = parts["to_k_lora.up.weight"].shape[0]
+        if not with_out:  # remove_WO: the research model had no out delta
+            native[f"{layer}.to_out_lora.down.weight"] = parts["to_k_lora.down.weight"].new_zeros(rank, inner)
+            native[f"{layer}.to_out_lora.up.weight"] = parts["to_k_lora.down.weight"].new_zeros(inner, rank)
+            continue
+        down, up = parts["to_out_lora.down.weight"], parts["to_out_lora.up.weight"]
+        w_o = _base(base, f"{layer}.to_out.0.weight", f"CA out-LoRA conversion of {layer}")
+        b_o = _base(base, f"{layer}.to_out.0.bias", f"CA out-LoRA conversion of {layer}")
+        _check_shape(f"{layer}.processor.to_out_lora.down.weight", down, (rank, w_o.shape[0]), "the base W_O output")
+        d64, w64, b64 = down.double(), w_o.double(), b_o.double()
+        native[f"{layer}.to_out_lora.down.weight"] = (d64 @ w64).to(down.dtype)  # down' = down @ W_O
+        native[f"{layer}.to_out_lora.up.weight"] = up
+        native[f"{layer}.to_out_bias"] = (s * (up.double() @ (d64 @ b64))).to(up.dtype)  # s up(down(b_O))
+    return {"use_ca_lora": True, "ca_mode": "lora", "ca_lora_rank": rank, "use_q_lora": bool(with_q),
+            "ca_out_lora_bias": bool(with_out)}
+
+
+def _convert_motion(groups, max_frames: int, native) -> dict:
+    lora = {layer: parts for layer, parts in groups.items() if any(p.endswith("_lora.down.weight") for p in parts)}
+    updates = {"use_motion_lora": bool(lora), "use_motion_embed": False}
+    if lora:
+        updates["motion_lora_rank"] = _single_rank(lora, "motion")
+    for layer, parts in groups.items():
+        for part, tensor in parts.items():
+            if part != "motion_embed":
+                native[f"{layer}.{part}"] = tensor
+                continue
+            updates["use_motion_embed"] = True
+            if tensor.ndim != 2 or tensor.shape[0] > max_frames:
+                raise ValueError(f"{layer} motion_embed: checkpoint shape {tuple(tensor.shape)} does not fit "
+                                 f"(at most {max_frames} frames, channels)")
+            padded = tensor.new_zeros(max_frames, tensor.shape[1])
+            padded[: tensor.shape[0]] = tensor  # the research table has video_length rows; later frames get zero
+            native[f"{layer}.motion_embed"] = padded
+    return updates
+
+
+def _fold_lora(parts, proj: str, scale: float) -> torch.Tensor | None:
+    """Dense `s up @ down` of an I2V LoRA, or None."""
+    down, up = parts.get(f"{proj}_lora.down.weight"), parts.get(f"{proj}_lora.up.weight")
+    if down is None and up is None:
+        return None
+    if down is None or up is None:
+        raise ValueError(f"I2V {proj}_lora needs both down and up weights")
+    return scale * (up.double() @ down.double())
+
+
+def _convert_i2v(groups, base, native, i2v_lora_scale: float | None) -> dict:
+    train_q = {}
+    for layer, parts in groups.items():
+        for part in ("to_out.0.weight", "to_out.0.bias"):
+            if part not in parts:
+                raise ValueError(f"research I2V adapter at {layer} lacks i2v_adapter.{part}")
+        w_out, b_out = parts["to_out.0.weight"], parts["to_out.0.bias"]
+        rank = next((parts[p].shape[0] for p in ("to_out_lora.down.weight", "to_q_lora.down.weight") if p in parts), 1)
+        d_out = _fold_lora(parts, "to_out", _lora_scale(i2v_lora_scale, rank))
+        if d_out is not None:  # after W_O: (I + D)(W a + b)
+            w_out = (w_out.double() + d_out @ w_out.double()).to(w_out.dtype)
+            b_out = (b_out.double() + d_out @ b_out.double()).to(b_out.dtype)
+        native[f"{layer}.to_out.weight"], native[f"{layer}.to_out.bias"] = w_out, b_out
+        for part in ("weight_module.weight", "weight_module.bias"):
+            if part in parts:
+                native[f"{layer}.{part}"] = parts[part]
+        for proj in ("to_k", "to_v"):
+            if f"{proj}.weight" in parts and f"{layer}.{proj}.weight" in base:
+                mine, ref = parts[f"{proj}.weight"], base[f"{layer}.{proj}.weight"]
+                _check_shape(f"{layer}.i2v_adapter.{proj}.weight", mine, ref.shape, f"this UNet's {layer}.{proj}")
+                if not torch.allclose(mine.float(), ref.float(), rtol=1e-3, atol=1e-5):
+                    raise ValueError(f"{layer}: the I2V adapter's {proj}.weight differs from this base's attn1 "
+                                     f"{proj}.weight (max |diff| {(mine.float() - ref.float()).abs().max():.3g}); "
+                                     "the checkpoint was trained on another base model")
+        q = parts.get("to_q.weight")
+        q = base.get(f"{layer}.to_q.weight") if q is None else q
+        d_q = _fold_lora(parts, "to_q", _lora_scale(i2v_lora_scale, rank))
+        if q is None and d_q is not None:
+            raise ValueError(f"I2V Q-LoRA at {layer} needs the branch's to_q: pass the UNet")
+        if d_q is not None:
+            q = (q.double() + d_q).to(q.dtype)
+        if q is not None:
+            train_q[layer] = q
+            ref = base.get(f"{layer}.to_q.weight")
+            if ref is not None and tuple(ref.shape) != tuple(q.shape):
+                _check_shape(f"{layer}.i2v_adapter.to_q.weight", q, ref.shape, f"this UNet's {layer}.to_q")
+    differs = {layer for layer, q in train_q.items()
+               if f"{layer}.to_q.weight" not in base or not torch.equal(q.float(), base[f"{layer}.to_q.weight"].float())}
+    if differs:
+        missing = sorted(set(groups) - set(train_q))
+        if missing:
+            raise ValueError(f"I2V adapter at {missing[0]} has no to_q (and the base is unknown) while others do")
+        for layer, q in train_q.items():
+            native[f"{layer}.to_q.weight"] = q
+    return {"use_i2v": True, "i2v_train_q": bool(differs)}
+
+
+def convert_research_state_dict(
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    base: Mapping[str, torch.Tensor] | None = None,
+    config: MIVAAdapterConfig | None = None,
+    adapter_index: int | None = None,
+    max_frames: int = 32,
+    i2v_lora_scale: float | None = 1.0,
+) -> tuple[MIVAAdapterConfig, dict[str, torch.Tensor]]:
+    """Convert research adapter tensors to `(config, native tensors)` (native keys as in `adapter_io`).
+
+    Args:
+        tensors: research UNet keys (split checkpoints merged, or the adapter keys of a full UNet).
+        base: base weights (`needed_base_key`): the full checkpoint's own, else `base_weights_from_unet(unet)`.
+            Needed for the CA out-LoRA (`W_O`, `b_O`); used to check/skip the I2V K/V/Q copies.
+        config: what the tensors do not tell (LoRA alphas `ca_lora_scale` / `motion_lora_scale`, STQ, `ca_pe_mode`,
+            `sa_mode`, ...; defaults when None). Components, ranks, `use_q_lora`, `i2v_train_q` come from the tensors;
+            `pe_style` becomes `"research"` when a PE mode is set.
+        adapter_index: which adapter of a multi-adapter state dict (indexed keys).
+        max_frames: rows of our motion embedding (the UNet's `motion_max_seq_length`).
+        i2v_lora_scale: network_alpha of the research I2V Q/out LoRAs (folded into the dense weights).
+    """
+    cfg = config or MIVAAdapterConfig()
+    base = base or {}
+    entries = [(k, p, v) for k, v in tensors.items() if (p := parse_research_key(k)) is not None]
+    if not entries:
+        raise ValueError("no research adapter keys found (expected e.g. '...attn2.processor.to_k_lora.down.weight')")
+    groups: dict[str, dict[str, dict[str, torch.Tensor]]] = {"ca": {}, "motion": {}, "i2v": {}}
+    for key, parsed, value in _select(entries, adapter_index):
+        layer = groups[parsed.kind].setdefault(parsed.layer, {})
+        if parsed.part in layer:
+            raise ValueError(f"key {key!r} maps to {parsed.layer}.{parsed.part}, which another key already set")
+        layer[parsed.part] = value
+    native: dict[str, torch.Tensor] = {}
+    updates = {"use_ca_lora": False, "use_motion_lora": False, "use_motion_embed": False, "use_i2v": False,
+               "ca_out_lora_bias": False}
+    if groups["ca"]:
+        updates.update(_convert_ca(groups["ca"], cfg, base, native))
+    if groups["motion"]:
+        updates.update(_convert_motion(groups["motion"], max_frames, native))
+    if groups["i2v"]:
+        updates.update(_convert_i2v(groups["i2v"], base, native, i2v_lora_scale))
+    if cfg.q_downsample and cfg.ca_pe_mode is not None:
+        updates["pe_style"] = "research"
+    return dataclasses.replace(cfg, **updates), native
+
+
+def convert_research_checkpoint(sources, out_dir, config: MIVAAdapterConfig | dict | None = None, *, unet=None,
+                                adapter_index: int | None = None, adapter_name: str = "adapter") -> Path:
+    """Write a research checkpoint as a native adapter folder (what `miva convert` does); returns the folder.
+
+    `sources`: a research split dict (`adapter_i2v_path` / `adapter_lora_path` / `ca_lora_path`), a research
+    `.pt`, or a research full-UNet `.safetensors`. `unet` (a `UNetMotionModel`) gives the base weights split
+    checkpoints need for the CA out-LoRA and, when given, the result is test-loaded into it (strictly, then removed).
+    """
+    from .adapter_io import load_prepared_adapter, write_adapter_folder
+    from .sources import resolve_source
+
+    source = resolve_source(sources, config=config)
+    if source.kind != "research":
+        raise ValueError(f"{source.origin} is already a native MIVA adapter; nothing to convert")
+    base = {**(base_weights_from_unet(unet) if unet is not None else {}), **source.base}
+    max_frames = int(getattr(unet.config, "motion_max_seq_length", 32)) if unet is not None else 32
+    index = source.adapter_index if adapter_index is None else adapter_index
+    cfg, native = convert_research_state_dict(source.tensors, base=base, config=source.config, adapter_index=index,
+                                              max_frames=max_frames)
+    if unet is not None:
+        from .adapter_io import discard_adapter
+
+        fill_mid_block_motion(unet, cfg, native)
+        probe = "_miva_convert_probe"
+        load_prepared_adapter(unet, probe, cfg, native)
+        discard_adapter(unet, probe)
+    return write_adapter_folder(out_dir, cfg, native, adapter_name=adapter_name)
+
+
+def fill_mid_block_motion(unet, config: MIVAAdapterConfig, native: dict[str, torch.Tensor]) -> list[str]:
+    """Zero MotionLoRA / motion-embedding entries for the UNet's mid-block motion module, which the research model
+    (AnimateDiff v3 layout, REFERENCE §1) does not have: a zero delta there is "no adapter", as in the research model.
+    Only layers with no entry at all are filled; returns their names."""
+    if not (config.use_motion_lora or config.use_motion_embed):
+        return []
+    max_frames = int(getattr(unet.config, "motion_max_seq_length", None) or 32)
+    filled = []
+    for name in unet.attn_processors:
+        layer = name[: -len(".processor")]
+        if not layer.startswith("mid_block.motion_modules.") or any(k.startswith(layer + ".") for k in native):
+            continue
+        attn = unet.get_submodule(layer)
+        if config.use_motion_lora:
+            rank = config.motion_lora_rank
+            for proj, linear in (("to_q", attn.to_q), ("to_k", attn.to_k), ("to_v", attn.to_v),
+                                 ("to_out", attn.to_out[0])):
+                native[f"{layer}.{proj}_lora.down.weight"] = torch.zeros(rank, linear.in_features)
+                native[f"{layer}.{proj}_lora.up.weight"] = torch.zeros(linear.out_features, rank)
+        if config.use_motion_embed:
+            native[f"{layer}.motion_embed"] = torch.zeros(max_frames, attn.to_q.in_features)
+        filled.append(layer)
+    return filled

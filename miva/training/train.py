@@ -1,0 +1,482 @@
+"""Few-shot MIVA adapter training with accelerate: one GPU, a node of GPUs (DDP), or CPU processes (gloo).
+
+    python -m miva.training.train --config train.yaml [--resume latest] [--set key=value ...]
+    accelerate launch -m miva.training.train --config train.yaml
+    python -m miva.training.train --tiny --set output_dir=outputs/tiny      # offline smoke run, synthetic clips
+
+The objective, what trains and the defaults follow the research trainer (REFERENCE.md §8, DESIGN.md §3.9). Exact
+resume: every random draw of a step comes from a generator seeded by `(seed, micro-batch counter, process)`, the
+data order from `(seed, epoch)` and each clip's sampling from `(seed, epoch, index)`; a checkpoint restores the
+adapter, the optimiser and the global step, and the data loader skips the batches already seen.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from ..attention_processors import add_miva_adapter, install_miva_processors, set_miva_adapters
+from . import checkpointing as ckpt
+from .train_config import TrainConfig
+from .trainer_parts import (
+    LearnedToken,
+    check_prompts_contain,
+    encode_frames,
+    encode_prompts,
+    i2v_epsilon_loss,
+    load_components,
+    select_trainable,
+    step_generator,
+    to_unet_motion,
+)
+from .validation import run_validation, validation_available
+
+__all__ = ["MIVATrainer", "SeededShuffleSampler", "main", "train"]
+
+LOG_FILE = "train_log.jsonl"
+ADAPTER_FOLDER = "adapter"
+FULL_UNET_FILE = "model.safetensors"
+
+
+class SeededShuffleSampler(Sampler[int]):
+    """A fresh permutation of `range(length)` per epoch, a pure function of `(seed, epoch)` (call `set_epoch`)."""
+
+    def __init__(self, length: int, seed: int):
+        self.length, self.seed, self.epoch = int(length), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        state = np.random.SeedSequence([self.seed % 2**64, 0x5348, self.epoch]).generate_state(1, np.uint64)[0]
+        order = torch.Generator().manual_seed(int(state % 2**63))
+        return iter(torch.randperm(self.length, generator=order).tolist())
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class MIVATrainer:
+    """One training run. `MIVATrainer(config).train()` returns the saved adapter folder (or full UNet file).
+
+    `components` may hold ready base components (`unet` (2-D + `motion_adapter`, or a `UNetMotionModel`), `vae`,
+    `text_encoder`, `tokenizer`, `scheduler`, optional `noise_scheduler`) instead of loading them from the config.
+    After `setup()`, `unet` (unwrapped), `trainable` (`{name: parameter}`) and `learned_token` are inspectable.
+    """
+
+    def __init__(self, config: TrainConfig, components: dict | None = None):
+        config.validate()
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        self._components = components
+        self.global_step = 0
+        self.last_gif: Path | None = None
+        self.last_gif_step: int | None = None
+        self._is_setup = False
+
+    # --------------------------------------------------------------------------------------------------- setup
+    def _make_accelerator(self):
+        from accelerate import Accelerator
+        from accelerate.logging import get_logger
+        from accelerate.utils import ProjectConfiguration, is_tensorboard_available
+
+        config = self.config
+        mixed = config.mixed_precision
+        notes = []
+        if mixed == "fp16" and not torch.cuda.is_available():
+            notes.append("mixed_precision='fp16' needs a GPU; training in float32 (mixed_precision='no')")
+            mixed = "no"
+        log_with = config.report_to
+        if log_with == "auto":
+            log_with = "tensorboard" if is_tensorboard_available() else None
+        elif log_with == "none":
+            log_with = None
+        elif log_with == "tensorboard" and not is_tensorboard_available():
+            raise ValueError("report_to='tensorboard' but tensorboard is not installed: pip install tensorboard, or "
+                             "set report_to: none")
+        from accelerate.state import AcceleratorState
+
+        state = AcceleratorState._shared_state
+        if state.get("_mixed_precision") not in (None, mixed):
+            # An earlier run in this process (a notebook, tests) fixed the global precision; the process group
+            # (PartialState) is kept.
+            AcceleratorState._reset_state(reset_partial_state=False)
+        project = ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs"))
+        self.accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
+                                       mixed_precision=mixed, log_with=log_with, project_config=project)
+        self.logger = get_logger("miva.training", log_level="INFO")
+        for note in notes:
+            self.logger.warning(note)
+
+    def setup(self) -> None:
+        """Build models, data, optimiser; prepare them with accelerate; restore a checkpoint when resuming."""
+        from accelerate.utils import set_seed
+        from diffusers import DDPMScheduler
+
+        config = self.config
+        self._make_accelerator()
+        acc = self.accelerator
+        set_seed(config.seed)  # adapter initialisation (LoRA `down`) is then identical on every process and run
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            config.to_yaml(self.output_dir / "train_config.yaml")
+
+        parts = dict(self._components) if self._components is not None else load_components(config)
+        unet = to_unet_motion(parts["unet"], parts.get("motion_adapter"))
+        self.vae, self.text_encoder, self.tokenizer = parts["vae"], parts["text_encoder"], parts["tokenizer"]
+        self.noise_scheduler = parts.get("noise_scheduler") or DDPMScheduler.from_config(parts["scheduler"].config)
+        self.scheduler = parts["scheduler"]
+
+        install_miva_processors(unet)
+        add_miva_adapter(unet, config.adapter_name, config.adapter)
+        set_miva_adapters(unet, [config.adapter_name])
+        self.vae.requires_grad_(False)
+        self.text_encoder.requires_grad_(False)
+        self.learned_token = None
+        if config.word_to_learn:
+            self.learned_token = LearnedToken(self.tokenizer, self.text_encoder, config.word_to_learn,
+                                              config.initializer_token)
+        self.trainable = select_trainable(unet, config.adapter_name, config.parts) if config.parts else {}
+        if config.oa_bin_id is not None:
+            self._apply_orthogonal_bins(unet)
+        self.trainable = {k: p for k, p in self.trainable.items() if p.requires_grad}
+
+        # Frozen weights in the compute dtype, trainable ones in float32 (diffusers' LoRA-training convention).
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
+        unet.to(acc.device, dtype=self.weight_dtype)
+        for param in self.trainable.values():
+            param.data = param.data.float()
+        self.vae.to(acc.device, dtype=self.weight_dtype).eval()
+        te_dtype = torch.float32 if self.learned_token else self.weight_dtype
+        self.text_encoder.to(acc.device, dtype=te_dtype).eval()
+        if config.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        self.unet = unet
+
+        self._setup_data()
+        params = list(self.trainable.values()) + ([self.learned_token.weight] if self.learned_token else [])
+        self.params = params
+        self.optimizer = self._make_optimizer(params)
+        models = [unet] + ([self.text_encoder] if self.learned_token else [])
+        prepared = acc.prepare(*models, self.optimizer, self.dataloader)
+        self.unet_model = prepared[0]
+        self.text_model = prepared[1] if self.learned_token else self.text_encoder
+        self.optimizer, self.dataloader = prepared[-2], prepared[-1]
+        self.models = prepared[: len(models)]
+        acc.register_save_state_pre_hook(self._save_model_hook)
+        acc.register_load_state_pre_hook(self._load_model_hook)
+        self._prompt_cache: dict[str, torch.Tensor] = {}
+        self._resume()
+        if acc.is_main_process:
+            flat = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+                    for k, v in config.to_dict().items()}
+            acc.init_trackers("miva-train", config=flat)
+        self._is_setup = True
+
+    def _apply_orthogonal_bins(self, unet) -> None:
+        if importlib.util.find_spec("miva.training.orthogonal") is None:
+            raise ImportError("oa_bin_id needs miva.training.orthogonal (apply_orthogonal_bins), which is missing")
+        from .orthogonal import apply_orthogonal_bins, load_bases_library
+
+        bases = load_bases_library(self.config.oa_bases_path)
+        apply_orthogonal_bins(unet, self.config.adapter_name, bases, self.config.oa_bin_id)
+
+    def _setup_data(self) -> None:
+        from .data import ClipDataset, collate_clips
+
+        config, acc = self.config, self.accelerator
+        root = config.video_root
+        if root is None:  # only reachable with tiny: true
+            root = self._synthetic_clips()
+        rate = tuple(config.sample_frame_rate) if isinstance(config.sample_frame_rate, list) else config.sample_frame_rate
+        self.dataset = ClipDataset(root, prompt=config.prompt, num_frames=config.num_frames, sample_frame_rate=rate,
+                                   width=config.width, height=config.height, random_flip=config.random_flip,
+                                   seed=config.seed)
+        if self.learned_token:
+            check_prompts_contain(self.tokenizer, self.dataset.prompts, config.word_to_learn)
+        self.sampler = SeededShuffleSampler(len(self.dataset), config.seed)
+        self.dataloader = DataLoader(self.dataset, batch_size=config.train_batch_size, sampler=self.sampler,
+                                     collate_fn=collate_clips, num_workers=config.dataloader_num_workers,
+                                     generator=torch.Generator().manual_seed(config.seed))
+        acc.wait_for_everyone()
+
+    def _synthetic_clips(self) -> Path:
+        from .synthetic import write_synthetic_dataset
+
+        folder = self.output_dir / "synthetic_clips"
+        rate = self.config.sample_frame_rate
+        needed = (self.config.num_frames - 1) * (max(rate) if isinstance(rate, list) else rate) + 1
+        if self.accelerator.is_main_process and not folder.is_dir():
+            self.logger.info(f"video_root is not set: writing 10 synthetic clips to {folder}")
+            write_synthetic_dataset(folder, num_clips=10, num_frames=max(24, needed), height=self.config.height,
+                                    width=self.config.width, prompt=self.config.prompt or "a photo of clouds moving",
+                                    fmt="gif", seed=self.config.seed)
+        self.accelerator.wait_for_everyone()
+        return folder
+
+    def _make_optimizer(self, params):
+        config, acc = self.config, self.accelerator
+        optimizer_class = torch.optim.AdamW
+        if config.use_8bit_adam:
+            if acc.device.type == "cuda" and importlib.util.find_spec("bitsandbytes") is not None:
+                import bitsandbytes as bnb
+
+                optimizer_class = bnb.optim.AdamW8bit
+            else:
+                self.logger.info("use_8bit_adam: bitsandbytes with CUDA is not available; using torch.optim.AdamW")
+        return optimizer_class(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                               weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+
+    # ---------------------------------------------------------------------------------------- checkpoint hooks
+    def _save_model_hook(self, models, weights, output_dir) -> None:
+        """Replace accelerate's full-model weights by the adapter's tensors (and the learned word)."""
+        from safetensors.torch import save_file
+
+        weights.clear()
+        if self.accelerator.is_main_process:
+            save_file(ckpt.adapter_state_dict(self.unet, self.config.adapter_name),
+                      str(Path(output_dir) / ckpt.ADAPTER_STATE_FILE))
+            if self.learned_token:
+                save_file(self.learned_token.state_dict(), str(Path(output_dir) / ckpt.EMBEDS_FILE))
+
+    def _load_model_hook(self, models, input_dir) -> None:
+        from safetensors.torch import load_file
+
+        models.clear()
+        ckpt.load_adapter_state(self.unet, self.config.adapter_name,
+                                load_file(str(Path(input_dir) / ckpt.ADAPTER_STATE_FILE)))
+        if self.learned_token:
+            self.learned_token.load_state_dict(load_file(str(Path(input_dir) / ckpt.EMBEDS_FILE)))
+
+    def _trainer_state(self, epoch: int) -> dict:
+        from miva import __version__
+
+        config = self.config
+        return dict(global_step=self.global_step, epoch=epoch, adapter_name=config.adapter_name,
+                    adapter_config=config.adapter.to_dict(), trainable_modules=config.parts,
+                    word_to_learn=config.word_to_learn, seed=config.seed, num_processes=self.accelerator.num_processes,
+                    train_batch_size=config.train_batch_size,
+                    gradient_accumulation_steps=config.gradient_accumulation_steps, miva_version=__version__)
+
+    def save_checkpoint(self, epoch: int) -> Path:
+        """`accelerator.save_state` into `checkpoint-<step>.tmp`, then rename; keep the newest K."""
+        import shutil
+
+        acc = self.accelerator
+        final = self.output_dir / f"checkpoint-{self.global_step}"
+        tmp = final.with_name(final.name + ".tmp")
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            ckpt.write_trainer_state(tmp, self._trainer_state(epoch))
+            ckpt.commit_folder(tmp, final)
+            for path in ckpt.prune_checkpoints(self.output_dir, self.config.checkpoints_total_limit):
+                self.logger.info(f"removed old checkpoint {path}")
+            self.logger.info(f"saved checkpoint {final}")
+        acc.wait_for_everyone()
+        return final
+
+    def _resume(self) -> None:
+        config, acc = self.config, self.accelerator
+        path = ckpt.find_checkpoint(self.output_dir, config.resume_from_checkpoint)
+        if path is None:
+            if config.resume_from_checkpoint is not None:
+                self.logger.info(f"no checkpoint in {self.output_dir}: starting from step 0")
+            return
+        state = ckpt.read_trainer_state(path)
+        for key, mine in (("adapter_name", config.adapter_name), ("adapter_config", config.adapter.to_dict()),
+                          ("trainable_modules", config.parts), ("word_to_learn", config.word_to_learn)):
+            if state.get(key) != mine:
+                raise ValueError(f"cannot resume from {path}: it was trained with {key}={state.get(key)!r}, this "
+                                 f"run has {key}={mine!r}")
+        for key in ("seed", "num_processes", "train_batch_size", "gradient_accumulation_steps"):
+            mine = getattr(config, key, None) if key != "num_processes" else acc.num_processes
+            if state.get(key) != mine:
+                self.logger.warning(f"resuming {path} with {key}={mine} (it had {state.get(key)}): the data order "
+                                    "will differ from an uninterrupted run")
+        acc.load_state(str(path))
+        self.global_step = int(state["global_step"])
+        self.logger.info(f"resumed from {path} at step {self.global_step}")
+        if acc.is_main_process:
+            self._truncate_log(self.global_step)
+
+    # ---------------------------------------------------------------------------------------------- training
+    def prompt_embeds(self, prompts: list[str]) -> torch.Tensor:
+        """`(B, tokens, D)`; re-encoded with gradients when a word is learned, else cached per prompt."""
+        device = self.accelerator.device
+        if self.learned_token:
+            return encode_prompts(self.tokenizer, self.text_model, prompts, device)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        if missing:
+            with torch.no_grad():
+                embeds = encode_prompts(self.tokenizer, self.text_encoder, missing, device)
+            self._prompt_cache.update(zip(missing, embeds[:, None]))
+        return torch.cat([self._prompt_cache[p] for p in prompts])
+
+    def train(self) -> Path:
+        """Run to `max_train_steps`; save the adapter (and validation GIFs); return the adapter path."""
+        if not self._is_setup:
+            self.setup()
+        from accelerate.data_loader import skip_first_batches
+        from tqdm.auto import tqdm
+
+        config, acc = self.config, self.accelerator
+        batches = len(self.dataloader)
+        steps_per_epoch = math.ceil(batches / config.gradient_accumulation_steps)
+        num_epochs = math.ceil(config.max_train_steps / steps_per_epoch)
+        first_epoch = self.global_step // steps_per_epoch
+        skip = (self.global_step % steps_per_epoch) * config.gradient_accumulation_steps
+        progress = tqdm(total=config.max_train_steps, initial=self.global_step, desc="Steps",
+                        disable=not acc.is_local_main_process)
+        running, epoch, tick = 0.0, first_epoch, time.perf_counter()
+        for epoch in range(first_epoch, num_epochs):
+            if self.global_step >= config.max_train_steps:
+                break
+            self.dataset.set_epoch(epoch)
+            self.sampler.set_epoch(epoch)
+            self.dataloader.set_epoch(epoch)
+            start = skip if epoch == first_epoch else 0
+            loader = skip_first_batches(self.dataloader, start) if start else self.dataloader
+            for index, batch in enumerate(loader, start=start):
+                with acc.accumulate(*self.models):
+                    generator = step_generator(config.seed, epoch * batches + index, acc.process_index, acc.device)
+                    with acc.autocast():
+                        latents = encode_frames(self.vae, batch["pixel_values"], generator)
+                        loss = i2v_epsilon_loss(self.unet_model, latents, self.prompt_embeds(batch["prompts"]),
+                                                self.noise_scheduler, generator, config.timestep_range)
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        acc.clip_grad_norm_(self.params, config.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    if self.learned_token and acc.sync_gradients:
+                        self.learned_token.restore_frozen_rows()
+                running += acc.gather(loss.detach().reshape(1)).mean().item() / config.gradient_accumulation_steps
+                if not acc.sync_gradients:
+                    continue
+                self.global_step += 1
+                now = time.perf_counter()
+                self._log_step(epoch, running, now - tick)
+                progress.update(1)
+                progress.set_postfix(loss=f"{running:.4f}")
+                running, tick = 0.0, now
+                if config.checkpointing_steps and self.global_step % config.checkpointing_steps == 0:
+                    self.save_checkpoint(epoch)
+                if config.validation_steps and self.global_step % config.validation_steps == 0:
+                    self.validate()
+                if self.global_step >= config.max_train_steps:
+                    break
+        progress.close()
+        if config.validation_steps and self.last_gif_step != self.global_step:
+            self.validate()
+        path = self.save_final()
+        acc.end_training()
+        return path
+
+    def _log_step(self, epoch: int, loss: float, seconds: float) -> None:
+        self.accelerator.log({"loss": loss, "lr": self.config.learning_rate}, step=self.global_step)
+        if self.accelerator.is_main_process:
+            record = dict(step=self.global_step, epoch=epoch, loss=loss, lr=self.config.learning_rate,
+                          step_time=seconds)
+            with open(self.output_dir / LOG_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines past `step` (they belong to the interrupted run that this one replays)."""
+        path = self.output_dir / LOG_FILE
+        if path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    # ------------------------------------------------------------------------------------- validation, saving
+    def validate(self) -> list[Path]:
+        """Validation GIFs for the current step (main process; the others wait)."""
+        acc = self.accelerator
+        gifs = []
+        if acc.is_main_process:
+            if validation_available():
+                gifs = run_validation(self)
+                self.last_gif = gifs[-1] if gifs else self.last_gif
+            else:
+                self.logger.warning("validation skipped: miva.pipelines.pipeline_miva (MIVAPipeline) is missing")
+        self.last_gif_step = self.global_step
+        acc.wait_for_everyone()
+        return gifs
+
+    def final_path(self) -> Path:
+        return self.output_dir / (ADAPTER_FOLDER if self.config.split_ckpt else FULL_UNET_FILE)
+
+    def save_final(self) -> Path:
+        """Native adapter folder (`split_ckpt`) or the whole UNet in one safetensors file; push when asked."""
+        acc, config = self.accelerator, self.config
+        acc.wait_for_everyone()
+        path = self.final_path()
+        if acc.is_main_process:
+            text_encoder = self.text_encoder if self.learned_token else None
+            if config.split_ckpt:
+                from ..loaders.adapter_io import save_miva_adapter
+
+                path = Path(save_miva_adapter(self.unet, config.adapter_name, path, text_encoder=text_encoder,
+                                              tokenizer=self.tokenizer if text_encoder is not None else None,
+                                              sample_gif=self.last_gif, base_model=config.pretrained_model_path))
+            else:
+                self._save_full_unet(path)
+            self.logger.info(f"saved {path}")
+            if config.push_to_hub:
+                from ..loaders.adapter_io import push_miva_adapter_to_hub
+
+                push_miva_adapter_to_hub(self.unet, config.adapter_name, config.hub_model_id,
+                                         private=config.hub_private, sample_gif=self.last_gif,
+                                         text_encoder=text_encoder, tokenizer=self.tokenizer if text_encoder else None,
+                                         base_model=config.pretrained_model_path,
+                                         commit_message=f"MIVA adapter {config.adapter_name}, step {self.global_step}")
+                self.logger.info(f"pushed adapter {config.adapter_name!r} to {config.hub_model_id}")
+        acc.wait_for_everyone()
+        return path
+
+    def _save_full_unet(self, path: Path) -> None:
+        """Research 'full' format: the whole UNet state dict (base in the training weight dtype, adapter float32),
+        with `adapter_config.json` and the learned word (`learned_embeds.safetensors`) beside it."""
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.unet.state_dict().items()}
+        save_file(state, str(path), metadata={"format": "pt", "adapter_name": self.config.adapter_name})
+        self.config.adapter.save_pretrained(path.parent)
+        if self.learned_token:
+            save_file(self.learned_token.state_dict(), str(path.parent / ckpt.EMBEDS_FILE))
+
+
+def train(config: TrainConfig, components: dict | None = None) -> Path:
+    """Train one MIVA adapter as `config` says; returns the adapter folder (or the full UNet file)."""
+    return MIVATrainer(config, components=components).train()
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    """`python -m miva.training.train` / `accelerate launch -m miva.training.train` (same options as `miva train`)."""
+    import argparse
+    import logging
+
+    from .command import HELP, add_arguments, run
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    parser = argparse.ArgumentParser(prog="python -m miva.training.train", description=HELP)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

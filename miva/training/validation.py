@@ -1,0 +1,91 @@
+"""Validation videos during training: `MIVAPipeline` on the training components, GIFs per validation step."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .train import MIVATrainer
+
+__all__ = ["run_validation", "validation_available", "validation_images"]
+
+VALIDATION_FOLDER = "validation"
+
+
+def validation_available() -> bool:
+    """Whether `MIVAPipeline` can be imported (validation is skipped with a warning otherwise)."""
+    return importlib.util.find_spec("miva.pipelines.pipeline_miva") is not None
+
+
+def validation_images(trainer: MIVATrainer) -> list[tuple[str, Image.Image]]:
+    """`(name, RGB image)` pairs: `validation.image` paths, or the first frame of the first training clip (cropped
+    to the training size)."""
+    from diffusers.utils import load_image
+    from PIL import Image
+
+    from .data import read_clip, resize_center_crop
+
+    paths = trainer.config.validation.images
+    if paths:
+        return [(Path(p).stem, load_image(p).convert("RGB")) for p in paths]
+    clip = trainer.dataset.clips[0]
+    frame = torch.from_numpy(read_clip(clip)[:1]).permute(0, 3, 1, 2)
+    frame = resize_center_crop(frame, trainer.config.height, trainer.config.width).round().clamp(0, 255).byte()
+    return [(f"{Path(clip).stem}-frame0", Image.fromarray(frame[0].permute(1, 2, 0).numpy()))]
+
+
+def run_validation(trainer: MIVATrainer) -> list[Path]:
+    """Animate the validation images with the adapter being trained; GIFs go to `<output_dir>/validation/`.
+
+    Runs in eval mode under `no_grad` (and the run's autocast), with a generator seeded by `validation.seed` (default
+    the training seed). The MIVA context (active adapters, prompt layout, CA store) is restored afterwards.
+    """
+    from diffusers.utils import export_to_gif
+
+    from ..pipelines.pipeline_miva import MIVAPipeline
+
+    config = trainer.config
+    settings = config.validation
+    unet = trainer.unet
+    context = unet.miva_context
+    saved = (list(context.active), context.enabled, context.parallel_mode, context.adapter_prompts,
+             context.attention_store)
+    folder = Path(config.output_dir) / VALIDATION_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    pipe = MIVAPipeline(vae=trainer.vae, text_encoder=trainer.text_encoder, tokenizer=trainer.tokenizer, unet=unet,
+                        motion_adapter=None, scheduler=trainer.scheduler, feature_extractor=None, image_encoder=None)
+    pipe.set_progress_bar_config(disable=True)
+    prompt = settings.prompt or config.prompt or trainer.dataset.prompts[0]
+    seed = config.seed if settings.seed is None else settings.seed
+    gifs = []
+    unet.eval()
+    try:
+        with torch.no_grad(), trainer.accelerator.autocast():
+            for name, image in validation_images(trainer):
+                out = pipe(
+                    image=image,
+                    prompt=prompt,
+                    num_frames=settings.num_frames or config.num_frames,
+                    height=settings.height or config.height,
+                    width=settings.width or config.width,
+                    num_inference_steps=settings.num_inference_steps,
+                    guidance_scale=settings.guidance_scale,
+                    generator=torch.Generator().manual_seed(seed),
+                    output_type="pil",
+                    **settings.pipeline_kwargs,
+                )
+                path = folder / f"step-{trainer.global_step:06d}-{name}.gif"
+                export_to_gif(out.frames[0], str(path), fps=8)
+                gifs.append(path)
+    finally:
+        unet.train()
+        (context.active, context.enabled, context.parallel_mode, context.adapter_prompts,
+         context.attention_store) = saved
+    trainer.logger.info(f"validation GIFs: {[str(g) for g in gifs]}")
+    return gifs

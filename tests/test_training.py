@@ -1,0 +1,359 @@
+"""The MIVA trainer on the tiny offline model and 10 synthetic clips (64x64, 8 frames, stride 1): learning, what
+trains, checkpoints and exact resume, textual inversion, the saved adapter, 2-process DDP, config and CLI."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from miva.attention_processors import MIVAAdapterConfig
+from miva.training import checkpointing as ckpt
+from miva.training.synthetic import write_synthetic_dataset
+from miva.training.train import LOG_FILE, MIVATrainer, SeededShuffleSampler, train
+from miva.training.train_config import TrainConfig, ValidationConfig, apply_overrides
+from miva.training.trainer_parts import encode_frames, i2v_epsilon_loss, step_generator
+
+PROMPT = "a photo of clouds moving"
+ADAPTER = dict(use_i2v=True, use_motion_lora=True, use_ca_lora=True, motion_lora_rank=4, ca_lora_rank=4)
+PARTS = ["motion_lora", "ca_lora"]  # the cross-frame branch exists but stays frozen
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    write_synthetic_dataset(folder, num_clips=10, num_frames=10, height=64, width=64, prompt=PROMPT, fmt="gif")
+    return folder
+
+
+def make_config(clips, output_dir, **overrides) -> TrainConfig:
+    fields = dict(output_dir=str(output_dir), tiny=True, video_root=str(clips), prompt=PROMPT, num_frames=8,
+                  sample_frame_rate=1, width=64, height=64, adapter=dict(ADAPTER), trainable_modules=list(PARTS),
+                  learning_rate=3e-3, max_train_steps=30, checkpointing_steps=10, validation_steps=None,
+                  mixed_precision="no", report_to="none", seed=42)
+    fields.update(overrides)
+    return TrainConfig(**fields)
+
+
+def state_copy(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def eval_loss(trainer) -> float:
+    """The objective on all 10 clips with fixed samples, timesteps and noise (no gradient)."""
+    trainer.dataset.set_epoch(0)
+    losses = []
+    with torch.no_grad():
+        for i in range(len(trainer.dataset)):
+            generator = step_generator(7, i, 0, "cpu")
+            latents = encode_frames(trainer.vae, trainer.dataset[i]["pixel_values"][None], generator)
+            embeds = trainer.prompt_embeds([trainer.dataset.prompts[i]])
+            losses.append(i2v_epsilon_loss(trainer.unet, latents, embeds, trainer.noise_scheduler, generator,
+                                           [100, 900]).item())
+    return float(np.mean(losses))
+
+
+def log_losses(output_dir) -> dict[int, float]:
+    lines = Path(output_dir, LOG_FILE).read_text().splitlines()
+    return {record["step"]: record["loss"] for record in map(json.loads, lines)}
+
+
+@pytest.fixture(scope="module")
+def trained(clips, tmp_path_factory):
+    """30 steps at lr 3e-3 with checkpoints every 10 steps (the newest 2 kept) and the final native adapter."""
+    out = tmp_path_factory.mktemp("run30")
+    trainer = MIVATrainer(make_config(clips, out, checkpoints_total_limit=2))
+    trainer.setup()
+    before = dict(unet=state_copy(trainer.unet), vae=state_copy(trainer.vae), text=state_copy(trainer.text_encoder),
+                  loss=eval_loss(trainer))
+    path = trainer.train()
+    before["loss_after"] = eval_loss(trainer)
+    return trainer, before, path
+
+
+# ------------------------------------------------------------------------------------------ learning, what trains
+def test_loss_decreases(trained):
+    trainer, before, _ = trained
+    losses = log_losses(trainer.output_dir)
+    assert sorted(losses) == list(range(1, 31))
+    first, last = np.mean([losses[s] for s in range(1, 6)]), np.mean([losses[s] for s in range(26, 31)])
+    assert last < first - 0.01, (first, last)
+    assert before["loss_after"] < 0.95 * before["loss"], (before["loss"], before["loss_after"])
+
+
+def test_only_selected_parameters_change(trained):
+    trainer, before, _ = trained
+    after = trainer.unet.state_dict()
+    assert set(after) == set(before["unet"])
+    trainable = set(trainer.trainable)
+    assert trainable and all(".adapters.miva." in k for k in trainable)
+    assert any(".motion_modules." in k for k in trainable) and any("attn2.processor" in k for k in trainable)
+    for key, value in after.items():
+        if key in trainable:
+            assert not torch.equal(value, before["unet"][key]), f"{key} did not train"
+        else:
+            assert torch.equal(value, before["unet"][key]), f"{key} changed but is frozen"
+    frozen_i2v = [k for k in after if "attn1.processor.adapters.miva.to_out" in k]
+    assert frozen_i2v and all(not trainer.unet.get_parameter(k).requires_grad for k in frozen_i2v)
+    for part in ("vae", "text"):
+        module = trainer.vae if part == "vae" else trainer.text_encoder
+        assert all(torch.equal(v, before[part][k]) for k, v in module.state_dict().items())
+
+
+def test_checkpoints_are_adapter_only_pruned_and_complete(trained):
+    trainer, _, _ = trained
+    names = sorted(p.name for p in trainer.output_dir.iterdir() if p.name.startswith("checkpoint"))
+    assert names == ["checkpoint-20", "checkpoint-30"]  # checkpoints_total_limit=2; no *.tmp left behind
+    folder = trainer.output_dir / "checkpoint-30"
+    files = {p.name for p in folder.iterdir()}
+    assert {ckpt.ADAPTER_STATE_FILE, ckpt.TRAINER_STATE_FILE, "optimizer.bin"} <= files
+    assert "model.safetensors" not in files  # the frozen UNet is never copied into checkpoints
+    state = ckpt.read_trainer_state(folder)
+    assert state["global_step"] == 30 and state["trainable_modules"] == PARTS and state["num_processes"] == 1
+    saved = load_file(str(folder / ckpt.ADAPTER_STATE_FILE))
+    live = ckpt.adapter_state_dict(trainer.unet, "miva")
+    assert set(saved) == set(live) and all(torch.equal(saved[k], live[k]) for k in live)
+
+
+def test_saved_adapter_loads_and_changes_the_video(trained):
+    from miva.pipelines import MIVAPipeline
+    from miva.tiny import make_test_image, tiny_components
+
+    trainer, _, path = trained
+    assert path == trainer.output_dir / "adapter"
+    assert {"adapter_config.json", "miva_adapter.safetensors", "README.md"} <= {p.name for p in path.iterdir()}
+    pipe = MIVAPipeline(**tiny_components(seed=0))
+    pipe.set_progress_bar_config(disable=True)
+    options = dict(prompt=PROMPT, num_frames=8, height=64, width=64, num_inference_steps=2, guidance_scale=1.0,
+                   output_type="np")
+    image = make_test_image(64, 64, seed=3)
+    plain = pipe(image, generator=torch.Generator().manual_seed(0), **options).frames
+    assert pipe.load_adapters(str(path), adapter_names="trained") == ["trained"]
+    loaded = {k.replace(".adapters.trained.", ".adapters.miva."): v
+              for k, v in ckpt.adapter_state_dict(pipe.unet, "trained").items()}
+    expected = ckpt.adapter_state_dict(trainer.unet, "miva")
+    assert set(loaded) == set(expected) and all(torch.equal(loaded[k], expected[k]) for k in expected)
+    adapted = pipe(image, generator=torch.Generator().manual_seed(0), **options).frames
+    assert plain.shape == adapted.shape == (1, 8, 64, 64, 3)
+    assert np.abs(adapted - plain).max() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- exact resume
+def test_resume_continues_exactly(trained, clips, tmp_path):
+    """Stopped at step 10 (after its checkpoint) and resumed to 20 == the uninterrupted run's step 20, bit for bit."""
+    reference, _, _ = trained
+    out = tmp_path / "resumed"
+    train(make_config(clips, out, max_train_steps=10))
+    (out / "checkpoint-90.tmp").mkdir()  # a save killed half-way: never taken as a checkpoint
+    assert ckpt.find_checkpoint(out, "latest") == out / "checkpoint-10"
+    train(make_config(clips, out, max_train_steps=20, resume_from_checkpoint="latest"))
+    ours = load_file(str(out / "checkpoint-20" / ckpt.ADAPTER_STATE_FILE))
+    theirs = load_file(str(reference.output_dir / "checkpoint-20" / ckpt.ADAPTER_STATE_FILE))
+    assert set(ours) == set(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    resumed, uninterrupted = log_losses(out), log_losses(reference.output_dir)
+    assert sorted(resumed) == list(range(1, 21))
+    assert all(resumed[s] == uninterrupted[s] for s in range(1, 21))
+
+
+def test_resume_refuses_another_adapter_config(trained, clips, tmp_path):
+    reference, _, _ = trained
+    config = make_config(clips, tmp_path, adapter=dict(ADAPTER, ca_lora_rank=8),
+                         resume_from_checkpoint=str(reference.output_dir / "checkpoint-20"))
+    with pytest.raises(ValueError, match="adapter_config"):
+        MIVATrainer(config).setup()
+
+
+# ------------------------------------------------------------------------------------------ textual inversion
+def test_textual_inversion_changes_only_the_new_row(clips, tmp_path):
+    from miva.loaders.adapter_io import load_miva_adapter
+    from miva.tiny import tiny_components, tiny_unet_motion
+
+    word = "<wiggle>"
+    config = make_config(clips, tmp_path, prompt=f"a photo of {word} moving", word_to_learn=word,
+                         initializer_token="clouds", max_train_steps=4, checkpointing_steps=None)
+    with pytest.raises(ValueError, match="does not appear"):  # the clips' .txt sidecars win over `prompt`
+        MIVATrainer(config).setup()
+    no_sidecars = tmp_path / "clips"
+    no_sidecars.mkdir()
+    for clip in Path(clips).glob("*.gif"):
+        (no_sidecars / clip.name).symlink_to(clip)
+    config.video_root = str(no_sidecars)
+    trainer = MIVATrainer(config)
+    trainer.setup()
+    weight = trainer.text_encoder.get_input_embeddings().weight
+    new_id, init_id = trainer.tokenizer.convert_tokens_to_ids([word, "clouds"])
+    assert new_id == weight.shape[0] - 1 and torch.equal(weight[new_id], weight[init_id])
+    before = state_copy(trainer.text_encoder)
+    path = trainer.train()
+    after = trainer.text_encoder.state_dict()
+    key = "text_model.embeddings.token_embedding.weight"
+    changed_rows = (after[key] != before[key]).any(dim=1).nonzero().flatten().tolist()
+    assert changed_rows == [new_id]
+    assert all(torch.equal(v, before[k]) for k, v in after.items() if k != key)
+    # The adapter folder carries the learned word; loading it adds the token with the trained vector.
+    parts = tiny_components(seed=0, with_image_encoder=False)
+    load_miva_adapter(tiny_unet_motion(seed=0), str(path), "ti", text_encoder=parts["text_encoder"],
+                      tokenizer=parts["tokenizer"])
+    loaded = parts["text_encoder"].get_input_embeddings().weight[parts["tokenizer"].convert_tokens_to_ids(word)]
+    assert torch.equal(loaded, after[key][new_id])
+
+
+# ---------------------------------------------------------------------------- validation GIFs, Hub push, precision
+def test_validation_gif_and_push_to_hub(clips, tmp_path, monkeypatch):
+    from miva.loaders import adapter_io
+
+    uploads = []
+
+    class Repo(str):
+        repo_id = "user/miva-test"
+
+    def fake_upload_folder(repo_id, folder_path, **kwargs):
+        uploads.append((repo_id, {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}))
+
+    monkeypatch.setattr(adapter_io, "create_repo", lambda repo_id, **kwargs: Repo(f"https://hub/{repo_id}"))
+    monkeypatch.setattr(adapter_io, "upload_folder", fake_upload_folder)
+    config = make_config(clips, tmp_path, max_train_steps=2, checkpointing_steps=None, validation_steps=2,
+                         validation=dict(num_inference_steps=2), push_to_hub=True, hub_model_id="user/miva-test")
+    trainer = MIVATrainer(config)
+    trainer.train()
+    gifs = sorted((tmp_path / "validation").glob("*.gif"))
+    assert [g.name for g in gifs] == ["step-000002-clip_000-frame0.gif"]  # every 2 steps and at the end: once
+    assert trainer.last_gif == gifs[0]
+    (repo_id, files), = uploads
+    assert repo_id == "user/miva-test"
+    assert {"README.md", "adapter_config.json", "miva_adapter.safetensors", "sample.gif"} <= set(files)
+    assert files["sample.gif"] == gifs[0].read_bytes()
+    assert b"sample.gif" in files["README.md"] and b"user/miva-test" in files["README.md"]
+
+
+def test_bf16_mixed_precision_and_full_unet_file(clips, tmp_path):
+    config = make_config(clips, tmp_path, mixed_precision="bf16", max_train_steps=2, checkpointing_steps=None,
+                         split_ckpt=False)
+    trainer = MIVATrainer(config)
+    path = trainer.train()
+    assert trainer.accelerator.mixed_precision == "bf16"
+    assert all(p.dtype == torch.float32 for p in trainer.trainable.values())
+    assert trainer.unet.conv_in.weight.dtype == torch.bfloat16
+    assert all(np.isfinite(v) for v in log_losses(tmp_path).values())
+    assert path == tmp_path / "model.safetensors"
+    saved = load_file(str(path))
+    live = trainer.unet.state_dict()
+    assert set(saved) == set(live) and all(torch.equal(saved[k], live[k].cpu()) for k in live)
+    assert MIVAAdapterConfig.from_json_file(tmp_path / "adapter_config.json").to_dict() == config.adapter.to_dict()
+
+
+def test_fp16_without_gpu_falls_back_to_float32(clips, tmp_path):
+    trainer = MIVATrainer(make_config(clips, tmp_path, mixed_precision="fp16"))
+    trainer._make_accelerator()
+    assert trainer.accelerator.mixed_precision == "no"
+
+
+# --------------------------------------------------------------------------------------------- multi-process
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(300)
+def test_accelerate_launch_two_processes(clips, tmp_path):
+    """Two CPU processes (gloo DDP): 5 batches each per epoch, one adapter saved, states of both ranks checkpointed.
+
+    accelerate 1.15's `--cpu` launcher starts a single process (multi-CPU needs mpirun); `--multi_gpu` on a machine
+    without GPUs runs torchrun, and each process trains on the CPU with the gloo backend.
+    """
+    config = make_config(clips, tmp_path / "out", max_train_steps=4, checkpointing_steps=4)
+    config.to_yaml(tmp_path / "train.yaml")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1",
+               TRANSFORMERS_VERBOSITY="error", HF_HOME=str(tmp_path / "hf"))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), "-m", "miva.training.train", "--config",
+               str(tmp_path / "train.yaml")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = tmp_path / "out"
+    state = ckpt.read_trainer_state(out / "checkpoint-4")
+    assert state["num_processes"] == 2 and state["global_step"] == 4
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in (out / "checkpoint-4").iterdir()}
+    assert list(out.glob("*/miva_adapter.safetensors")) == [out / "adapter" / "miva_adapter.safetensors"]
+    assert result.stdout.strip().splitlines()[-1] == str(out / "adapter")
+    tensors = load_file(str(out / "adapter" / "miva_adapter.safetensors"))
+    ups = [v for k, v in tensors.items() if k.endswith("lora.up.weight")]
+    assert ups and all(v.abs().max() > 0 for v in ups)  # trained (LoRA `up` starts at zero)
+
+
+# ---------------------------------------------------------------------------------------- data order, config, CLI
+def test_seeded_sampler_is_a_pure_function_of_seed_and_epoch():
+    sampler = SeededShuffleSampler(10, seed=42)
+    orders = []
+    for epoch in (0, 1, 0):
+        sampler.set_epoch(epoch)
+        orders.append(list(sampler))
+    assert sorted(orders[0]) == list(range(10)) and orders[0] == orders[2] and orders[0] != orders[1]
+    assert list(SeededShuffleSampler(10, seed=43)) != orders[0]
+
+
+def test_config_errors_name_the_field(clips, tmp_path):
+    base = dict(output_dir=str(tmp_path), tiny=True, video_root=str(clips))
+    cases = [
+        (dict(learning_rat=1e-4), "did you mean 'learning_rate'"),
+        (dict(trainable_modules=["motion_lora", "ca_lora"]), "'ca_lora' is not a part of this adapter"),
+        (dict(trainable_modules=["motion_lorra"]), "did you mean 'motion_lora'"),
+        (dict(mixed_precision="fp32"), "mixed_precision='fp32'"),
+        (dict(width=100), "width=100 must be a multiple of 8"),
+        (dict(sample_frame_rate=[4, 2]), "sample_frame_rate"),
+        (dict(word_to_learn="<w>"), "initializer_token"),
+        (dict(push_to_hub=True), "hub_model_id"),
+        (dict(oa_bin_id=1), "oa_bases_path"),
+        (dict(timestep_range=[500, 100]), "timestep_range"),
+        (dict(report_to="tensorbord"), "did you mean 'tensorboard'"),
+        (dict(adapter=dict(use_ca_lora="yes")), "use_ca_lora='yes'"),
+        (dict(validation=dict(num_inference_step=2)), "did you mean 'num_inference_steps'"),
+        (dict(tiny=False, motion_module_path="m"), "pretrained_model_path is required"),
+    ]
+    for fields, message in cases:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+            TrainConfig.from_dict({**base, **fields})
+
+
+def test_config_yaml_round_trip_overrides_and_cli(clips, tmp_path):
+    from miva.cli import build_parser
+    from miva.training.command import TINY_DEFAULTS, config_from_args
+
+    config = make_config(clips, tmp_path, validation=ValidationConfig(image=["a.png"], num_inference_steps=3))
+    config.to_yaml(tmp_path / "c.yaml")
+    again = TrainConfig.from_yaml(tmp_path / "c.yaml", overrides=["adapter.ca_lora_rank=8", "max_train_steps=7"])
+    expected = config.to_dict()
+    expected["adapter"]["ca_lora_rank"], expected["max_train_steps"] = 8, 7
+    assert again.to_dict() == expected
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=[1, 2]", "d=null", "e=text"]) == {"a": {"b": 1, "c": [1, 2]},
+                                                                                    "d": None, "e": "text"}
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides({}, ["max_train_steps"])
+    args = build_parser().parse_args(["train", "--tiny", "--resume", "latest", "--set", "max_train_steps=3",
+                                      "--set", f"output_dir={tmp_path}"])
+    cli_config = config_from_args(args)
+    assert cli_config.tiny and cli_config.max_train_steps == 3 and cli_config.resume_from_checkpoint == "latest"
+    assert cli_config.width == TINY_DEFAULTS["width"] and cli_config.video_root is None
+
+
+def test_find_checkpoint_and_prune(tmp_path):
+    assert ckpt.find_checkpoint(tmp_path, None) is None and ckpt.find_checkpoint(tmp_path, "latest") is None
+    for step in (5, 30, 200):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        ckpt.write_trainer_state(tmp_path / f"checkpoint-{step}", {"global_step": step})
+    (tmp_path / "checkpoint-300.tmp").mkdir()
+    assert ckpt.find_checkpoint(tmp_path, "latest") == tmp_path / "checkpoint-200"
+    assert ckpt.find_checkpoint(tmp_path, "checkpoint-30") == tmp_path / "checkpoint-30"
+    with pytest.raises(FileNotFoundError, match="checkpoint-7.*checkpoint-5"):
+        ckpt.find_checkpoint(tmp_path, "checkpoint-7")
+    assert ckpt.prune_checkpoints(tmp_path, 1) == [tmp_path / "checkpoint-5", tmp_path / "checkpoint-30"]
+    assert [p.name for _, p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-200"]
