@@ -15,7 +15,6 @@ from . import __version__
 
 SUBCOMMANDS: dict[str, str] = {
     "demo": "miva.demo",
-    "train": "miva.training.command",
     "infer": "miva.commands.infer",
     "train": "miva.commands.train",
     "bases": "miva.commands.bases",

@@ -17,7 +17,7 @@ ADAPTER_NAME = "demo"
 PROMPT = "a waterfall, water flowing"
 
 
-def randomise_adapter_outputs(pipe, adapter_name: str, seed: int = 0, std: float = 0.05) -> int:
+def randomise_adapter_outputs(pipe, adapter_name: str, seed: int = 0, std: float = 0.3) -> int:
     """Give adapter `adapter_name`'s zero-initialised output weights (LoRA `up`, cross-frame `to_out`) small random
     values (seeded) so that the untrained adapter visibly acts. Returns the number of tensors changed."""
     import torch
@@ -27,7 +27,7 @@ def randomise_adapter_outputs(pipe, adapter_name: str, seed: int = 0, std: float
     generator = torch.Generator().manual_seed(seed)
     changed = 0
     with torch.no_grad():
-        for layer, module in sorted(get_miva_adapter_modules(pipe.unet, adapter_name).items()):
+        for _layer, module in sorted(get_miva_adapter_modules(pipe.unet, adapter_name).items()):
             for name, param in sorted(module.named_parameters()):
                 if name.endswith("up.weight") or name.startswith("to_out."):
                     scale = std * (32.0 if name.endswith("up.weight") else 1.0)  # LoRA deltas carry alpha/rank = 1/32
@@ -36,8 +36,9 @@ def randomise_adapter_outputs(pipe, adapter_name: str, seed: int = 0, std: float
     return changed
 
 
-def run_demo(out_dir: str = "outputs/demo", frames: int = 8, steps: int = 4, seed: int = 0, size: int = 64,
-             log=print) -> dict[str, str]:
+def run_demo(
+    out_dir: str = "outputs/demo", frames: int = 8, steps: int = 4, seed: int = 0, size: int = 64, log=print
+) -> dict[str, str]:
     """Build `MIVAPipeline(**tiny_components(seed))`, add a randomised adapter, animate `make_test_image()`.
 
     Writes `input.png`, `demo.mp4` and `demo.gif` into `out_dir`; returns `{"image", "mp4", "gif"}` paths.
@@ -58,14 +59,27 @@ def run_demo(out_dir: str = "outputs/demo", frames: int = 8, steps: int = 4, see
     pipe.set_progress_bar_config(disable=True)
     pipe.add_adapter(ADAPTER_NAME, MIVAAdapterConfig(use_i2v=True, use_motion_lora=True, use_ca_lora=True))
     changed = randomise_adapter_outputs(pipe, ADAPTER_NAME, seed)
-    log(f"adapter {ADAPTER_NAME!r}: untrained; its {changed} zero-initialised output weights were randomised "
-        f"(seed {seed}) so that it visibly changes the video")
+    log(
+        f"adapter {ADAPTER_NAME!r}: untrained; its {changed} zero-initialised output weights were randomised "
+        f"(seed {seed}) so that it visibly changes the video"
+    )
     image = make_test_image(size, size, seed)
-    video = pipe(image, PROMPT, num_frames=frames, height=size, width=size, num_inference_steps=steps,
-                 guidance_scale=7.5, generator=torch.Generator().manual_seed(seed)).frames[0]
+    video = pipe(
+        image,
+        PROMPT,
+        num_frames=frames,
+        height=size,
+        width=size,
+        num_inference_steps=steps,
+        guidance_scale=7.5,
+        generator=torch.Generator().manual_seed(seed),
+    ).frames[0]
     os.makedirs(out_dir, exist_ok=True)
-    paths = {"image": os.path.join(out_dir, "input.png"), "mp4": os.path.join(out_dir, "demo.mp4"),
-             "gif": os.path.join(out_dir, "demo.gif")}
+    paths = {
+        "image": os.path.join(out_dir, "input.png"),
+        "mp4": os.path.join(out_dir, "demo.mp4"),
+        "gif": os.path.join(out_dir, "demo.gif"),
+    }
     image.save(paths["image"])
     export_to_video(video, paths["mp4"], fps=8)
     export_to_gif(video, paths["gif"], fps=8)

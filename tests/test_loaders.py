@@ -141,8 +141,14 @@ def test_hub_repo_id_offline_from_cache(pipe, saved, tmp_path):
     files.update({f"motions/{name}": path for name, path in files.items()})
     sha = _hub_cache(tmp_path / "hub", "someone/miva-waterfall", files)
     pipe.load_adapters("someone/miva-waterfall", cache_dir=tmp_path / "hub")
-    pipe.load_adapters("someone/miva-waterfall", adapter_names="sub", cache_dir=tmp_path / "hub", revision=sha,
-                       subfolder="motions", local_files_only=True)
+    pipe.load_adapters(
+        "someone/miva-waterfall",
+        adapter_names="sub",
+        cache_dir=tmp_path / "hub",
+        revision=sha,
+        subfolder="motions",
+        local_files_only=True,
+    )
     assert pipe.get_list_adapters() == ["miva-waterfall", "sub"]
     for name in ("miva-waterfall", "sub"):
         assert_same_state(adapter_state_dict(pipe.unet, name), state)
@@ -161,8 +167,9 @@ def test_learned_word_embedding_round_trip(base_unet, tmp_path):
         src.text_encoder.get_input_embeddings().weight[token_id] = torch.linspace(-1, 1, 32)
     src.add_adapter("flow", MIVAAdapterConfig(use_i2v=False, motion_lora_rank=2, word_to_learn="<flow>"))
     src.save_adapter("flow", tmp_path / "flow")
-    assert torch.equal(load_file(tmp_path / "flow" / "miva_adapter.safetensors")["text_embeddings.<flow>"],
-                       torch.linspace(-1, 1, 32))
+    assert torch.equal(
+        load_file(tmp_path / "flow" / "miva_adapter.safetensors")["text_embeddings.<flow>"], torch.linspace(-1, 1, 32)
+    )
     dst = _Pipe(copy.deepcopy(base_unet), parts[1]["text_encoder"], parts[1]["tokenizer"])
     dst.load_adapters(tmp_path / "flow")
     new_id = dst.tokenizer.convert_tokens_to_ids("<flow>")
@@ -240,7 +247,9 @@ def test_mismatches_name_the_key_and_shapes(pipe, saved, tmp_path):
     missing = _edited_copy(folder, tmp_path / "missing", lambda t: t.pop(key))
     with pytest.raises(ValueError, match=rf"missing key '{key}' \(this UNet expects shape \(4, 32\)\)"):
         pipe.load_adapters(missing)
-    extra = _edited_copy(folder, tmp_path / "extra", lambda t: t.update({"mid_block.attentions.9.attn2.x": t[key]}))
+    extra = _edited_copy(
+        folder, tmp_path / "extra", lambda t: t.update({"mid_block.attentions.9.attn2.x": t[key].clone()})
+    )
     with pytest.raises(ValueError, match=r"unexpected key 'mid_block\.attentions\.9\.attn2\.x' of shape \(4, 32\)"):
         pipe.load_adapters(extra)
     wide = _edited_copy(folder, tmp_path / "wide", lambda t: t.update({key: torch.zeros(4, 768)}))
@@ -251,8 +260,15 @@ def test_mismatches_name_the_key_and_shapes(pipe, saved, tmp_path):
 
 def test_adapters_loaded_together_must_agree_on_stq(pipe, tmp_path):
     for name, mode in (("a", "rope_3d"), ("b", "temporal")):
-        cfg = MIVAAdapterConfig(use_i2v=False, use_motion_lora=False, use_ca_lora=True, ca_lora_rank=2,
-                                q_downsample=True, q_downsample_ratio=2, ca_pe_mode=mode)
+        cfg = MIVAAdapterConfig(
+            use_i2v=False,
+            use_motion_lora=False,
+            use_ca_lora=True,
+            ca_lora_rank=2,
+            q_downsample=True,
+            q_downsample_ratio=2,
+            ca_pe_mode=mode,
+        )
         helper = _Pipe(copy.deepcopy(pipe.unet))
         helper.add_adapter(name, cfg)
         helper.save_adapter(name, tmp_path / name)
@@ -266,7 +282,7 @@ def test_failed_load_leaves_previous_adapters_working(pipe, saved, tmp_path):
     pipe.load_adapters(folder, adapter_names="w")
     good = tmp_path / "good"
     helper = _Pipe(copy.deepcopy(pipe.unet))
-    helper.add_adapter("g", IMPLICIT)
+    helper.add_adapter("g", MIVAAdapterConfig(use_i2v=False, motion_lora_rank=2))
     helper.save_adapter("g", good)
     bad = _edited_copy(folder, tmp_path / "bad", lambda t: t.pop(next(iter(t))))
     with pytest.raises(ValueError, match="missing key"):
@@ -314,8 +330,12 @@ def test_lifecycle_verbs(pipe, saved, base_unet):
     assert torch.equal(forward(pipe.unet), output)
 
 
-def test_argument_errors(pipe, saved):
+def test_argument_errors(pipe, saved, tmp_path):
     folder, _, _ = saved
+    plain = tmp_path / "plain.safetensors"  # native keys, but no config anywhere
+    save_file(load_file(folder / "miva_adapter.safetensors"), plain)
+    with pytest.raises(ValueError, match="neither a MIVA adapter file .* nor a research UNet checkpoint"):
+        pipe.load_adapters(plain)
     with pytest.raises(TypeError, match="unexpected keyword argument 'revison'"):
         pipe.load_adapters(folder, revison="main")
     with pytest.raises(ValueError, match="adapter_names has 1 entries but there are 2 sources"):

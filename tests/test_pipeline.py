@@ -1,8 +1,6 @@
 """`MIVAPipeline` on the tiny offline components: exactness against stock diffusers parts, sampling options,
 per-adapter prompts, validation, diffusers features that swap processors, and the demo."""
 
-import os
-
 import numpy as np
 import PIL.Image
 import pytest
@@ -25,8 +23,15 @@ def gen(seed):
 
 
 def run(pipe, image, **kwargs):
-    options = dict(prompt=PROMPT, num_frames=FRAMES, height=SIZE, width=SIZE, num_inference_steps=STEPS,
-                   generator=gen(0), output_type="latent")
+    options = dict(
+        prompt=PROMPT,
+        num_frames=FRAMES,
+        height=SIZE,
+        width=SIZE,
+        num_inference_steps=STEPS,
+        generator=gen(0),
+        output_type="latent",
+    )
     options.update(kwargs)
     return pipe(image, **options)
 
@@ -107,13 +112,20 @@ def test_matches_stock_animatediff_with_frame0_held(pipe, stock, image, guidance
         final["latents"] = tensors["latents"]
         return {}
 
-    out = run(pipe, image, guidance_scale=guidance, latents=noise, generator=gen(3), output_type="pt",
-              callback_on_step_end=keep)
+    out = run(
+        pipe,
+        image,
+        guidance_scale=guidance,
+        latents=noise,
+        generator=gen(3),
+        output_type="pt",
+        callback_on_step_end=keep,
+    )
     expected = reference_latents(stock, first, noise, guidance)
     torch.testing.assert_close(final["latents"], expected, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(final["latents"][:, :, :1], first, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
-        reconstruction = (stock.vae.decode(first[:, :, 0] / stock.vae.config.scaling_factor).sample / 2 + 0.5)
+        reconstruction = stock.vae.decode(first[:, :, 0] / stock.vae.config.scaling_factor).sample / 2 + 0.5
     assert out.frames.shape == (1, FRAMES, 3, SIZE, SIZE)
     torch.testing.assert_close(out.frames[:, 0], reconstruction.clamp(0, 1), atol=1e-5, rtol=1e-5)
 
@@ -133,14 +145,32 @@ def test_initial_latents_follow_latent_init(pipe, image):
     seen = []
     handle = pipe.unet.register_forward_pre_hook(lambda m, args: seen.append((args[0].clone(), args[1])))
     try:
-        run(pipe, image, latents=noise, generator=gen(3), guidance_scale=1.0, first_frame_cond_type="cinemo",
-            use_dct_init=True, dct_cutoff_shape="tri", dct_cutoff_ratio=0.5, shared_noise_ratio=0.2, cil_ratio=0.5)
+        run(
+            pipe,
+            image,
+            latents=noise,
+            generator=gen(3),
+            guidance_scale=1.0,
+            first_frame_cond_type="cinemo",
+            use_dct_init=True,
+            dct_cutoff_shape="tri",
+            dct_cutoff_ratio=0.5,
+            shared_noise_ratio=0.2,
+            cil_ratio=0.5,
+        )
     finally:
         handle.remove()
     first = image_latent(pipe.vae, image, seed=3)
-    expected = build_initial_latents(first, noise, first_frame_cond_type="cinemo", shared_noise_ratio=0.2,
-                                     use_dct_init=True, dct_cutoff_ratio=0.5, dct_cutoff_shape="tri",
-                                     scheduler=pipe.scheduler)
+    expected = build_initial_latents(
+        first,
+        noise,
+        first_frame_cond_type="cinemo",
+        shared_noise_ratio=0.2,
+        use_dct_init=True,
+        dct_cutoff_ratio=0.5,
+        dct_cutoff_shape="tri",
+        scheduler=pipe.scheduler,
+    )
     torch.testing.assert_close(seen[0][0], expected, atol=1e-5, rtol=1e-5)
     assert [int(t) for _, t in seen] == [250, 0]  # DDIM 2 steps: 501, 1 -> round(250.5), round(0.5) (half to even)
     assert all(torch.allclose(sample[:, :, :1], first, atol=1e-5) for sample, _ in seen)
@@ -167,12 +197,18 @@ def test_per_adapter_prompts(adapter_pipe, image, guidance, names):
     context = pipe.unet.miva_context
     texts = []
     handle = pipe.unet.register_forward_pre_hook(
-        lambda m, args, kwargs: texts.append(kwargs["encoder_hidden_states"]), with_kwargs=True)
+        lambda m, args, kwargs: texts.append(kwargs["encoder_hidden_states"]), with_kwargs=True
+    )
     try:
         base = run(pipe, image, guidance_scale=guidance).frames
         same = run(pipe, image, guidance_scale=guidance, batch_prompt=[PROMPT] * len(names)).frames
-        other = run(pipe, image, guidance_scale=guidance, batch_prompt=["clouds moving in the sky"] * len(names),
-                    negative_prompt="blurry").frames
+        other = run(
+            pipe,
+            image,
+            guidance_scale=guidance,
+            batch_prompt=["clouds moving in the sky"] * len(names),
+            negative_prompt="blurry",
+        ).frames
     finally:
         handle.remove()
     rows = (2 if guidance > 1 else 1) * FRAMES
@@ -198,6 +234,30 @@ def test_adapter_weights_apply_for_one_call(adapter_pipe, image):
         pipe.enable_adapters()
     torch.testing.assert_close(zero, plain, atol=1e-5, rtol=1e-5)
     assert (run(pipe, image).frames - plain).abs().max() > 1e-3
+
+
+def test_call_state_is_restored_after_an_error(adapter_pipe, image):
+    pipe = adapter_pipe
+    pipe.set_adapters(["a", "b"], [0.5, 0.5])
+    context = pipe.unet.miva_context
+    seen = {}
+
+    def fail(p, i, t, tensors):
+        seen.update(prompts=context.adapter_prompts, active=list(context.active), store=context.attention_store)
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        run(
+            pipe,
+            image,
+            batch_prompt=["x", "y"],
+            adapter_weights=[1.0, 0.0],
+            ca_map_resolutions="all",
+            callback_on_step_end=fail,
+        )
+    assert seen["prompts"] is True and seen["active"] == [("a", 1.0), ("b", 0.0)] and seen["store"] is not None
+    assert context.adapter_prompts is False and context.attention_store is None
+    assert context.active == [("a", 0.5), ("b", 0.5)]
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -237,7 +297,7 @@ def test_image_inputs_agree(pipe, image):
     """PIL, uint8 array, float array, [0, 1] and [-1, 1] tensors give the same pixels; other sizes are covered
     and center-cropped."""
     reference = pipe.preprocess_image(image, SIZE, SIZE)
-    array = np.asarray(image)
+    array = np.array(image)
     tensor01 = torch.from_numpy(array).permute(2, 0, 1).float() / 255
     for other in (array, array.astype(np.float32) / 255, tensor01, tensor01 * 2 - 1, [image]):
         torch.testing.assert_close(pipe.preprocess_image(other, SIZE, SIZE), reference, atol=1e-6, rtol=0)
@@ -260,9 +320,15 @@ def test_output_types_batches_and_callbacks(pipe, image):
         calls.append((i, int(t), sorted(tensors)))
         return {}
 
-    out = run(pipe, [image, make_test_image(SIZE, SIZE, seed=1)], prompt=PROMPT, num_videos_per_prompt=2,
-              output_type="np", callback_on_step_end=callback,
-              callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])
+    out = run(
+        pipe,
+        [image, make_test_image(SIZE, SIZE, seed=1)],
+        prompt=PROMPT,
+        num_videos_per_prompt=2,
+        output_type="np",
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
+    )
     assert isinstance(out, MIVAPipelineOutput) and out.ca_maps is None
     assert out.frames.shape == (4, FRAMES, SIZE, SIZE, 3)
     assert calls == [(0, 501, ["latents", "prompt_embeds"]), (1, 1, ["latents", "prompt_embeds"])]
@@ -283,8 +349,14 @@ def test_text_emb_dir_and_word_to_replace(pipe, image, tmp_path):
         run(pipe, image, prompt="clouds", text_emb_dir=str(tmp_path))
 
     pipe.load_textual_inversion({"<waterfall>": torch.randn(32, generator=gen(4))}, token="<waterfall>")
-    replaced = build_prompt_embeds(pipe, ["a waterfall and a waterfall"], batch_size=1, device="cpu",
-                                   do_classifier_free_guidance=False, word_to_replace="waterfall")
+    replaced = build_prompt_embeds(
+        pipe,
+        ["a waterfall and a waterfall"],
+        batch_size=1,
+        device="cpu",
+        do_classifier_free_guidance=False,
+        word_to_replace="waterfall",
+    )
     direct = pipe.encode_prompt(["a <waterfall> and a waterfall"], "cpu", 1, False)[0]
     torch.testing.assert_close(replaced.cond, direct, atol=1e-6, rtol=0)
     assert not torch.allclose(replaced.cond, pipe.encode_prompt(["a waterfall and a waterfall"], "cpu", 1, False)[0])
@@ -341,8 +413,12 @@ def _tiny_ip_adapter_state_dict(unet, clip_dim=32, seed=0):
         key = 2 * index + 1
         ip[f"{key}.to_k_ip.weight"] = torch.randn(width, cross, generator=generator) * 0.2
         ip[f"{key}.to_v_ip.weight"] = torch.randn(width, cross, generator=generator) * 0.2
-    proj = {"proj.weight": torch.randn(4 * cross, clip_dim, generator=generator) * 0.2,
-            "proj.bias": torch.zeros(4 * cross), "norm.weight": torch.ones(cross), "norm.bias": torch.zeros(cross)}
+    proj = {
+        "proj.weight": torch.randn(4 * cross, clip_dim, generator=generator) * 0.2,
+        "proj.bias": torch.zeros(4 * cross),
+        "norm.weight": torch.ones(cross),
+        "norm.bias": torch.zeros(cross),
+    }
     return {"image_proj": proj, "ip_adapter": ip}
 
 
@@ -360,10 +436,18 @@ def test_ip_adapter_matches_stock_and_keeps_ca_lora(image):
     embeds = stock.prepare_ip_adapter_image_embeds(image, None, "cpu", 1, False)
     final = {}
     keep = lambda p, i, t, tensors: final.update(tensors) or {}  # noqa: E731
-    run(pipe, image, guidance_scale=1.0, latents=noise, generator=gen(3), ip_adapter_image=image,
-        callback_on_step_end=keep)
-    expected = reference_latents(stock, image_latent(stock.vae, image, 3), noise, 1.0,
-                                 added_cond_kwargs={"image_embeds": embeds})
+    run(
+        pipe,
+        image,
+        guidance_scale=1.0,
+        latents=noise,
+        generator=gen(3),
+        ip_adapter_image=image,
+        callback_on_step_end=keep,
+    )
+    expected = reference_latents(
+        stock, image_latent(stock.vae, image, 3), noise, 1.0, added_cond_kwargs={"image_embeds": embeds}
+    )
     torch.testing.assert_close(final["latents"], expected, atol=2e-5, rtol=1e-5)
 
     pipe.add_adapter("ca", MIVAAdapterConfig(use_ca_lora=True, use_i2v=False, use_motion_lora=False, ca_lora_rank=4))
@@ -391,8 +475,11 @@ def test_demo_writes_readable_video_and_gif(tmp_path):
 
     lines = []
     paths = run_demo(str(tmp_path), steps=2, log=lines.append)
-    assert paths == {"image": str(tmp_path / "input.png"), "mp4": str(tmp_path / "demo.mp4"),
-                     "gif": str(tmp_path / "demo.gif")}
+    assert paths == {
+        "image": str(tmp_path / "input.png"),
+        "mp4": str(tmp_path / "demo.mp4"),
+        "gif": str(tmp_path / "demo.gif"),
+    }
     assert any("randomised" in line for line in lines) and any(paths["mp4"] in line for line in lines)
     with imageio.get_reader(paths["mp4"], format="ffmpeg") as reader:
         frames = [frame for frame in reader]

@@ -142,7 +142,9 @@ def research_cross_attention(attn, x, text, ckpt, layer, *, size, ratio, pe_mode
 
 
 def _spatial_attn2(unet):
-    return [n[: -len(".processor")] for n in unet.attn_processors if n.endswith("attn2.processor") and "motion" not in n]
+    return [
+        n[: -len(".processor")] for n in unet.attn_processors if n.endswith("attn2.processor") and "motion" not in n
+    ]
 
 
 def research_ca_checkpoint(unet, seed=1, q_lora=True):
@@ -173,9 +175,15 @@ def research_motion_and_i2v_checkpoints(unet, seed=2):
                     base = f"{prefix}.{i}.motion_modules.{j}.temporal_transformer.transformer_blocks.0"
                     key = f"{base}.attention_blocks.{k}.processor"
                     modules[key] = attn
-                    for proj, linear in (("to_q", attn.to_q), ("to_k", attn.to_k), ("to_v", attn.to_v),
-                                         ("to_out", attn.to_out[0])):
-                        motion[f"{key}.{proj}_lora.down.weight"] = torch.randn(RANK, linear.in_features, generator=g) / 4
+                    for proj, linear in (
+                        ("to_q", attn.to_q),
+                        ("to_k", attn.to_k),
+                        ("to_v", attn.to_v),
+                        ("to_out", attn.to_out[0]),
+                    ):
+                        motion[f"{key}.{proj}_lora.down.weight"] = (
+                            torch.randn(RANK, linear.in_features, generator=g) / 4
+                        )
                         motion[f"{key}.{proj}_lora.up.weight"] = torch.randn(linear.out_features, RANK, generator=g) / 4
     for name in unet.attn_processors:
         if name.endswith("attn1.processor") and "motion" not in name:
@@ -197,6 +205,7 @@ def capture(unet, layers, sample, text):
     """Run the UNet once; return {layer: (hidden_states, encoder_hidden_states, output)} of the given modules."""
     seen, handles = {}, []
     for layer in layers:
+
         def hook(module, args, kwargs, output, layer=layer):
             seen[layer] = (args[0], kwargs.get("encoder_hidden_states"), output)
 
@@ -228,10 +237,17 @@ def test_ca_lora_with_stq_matches_research(pipe, tmp_path, pe_mode):
     unet = pipe.unet
     ckpt = research_ca_checkpoint(unet)
     torch.save(ckpt, tmp_path / "animatediff-i2v-nv1-ca-lora-weights.pt")
-    config = MIVAAdapterConfig(use_i2v=False, use_motion_lora=False, q_downsample=True, q_downsample_ratio=2,
-                               ca_pe_mode=pe_mode, ca_lora_scale=ALPHA)
-    pipe.load_adapters({"ca_lora_path": tmp_path / "animatediff-i2v-nv1-ca-lora-weights.pt"}, config=config,
-                       adapter_names="r")
+    config = MIVAAdapterConfig(
+        use_i2v=False,
+        use_motion_lora=False,
+        q_downsample=True,
+        q_downsample_ratio=2,
+        ca_pe_mode=pe_mode,
+        ca_lora_scale=ALPHA,
+    )
+    pipe.load_adapters(
+        {"ca_lora_path": tmp_path / "animatediff-i2v-nv1-ca-lora-weights.pt"}, config=config, adapter_names="r"
+    )
     loaded = get_miva_context(unet).configs["r"]
     assert (loaded.ca_lora_rank, loaded.use_q_lora, loaded.ca_out_lora_bias) == (RANK, True, True)
     assert loaded.pe_style == ("research" if pe_mode else "standard")
@@ -241,8 +257,9 @@ def test_ca_lora_with_stq_matches_research(pipe, tmp_path, pe_mode):
     sizes = {8 * 8: (8, 8), 4 * 4: (4, 4)}
     for layer in layers:
         x, e, out = seen[layer]
-        ref = research_cross_attention(unet.get_submodule(layer), x, e, ckpt, layer, size=sizes[x.shape[1]],
-                                       ratio=2, pe_mode=pe_mode, q_lora=True)
+        ref = research_cross_attention(
+            unet.get_submodule(layer), x, e, ckpt, layer, size=sizes[x.shape[1]], ratio=2, pe_mode=pe_mode, q_lora=True
+        )
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5, msg=f"{layer} ({pe_mode})")
 
 
@@ -261,8 +278,9 @@ def test_ca_lora_without_stq_matches_research_in_both_modes(pipe, tmp_path, para
         x, e, out = seen[layer]
         hw = x.shape[1]
         side = int(math.isqrt(hw))
-        ref = research_cross_attention(unet.get_submodule(layer), x, e, ckpt, layer, size=(side, side), ratio=1,
-                                       pe_mode=None, q_lora=True)
+        ref = research_cross_attention(
+            unet.get_submodule(layer), x, e, ckpt, layer, size=(side, side), ratio=1, pe_mode=None, q_lora=True
+        )
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -271,21 +289,30 @@ def test_motion_lora_and_i2v_match_research(pipe, tmp_path):
     motion, i2v, motion_modules = research_motion_and_i2v_checkpoints(unet)
     torch.save(motion, tmp_path / "lora.pt")
     torch.save(i2v, tmp_path / "i2v.pt")
-    names = pipe.load_adapters({"adapter_lora_path": tmp_path / "lora.pt", "adapter_i2v_path": tmp_path / "i2v.pt"},
-                               config=MIVAAdapterConfig(use_ca_lora=False, motion_lora_scale=ALPHA))
+    names = pipe.load_adapters(
+        {"adapter_lora_path": tmp_path / "lora.pt", "adapter_i2v_path": tmp_path / "i2v.pt"},
+        config=MIVAAdapterConfig(use_ca_lora=False, motion_lora_scale=ALPHA),
+    )
     config = get_miva_context(unet).configs[names[0]]
-    assert (config.use_i2v, config.i2v_train_q, config.use_motion_lora, config.motion_lora_rank) == (True, True, True,
-                                                                                                     RANK)
+    assert (config.use_i2v, config.i2v_train_q, config.use_motion_lora, config.motion_lora_rank) == (
+        True,
+        True,
+        True,
+        RANK,
+    )
     temporal = {key: next(n for n, m in unet.named_modules() if m is attn) for key, attn in motion_modules.items()}
-    spatial = [n[: -len(".processor")] for n in unet.attn_processors if n.endswith("attn1.processor")
-               and "motion" not in n]
+    spatial = [
+        n[: -len(".processor")] for n in unet.attn_processors if n.endswith("attn1.processor") and "motion" not in n
+    ]
     sample, text = inputs(batch=1)
     seen = capture(unet, [*temporal.values(), *spatial], sample, text)
     s = ALPHA / RANK
     for key, layer in temporal.items():  # MotionLoRA: standard placement, the out delta reads the attention output
         attn, (x, _, out) = unet.get_submodule(layer), seen[layer]
-        w = lambda proj, part: motion[f"{key}.{proj}_lora.{part}.weight"]
-        q, k, v = (x @ getattr(attn, p).weight.T + lora(x, w(p, "down"), w(p, "up"), s) for p in ("to_q", "to_k", "to_v"))
+        w = lambda proj, part, key=key: motion[f"{key}.{proj}_lora.{part}.weight"]
+        q, k, v = (
+            x @ getattr(attn, p).weight.T + lora(x, w(p, "down"), w(p, "up"), s) for p in ("to_q", "to_k", "to_v")
+        )
         a = mha(q, k, v, attn.heads)
         ref = a @ attn.to_out[0].weight.T + attn.to_out[0].bias + lora(a, w("to_out", "down"), w("to_out", "up"), s)
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
@@ -330,8 +357,12 @@ def test_list_of_research_checkpoints_gives_one_adapter_each(pipe, tmp_path):
     for seed in (11, 12):
         torch.save(research_ca_checkpoint(pipe.unet, seed=seed), tmp_path / f"ca{seed}.pt")
         paths.append(tmp_path / f"ca{seed}.pt")
-    names = pipe.load_adapters({"ca_lora_path": paths}, adapter_names=["a", "b"], weights=[0.5, 0.5],
-                               config=MIVAAdapterConfig(use_i2v=False, use_motion_lora=False))
+    names = pipe.load_adapters(
+        {"ca_lora_path": paths},
+        adapter_names=["a", "b"],
+        weights=[0.5, 0.5],
+        config=MIVAAdapterConfig(use_i2v=False, use_motion_lora=False),
+    )
     assert names == ["a", "b"] and pipe.get_active_adapters() == ["a", "b"]
     a, b = adapter_state_dict(pipe.unet, "a"), adapter_state_dict(pipe.unet, "b")
     key = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k_lora.down.weight"
@@ -352,8 +383,9 @@ def test_full_unet_safetensors_and_convert(base_unet, tmp_path):
     config = MIVAAdapterConfig(use_i2v=False, use_motion_lora=False, ca_lora_scale=ALPHA)
     out_full = convert_research_checkpoint(tmp_path / "model.safetensors", tmp_path / "from_full", config)
     unet = copy.deepcopy(base_unet)
-    out_split = convert_research_checkpoint({"ca_lora_path": tmp_path / "ca.pt"}, tmp_path / "from_split", config,
-                                            unet=unet)
+    out_split = convert_research_checkpoint(
+        {"ca_lora_path": tmp_path / "ca.pt"}, tmp_path / "from_split", config, unet=unet
+    )
     assert not get_miva_context(unet).configs  # the probe load was removed
     from safetensors.torch import load_file
 
@@ -374,8 +406,10 @@ def test_research_checkpoint_errors_name_key_and_shapes(pipe, tmp_path):
     with pytest.raises(ValueError, match=r"to_k_lora\.down\.weight.*\(4, 768\).*\(4, 32\)"):
         pipe.load_adapters({"ca_lora_path": tmp_path / "sd15.pt"}, config=config)
     assert not get_miva_context(pipe.unet).configs
-    torch.save({"down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_lora.mid.weight":
-                torch.zeros(2)}, tmp_path / "odd.pt")
+    torch.save(
+        {"down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_lora.mid.weight": torch.zeros(2)},
+        tmp_path / "odd.pt",
+    )
     with pytest.raises(ValueError, match="unsupported research adapter key"):
         pipe.load_adapters(tmp_path / "odd.pt", config=config)
 
@@ -383,8 +417,10 @@ def test_research_checkpoint_errors_name_key_and_shapes(pipe, tmp_path):
 def test_imported_bias_survives_fusing(pipe, tmp_path):
     """`fuse_adapters` merges the imported out-delta bias into to_out[0].bias: same output fused and unfused."""
     torch.save(research_ca_checkpoint(pipe.unet, seed=21), tmp_path / "ca.pt")
-    pipe.load_adapters({"ca_lora_path": tmp_path / "ca.pt"},
-                       config=MIVAAdapterConfig(use_i2v=False, use_motion_lora=False, ca_lora_scale=ALPHA))
+    pipe.load_adapters(
+        {"ca_lora_path": tmp_path / "ca.pt"},
+        config=MIVAAdapterConfig(use_i2v=False, use_motion_lora=False, ca_lora_scale=ALPHA),
+    )
     sample, text = inputs(batch=1)
     with torch.no_grad():
         unfused = pipe.unet(sample, 500, text).sample

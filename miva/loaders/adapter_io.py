@@ -107,8 +107,10 @@ def text_embedding_state(config: MIVAAdapterConfig, text_encoder=None, tokenizer
         return {}
     vocab = tokenizer.get_vocab()
     if word not in vocab:
-        raise ValueError(f"word_to_learn={word!r} is not a token of the tokenizer; add it (tokenizer.add_tokens) and "
-                         "train its embedding before saving")
+        raise ValueError(
+            f"word_to_learn={word!r} is not a token of the tokenizer; add it (tokenizer.add_tokens) and "
+            "train its embedding before saving"
+        )
     weight = text_encoder.get_input_embeddings().weight
     return {TEXT_EMBEDDING_PREFIX + word: weight[vocab[word]].detach().to("cpu").clone()}
 
@@ -118,20 +120,26 @@ def check_text_embeddings(embeddings: dict[str, torch.Tensor], text_encoder=None
     if not embeddings:
         return []
     if text_encoder is None or tokenizer is None:
-        logger.warning("the adapter ships learned word embeddings %s but no text encoder/tokenizer was given; they "
-                       "are not loaded", [k[len(TEXT_EMBEDDING_PREFIX):] for k in embeddings])
+        logger.warning(
+            "the adapter ships learned word embeddings %s but no text encoder/tokenizer was given; they are not loaded",
+            [k[len(TEXT_EMBEDDING_PREFIX) :] for k in embeddings],
+        )
         return []
     weight = text_encoder.get_input_embeddings().weight
     vocab = tokenizer.get_vocab()
     actions = []
     for key, vector in embeddings.items():
-        word = key[len(TEXT_EMBEDDING_PREFIX):]
+        word = key[len(TEXT_EMBEDDING_PREFIX) :]
         if tuple(vector.shape) != (weight.shape[1],):
-            raise ValueError(f"{key}: shape {tuple(vector.shape)} in the file but the text encoder's embeddings "
-                             f"expect ({weight.shape[1]},) (another text encoder?)")
+            raise ValueError(
+                f"{key}: shape {tuple(vector.shape)} in the file but the text encoder's embeddings "
+                f"expect ({weight.shape[1]},) (another text encoder?)"
+            )
         if word in vocab and not torch.equal(weight[vocab[word]].detach().cpu(), vector.to(weight.dtype)):
-            raise ValueError(f"{key}: the tokenizer already has the token {word!r} with another embedding (a learned "
-                             "word of another adapter?); remove it or rename the word")
+            raise ValueError(
+                f"{key}: the tokenizer already has the token {word!r} with another embedding (a learned "
+                "word of another adapter?); remove it or rename the word"
+            )
         actions.append((word, vector))
     return actions
 
@@ -157,8 +165,16 @@ def apply_text_embeddings(actions, text_encoder, tokenizer) -> None:
 # ----------------------------------------------------------------------------------------------------- saving
 
 
-def write_adapter_folder(folder, config: MIVAAdapterConfig, tensors: dict[str, torch.Tensor], *, adapter_name: str,
-                         sample_gif=None, base_model: str | None = None, repo_id: str | None = None) -> Path:
+def write_adapter_folder(
+    folder,
+    config: MIVAAdapterConfig,
+    tensors: dict[str, torch.Tensor],
+    *,
+    adapter_name: str,
+    sample_gif=None,
+    base_model: str | None = None,
+    repo_id: str | None = None,
+) -> Path:
     """Write a native adapter folder from a config and native tensors (the research converter uses this too)."""
     from safetensors.torch import save_file
 
@@ -169,8 +185,12 @@ def write_adapter_folder(folder, config: MIVAAdapterConfig, tensors: dict[str, t
     if base_model and not config.base_model:
         config = dataclasses.replace(config, base_model=base_model)
     payload = {k: t.detach().to("cpu").contiguous().clone() for k, t in tensors.items()}
-    metadata = {"format": "miva", "miva_version": __version__, "miva_config": config.to_json_string(),
-                "adapter_name": adapter_name}
+    metadata = {
+        "format": "miva",
+        "miva_version": __version__,
+        "miva_config": config.to_json_string(),
+        "adapter_name": adapter_name,
+    }
     save_file(payload, os.fspath(folder / ADAPTER_WEIGHTS_NAME), metadata=metadata)
     config.save_pretrained(folder)
     sample = None
@@ -186,8 +206,17 @@ def write_adapter_folder(folder, config: MIVAAdapterConfig, tensors: dict[str, t
     return folder
 
 
-def save_miva_adapter(unet, name: str, folder, *, text_encoder=None, tokenizer=None, sample_gif=None,
-                      base_model: str | None = None, repo_id: str | None = None) -> Path:
+def save_miva_adapter(
+    unet,
+    name: str,
+    folder,
+    *,
+    text_encoder=None,
+    tokenizer=None,
+    sample_gif=None,
+    base_model: str | None = None,
+    repo_id: str | None = None,
+) -> Path:
     """Save adapter `name` of `unet` as a native adapter folder; returns the folder.
 
     With `text_encoder` and `tokenizer`, the learned word (`config.word_to_learn`) is saved as
@@ -200,22 +229,45 @@ def save_miva_adapter(unet, name: str, folder, *, text_encoder=None, tokenizer=N
     config = context.configs[name]
     tensors = adapter_state_dict(unet, name)
     tensors.update(text_embedding_state(config, text_encoder, tokenizer))
-    return write_adapter_folder(folder, config, tensors, adapter_name=name, sample_gif=sample_gif,
-                                base_model=base_model, repo_id=repo_id)
+    return write_adapter_folder(
+        folder, config, tensors, adapter_name=name, sample_gif=sample_gif, base_model=base_model, repo_id=repo_id
+    )
 
 
-def push_miva_adapter_to_hub(unet, name: str, repo_id: str, *, private: bool | None = None, token=None,
-                             commit_message: str | None = None, sample_gif=None, text_encoder=None, tokenizer=None,
-                             base_model: str | None = None):
+def push_miva_adapter_to_hub(
+    unet,
+    name: str,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token=None,
+    commit_message: str | None = None,
+    sample_gif=None,
+    text_encoder=None,
+    tokenizer=None,
+    base_model: str | None = None,
+):
     """Create (or reuse) the Hub repo `repo_id` and upload adapter `name` as a native adapter; returns the commit
     info of `huggingface_hub.upload_folder`."""
     repo = create_repo(repo_id, private=private, token=token, exist_ok=True)
     repo_id = getattr(repo, "repo_id", None) or repo_id
     with tempfile.TemporaryDirectory() as tmp:
-        save_miva_adapter(unet, name, tmp, text_encoder=text_encoder, tokenizer=tokenizer, sample_gif=sample_gif,
-                          base_model=base_model, repo_id=repo_id)
-        return upload_folder(repo_id=repo_id, folder_path=tmp, token=token,
-                             commit_message=commit_message or f"Upload MIVA adapter {name}")
+        save_miva_adapter(
+            unet,
+            name,
+            tmp,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            sample_gif=sample_gif,
+            base_model=base_model,
+            repo_id=repo_id,
+        )
+        return upload_folder(
+            repo_id=repo_id,
+            folder_path=tmp,
+            token=token,
+            commit_message=commit_message or f"Upload MIVA adapter {name}",
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -241,8 +293,9 @@ def prepare_adapter(unet, source: AdapterSource) -> PreparedAdapter:
 
         base = {**base_weights_from_unet(unet), **source.base}
         max_frames = int(getattr(unet.config, "motion_max_seq_length", None) or 32)
-        config, tensors = convert_research_state_dict(source.tensors, base=base, config=source.config,
-                                                      adapter_index=source.adapter_index, max_frames=max_frames)
+        config, tensors = convert_research_state_dict(
+            source.tensors, base=base, config=source.config, adapter_index=source.adapter_index, max_frames=max_frames
+        )
         fill_mid_block_motion(unet, config, tensors)
     text = {k: v for k, v in tensors.items() if k.startswith(TEXT_EMBEDDING_PREFIX)}
     unet_tensors = {k: v for k, v in tensors.items() if k not in text}
@@ -255,16 +308,22 @@ def _check_state(name: str, expected: dict[str, torch.Tensor], tensors: dict[str
     if missing:
         key = missing[0]
         extra = f"; the file has {len(unexpected)} unexpected keys, e.g. {unexpected[0]!r}" if unexpected else ""
-        raise ValueError(f"adapter {name!r}: missing key {key!r} (this UNet expects shape "
-                         f"{tuple(expected[key].shape)}); {len(missing)} missing in all{extra}")
+        raise ValueError(
+            f"adapter {name!r}: missing key {key!r} (this UNet expects shape "
+            f"{tuple(expected[key].shape)}); {len(missing)} missing in all{extra}"
+        )
     if unexpected:
         key = unexpected[0]
-        raise ValueError(f"adapter {name!r}: unexpected key {key!r} of shape {tuple(tensors[key].shape)} (no such "
-                         f"adapter part in this UNet); {len(unexpected)} unexpected in all")
+        raise ValueError(
+            f"adapter {name!r}: unexpected key {key!r} of shape {tuple(tensors[key].shape)} (no such "
+            f"adapter part in this UNet); {len(unexpected)} unexpected in all"
+        )
     for key, target in expected.items():
         if tuple(tensors[key].shape) != tuple(target.shape):
-            raise ValueError(f"adapter {name!r}: key {key!r} has shape {tuple(tensors[key].shape)} in the file but "
-                             f"this UNet expects {tuple(target.shape)} (an adapter for a base model of another width?)")
+            raise ValueError(
+                f"adapter {name!r}: key {key!r} has shape {tuple(tensors[key].shape)} in the file but "
+                f"this UNet expects {tuple(target.shape)} (an adapter for a base model of another width?)"
+            )
         if not tensors[key].is_floating_point():
             raise ValueError(f"adapter {name!r}: key {key!r} has dtype {tensors[key].dtype}, expected floating point")
 
@@ -276,8 +335,10 @@ def load_prepared_adapter(unet, name: str, config: MIVAAdapterConfig, tensors: d
     """
     context = install_miva_processors(unet)
     if name in context.configs:
-        raise ValueError(f"an adapter named {name!r} already exists; loaded adapters: {list(context.configs)} "
-                         "(pass another adapter name, or delete_adapters first)")
+        raise ValueError(
+            f"an adapter named {name!r} already exists; loaded adapters: {list(context.configs)} "
+            "(pass another adapter name, or delete_adapters first)"
+        )
     try:
         add_miva_adapter(unet, name, config)
         expected = adapter_state_dict(unet, name)
@@ -290,8 +351,16 @@ def load_prepared_adapter(unet, name: str, config: MIVAAdapterConfig, tensors: d
         raise
 
 
-def load_miva_adapter(unet, source, name: str | None = None, *, text_encoder=None, tokenizer=None,
-                      config: MIVAAdapterConfig | dict | None = None, **hub_kwargs) -> MIVAAdapterConfig:
+def load_miva_adapter(
+    unet,
+    source,
+    name: str | None = None,
+    *,
+    text_encoder=None,
+    tokenizer=None,
+    config: MIVAAdapterConfig | dict | None = None,
+    **hub_kwargs,
+) -> MIVAAdapterConfig:
     """Load one adapter from `source` into `unet` as `name` (not activated); returns its config.
 
     `source`: a native folder or file, a Hub repo id, or a research checkpoint (see `sources.py`); `config` is for

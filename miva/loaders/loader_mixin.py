@@ -76,9 +76,14 @@ class MIVALoaderMixin:
         if activate:
             self.set_adapters([adapter_name])
 
-    def load_adapters(self, sources, adapter_names: str | list[str] | None = None,
-                      weights: float | list[float] | None = None, parallel_mode: str | None = None,
-                      **kwargs) -> list[str]:
+    def load_adapters(
+        self,
+        sources,
+        adapter_names: str | list[str] | None = None,
+        weights: float | list[float] | None = None,
+        parallel_mode: str | None = None,
+        **kwargs,
+    ) -> list[str]:
         """Load one or several adapters and activate them (alone, in this order) with `weights` (default 1 each).
 
         Args:
@@ -137,20 +142,28 @@ class MIVALoaderMixin:
             raise ValueError(f"adapter names must be distinct, got {names}; pass adapter_names=[...]")
         taken = [n for n in names if n in context.configs]
         if taken:
-            raise ValueError(f"an adapter named {taken[0]!r} already exists; loaded adapters: {list(context.configs)} "
-                             "(pass adapter_names=[...] or delete_adapters first)")
+            raise ValueError(
+                f"an adapter named {taken[0]!r} already exists; loaded adapters: {list(context.configs)} "
+                "(pass adapter_names=[...] or delete_adapters first)"
+            )
         layouts = {}
         for name, item in zip(names, prepared):
             if item.config.has_cross_attention_part:
                 layouts.setdefault(item.config.spatiotemporal_key, []).append(name)
         if len(layouts) > 1:
             detail = "; ".join(f"{adapters}: {key}" for key, adapters in layouts.items())
-            raise ValueError("adapters loaded together must agree on spatiotemporal Q and its positional encoding "
-                             f"(q_downsample, q_downsample_ratio, q_downsample_mode, ca_pe_mode, pe_style): {detail}")
+            raise ValueError(
+                "adapters loaded together must agree on spatiotemporal Q and its positional encoding "
+                f"(q_downsample, q_downsample_ratio, q_downsample_mode, ca_pe_mode, pe_style): {detail}"
+            )
 
     # ------------------------------------------------------------------------------------------- activation
-    def set_adapters(self, adapter_names: str | list[str], weights: float | list[float] | None = None,
-                     parallel_mode: str | None = None) -> None:
+    def set_adapters(
+        self,
+        adapter_names: str | list[str],
+        weights: float | list[float] | None = None,
+        parallel_mode: str | None = None,
+    ) -> None:
         """Choose the active adapters (in per-adapter prompt order) and their weights (default 1 each)."""
         set_miva_adapters(self.unet, adapter_names, weights, parallel_mode=parallel_mode)
 
@@ -198,20 +211,49 @@ class MIVALoaderMixin:
         name = getattr(self, "name_or_path", None)
         return name if isinstance(name, str) and is_hub_id(name) else None
 
-    def save_adapter(self, adapter_name: str, save_directory, sample_gif=None, *, base_model: str | None = None,
-                     repo_id: str | None = None):
+    def save_adapter(
+        self,
+        adapter_name: str,
+        save_directory,
+        sample_gif=None,
+        *,
+        base_model: str | None = None,
+        repo_id: str | None = None,
+    ):
         """Save adapter `adapter_name` as a native adapter folder (config, safetensors, model card, sample GIF);
         the learned word's embedding is included when the pipeline has a text encoder and tokenizer."""
         text_encoder, tokenizer = self._text_parts()
-        return save_miva_adapter(self.unet, adapter_name, save_directory, text_encoder=text_encoder,
-                                 tokenizer=tokenizer, sample_gif=sample_gif,
-                                 base_model=base_model or self._base_model_id(), repo_id=repo_id)
+        return save_miva_adapter(
+            self.unet,
+            adapter_name,
+            save_directory,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            sample_gif=sample_gif,
+            base_model=base_model or self._base_model_id(),
+            repo_id=repo_id,
+        )
 
-    def push_adapter_to_hub(self, adapter_name: str, repo_id: str, private: bool | None = None, token=None,
-                            commit_message: str | None = None, sample_gif=None):
+    def push_adapter_to_hub(
+        self,
+        adapter_name: str,
+        repo_id: str,
+        private: bool | None = None,
+        token=None,
+        commit_message: str | None = None,
+        sample_gif=None,
+    ):
         """Create the Hub repo `repo_id` if needed and upload adapter `adapter_name` with its model card."""
         text_encoder, tokenizer = self._text_parts()
-        return push_miva_adapter_to_hub(self.unet, adapter_name, repo_id, private=private, token=token,
-                                        commit_message=commit_message, sample_gif=sample_gif,
-                                        text_encoder=text_encoder, tokenizer=tokenizer,
-                                        base_model=self._base_model_id())
+        return push_miva_adapter_to_hub(
+            self.unet,
+            adapter_name,
+            repo_id,
+            private=private,
+            token=token,
+            commit_message=commit_message,
+            sample_gif=sample_gif,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            base_model=self._base_model_id(),
+        )

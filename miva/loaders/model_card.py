@@ -7,7 +7,7 @@ import re
 
 from ..attention_processors.adapter_config import MIVAAdapterConfig
 
-BASE_TAGS = ["miva", "animatediff", "image-to-video", "diffusers", "text-to-video", "motion-lora"]
+BASE_TAGS = ["miva", "animatediff", "image-to-video", "diffusers"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
@@ -22,7 +22,7 @@ def component_tags(config: MIVAAdapterConfig) -> list[str]:
     if config.use_i2v:
         tags.append(f"cross-frame-{config.sa_mode}")
     if config.use_motion_lora:
-        tags.append("temporal-lora")
+        tags.append("motion-lora")
     if config.use_motion_embed:
         tags.append("motion-embedding")
     if config.ca_mode == "implicit":
@@ -37,21 +37,28 @@ def component_tags(config: MIVAAdapterConfig) -> list[str]:
 def _components_text(config: MIVAAdapterConfig) -> list[str]:
     rows = []
     if config.use_i2v:
-        rows.append(f"- cross-frame (I2V) branch at spatial self-attention: `sa_mode={config.sa_mode!r}`, "
-                    f"`sa_first_frame_scale={config.sa_first_frame_scale!r}`, own W_Q: {config.i2v_train_q}")
+        rows.append(
+            f"- cross-frame (I2V) branch at spatial self-attention: `sa_mode={config.sa_mode!r}`, "
+            f"`sa_first_frame_scale={config.sa_first_frame_scale!r}`, own W_Q: {config.i2v_train_q}"
+        )
     if config.use_motion_lora:
-        rows.append(f"- MotionLoRA at temporal attention: rank {config.motion_lora_rank}, "
-                    f"alpha {config.motion_lora_scale}")
+        rows.append(
+            f"- MotionLoRA at temporal attention: rank {config.motion_lora_rank}, alpha {config.motion_lora_scale}"
+        )
     if config.use_motion_embed:
         rows.append("- motion embedding (one `(frames, channels)` table per temporal attention)")
     if config.ca_mode == "implicit":
         rows.append(f"- implicit prompt at cross-attention: rank {config.implicit_rank}")
     elif config.use_ca_lora:
-        rows.append(f"- CA-LoRA at cross-attention: rank {config.ca_lora_rank}, alpha {config.ca_lora_scale}, "
-                    f"Q-LoRA: {config.use_q_lora}")
+        rows.append(
+            f"- CA-LoRA at cross-attention: rank {config.ca_lora_rank}, alpha {config.ca_lora_scale}, "
+            f"Q-LoRA: {config.use_q_lora}"
+        )
     if config.q_downsample:
-        rows.append(f"- spatiotemporal query: ratio {config.q_downsample_ratio} ({config.q_downsample_mode}), "
-                    f"`ca_pe_mode={config.ca_pe_mode!r}`, `pe_style={config.pe_style!r}`")
+        rows.append(
+            f"- spatiotemporal query: ratio {config.q_downsample_ratio} ({config.q_downsample_mode}), "
+            f"`ca_pe_mode={config.ca_pe_mode!r}`, `pe_style={config.pe_style!r}`"
+        )
     if config.word_to_learn:
         rows.append(f"- learned token `{config.word_to_learn}` (its text embedding ships in the adapter file)")
     return rows or ["- (no trainable parts)"]
@@ -118,7 +125,9 @@ def miva_model_card(
     ]
     if sample:
         lines += ["## Sample", "", f"![sample]({sample})", ""]
-    lines += [f"Saved with miva {__version__}; the adapter files are `adapter_config.json` and "
-              "`miva_adapter.safetensors`.", ""]
+    lines += [
+        f"Saved with miva {__version__}; the adapter files are `adapter_config.json` and `miva_adapter.safetensors`.",
+        "",
+    ]
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
     return ModelCard(content)

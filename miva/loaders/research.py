@@ -110,9 +110,11 @@ def parse_research_key(key: str) -> ResearchKey | None:
         return ResearchKey("i2v", f"{m['block']}.attn1", m["part"], None if idx is None else int(idx))
     if m := _WEIGHT_MODULE.match(key):
         return ResearchKey("i2v", f"{m['block']}.attn1", m["part"], None)
-    raise ValueError(f"unsupported research adapter key {key!r}: miva imports CA-LoRA ('...attn2.processor.to_k_lora."
-                     "down.weight'), MotionLoRA / motion embedding ('...attention_blocks.K.processor.to_q_lora...') and "
-                     "the I2V adapter ('...i2v_adapter.to_out.0.weight')")
+    raise ValueError(
+        f"unsupported research adapter key {key!r}: miva imports CA-LoRA ('...attn2.processor.to_k_lora."
+        "down.weight'), MotionLoRA / motion embedding ('...attention_blocks.K.processor.to_q_lora...') and "
+        "the I2V adapter ('...i2v_adapter.to_out.0.weight')"
+    )
 
 
 def remap_research_keys_for_index(state_dict: Mapping[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
@@ -161,15 +163,19 @@ def _select(entries: list[tuple[str, ResearchKey, torch.Tensor]], adapter_index:
 
 def _base(base: Mapping[str, torch.Tensor], key: str, needed_for: str) -> torch.Tensor:
     if key not in base:
-        raise ValueError(f"{needed_for} needs the base weight {key!r}: pass the UNet (or a research full-UNet "
-                         "checkpoint, which holds it)")
+        raise ValueError(
+            f"{needed_for} needs the base weight {key!r}: pass the UNet (or a research full-UNet "
+            "checkpoint, which holds it)"
+        )
     return base[key]
 
 
 def _check_shape(key: str, tensor: torch.Tensor, expected: tuple[int, ...], what: str) -> None:
     if tuple(tensor.shape) != tuple(expected):
-        raise ValueError(f"{key}: checkpoint shape {tuple(tensor.shape)} does not fit {what} shape {tuple(expected)} "
-                         "(an adapter trained for a base model of another width?)")
+        raise ValueError(
+            f"{key}: checkpoint shape {tuple(tensor.shape)} does not fit {what} shape {tuple(expected)} "
+            "(an adapter trained for a base model of another width?)"
+        )
 
 
 def _single_rank(groups: dict[str, dict[str, torch.Tensor]], what: str) -> int:
@@ -216,8 +222,13 @@ def _convert_ca(groups, cfg: MIVAAdapterConfig, base, native) -> dict:
         native[f"{layer}.to_out_lora.down.weight"] = (d64 @ w64).to(down.dtype)  # down' = down @ W_O
         native[f"{layer}.to_out_lora.up.weight"] = up
         native[f"{layer}.to_out_bias"] = (s * (up.double() @ (d64 @ b64))).to(up.dtype)  # s up(down(b_O))
-    return {"use_ca_lora": True, "ca_mode": "lora", "ca_lora_rank": rank, "use_q_lora": bool(with_q),
-            "ca_out_lora_bias": bool(with_out)}
+    return {
+        "use_ca_lora": True,
+        "ca_mode": "lora",
+        "ca_lora_rank": rank,
+        "use_q_lora": bool(with_q),
+        "ca_out_lora_bias": bool(with_out),
+    }
 
 
 def _convert_motion(groups, max_frames: int, native) -> dict:
@@ -232,8 +243,10 @@ def _convert_motion(groups, max_frames: int, native) -> dict:
                 continue
             updates["use_motion_embed"] = True
             if tensor.ndim != 2 or tensor.shape[0] > max_frames:
-                raise ValueError(f"{layer} motion_embed: checkpoint shape {tuple(tensor.shape)} does not fit "
-                                 f"(at most {max_frames} frames, channels)")
+                raise ValueError(
+                    f"{layer} motion_embed: checkpoint shape {tuple(tensor.shape)} does not fit "
+                    f"(at most {max_frames} frames, channels)"
+                )
             padded = tensor.new_zeros(max_frames, tensor.shape[1])
             padded[: tensor.shape[0]] = tensor  # the research table has video_length rows; later frames get zero
             native[f"{layer}.motion_embed"] = padded
@@ -271,9 +284,11 @@ def _convert_i2v(groups, base, native, i2v_lora_scale: float | None) -> dict:
                 mine, ref = parts[f"{proj}.weight"], base[f"{layer}.{proj}.weight"]
                 _check_shape(f"{layer}.i2v_adapter.{proj}.weight", mine, ref.shape, f"this UNet's {layer}.{proj}")
                 if not torch.allclose(mine.float(), ref.float(), rtol=1e-3, atol=1e-5):
-                    raise ValueError(f"{layer}: the I2V adapter's {proj}.weight differs from this base's attn1 "
-                                     f"{proj}.weight (max |diff| {(mine.float() - ref.float()).abs().max():.3g}); "
-                                     "the checkpoint was trained on another base model")
+                    raise ValueError(
+                        f"{layer}: the I2V adapter's {proj}.weight differs from this base's attn1 "
+                        f"{proj}.weight (max |diff| {(mine.float() - ref.float()).abs().max():.3g}); "
+                        "the checkpoint was trained on another base model"
+                    )
         q = parts.get("to_q.weight")
         q = base.get(f"{layer}.to_q.weight") if q is None else q
         d_q = _fold_lora(parts, "to_q", _lora_scale(i2v_lora_scale, rank))
@@ -286,8 +301,11 @@ def _convert_i2v(groups, base, native, i2v_lora_scale: float | None) -> dict:
             ref = base.get(f"{layer}.to_q.weight")
             if ref is not None and tuple(ref.shape) != tuple(q.shape):
                 _check_shape(f"{layer}.i2v_adapter.to_q.weight", q, ref.shape, f"this UNet's {layer}.to_q")
-    differs = {layer for layer, q in train_q.items()
-               if f"{layer}.to_q.weight" not in base or not torch.equal(q.float(), base[f"{layer}.to_q.weight"].float())}
+    differs = {
+        layer
+        for layer, q in train_q.items()
+        if f"{layer}.to_q.weight" not in base or not torch.equal(q.float(), base[f"{layer}.to_q.weight"].float())
+    }
     if differs:
         missing = sorted(set(groups) - set(train_q))
         if missing:
@@ -331,8 +349,13 @@ def convert_research_state_dict(
             raise ValueError(f"key {key!r} maps to {parsed.layer}.{parsed.part}, which another key already set")
         layer[parsed.part] = value
     native: dict[str, torch.Tensor] = {}
-    updates = {"use_ca_lora": False, "use_motion_lora": False, "use_motion_embed": False, "use_i2v": False,
-               "ca_out_lora_bias": False}
+    updates = {
+        "use_ca_lora": False,
+        "use_motion_lora": False,
+        "use_motion_embed": False,
+        "use_i2v": False,
+        "ca_out_lora_bias": False,
+    }
     if groups["ca"]:
         updates.update(_convert_ca(groups["ca"], cfg, base, native))
     if groups["motion"]:
@@ -344,8 +367,15 @@ def convert_research_state_dict(
     return dataclasses.replace(cfg, **updates), native
 
 
-def convert_research_checkpoint(sources, out_dir, config: MIVAAdapterConfig | dict | None = None, *, unet=None,
-                                adapter_index: int | None = None, adapter_name: str = "adapter") -> Path:
+def convert_research_checkpoint(
+    sources,
+    out_dir,
+    config: MIVAAdapterConfig | dict | None = None,
+    *,
+    unet=None,
+    adapter_index: int | None = None,
+    adapter_name: str = "adapter",
+) -> Path:
     """Write a research checkpoint as a native adapter folder (what `miva convert` does); returns the folder.
 
     `sources`: a research split dict (`adapter_i2v_path` / `adapter_lora_path` / `ca_lora_path`), a research
@@ -361,8 +391,9 @@ def convert_research_checkpoint(sources, out_dir, config: MIVAAdapterConfig | di
     base = {**(base_weights_from_unet(unet) if unet is not None else {}), **source.base}
     max_frames = int(getattr(unet.config, "motion_max_seq_length", 32)) if unet is not None else 32
     index = source.adapter_index if adapter_index is None else adapter_index
-    cfg, native = convert_research_state_dict(source.tensors, base=base, config=source.config, adapter_index=index,
-                                              max_frames=max_frames)
+    cfg, native = convert_research_state_dict(
+        source.tensors, base=base, config=source.config, adapter_index=index, max_frames=max_frames
+    )
     if unet is not None:
         from .adapter_io import discard_adapter
 
@@ -388,8 +419,12 @@ def fill_mid_block_motion(unet, config: MIVAAdapterConfig, native: dict[str, tor
         attn = unet.get_submodule(layer)
         if config.use_motion_lora:
             rank = config.motion_lora_rank
-            for proj, linear in (("to_q", attn.to_q), ("to_k", attn.to_k), ("to_v", attn.to_v),
-                                 ("to_out", attn.to_out[0])):
+            for proj, linear in (
+                ("to_q", attn.to_q),
+                ("to_k", attn.to_k),
+                ("to_v", attn.to_v),
+                ("to_out", attn.to_out[0]),
+            ):
                 native[f"{layer}.{proj}_lora.down.weight"] = torch.zeros(rank, linear.in_features)
                 native[f"{layer}.{proj}_lora.up.weight"] = torch.zeros(linear.out_features, rank)
         if config.use_motion_embed:

@@ -105,7 +105,9 @@ def read_torch_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} holds a {type(data).__name__}, expected a dict of tensors (or {{'state_dict': ...}})")
     bad = [k for k, v in data.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
-        raise ValueError(f"{path}: entry {bad[0]!r} is not a tensor keyed by a string (got {type(data[bad[0]]).__name__})")
+        raise ValueError(
+            f"{path}: entry {bad[0]!r} is not a tensor keyed by a string (got {type(data[bad[0]]).__name__})"
+        )
     return data
 
 
@@ -156,7 +158,9 @@ def expand_sources(sources: Any) -> list[Any]:
             continue
         unknown = [k for k in source if k not in RESEARCH_DICT_KEYS]
         if unknown:
-            raise ValueError(f"research checkpoint dict has unknown key {unknown[0]!r}; valid: {list(RESEARCH_DICT_KEYS)}")
+            raise ValueError(
+                f"research checkpoint dict has unknown key {unknown[0]!r}; valid: {list(RESEARCH_DICT_KEYS)}"
+            )
         lengths = {len(v) for k, v in source.items() if k in RESEARCH_PATH_KEYS and isinstance(v, (list, tuple))}
         if not lengths:
             out.append(source)
@@ -166,7 +170,9 @@ def expand_sources(sources: Any) -> list[Any]:
             raise ValueError(f"research checkpoint lists must have equal lengths (one entry per adapter), got {sizes}")
         (n,) = lengths
         for i in range(n):
-            item = {k: (v[i] if isinstance(v, (list, tuple)) and k in RESEARCH_PATH_KEYS else v) for k, v in source.items()}
+            item = {
+                k: (v[i] if isinstance(v, (list, tuple)) and k in RESEARCH_PATH_KEYS else v) for k, v in source.items()
+            }
             out.append(item)
     return out
 
@@ -195,8 +201,9 @@ def resolve_source(source: Any, *, config: MIVAAdapterConfig | dict | None = Non
         return _resolve_file(path, config)
     if isinstance(source, str) and _HUB_ID.match(source):
         return _resolve_hub(source, hub_kwargs)
-    raise FileNotFoundError(f"adapter source {os.fspath(source)!r} is neither an existing folder or file nor a Hub "
-                            "repo id ('user/name')")
+    raise FileNotFoundError(
+        f"adapter source {os.fspath(source)!r} is neither an existing folder or file nor a Hub repo id ('user/name')"
+    )
 
 
 def _read_native_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -212,12 +219,20 @@ def _resolve_folder(folder: Path) -> AdapterSource:
     missing = [p.name for p in (config_path, weights_path) if not p.is_file()]
     if missing:
         present = sorted(p.name for p in folder.iterdir())[:10]
-        raise FileNotFoundError(f"{folder} is not a MIVA adapter folder: {missing} missing (found {present}); "
-                                f"a native adapter has {ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME}")
+        raise FileNotFoundError(
+            f"{folder} is not a MIVA adapter folder: {missing} missing (found {present}); "
+            f"a native adapter has {ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME}"
+        )
     tensors, _ = _read_native_weights(weights_path)
     sample = folder / SAMPLE_NAME
-    return AdapterSource("native", tensors, MIVAAdapterConfig.from_json_file(config_path), os.fspath(folder),
-                         sanitize_name(folder.resolve().name), sample=sample if sample.is_file() else None)
+    return AdapterSource(
+        "native",
+        tensors,
+        MIVAAdapterConfig.from_json_file(config_path),
+        os.fspath(folder),
+        sanitize_name(folder.resolve().name),
+        sample=sample if sample.is_file() else None,
+    )
 
 
 def _resolve_file(path: Path, config: MIVAAdapterConfig | None) -> AdapterSource:
@@ -242,10 +257,13 @@ def _resolve_file(path: Path, config: MIVAAdapterConfig | None) -> AdapterSource
         elif sibling.is_file():
             native_config = MIVAAdapterConfig.from_json_file(sibling)
         else:
-            raise ValueError(f"{path} has no 'miva_config' in its safetensors metadata and no {ADAPTER_CONFIG_NAME} "
-                             "beside it, so its adapter config is unknown")
+            raise ValueError(
+                f"{path} has no 'miva_config' in its safetensors metadata and no {ADAPTER_CONFIG_NAME} "
+                "beside it, so its adapter config is unknown"
+            )
         return AdapterSource("native", tensors, native_config, os.fspath(path), name)
-    if any(marker in key for key in keys for marker in RESEARCH_ADAPTER_MARKERS):
+    research_layout = any(m in key for key in keys for m in (".processor.", "i2v_adapter", "temporal_transformer"))
+    if research_layout and any(marker in key for key in keys for marker in RESEARCH_ADAPTER_MARKERS):
         from .research import needed_base_key
 
         tensors, _ = read_safetensors(
@@ -254,16 +272,20 @@ def _resolve_file(path: Path, config: MIVAAdapterConfig | None) -> AdapterSource
         adapter = {k: v for k, v in tensors.items() if any(m in k for m in RESEARCH_ADAPTER_MARKERS)}
         base = {k: v for k, v in tensors.items() if k not in adapter}
         return _research_source(adapter, base, config, os.fspath(path), name)
-    raise ValueError(f"{path} is neither a MIVA adapter file (safetensors metadata format='miva', or an "
-                     f"{ADAPTER_CONFIG_NAME} beside it) nor a research UNet checkpoint (no adapter keys such as "
-                     f"'...attn2.processor.to_k_lora.down.weight')")
+    raise ValueError(
+        f"{path} is neither a MIVA adapter file (safetensors metadata format='miva', or an "
+        f"{ADAPTER_CONFIG_NAME} beside it) nor a research UNet checkpoint (no adapter keys such as "
+        f"'...attn2.processor.to_k_lora.down.weight')"
+    )
 
 
 def _research_source(tensors, base, config, origin, name, adapter_index=None) -> AdapterSource:
     adapter = {k: v for k, v in tensors.items() if any(m in k for m in RESEARCH_ADAPTER_MARKERS)}
     if not adapter:
-        raise ValueError(f"{origin} holds no research adapter keys (keys containing one of "
-                         f"{list(RESEARCH_ADAPTER_MARKERS)}); first keys: {list(tensors)[:3]}")
+        raise ValueError(
+            f"{origin} holds no research adapter keys (keys containing one of "
+            f"{list(RESEARCH_ADAPTER_MARKERS)}); first keys: {list(tensors)[:3]}"
+        )
     return AdapterSource("research", adapter, config, origin, name, base=base, adapter_index=adapter_index)
 
 
@@ -302,12 +324,20 @@ def _resolve_hub(repo_id: str, hub_kwargs: dict[str, Any]) -> AdapterSource:
         weights_path = hf_hub_download(repo_id, ADAPTER_WEIGHTS_NAME, **hub_kwargs)
     except Exception as e:  # the Hub client raises many kinds (offline, not found, auth); keep its message
         where = f"{repo_id}" + (f" (subfolder {hub_kwargs['subfolder']!r})" if hub_kwargs.get("subfolder") else "")
-        raise OSError(f"could not get the MIVA adapter files {ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME} of the "
-                      f"Hub repo {where}: {type(e).__name__}: {e}") from e
+        raise OSError(
+            f"could not get the MIVA adapter files {ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME} of the "
+            f"Hub repo {where}: {type(e).__name__}: {e}"
+        ) from e
     try:
         sample = Path(hf_hub_download(repo_id, SAMPLE_NAME, **hub_kwargs))
     except (EntryNotFoundError, LocalEntryNotFoundError):
         sample = None
     tensors, _ = _read_native_weights(Path(weights_path))
-    return AdapterSource("native", tensors, MIVAAdapterConfig.from_json_file(config_path), repo_id,
-                         sanitize_name(repo_id.split("/")[-1]), sample=sample)
+    return AdapterSource(
+        "native",
+        tensors,
+        MIVAAdapterConfig.from_json_file(config_path),
+        repo_id,
+        sanitize_name(repo_id.split("/")[-1]),
+        sample=sample,
+    )

@@ -66,8 +66,10 @@ def resolve_ca_map_resolutions(unet, ca_map_resolutions) -> dict[str, str]:
             raise ValueError(f"ca_map_resolutions={ca_map_resolutions!r} must be None, 'all' or a list of {valid}")
         for name in wanted:
             if name not in named:
-                raise ValueError(f"ca_map_resolutions={ca_map_resolutions!r}: {name!r} is not a level of this UNet; "
-                                 f"valid: 'all' or a list of {valid}")
+                raise ValueError(
+                    f"ca_map_resolutions={ca_map_resolutions!r}: {name!r} is not a level of this UNet; "
+                    f"valid: 'all' or a list of {valid}"
+                )
     by_index = {named[name]: name for name in wanted}
     return {layer: by_index[level] for layer, level in cross_attention_levels(unet).items() if level in by_index}
 
@@ -95,8 +97,9 @@ class CAMapStore:
     def wants(self, layer_name: str) -> bool:
         return layer_name in self.layer_levels
 
-    def add(self, layer_name: str, probs: Tensor, *, num_frames: int, size: tuple[int, int] | None,
-            spatiotemporal: bool) -> None:
+    def add(
+        self, layer_name: str, probs: Tensor, *, num_frames: int, size: tuple[int, int] | None, spatiotemporal: bool
+    ) -> None:
         """Record one layer's maps at one step.
 
         Args:
@@ -107,8 +110,9 @@ class CAMapStore:
         """
         level = self.layer_levels[layer_name]
         if size is None:
-            raise ValueError(f"{layer_name}: CA maps need the level size (h, w); run the whole UNet so the MIVA hooks "
-                             "can record it")
+            raise ValueError(
+                f"{layer_name}: CA maps need the level size (h, w); run the whole UNet so the MIVA hooks can record it"
+            )
         h, w = size
         rows, queries, tokens = probs.shape
         if spatiotemporal:
@@ -118,13 +122,17 @@ class CAMapStore:
             if rows % num_frames:
                 raise ValueError(f"{layer_name}: {rows} rows are not a multiple of num_frames={num_frames}")
         if queries != expected:
-            raise ValueError(f"{layer_name}: {queries} queries do not match frames={num_frames} and size={size} "
-                             f"(spatiotemporal={spatiotemporal})")
+            raise ValueError(
+                f"{layer_name}: {queries} queries do not match frames={num_frames} and size={size} "
+                f"(spatiotemporal={spatiotemporal})"
+            )
         maps = probs.detach().float().reshape(batch, num_frames, h, w, tokens)
         if level in self._sums:
             if self._sums[level].shape != maps.shape:
-                raise ValueError(f"{layer_name}: maps {tuple(maps.shape)} differ from the level {level!r} maps "
-                                 f"{tuple(self._sums[level].shape)} recorded so far")
+                raise ValueError(
+                    f"{layer_name}: maps {tuple(maps.shape)} differ from the level {level!r} maps "
+                    f"{tuple(self._sums[level].shape)} recorded so far"
+                )
             self._sums[level] += maps
             self._counts[level] += 1
         else:
@@ -150,16 +158,19 @@ def _frames_as_array(frames) -> np.ndarray:
     """Pipeline frames (PIL lists, np (B, F, H, W, 3), pt (B, F, 3, H, W)) -> np float (B, F, H, W, 3) in [0, 1]."""
     if torch.is_tensor(frames):
         if frames.ndim != 5 or frames.shape[2] != 3:
-            raise ValueError(f"output.frames tensor {tuple(frames.shape)} is not (batch, frames, 3, H, W); decoded "
-                             "frames are needed (output_type 'pil', 'np' or 'pt', not 'latent')")
+            raise ValueError(
+                f"output.frames tensor {tuple(frames.shape)} is not (batch, frames, 3, H, W); decoded "
+                "frames are needed (output_type 'pil', 'np' or 'pt', not 'latent')"
+            )
         return frames.float().permute(0, 1, 3, 4, 2).cpu().numpy()
     if isinstance(frames, np.ndarray):
         if frames.ndim != 5 or frames.shape[-1] != 3:
             raise ValueError(f"output.frames array {frames.shape} is not (batch, frames, H, W, 3)")
         return frames.astype(np.float32) / (255.0 if frames.dtype == np.uint8 else 1.0)
     if isinstance(frames, list) and frames and isinstance(frames[0], list):
-        return np.stack([np.stack([np.asarray(f.convert("RGB"), dtype=np.float32) / 255.0 for f in video])
-                         for video in frames])
+        return np.stack(
+            [np.stack([np.asarray(f.convert("RGB"), dtype=np.float32) / 255.0 for f in video]) for video in frames]
+        )
     raise ValueError(f"output.frames of type {type(frames).__name__} is not a decoded video")
 
 
@@ -171,8 +182,13 @@ def _check_indices(name: str, value, count: int) -> list[int]:
     return values
 
 
-def save_ca_maps(output, folder: str | os.PathLike, token_index: int | list[int] | str = 1,
-                 frames: list[int] | None = None, alpha: float = 0.5) -> list[str]:
+def save_ca_maps(
+    output,
+    folder: str | os.PathLike,
+    token_index: int | list[int] | str = 1,
+    frames: list[int] | None = None,
+    alpha: float = 0.5,
+) -> list[str]:
     """Write cross-attention heat maps over the output frames as PNGs and return their paths.
 
     One image per level, video, text token and frame: `<folder>/<level>/video<b>_token<k>_frame<f>.png`. Each map is
@@ -198,18 +214,26 @@ def save_ca_maps(output, folder: str | os.PathLike, token_index: int | list[int]
     paths = []
     for level, maps in output.ca_maps.items():
         if maps.shape[:2] != (batch, num_frames):
-            raise ValueError(f"ca_maps[{level!r}] {tuple(maps.shape)} does not match {batch} videos of "
-                             f"{num_frames} frames")
-        tokens = list(range(maps.shape[-1])) if token_index == "all" else _check_indices(
-            "token_index", token_index, maps.shape[-1])
+            raise ValueError(
+                f"ca_maps[{level!r}] {tuple(maps.shape)} does not match {batch} videos of {num_frames} frames"
+            )
+        tokens = (
+            list(range(maps.shape[-1]))
+            if token_index == "all"
+            else _check_indices("token_index", token_index, maps.shape[-1])
+        )
         chosen = list(range(num_frames)) if frames is None else _check_indices("frames", frames, num_frames)
         os.makedirs(os.path.join(folder, level), exist_ok=True)
         selected = maps[:, chosen][..., tokens].permute(0, 1, 4, 2, 3).float()  # (B, f, k, h, w)
         low = selected.amin(dim=(-2, -1), keepdim=True)
         span = (selected.amax(dim=(-2, -1), keepdim=True) - low).clamp_min(1e-12)
         normalised = (selected - low) / span
-        up = F.interpolate(normalised.flatten(0, 2)[:, None], size=(height, width), mode="bilinear",
-                           align_corners=False).reshape(*selected.shape[:3], height, width).clamp(0, 1).numpy()
+        up = (
+            F.interpolate(normalised.flatten(0, 2)[:, None], size=(height, width), mode="bilinear", align_corners=False)
+            .reshape(*selected.shape[:3], height, width)
+            .clamp(0, 1)
+            .numpy()
+        )
         for b in range(batch):
             for i, f in enumerate(chosen):
                 for j, k in enumerate(tokens):

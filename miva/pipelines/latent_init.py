@@ -240,9 +240,9 @@ def dct_init(base: Tensor, noise: Tensor, cutoff_ratio: float = 0.23, shape: str
 def scale_timesteps(timesteps: Tensor, ratio: float) -> Tensor:
     """CIL: `round(t * ratio)` (round half to even, as `torch.round`), in the dtype of `timesteps`.
 
-    E.g. DDIM 50 steps `[981, 961, ..., 1] * 0.9 -> [883, 865, ..., 1]`. Only the values passed to the UNet
-    (and the analytic init) change: DDIM must still step with the original spacing (`prev_t = t - 20`), which
-    the pipeline handles by calling `scheduler.step` with the unscaled timestep.
+    E.g. DDIM 50 steps `[981, 961, ..., 1] * 0.9 -> [883, 865, ..., 1]`. The pipeline passes the scaled t to the
+    UNet and to `scheduler.step`; DDIM still steps with its original spacing (`prev_t = t - 20` from the scaled t,
+    not to the next scaled timestep), as in the research code.
 
     Args:
         timesteps: `(num_steps,)`, usually `scheduler.timesteps` (long).

@@ -15,29 +15,17 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 from diffusers import AnimateDiffPipeline, DDIMScheduler
-from diffusers.image_processor import VaeImageProcessor
 from diffusers.models.attention_processor import AttnProcessor2_0
-from diffusers.utils import BaseOutput, logging, replace_example_docstring
+from diffusers.utils import BaseOutput, replace_example_docstring
 
 from ..attention_processors import MIVACrossAttnProcessor, MIVATemporalAttnProcessor, install_miva_processors
 from ..attention_processors.base import MIVAProcessorBase
 from ..loaders import MIVALoaderMixin
 from .ca_maps import CAMapStore, resolve_ca_map_resolutions
-from .latent_init import (
-    DCT_CUTOFF_SHAPES,
-    FIRST_FRAME_COND_TYPES,
-    adain_last,
-    adain_step,
-    build_initial_latents,
-    check_adain_mode,
-    cil_analytic_noise_std,
-    scale_timesteps,
-)
+from .inputs import SamplingOptions, preprocess_image
+from .latent_init import adain_last, adain_step, build_initial_latents, cil_analytic_noise_std, scale_timesteps
 from .prompts import build_prompt_embeds
-
-logger = logging.get_logger(__name__)
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -97,11 +85,11 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
 
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, motion_adapter, scheduler, feature_extractor=None,
-                 image_encoder=None):
-        super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                         motion_adapter=motion_adapter, scheduler=scheduler, feature_extractor=feature_extractor,
-                         image_encoder=image_encoder)
+    def __init__(
+        self, vae, text_encoder, tokenizer, unet, motion_adapter, scheduler, feature_extractor=None, image_encoder=None
+    ):
+        components = (vae, text_encoder, tokenizer, unet, motion_adapter, scheduler, feature_extractor, image_encoder)
+        super().__init__(*components)
         install_miva_processors(self.unet)
 
     # ------------------------------------------------------------------------- diffusers calls that swap processors
@@ -112,7 +100,9 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
         current = self.unet.attn_processors
         swapped = {}
         for name, proc in current.items():
-            if isinstance(proc, MIVAProcessorBase) and (not temporal_only or isinstance(proc, MIVATemporalAttnProcessor)):
+            if isinstance(proc, MIVAProcessorBase) and (
+                not temporal_only or isinstance(proc, MIVATemporalAttnProcessor)
+            ):
                 ip_adapter = getattr(proc, "ip_adapter", None)
                 swapped[name] = ip_adapter if ip_adapter is not None else AttnProcessor2_0()
         self.unet.set_attn_processor({**current, **swapped})
@@ -121,7 +111,11 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
         finally:
             after = self.unet.attn_processors
             for name, proc in self.unet.miva_context.processors.items():
-                if name in swapped and isinstance(proc, MIVACrossAttnProcessor) and not hasattr(after.get(name), "to_k_ip"):
+                if (
+                    name in swapped
+                    and isinstance(proc, MIVACrossAttnProcessor)
+                    and not hasattr(after.get(name), "to_k_ip")
+                ):
                     proc.ip_adapter = None
             install_miva_processors(self.unet)
 
@@ -153,109 +147,78 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
         install_miva_processors(self.unet)
 
     # -------------------------------------------------------------------------------------------------- image
-    @staticmethod
-    def _image_to_tensors(image) -> list[torch.Tensor]:
-        """PIL / np `(H, W, 3|4)` (uint8, or float in [0, 1]) / torch `(3, H, W)` (float in [0, 1], or [-1, 1] when
-        it has negative values), a batch `(N, ...)` of arrays or tensors, or a list -> `(3, H, W)` floats in [0, 1]."""
-        if isinstance(image, (list, tuple)):
-            if not image:
-                raise ValueError("image=[] is empty: pass at least one image")
-            return [t for item in image for t in MIVAPipeline._image_to_tensors(item)]
-        if isinstance(image, PIL.Image.Image):
-            return [torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)]
-        if isinstance(image, np.ndarray):
-            if image.ndim == 4:
-                return [t for item in image for t in MIVAPipeline._image_to_tensors(item)]
-            if image.ndim != 3 or image.shape[-1] not in (3, 4):
-                raise ValueError(f"image: numpy array of shape {image.shape} is not (H, W, 3) or (H, W, 4)")
-            scale = 255.0 if image.dtype == np.uint8 else 1.0
-            if scale == 1.0 and not np.issubdtype(image.dtype, np.floating):
-                raise ValueError(f"image: numpy dtype {image.dtype} is not uint8 or float")
-            return [torch.from_numpy(image[..., :3].astype(np.float32) / scale).permute(2, 0, 1)]
-        if torch.is_tensor(image):
-            if image.ndim == 4:
-                return [t for item in image for t in MIVAPipeline._image_to_tensors(item)]
-            if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
-                raise ValueError(f"image: tensor {tuple(image.shape)} ({image.dtype}) is not a float (3, H, W) image")
-            image = image.detach().float().cpu()
-            return [(image + 1) / 2 if image.min() < 0 else image]
-        raise ValueError(f"image of type {type(image).__name__} is not a PIL image, numpy array, tensor or list")
-
     def preprocess_image(self, image, height: int, width: int) -> torch.Tensor:
-        """`image` (see `__call__`) -> `(N, 3, height, width)` in [-1, 1]: scaled to cover `width` x `height`
-        (bicubic, antialiased), center-cropped, then normalised like `VaeImageProcessor`."""
-        out = []
-        for x in self._image_to_tensors(image):
-            x = x[None].clamp(0, 1)
-            h0, w0 = x.shape[-2:]
-            if (h0, w0) != (height, width):
-                scale = max(height / h0, width / w0)
-                size = (max(height, round(h0 * scale)), max(width, round(w0 * scale)))
-                x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-                top, left = (size[0] - height) // 2, (size[1] - width) // 2
-                x = x[..., top : top + height, left : left + width]
-            out.append(VaeImageProcessor.normalize(x))
-        return torch.cat(out)
+        """`image` -> `(N, 3, height, width)` in [-1, 1], scaled to cover and center-cropped (`inputs.preprocess_image`)."""
+        return preprocess_image(image, height, width)
 
     def prepare_image_latents(self, pixels: torch.Tensor, generator, device) -> torch.Tensor:
         """`(N, 3, H, W)` in [-1, 1] -> frame-0 latents `(N, C, 1, H/8, W/8)`: a sample of the VAE posterior (drawn from
         `generator`, or `generator[i]` per image for a list) times `vae.config.scaling_factor`."""
         pixels = pixels.to(device=device, dtype=self.vae.dtype)
         posterior = self.vae.encode(pixels).latent_dist
-        if isinstance(generator, list):
-            latents = torch.cat([posterior.sample(g)[i : i + 1] for i, g in enumerate(generator[: len(pixels)])])
-        else:
-            latents = posterior.sample(generator)
+        latents = posterior.sample(generator[: len(pixels)] if isinstance(generator, list) else generator)
         return (latents * self.vae.config.scaling_factor).unsqueeze(2)
 
     # -------------------------------------------------------------------------------------------------- checks
-    def check_miva_inputs(self, *, num_frames, height, width, use_adain_norm, shared_noise_ratio, first_frame_cond_type,
-                          use_dct_init, dct_cutoff_ratio, dct_cutoff_shape, cil_ratio, batch_prompt, adapter_weights,
-                          decode_chunk_size) -> None:
+    def check_miva_inputs(
+        self, options: SamplingOptions, num_frames, height, width, batch_prompt, adapter_weights, decode_chunk_size
+    ) -> None:
         """Raise `ValueError` naming the argument for every invalid MIVA option."""
+        options.validate()
         if height % 8 or width % 8:
             raise ValueError(f"height={height} and width={width} must both be divisible by 8")
         max_frames = self.unet.miva_context.max_frames
         if not isinstance(num_frames, int) or num_frames < 2:
             raise ValueError(f"num_frames={num_frames!r} must be an int >= 2 (frame 0 is the input image)")
         if num_frames > max_frames and not self.free_noise_enabled:
-            raise ValueError(f"num_frames={num_frames} exceeds the motion module's maximum of {max_frames} "
-                             "(motion_max_seq_length); use fewer frames or pipe.enable_free_noise()")
-        check_adain_mode(use_adain_norm)
-        if not 0.0 <= shared_noise_ratio <= 1.0:
-            raise ValueError(f"shared_noise_ratio={shared_noise_ratio!r} must be in [0, 1]")
-        if first_frame_cond_type not in FIRST_FRAME_COND_TYPES:
-            raise ValueError(f"first_frame_cond_type={first_frame_cond_type!r} is not one of {FIRST_FRAME_COND_TYPES}")
-        if use_dct_init and first_frame_cond_type != "cinemo":
-            raise ValueError(f"use_dct_init=True requires first_frame_cond_type='cinemo', got {first_frame_cond_type!r}")
-        if dct_cutoff_shape not in DCT_CUTOFF_SHAPES:
-            raise ValueError(f"dct_cutoff_shape={dct_cutoff_shape!r} is not one of {DCT_CUTOFF_SHAPES}")
-        if not 0.0 <= dct_cutoff_ratio <= 1.0:
-            raise ValueError(f"dct_cutoff_ratio={dct_cutoff_ratio!r} must be in [0, 1]")
-        if not cil_ratio > 0:
-            raise ValueError(f"cil_ratio={cil_ratio!r} must be > 0")
-        if cil_ratio != 1 and not isinstance(self.scheduler, DDIMScheduler):
-            raise ValueError(f"cil_ratio={cil_ratio!r} needs a DDIMScheduler (it steps by timestep value), got "
-                             f"{type(self.scheduler).__name__}; use cil_ratio=1")
+            raise ValueError(
+                f"num_frames={num_frames} exceeds the motion module's maximum of {max_frames} "
+                "(motion_max_seq_length); use fewer frames or pipe.enable_free_noise()"
+            )
+        if options.cil_ratio != 1 and not isinstance(self.scheduler, DDIMScheduler):
+            raise ValueError(
+                f"cil_ratio={options.cil_ratio!r} needs a DDIMScheduler (it steps by timestep value), "
+                f"got {type(self.scheduler).__name__}; use cil_ratio=1"
+            )
         active = [name for name, _ in self.unet.miva_context.active]
         for arg, value in (("batch_prompt", batch_prompt), ("adapter_weights", adapter_weights)):
             if value is not None and (not isinstance(value, (list, tuple)) or len(value) != len(active)):
-                raise ValueError(f"{arg}={value!r} must be a list with one entry per active adapter, in order "
-                                 f"{active} ({len(active)} entries)")
+                raise ValueError(
+                    f"{arg}={value!r} must be a list with one entry per active adapter, in order "
+                    f"{active} ({len(active)} entries)"
+                )
         if batch_prompt is not None and not all(p is None or isinstance(p, str) for p in batch_prompt):
             raise ValueError(f"batch_prompt={batch_prompt!r} entries must be strings or None")
         if not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:
             raise ValueError(f"decode_chunk_size={decode_chunk_size!r} must be a positive int")
 
     # ----------------------------------------------------------------------------------------------- sampling
+    def prepare_initial_latents(self, options: SamplingOptions, image_latents, noise, first_timestep: int):
+        """`z_T` `(B, C, F, h, w)` from the frame-0 latents `(B, C, 1, h, w)` and the noise (`latent_init`); with
+        `cil_analytic` the noise is first scaled by CIL's analytic std at `first_timestep`."""
+        if options.cil_analytic:
+            noise = noise * cil_analytic_noise_std(self.scheduler.alphas_cumprod, first_timestep)
+        return build_initial_latents(
+            image_latents,
+            noise,
+            first_frame_cond_type=options.first_frame_cond_type,
+            shared_noise_ratio=options.shared_noise_ratio,
+            use_dct_init=options.use_dct_init,
+            dct_cutoff_ratio=options.dct_cutoff_ratio,
+            dct_cutoff_shape=options.dct_cutoff_shape,
+            scheduler=self.scheduler,
+        )
+
     def _pin_first_frame(self, latents: torch.Tensor, image_latents: torch.Tensor) -> torch.Tensor:
         """Frame 0 := the clean image latent, `(B, C, F, h, w)`."""
         return torch.cat([image_latents.to(latents.dtype), latents[:, :, 1:]], dim=2)
 
-    def _denoise(self, latents, image_latents, timesteps, text, added_cond_kwargs, extra_step_kwargs, *,
-                 use_adain_norm, callback_on_step_end, callback_on_step_end_tensor_inputs, negative_prompt_embeds):
+    def _denoise(
+        self, latents, image_latents, timesteps, text, cond_kwargs, step_kwargs, adain, callback, inputs, uncond
+    ):
         """One pass of the denoising loop over `timesteps` (already CIL-scaled): the UNet sees every frame (frame 0
-        clean), the scheduler steps frames 1..F-1, frame 0 is put back. Returns `(latents, text)`."""
+        clean), the scheduler steps frames 1..F-1, frame 0 is put back; AdaIN "on" and the step-end callback
+        (`callback(self, i, t, {name: tensor for name in inputs})`) follow. Returns `(latents, text)`."""
         self._num_timesteps = len(timesteps)
         cfg = self.do_classifier_free_guidance
         with self.progress_bar(total=len(timesteps)) as progress_bar:
@@ -263,21 +226,26 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
                 if self.interrupt:
                     continue
                 model_input = torch.cat([latents] * 2) if cfg else latents
-                model_input = self._pin_first_frame(self.scheduler.scale_model_input(model_input, t),
-                                                    image_latents.repeat(2 if cfg else 1, 1, 1, 1, 1))
-                noise_pred = self.unet(model_input, t, encoder_hidden_states=text,
-                                       cross_attention_kwargs=self.cross_attention_kwargs,
-                                       added_cond_kwargs=added_cond_kwargs).sample
+                model_input = self._pin_first_frame(
+                    self.scheduler.scale_model_input(model_input, t), image_latents.repeat(2 if cfg else 1, 1, 1, 1, 1)
+                )
+                noise_pred = self.unet(
+                    model_input,
+                    t,
+                    encoder_hidden_states=text,
+                    added_cond_kwargs=cond_kwargs,
+                    cross_attention_kwargs=self.cross_attention_kwargs,
+                ).sample
                 if cfg:
                     noise_uncond, noise_text = noise_pred.chunk(2)
                     noise_pred = noise_uncond + self.guidance_scale * (noise_text - noise_uncond)
-                stepped = self.scheduler.step(noise_pred[:, :, 1:], t, latents[:, :, 1:], **extra_step_kwargs)
+                stepped = self.scheduler.step(noise_pred[:, :, 1:], t, latents[:, :, 1:], **step_kwargs)
                 latents = torch.cat([image_latents.to(latents.dtype), stepped.prev_sample], dim=2)
-                if use_adain_norm == "on":
+                if adain == "on":
                     latents = adain_step(latents, i)
-                if callback_on_step_end is not None:
-                    values = {"latents": latents, "prompt_embeds": text, "negative_prompt_embeds": negative_prompt_embeds}
-                    outputs = callback_on_step_end(self, i, t, {k: values[k] for k in callback_on_step_end_tensor_inputs})
+                if callback is not None:
+                    values = {"latents": latents, "prompt_embeds": text, "negative_prompt_embeds": uncond}
+                    outputs = callback(self, i, t, {k: values[k] for k in inputs})
                     latents = self._pin_first_frame(outputs.pop("latents", latents), image_latents)
                     text = outputs.pop("prompt_embeds", text)
                 progress_bar.update()
@@ -363,17 +331,35 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
         """
         context = install_miva_processors(self.unet)  # idempotent; undoes processor swaps made behind our back
         if isinstance(prompt, dict):
-            raise ValueError("prompt as a dict (FreeNoise prompt interpolation) is not supported by MIVAPipeline; "
-                             "pass a string or a list of strings")
-        self.check_miva_inputs(num_frames=num_frames, height=height, width=width, use_adain_norm=use_adain_norm,
-                               shared_noise_ratio=shared_noise_ratio, first_frame_cond_type=first_frame_cond_type,
-                               use_dct_init=use_dct_init, dct_cutoff_ratio=dct_cutoff_ratio,
-                               dct_cutoff_shape=dct_cutoff_shape, cil_ratio=cil_ratio, batch_prompt=batch_prompt,
-                               adapter_weights=adapter_weights, decode_chunk_size=decode_chunk_size)
+            raise ValueError(
+                "prompt as a dict (FreeNoise prompt interpolation) is not supported by MIVAPipeline; "
+                "pass a string or a list of strings"
+            )
+        options = SamplingOptions(
+            use_adain_norm,
+            shared_noise_ratio,
+            first_frame_cond_type,
+            use_dct_init,
+            dct_cutoff_ratio,
+            dct_cutoff_shape,
+            cil_ratio,
+            cil_analytic,
+        )
+        self.check_miva_inputs(options, num_frames, height, width, batch_prompt, adapter_weights, decode_chunk_size)
         if prompt is None and prompt_embeds is None:
             prompt = ""
-        self.check_inputs(prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                          ip_adapter_image, ip_adapter_image_embeds, callback_on_step_end_tensor_inputs)
+        self.check_inputs(
+            prompt,
+            height,
+            width,
+            None,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            ip_adapter_image,
+            ip_adapter_image_embeds,
+            callback_on_step_end_tensor_inputs,
+        )
         self._guidance_scale, self._clip_skip = guidance_scale, clip_skip
         self._cross_attention_kwargs, self._interrupt = cross_attention_kwargs, False
         device = self._execution_device
@@ -381,8 +367,10 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
         prompts = None if prompt is None else ([prompt] if isinstance(prompt, str) else list(prompt))
         n_prompts = len(prompts) if prompts is not None else prompt_embeds.shape[0]
         if len(pixels) != n_prompts and 1 not in (len(pixels), n_prompts):
-            raise ValueError(f"image has {len(pixels)} images but there are {n_prompts} prompts; pass one image, "
-                             "one prompt, or as many of each")
+            raise ValueError(
+                f"image has {len(pixels)} images but there are {n_prompts} prompts; pass one image, "
+                "one prompt, or as many of each"
+            )
         batch = max(len(pixels), n_prompts)
         if prompts is not None and len(prompts) == 1:
             prompts = prompts * batch
@@ -392,32 +380,42 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
         lora_scale = cross_attention_kwargs.get("scale") if cross_attention_kwargs else None
         adapter_prompts = [context.configs[name].prompt for name, _ in context.active] if batch_prompt else None
         embeds = build_prompt_embeds(
-            self, prompts, batch_size=batch, device=device, do_classifier_free_guidance=self.do_classifier_free_guidance,
-            negative_prompt=negative_prompt, batch_prompt=batch_prompt, adapter_default_prompts=adapter_prompts,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            word_to_replace=word_to_replace, text_emb_dir=text_emb_dir, clip_skip=clip_skip, lora_scale=lora_scale)
+            self,
+            prompts,
+            batch_size=batch,
+            device=device,
+            do_classifier_free_guidance=self.do_classifier_free_guidance,
+            negative_prompt=negative_prompt,
+            batch_prompt=batch_prompt,
+            adapter_default_prompts=adapter_prompts,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            word_to_replace=word_to_replace,
+            text_emb_dir=text_emb_dir,
+            clip_skip=clip_skip,
+            lora_scale=lora_scale,
+        )
         cond = embeds.cond.repeat_interleave(num_videos_per_prompt, dim=0)
         uncond = embeds.uncond.repeat_interleave(num_videos_per_prompt, dim=0) if embeds.uncond is not None else None
         text = torch.cat([uncond, cond]) if uncond is not None else cond
         text = text.repeat_interleave(num_frames, dim=0)
         added_cond_kwargs = None
         if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
-            added_cond_kwargs = {"image_embeds": self.prepare_ip_adapter_image_embeds(
-                ip_adapter_image, ip_adapter_image_embeds, device, total, self.do_classifier_free_guidance)}
+            added_cond_kwargs = {
+                "image_embeds": self.prepare_ip_adapter_image_embeds(
+                    ip_adapter_image, ip_adapter_image_embeds, device, total, self.do_classifier_free_guidance
+                )
+            }
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = scale_timesteps(self.scheduler.timesteps, cil_ratio)
         pixels = pixels.expand(batch, -1, -1, -1) if len(pixels) == 1 else pixels
         image_latents = self.prepare_image_latents(pixels, generator, device)
         image_latents = image_latents.repeat_interleave(num_videos_per_prompt, dim=0).to(text.dtype)
-        noise = self.prepare_latents(total, self.unet.config.in_channels, num_frames, height, width, text.dtype,
-                                     device, generator, latents)
-        if cil_analytic:
-            noise = noise * cil_analytic_noise_std(self.scheduler.alphas_cumprod, int(timesteps[0]))
-        latents = build_initial_latents(
-            image_latents, noise, first_frame_cond_type=first_frame_cond_type, shared_noise_ratio=shared_noise_ratio,
-            use_dct_init=use_dct_init, dct_cutoff_ratio=dct_cutoff_ratio, dct_cutoff_shape=dct_cutoff_shape,
-            scheduler=self.scheduler)
+        noise = self.prepare_latents(
+            total, self.unet.config.in_channels, num_frames, height, width, text.dtype, device, generator, latents
+        )
+        latents = self.prepare_initial_latents(options, image_latents, noise, int(timesteps[0]))
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         store = CAMapStore(ca_layers, text_tokens=embeds.text_tokens) if ca_layers else None
@@ -430,27 +428,36 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
             iterations = self._free_init_num_iters if self.free_init_enabled else 1
             for iteration in range(iterations):
                 if self.free_init_enabled:
-                    latents, timesteps = self._apply_free_init(latents, iteration, num_inference_steps, device,
-                                                               latents.dtype, generator)
+                    latents, timesteps = self._apply_free_init(
+                        latents, iteration, num_inference_steps, device, latents.dtype, generator
+                    )
                     latents = self._pin_first_frame(latents, image_latents)
-                    timesteps = scale_timesteps(timesteps, cil_ratio)
+                    timesteps = scale_timesteps(timesteps, options.cil_ratio)
                     if store is not None:
                         store.reset()  # keep the maps of the final pass
                 latents, text = self._denoise(
-                    latents, image_latents, timesteps, text, added_cond_kwargs, extra_step_kwargs,
-                    use_adain_norm=use_adain_norm, callback_on_step_end=callback_on_step_end,
-                    callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-                    negative_prompt_embeds=uncond)
+                    latents,
+                    image_latents,
+                    timesteps,
+                    text,
+                    added_cond_kwargs,
+                    extra_step_kwargs,
+                    options.use_adain_norm,
+                    callback_on_step_end,
+                    callback_on_step_end_tensor_inputs,
+                    uncond,
+                )
         finally:
             context.active, context.adapter_prompts, context.attention_store = saved
-        if use_adain_norm == "last":
+        if options.use_adain_norm == "last":
             latents = adain_last(latents)
 
         if output_type == "latent":
             video = latents
         else:
-            video = self.video_processor.postprocess_video(self.decode_latents(latents, decode_chunk_size),
-                                                           output_type=output_type)
+            video = self.video_processor.postprocess_video(
+                self.decode_latents(latents, decode_chunk_size), output_type=output_type
+            )
         ca_maps = None
         if store is not None:  # keep the conditional half under CFG
             ca_maps = {level: maps[-total:] for level, maps in store.maps().items()}

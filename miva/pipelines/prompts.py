@@ -57,7 +57,11 @@ def load_text_embedding(text_emb_dir: str | os.PathLike, prompt: str) -> Tensor:
             "write it with `miva embed-text` (a (1, 77, D) tensor saved with torch.save)"
         )
     embedding = torch.load(path, map_location="cpu", weights_only=True)
-    if not torch.is_tensor(embedding) or embedding.ndim not in (2, 3) or (embedding.ndim == 3 and embedding.shape[0] != 1):
+    if (
+        not torch.is_tensor(embedding)
+        or embedding.ndim not in (2, 3)
+        or (embedding.ndim == 3 and embedding.shape[0] != 1)
+    ):
         shape = tuple(embedding.shape) if torch.is_tensor(embedding) else type(embedding).__name__
         raise ValueError(f"text_emb_dir: {path} holds {shape}; expected a tensor (1, tokens, dim) or (tokens, dim)")
     return embedding if embedding.ndim == 3 else embedding[None]
@@ -94,8 +98,9 @@ def replace_word_ids(input_ids: Tensor, tokenizer, words: list[str]) -> Tensor:
 def _encode_ids(pipe, texts: list[str], words: list[str], device, clip_skip: int | None) -> Tensor:
     """Tokenize `texts`, swap in the learned tokens of `words`, run the text encoder -> `(N, T, D)`."""
     texts = pipe.maybe_convert_prompt(texts, pipe.tokenizer)
-    tokens = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt")
+    tokens = pipe.tokenizer(
+        texts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
     ids = replace_word_ids(tokens.input_ids, pipe.tokenizer, words).to(device)
     if clip_skip is None:
         return pipe.text_encoder(ids)[0]
@@ -116,8 +121,13 @@ class _Encoder:
         """(cond, uncond) for the main prompts; uncond only when `negatives` is given (classifier-free guidance)."""
         if self.text_emb_dir is None and not self.words:
             cond, uncond = self.pipe.encode_prompt(
-                prompts, self.device, 1, negatives is not None, negatives,
-                lora_scale=self.lora_scale, clip_skip=self.clip_skip,
+                prompts,
+                self.device,
+                1,
+                negatives is not None,
+                negatives,
+                lora_scale=self.lora_scale,
+                clip_skip=self.clip_skip,
             )
             return cond, uncond
         cond = self.texts(prompts, replace=True)
@@ -129,8 +139,9 @@ class _Encoder:
         elif self.words and replace:
             out = _encode_ids(self.pipe, texts, self.words, self.device, self.clip_skip)
         else:
-            out = self.pipe.encode_prompt(texts, self.device, 1, False, lora_scale=self.lora_scale,
-                                          clip_skip=self.clip_skip)[0]
+            out = self.pipe.encode_prompt(
+                texts, self.device, 1, False, lora_scale=self.lora_scale, clip_skip=self.clip_skip
+            )[0]
         return out.to(device=self.device, dtype=self.dtype)
 
 
@@ -163,8 +174,10 @@ def build_prompt_embeds(
     """
     words = _as_list(word_to_replace, "word_to_replace") or []
     if text_emb_dir is not None and words:
-        raise ValueError("text_emb_dir and word_to_replace cannot be combined: precomputed embeddings are not "
-                         "tokenized; pass one of them")
+        raise ValueError(
+            "text_emb_dir and word_to_replace cannot be combined: precomputed embeddings are not "
+            "tokenized; pass one of them"
+        )
     if text_emb_dir is not None and not os.path.isdir(text_emb_dir):
         raise ValueError(f"text_emb_dir={os.fspath(text_emb_dir)!r} is not a directory")
     for word in words:  # fail before any encoding
@@ -200,8 +213,10 @@ def build_prompt_embeds(
             chunks.append(encoder.texts([text]).expand(batch_size, -1, -1))
     for chunk in chunks:
         if chunk.shape[1] != text_tokens:
-            raise ValueError(f"batch_prompt embeddings have {chunk.shape[1]} tokens but the main prompt has "
-                             f"{text_tokens}; all chunks must have the same length")
+            raise ValueError(
+                f"batch_prompt embeddings have {chunk.shape[1]} tokens but the main prompt has "
+                f"{text_tokens}; all chunks must have the same length"
+            )
     cond = torch.cat([cond, *chunks], dim=1) if chunks else cond
     if uncond is not None and chunks:
         uncond = torch.cat([uncond] * (1 + len(chunks)), dim=1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -110,8 +111,16 @@ class MIVATrainer:
             # (PartialState) is kept.
             AcceleratorState._reset_state(reset_partial_state=False)
         project = ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs"))
+        # Under torchrun (`accelerate launch --multi_gpu`) on a machine without an accelerator, accelerate would run
+        # N independent single processes unless told to use the CPU: then the processes train together over gloo.
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
         self.accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                                       mixed_precision=mixed, log_with=log_with, project_config=project)
+                                       mixed_precision=mixed, log_with=log_with, project_config=project,
+                                       cpu=world_size > 1 and not has_accelerator)
+        if world_size > 1 and self.accelerator.num_processes != world_size:
+            raise RuntimeError(f"launched as {world_size} processes but accelerate set up "
+                               f"{self.accelerator.num_processes}; check the accelerate launch options")
         self.logger = get_logger("miva.training", log_level="INFO")
         for note in notes:
             self.logger.warning(note)

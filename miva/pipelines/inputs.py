@@ -1,0 +1,105 @@
+"""Inputs of `MIVAPipeline`: the research sampling options (seed names and defaults) and the input image.
+
+`SamplingOptions` groups the options so that callers (e.g. a config-driven `miva infer`) can build and validate
+them from a seed config's `validation_data` before calling the pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers.image_processor import VaeImageProcessor
+
+from .latent_init import DCT_CUTOFF_SHAPES, FIRST_FRAME_COND_TYPES, check_adain_mode
+
+
+@dataclass
+class SamplingOptions:
+    """How the initial latents are built and refined (REFERENCE.md §7); field names are the seed's keys."""
+
+    use_adain_norm: str = "off"  # "off" / "on" (after every step, LAMP) / "last" (once after the loop)
+    shared_noise_ratio: float = 0.0  # n_f <- r n_0 + (1 - r) n_f for f >= 1
+    first_frame_cond_type: str = "lamp"  # "lamp" / "cinemo"
+    use_dct_init: bool = False  # cinemo only
+    dct_cutoff_ratio: float = 0.23
+    dct_cutoff_shape: str = "rect"  # "rect" / "tri"
+    cil_ratio: float = 1.0  # timesteps round(t * cil_ratio)
+    cil_analytic: bool = False  # initial noise with CIL's analytic std
+
+    def validate(self) -> SamplingOptions:
+        """Raise `ValueError` naming the option, its value and what is valid; return self."""
+        check_adain_mode(self.use_adain_norm)
+        if not 0.0 <= self.shared_noise_ratio <= 1.0:
+            raise ValueError(f"shared_noise_ratio={self.shared_noise_ratio!r} must be in [0, 1]")
+        if self.first_frame_cond_type not in FIRST_FRAME_COND_TYPES:
+            raise ValueError(
+                f"first_frame_cond_type={self.first_frame_cond_type!r} is not one of {FIRST_FRAME_COND_TYPES}"
+            )
+        if self.use_dct_init and self.first_frame_cond_type != "cinemo":
+            raise ValueError(
+                f"use_dct_init=True requires first_frame_cond_type='cinemo', got {self.first_frame_cond_type!r}"
+            )
+        if self.dct_cutoff_shape not in DCT_CUTOFF_SHAPES:
+            raise ValueError(f"dct_cutoff_shape={self.dct_cutoff_shape!r} is not one of {DCT_CUTOFF_SHAPES}")
+        if not 0.0 <= self.dct_cutoff_ratio <= 1.0:
+            raise ValueError(f"dct_cutoff_ratio={self.dct_cutoff_ratio!r} must be in [0, 1]")
+        if not self.cil_ratio > 0:
+            raise ValueError(f"cil_ratio={self.cil_ratio!r} must be > 0")
+        return self
+
+
+def image_to_tensors(image) -> list[torch.Tensor]:
+    """Images -> a list of `(3, H, W)` float tensors in [0, 1].
+
+    Accepts a PIL image (alpha dropped); a numpy `(H, W, 3|4)` array, uint8 or float in [0, 1]; a torch `(3, H, W)`
+    float tensor in [0, 1] (diffusers' convention; a tensor with negative values is read as [-1, 1]); a batch
+    `(N, H, W, C)` array or `(N, 3, H, W)` tensor; or a list of any of these.
+    """
+    if isinstance(image, (list, tuple)):
+        if not image:
+            raise ValueError("image=[] is empty: pass at least one image")
+        return [t for item in image for t in image_to_tensors(item)]
+    if isinstance(image, PIL.Image.Image):
+        return [torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)]
+    if isinstance(image, np.ndarray):
+        if image.ndim == 4:
+            return [t for item in image for t in image_to_tensors(item)]
+        if image.ndim != 3 or image.shape[-1] not in (3, 4):
+            raise ValueError(f"image: numpy array of shape {image.shape} is not (H, W, 3) or (H, W, 4)")
+        if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
+            raise ValueError(f"image: numpy dtype {image.dtype} is not uint8 or float")
+        scale = 255.0 if image.dtype == np.uint8 else 1.0
+        return [torch.from_numpy(image[..., :3].astype(np.float32) / scale).permute(2, 0, 1)]
+    if torch.is_tensor(image):
+        if image.ndim == 4:
+            return [t for item in image for t in image_to_tensors(item)]
+        if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
+            raise ValueError(f"image: tensor {tuple(image.shape)} ({image.dtype}) is not a float (3, H, W) image")
+        image = image.detach().float().cpu()
+        return [(image + 1) / 2 if image.min() < 0 else image]
+    raise ValueError(f"image of type {type(image).__name__} is not a PIL image, numpy array, tensor or list")
+
+
+def preprocess_image(image, height: int, width: int) -> torch.Tensor:
+    """`image` (see `image_to_tensors`) -> `(N, 3, height, width)` in [-1, 1].
+
+    Each image is scaled to cover `width` x `height` keeping its aspect ratio (bicubic, antialiased), then
+    center-cropped, the same way for every input type (diffusers' `VaeImageProcessor` crops PIL images only); then
+    normalised to [-1, 1] like `VaeImageProcessor`. An image already at the target size is used as it is.
+    """
+    out = []
+    for x in image_to_tensors(image):
+        x = x[None].clamp(0, 1)
+        h0, w0 = x.shape[-2:]
+        if (h0, w0) != (height, width):
+            scale = max(height / h0, width / w0)
+            size = (max(height, round(h0 * scale)), max(width, round(w0 * scale)))
+            x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+            top, left = (size[0] - height) // 2, (size[1] - width) // 2
+            x = x[..., top : top + height, left : left + width]
+        out.append(VaeImageProcessor.normalize(x))
+    return torch.cat(out)

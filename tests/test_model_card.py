@@ -1,0 +1,121 @@
+"""Model cards (`README.md`) of saved adapters, and `push_adapter_to_hub` (Hub calls replaced, no network)."""
+
+import copy
+import shutil
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from PIL import Image
+from safetensors.torch import load_file
+
+from miva.attention_processors import MIVAAdapterConfig
+from miva.loaders import MIVALoaderMixin, adapter_state_dict, miva_model_card
+from miva.loaders import adapter_io as adapter_io_module
+from miva.tiny import make_test_image, tiny_unet_motion
+
+CONFIG = MIVAAdapterConfig(
+    use_i2v=True, motion_lora_rank=2, use_ca_lora=True, ca_lora_rank=2, q_downsample=True, q_downsample_ratio=2,
+    ca_pe_mode="rope_3d", prompt="clouds moving", base_model="stable-diffusion-v1-5/stable-diffusion-v1-5",
+    motion_adapter="guoyww/animatediff-motion-adapter-v1-5-3",
+)  # fmt: skip
+
+
+class _Pipe(MIVALoaderMixin):
+    def __init__(self, unet, text_encoder=None, tokenizer=None):
+        self.unet, self.text_encoder, self.tokenizer = unet, text_encoder, tokenizer
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = _Pipe(tiny_unet_motion(seed=0))
+    pipe.add_adapter("clouds", CONFIG)
+    return pipe
+
+
+@pytest.fixture
+def sample_gif(tmp_path):
+    frames = [make_test_image(32, 32, seed=s) for s in range(3)]
+    path = tmp_path / "render.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=125, loop=0)
+    return path
+
+
+def test_card_metadata_parses_back(tmp_path):
+    card = miva_model_card(CONFIG, adapter_name="clouds", repo_id="someone/miva-clouds", sample="sample.gif")
+    card.save(tmp_path / "README.md")
+    loaded = ModelCard.load(tmp_path / "README.md")
+    data = loaded.data
+    assert data.library_name == "diffusers" and data.pipeline_tag == "image-to-video"
+    assert data.base_model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert {"miva", "animatediff", "image-to-video", "ca-lora", "motion-lora", "spatiotemporal-query"} <= set(data.tags)
+    assert "cross-frame-first" in data.tags and "implicit-prompt" not in data.tags
+    assert 'pipe.load_adapters("someone/miva-clouds", adapter_names="clouds")' in loaded.text
+    assert 'MotionAdapter.from_pretrained("guoyww/animatediff-motion-adapter-v1-5-3")' in loaded.text
+    assert "![sample](sample.gif)" in loaded.text and "clouds moving" in loaded.text
+
+
+def test_local_base_model_stays_out_of_metadata(tmp_path):
+    config = MIVAAdapterConfig(use_i2v=False, ca_mode="implicit", base_model=str(tmp_path))
+    card = miva_model_card(config, adapter_name="local")
+    assert card.data.base_model is None
+    assert "implicit-prompt" in card.data.tags and "![sample]" not in card.text
+
+
+def test_save_adapter_writes_card_and_sample(pipe, sample_gif, tmp_path):
+    folder = pipe.save_adapter("clouds", tmp_path / "clouds", sample_gif=sample_gif)
+    assert (folder / "sample.gif").read_bytes() == sample_gif.read_bytes()
+    assert Image.open(folder / "sample.gif").n_frames == 3
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "diffusers" and "![sample](sample.gif)" in card.text
+    assert 'pipe.load_adapters("path/to/clouds", adapter_names="clouds")' in card.text
+    pipe.save_adapter("clouds", folder, sample_gif=folder / "sample.gif")  # saving over itself keeps the sample
+    assert (folder / "sample.gif").read_bytes() == sample_gif.read_bytes()
+    with pytest.raises(FileNotFoundError, match="sample_gif="):
+        pipe.save_adapter("clouds", tmp_path / "x", sample_gif=tmp_path / "none.gif")
+
+
+def test_push_adapter_to_hub_uploads_a_saved_folder(pipe, sample_gif, tmp_path, monkeypatch):
+    calls = {}
+
+    class _RepoUrl(str):
+        repo_id = "someone/miva-clouds"
+
+    def fake_create_repo(repo_id, **kwargs):
+        calls["create"] = (repo_id, kwargs)
+        return _RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def fake_upload_folder(*, repo_id, folder_path, **kwargs):
+        calls["upload"] = (repo_id, kwargs)
+        shutil.copytree(folder_path, tmp_path / "uploaded")  # the temp folder is gone after the call
+        return "commit-info"
+
+    monkeypatch.setattr(adapter_io_module, "create_repo", fake_create_repo)
+    monkeypatch.setattr(adapter_io_module, "upload_folder", fake_upload_folder)
+    with torch.no_grad():
+        for tensor in adapter_state_dict(pipe.unet, "clouds").values():
+            tensor.fill_(0.125)
+    result = pipe.push_adapter_to_hub(
+        "clouds", "someone/miva-clouds", private=True, token="tok", commit_message="first motion", sample_gif=sample_gif
+    )
+    assert result == "commit-info"
+    assert calls["create"] == ("someone/miva-clouds", {"private": True, "token": "tok", "exist_ok": True})
+    assert calls["upload"] == ("someone/miva-clouds", {"token": "tok", "commit_message": "first motion"})
+    uploaded = tmp_path / "uploaded"
+    assert sorted(p.name for p in uploaded.iterdir()) == [
+        "README.md", "adapter_config.json", "miva_adapter.safetensors", "sample.gif"
+    ]  # fmt: skip
+    assert MIVAAdapterConfig.from_json_file(uploaded / "adapter_config.json") == CONFIG
+    tensors = load_file(uploaded / "miva_adapter.safetensors")
+    assert tensors.keys() == adapter_state_dict(pipe.unet, "clouds").keys()
+    assert all(torch.equal(t, torch.full_like(t, 0.125)) for t in tensors.values())
+    card = ModelCard.load(uploaded / "README.md")
+    assert 'pipe.load_adapters("someone/miva-clouds"' in card.text and card.data.pipeline_tag == "image-to-video"
+
+
+def test_card_for_a_second_pipe_with_copied_unet(pipe, tmp_path):
+    """Cards are deterministic: the same adapter saved twice gives the same README."""
+    other = _Pipe(copy.deepcopy(pipe.unet))
+    a = pipe.save_adapter("clouds", tmp_path / "a")
+    b = other.save_adapter("clouds", tmp_path / "b")
+    assert (a / "README.md").read_text() == (b / "README.md").read_text()
