@@ -5,6 +5,10 @@ import os
 # Before diffusers / transformers are imported anywhere: never touch the network, keep the logs quiet.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+# Idle OpenMP threads sleep instead of spinning: tiny models gain nothing from spinning, and on a busy 2-core
+# machine spinning threads slow each other down by an order of magnitude.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -244,14 +244,25 @@ def test_train_maps_the_config_to_the_trainer(monkeypatch, tmp_path):
     assert seen[1].adapter.use_ca_lora and seen[1].max_train_steps == 2  # handed to miva.training.command
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_accelerate_splits_the_images_across_two_processes(inputs, tmp_path):
+    """Two CPU processes, one image each. accelerate 1.15's `--cpu --num_processes 2` starts one process (multi-CPU
+    needs mpirun), so the launch is `--multi_gpu` without GPUs: torchrun with gloo, each process on the CPU."""
     data = base_config(inputs, output_dir=str(tmp_path / "out"))
     data["validation_data"].update(prompt_path="all", prompts=None, batch_prompt="water", video_length=4, format="gif")
     config_path = write_config(tmp_path / "c.yaml", data)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "miva.cli", "infer", "--config", config_path,
-           "--tiny"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": "", "HF_HOME": str(tmp_path / "hf")}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(free_port()), "-m", "miva.cli", "infer", "--config", config_path, "--tiny"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[process 0] lake" in result.stdout and "[process 1] sky" in result.stdout

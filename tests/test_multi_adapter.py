@@ -29,8 +29,14 @@ CONFIGS = {
     "a": dict(sa_mode="first", motion_lora_rank=4, use_motion_embed=True, ca_lora_rank=4, use_q_lora=True),
     "b": dict(sa_mode="prev", i2v_train_q=True, motion_lora_rank=8, ca_lora_rank=8),
     "c": dict(sa_mode="first", motion_lora_rank=4, use_motion_embed=True, ca_lora_rank=4),
-    "s1": dict(use_i2v=False, motion_lora_rank=4, q_downsample=True, q_downsample_ratio=2, ca_pe_mode="rope_3d",
-               use_q_lora=True),
+    "s1": dict(
+        use_i2v=False,
+        motion_lora_rank=4,
+        q_downsample=True,
+        q_downsample_ratio=2,
+        ca_pe_mode="rope_3d",
+        use_q_lora=True,
+    ),
     "s2": dict(use_i2v=False, use_motion_lora=False, q_downsample=True, q_downsample_ratio=2, ca_pe_mode="rope_3d"),
     "pa": dict(use_i2v=False, use_motion_lora=False, prompt="waves"),
     "pb": dict(use_i2v=False, use_motion_lora=False, prompt="clouds"),
@@ -77,10 +83,6 @@ def layer(unet, kind):
     return getattr(block.attentions[0].transformer_blocks[0], "attn2" if kind == "cross" else "attn1")
 
 
-def adapter_at(unet, attn, name):
-    return attn.processor.adapters[name]
-
-
 # ----------------------------------------------------------------------------------------- reference maths
 
 
@@ -105,22 +107,14 @@ def softmax_attention(attn, q, k, v):
     return (probs @ v).transpose(1, 2).reshape(n, -1, heads * q.shape[-1]).float()
 
 
-def ref_cross_branch(attn, adapter, x, text, weight=1.0):
-    """Adapter alone on its prompt: W_O a + b + dO(a), with dQ, dK, dV scaled by `weight`."""
-    q = linear(attn.to_q, x) + (weight * delta(adapter.to_q_lora, x) if adapter.has_q_lora else 0)
-    k = linear(attn.to_k, text) + weight * delta(adapter.to_k_lora, text)
-    v = linear(attn.to_v, text) + weight * delta(adapter.to_v_lora, text)
-    a = softmax_attention(attn, q, k, v)
-    return linear(attn.to_out[0], a) + weight * delta(adapter.to_out_lora, a)
-
-
 def ref_cross_base(attn, x, text):
     a = softmax_attention(attn, linear(attn.to_q, x), linear(attn.to_k, text), linear(attn.to_v, text))
     return linear(attn.to_out[0], a)
 
 
 def ref_cross_weights(attn, adapters, weights, x, texts):
-    """"weights": summed w-scaled deltas; one softmax over all adapters' prompts concatenated on tokens."""
+    """Summed w-scaled deltas, one softmax over the adapters' prompts concatenated on tokens (one adapter at [1]:
+    the adapter alone on its own prompt)."""
     q = linear(attn.to_q, x)
     for adapter, w in zip(adapters, weights):
         if adapter.has_q_lora:
@@ -147,27 +141,18 @@ def ref_self(attn, adapters, weights, x):
     return out
 
 
-def ref_temporal_branch(attn, adapter, x, weight=1.0):
-    """Adapter alone (or with its deltas and embedding scaled by `weight`): one temporal attention."""
-    if adapter is not None and adapter.motion_embed is not None:
-        x = x + weight * adapter.motion_embed[: x.shape[1]]
-    q, k, v = linear(attn.to_q, x), linear(attn.to_k, x), linear(attn.to_v, x)
-    if adapter is not None:
-        q, k, v = (t + weight * delta(lora, x) for t, lora in
-                   ((q, adapter.to_q_lora), (k, adapter.to_k_lora), (v, adapter.to_v_lora)))
-    a = softmax_attention(attn, q, k, v)
-    y = linear(attn.to_out[0], a)
-    return y if adapter is None else y + weight * delta(adapter.to_out_lora, a)
-
-
 def ref_temporal_weights(attn, adapters, weights, x):
+    """Embeddings and Q/K/V/out deltas scaled by w_i, one attention (one adapter at [1]: the adapter alone)."""
     for adapter, w in zip(adapters, weights):
         if adapter.motion_embed is not None:
             x = x + w * adapter.motion_embed[: x.shape[1]]
     q, k, v = linear(attn.to_q, x), linear(attn.to_k, x), linear(attn.to_v, x)
     for adapter, w in zip(adapters, weights):
-        q, k, v = q + w * delta(adapter.to_q_lora, x), k + w * delta(adapter.to_k_lora, x), v + w * delta(
-            adapter.to_v_lora, x)
+        q, k, v = (
+            q + w * delta(adapter.to_q_lora, x),
+            k + w * delta(adapter.to_k_lora, x),
+            v + w * delta(adapter.to_v_lora, x),
+        )
     a = softmax_attention(attn, q, k, v)
     return linear(attn.to_out[0], a) + sum(w * delta(ad.to_out_lora, a) for ad, w in zip(adapters, weights))
 
@@ -185,8 +170,9 @@ def inputs(kind, seed=0):
 def prompts(count, seed=1):
     """`count` prompt embeddings, each (batch*frames, TOKENS, TEXT_DIM), one per video repeated per frame."""
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(BATCH, TOKENS, TEXT_DIM, generator=generator).repeat_interleave(FRAMES, 0)
-            for _ in range(count)]
+    return [
+        torch.randn(BATCH, TOKENS, TEXT_DIM, generator=generator).repeat_interleave(FRAMES, 0) for _ in range(count)
+    ]
 
 
 @torch.no_grad()
@@ -213,15 +199,18 @@ def run_kind(unet, kind, x, names, weights, mode, texts=None):
 def test_one_adapter_at_weight_one_is_the_adapter_alone(unet, kind, mode):
     attn, x = layer(unet, kind), inputs(kind)
     main, own = prompts(2)
-    a = adapter_at(unet, attn, "a")
+    a = attn.processor.adapters["a"]
     with torch.no_grad():
         expected = {
-            "cross": lambda: ref_cross_branch(attn, a, x, own),
+            "cross": lambda: ref_cross_weights(attn, [a], [1.0], x, [own]),
             "self": lambda: ref_self(attn, [a], [1.0], x),
-            "temporal": lambda: ref_temporal_branch(attn, a, x),
+            "temporal": lambda: ref_temporal_weights(attn, [a], [1.0], x),
         }[kind]()
-        base = {"cross": lambda: ref_cross_base(attn, x, main), "self": lambda: ref_self(attn, [], [], x),
-                "temporal": lambda: ref_temporal_branch(attn, None, x)}[kind]()
+        base = {
+            "cross": lambda: ref_cross_base(attn, x, main),
+            "self": lambda: ref_self(attn, [], [], x),
+            "temporal": lambda: ref_temporal_weights(attn, [], [], x),
+        }[kind]()
     out = run_kind(unet, kind, x, ["a"], [1.0], mode, [main, own])
     assert (expected - base).abs().max() > 1e-2  # the adapter does something
     torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
@@ -261,14 +250,14 @@ def test_batched_residual_equals_a_loop_over_adapters(unet, kind):
     attn, x = layer(unet, kind), inputs(kind, seed=3)
     names, weights = ["a", "b", "c"], [0.7, -0.4, 0.5]
     texts = prompts(4, seed=4)
-    adapters = [adapter_at(unet, attn, n) for n in names]
+    adapters = [attn.processor.adapters[n] for n in names]
     with torch.no_grad():
         if kind == "cross":
             base = ref_cross_base(attn, x, texts[0])
-            branches = [ref_cross_branch(attn, ad, x, t) for ad, t in zip(adapters, texts[1:])]
+            branches = [ref_cross_weights(attn, [ad], [1.0], x, [t]) for ad, t in zip(adapters, texts[1:])]
         elif kind == "temporal":
-            base = ref_temporal_branch(attn, None, x)
-            branches = [ref_temporal_branch(attn, ad, x) for ad in adapters]
+            base = ref_temporal_weights(attn, [], [], x)
+            branches = [ref_temporal_weights(attn, [ad], [1.0], x) for ad in adapters]
         else:
             base = ref_self(attn, [], [], x)
             branches = [ref_self(attn, [ad], [1.0], x) for ad in adapters]
@@ -285,7 +274,7 @@ def test_weights_mode_equals_summed_scaled_deltas(unet, kind):
     attn, x = layer(unet, kind), inputs(kind, seed=5)
     names, weights = ["a", "b"], [0.7, 0.4]
     texts = prompts(3, seed=6)
-    adapters = [adapter_at(unet, attn, n) for n in names]
+    adapters = [attn.processor.adapters[n] for n in names]
     with torch.no_grad():
         expected = {
             "cross": lambda: ref_cross_weights(attn, adapters, weights, x, texts[1:]),  # 77*2 tokens, one softmax
@@ -300,7 +289,7 @@ def test_weights_mode_with_one_shared_prompt(unet):
     """Without per-adapter prompts every adapter's K/V delta applies to the main prompt: one 77-token block."""
     attn, x = layer(unet, "cross"), inputs("cross")
     (main,) = prompts(1)
-    adapters = [adapter_at(unet, attn, n) for n in ("a", "b")]
+    adapters = [attn.processor.adapters[n] for n in ("a", "b")]
     with torch.no_grad():
         q = linear(attn.to_q, x) + 0.6 * delta(adapters[0].to_q_lora, x)
         k = linear(attn.to_k, main) + sum(w * delta(ad.to_k_lora, main) for ad, w in zip(adapters, (0.6, 0.3)))
@@ -340,13 +329,17 @@ def test_inactive_adapter_changes_nothing_and_is_never_run(unet):
     (text,) = prompts(1)
     use(unet, ["a"], [0.8])
     before = [run(layer(unet, "cross"), x_cross, text), run(layer(unet, "temporal"), x_temporal)]
-    add_miva_adapter(unet, "extra", MIVAAdapterConfig(use_ca_lora=True, ca_lora_rank=4, motion_lora_rank=4,
-                                                      use_motion_embed=True))
+    add_miva_adapter(
+        unet, "extra", MIVAAdapterConfig(use_ca_lora=True, ca_lora_rank=4, motion_lora_rank=4, use_motion_embed=True)
+    )
     try:
         randomize(unet, "extra", 99)
         calls = []
-        handles = [m.register_forward_hook(lambda *_: calls.append(1)) for module in
-                   get_miva_adapter_modules(unet, "extra").values() for m in module.modules()]
+        handles = [
+            m.register_forward_hook(lambda *_: calls.append(1))
+            for module in get_miva_adapter_modules(unet, "extra").values()
+            for m in module.modules()
+        ]
         use(unet, ["a"], [0.8])
         after = [run(layer(unet, "cross"), x_cross, text), run(layer(unet, "temporal"), x_temporal)]
         for handle in handles:
@@ -416,8 +409,9 @@ def test_fuse_then_unfuse_restores_every_weight_bit_exactly(unet):
     assert fuse_miva_adapters(unet) == [("a", 0.7), ("b", 0.4), ("c", -0.2)]
     fused_state = unet.state_dict()
     changed = [k for k in before if not torch.equal(before[k], fused_state[k])]
-    assert changed and all(k.endswith(("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight"))
-                           for k in changed)
+    assert changed and all(
+        k.endswith(("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight")) for k in changed
+    )
     assert any(".motion_modules." in k for k in changed) and any(".attn2." in k for k in changed)
     assert unfuse_miva_adapters(unet) == [("a", 0.7), ("b", 0.4), ("c", -0.2)]
     after = unet.state_dict()
@@ -427,8 +421,12 @@ def test_fuse_then_unfuse_restores_every_weight_bit_exactly(unet):
 
 @pytest.mark.parametrize(
     "names, weights, mode",
-    [(["a", "b"], [0.7, 0.4], "weights"), (["a"], [1.0], "residual"), (["c"], [0.6], "residual"),
-     (["s1", "s2"], [0.8, 0.5], "weights")],
+    [
+        (["a", "b"], [0.7, 0.4], "weights"),
+        (["a"], [1.0], "residual"),
+        (["c"], [0.6], "residual"),
+        (["s1", "s2"], [0.8, 0.5], "weights"),
+    ],
     ids=["two-weights", "one-residual", "one-residual-0.6", "stq"],
 )
 def test_fused_output_equals_unfused_weights_output(unet, names, weights, mode):

@@ -132,8 +132,10 @@ def fuse_miva_adapters(unet: nn.Module, names: str | list[str] | None = None) ->
                 out_bias = getattr(adapter, "to_out_bias", None)
                 if out_bias is not None:
                     if _projection(attn, "to_out").bias is None:
-                        raise ValueError(f"{layer_name}: adapter {name!r} has an out-delta bias but to_out[0] has no "
-                                         "bias to fuse it into")
+                        raise ValueError(
+                            f"{layer_name}: adapter {name!r} has an out-delta bias but to_out[0] has no "
+                            "bias to fuse it into"
+                        )
                     accumulate(_projection(attn, "to_out"), "bias", weight * out_bias.float())
                 for flag in _FLAGS:
                     if getattr(adapter, flag, False):

@@ -39,7 +39,8 @@ def run_infer(config, tiny: bool = False, fmt: str | None = None) -> list[str]:
     from .common import build_pipeline, device_and_dtype, load_config_adapters, load_image, load_learned_words
     from .video_io import hist_match_frames, save_video
 
-    state = PartialState()
+    # Several processes without CUDA (torchrun / `accelerate launch` on CPUs): gloo on the CPU.
+    state = PartialState(cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
     device, dtype = device_and_dtype(state)
     v = config.validation_data
     items = config.inputs(must_exist=not tiny)
