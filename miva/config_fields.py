@@ -16,9 +16,15 @@ from typing import Any
 
 Check = Callable[[str, Any], Any]
 # Names other research / AnimateDiff / LAMP configs use for one of our keys (for the "did you mean" hint).
-RESEARCH_ALIASES = {"seed": "global_seed", "video_path": "video_root", "video_folder": "video_root",
-                    "sample_n_frames": "n_sample_frames", "sample_stride": "sample_frame_rate",
-                    "n_prompt": "negative_prompt", "mixed_precision_training": "mixed_precision"}
+RESEARCH_ALIASES = {
+    "seed": "global_seed",
+    "video_path": "video_root",
+    "video_folder": "video_root",
+    "sample_n_frames": "n_sample_frames",
+    "sample_stride": "sample_frame_rate",
+    "n_prompt": "negative_prompt",
+    "mixed_precision_training": "mixed_precision",
+}
 
 
 class ConfigError(ValueError):
@@ -169,7 +175,9 @@ def fixed(accepted: list, reason: str) -> Check:
 def list_of(check: Check, min_length: int = 0) -> Check:
     def run(path, value):
         if not isinstance(value, (list, tuple)) or len(value) < min_length:
-            raise ConfigError(f"{path}: {value!r} must be a list" + (f" of >= {min_length} entries" if min_length else ""))
+            raise ConfigError(
+                f"{path}: {value!r} must be a list" + (f" of >= {min_length} entries" if min_length else "")
+            )
         return [check(f"{path}[{i}]", v) for i, v in enumerate(value)]
 
     return run
@@ -177,7 +185,9 @@ def list_of(check: Check, min_length: int = 0) -> Check:
 
 def one_or_list(check: Check) -> Check:
     """A single value, or a list of them (one per adapter)."""
-    return lambda path, value: list_of(check, 1)(path, value) if isinstance(value, (list, tuple)) else check(path, value)
+    return lambda path, value: (
+        list_of(check, 1)(path, value) if isinstance(value, (list, tuple)) else check(path, value)
+    )
 
 
 def mapping(path: str, value: Any) -> dict:

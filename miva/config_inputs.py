@@ -45,13 +45,16 @@ def _image_paths(v) -> list[Path]:
     folder, selection = Path(v.image_path), v.prompt_path
     if selection is None:
         if folder.is_dir():
-            raise ConfigError(f"validation_data.prompt_path: required because image_path {str(folder)!r} is a folder; "
-                              "give a list of image names, 'all' or 'newlamp'")
+            raise ConfigError(
+                f"validation_data.prompt_path: required because image_path {str(folder)!r} is a folder; "
+                "give a list of image names, 'all' or 'newlamp'"
+            )
         return [folder]
     if selection == "all":
         if not folder.is_dir():
-            raise ConfigError(f"validation_data.image_path: {str(folder)!r} is not a folder (prompt_path: all lists "
-                              "the images in it)")
+            raise ConfigError(
+                f"validation_data.image_path: {str(folder)!r} is not a folder (prompt_path: all lists the images in it)"
+            )
         images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise ConfigError(f"validation_data.image_path: {str(folder)!r} has no {list(IMAGE_SUFFIXES)} images")
@@ -72,11 +75,15 @@ def resolve_inputs(validation_data, must_exist: bool = True) -> list[InputItem]:
     if must_exist:
         missing = [p for p in paths if not p.is_file()]
         if missing:
-            raise ConfigError(f"validation_data.prompt_path: image {str(missing[0])!r} not found "
-                              f"({len(missing)} of {len(paths)} missing)")
+            raise ConfigError(
+                f"validation_data.prompt_path: image {str(missing[0])!r} not found "
+                f"({len(missing)} of {len(paths)} missing)"
+            )
     if isinstance(v.prompts, list) and len(v.prompts) != len(paths):
-        raise ConfigError(f"validation_data.prompts: {len(v.prompts)} prompts for {len(paths)} images; give one "
-                          "prompt per image (or one string for all)")
+        raise ConfigError(
+            f"validation_data.prompts: {len(v.prompts)} prompts for {len(paths)} images; give one "
+            "prompt per image (or one string for all)"
+        )
     items = []
     for i, path in enumerate(paths):
         if isinstance(v.batch_prompt, str):
@@ -93,6 +100,8 @@ def resolve_inputs(validation_data, must_exist: bool = True) -> list[InputItem]:
     names = [item.name for item in items]
     if len(set(names)) != len(names):
         duplicate = next(n for n in names if names.count(n) > 1)
-        raise ConfigError(f"validation_data.prompt_path: two images are named {duplicate!r}; output files are named "
-                          "after the images, so names must be distinct")
+        raise ConfigError(
+            f"validation_data.prompt_path: two images are named {duplicate!r}; output files are named "
+            "after the images, so names must be distinct"
+        )
     return items

@@ -13,15 +13,48 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config_fields import ConfigError, boolean, choice, fixed, integer, key, number, optional, path_value, string
-from .config_fields import list_of
+from .config_fields import (
+    ConfigError,
+    boolean,
+    choice,
+    fixed,
+    integer,
+    key,
+    list_of,
+    number,
+    optional,
+    path_value,
+    string,
+)
 from .training.train_config import MIXED_PRECISION, TRACKERS, TRAINABLE_PARTS, adapter_parts
 
-DDPM_KWARGS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "variance_type",
-               "clip_sample", "prediction_type", "thresholding", "dynamic_thresholding_ratio", "clip_sample_range",
-               "sample_max_value", "timestep_spacing", "steps_offset", "rescale_betas_zero_snr")
-RESEARCH_MODULE_NAMES = ("i2v_adapter.to_out", "i2v_adapter.to_q", "to_q_lora", "to_k_lora", "to_v_lora",
-                         "to_out_lora", "motion_embed", "weight_module")
+DDPM_KWARGS = (
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "variance_type",
+    "clip_sample",
+    "prediction_type",
+    "thresholding",
+    "dynamic_thresholding_ratio",
+    "clip_sample_range",
+    "sample_max_value",
+    "timestep_spacing",
+    "steps_offset",
+    "rescale_betas_zero_snr",
+)
+RESEARCH_MODULE_NAMES = (
+    "i2v_adapter.to_out",
+    "i2v_adapter.to_q",
+    "to_q_lora",
+    "to_k_lora",
+    "to_v_lora",
+    "to_out_lora",
+    "motion_embed",
+    "weight_module",
+)
 _VALIDATION_OWN = ("num_frames", "height", "width", "num_inference_steps", "guidance_scale")
 
 
@@ -30,8 +63,9 @@ class TrainingKeys:
     """Header keys used by training only (base of `MIVAConfig`)."""
 
     split_ckpt: bool = key(True, boolean, "native adapter folder (true) or full UNet file", "TrainConfig.split_ckpt")
-    trainable_modules: list[str] | None = key(None, optional(list_of(string)), "default: every adapter part",
-                                              "TrainConfig.trainable_modules")
+    trainable_modules: list[str] | None = key(
+        None, optional(list_of(string)), "default: every adapter part", "TrainConfig.trainable_modules"
+    )
     learning_rate: float = key(1e-5, number(0.0, open_low=True), "", "TrainConfig.learning_rate")
     adam_beta1: float = key(0.9, number(0.0, 1.0), "", "TrainConfig.adam_beta1")
     adam_beta2: float = key(0.999, number(0.0, 1.0), "", "TrainConfig.adam_beta2")
@@ -46,17 +80,22 @@ class TrainingKeys:
     gradient_checkpointing: bool = key(True, boolean, "", "TrainConfig.gradient_checkpointing")
     checkpointing_steps: int | None = key(5000, optional(integer(1)), "", "TrainConfig.checkpointing_steps")
     checkpoints_total_limit: int | None = key(None, optional(integer(1)), "", "TrainConfig.checkpoints_total_limit")
-    resume_from_checkpoint: str | None = key(None, path_value, "'latest' or a folder",
-                                             "TrainConfig.resume_from_checkpoint")
+    resume_from_checkpoint: str | None = key(
+        None, path_value, "'latest' or a folder", "TrainConfig.resume_from_checkpoint"
+    )
     validation_steps: int | None = key(1000, optional(integer(1)), "", "TrainConfig.validation_steps")
-    lr_scheduler: str = key("constant", fixed(["constant"], "the trainer uses a constant learning rate, as the "
-                                                            "research configs do"))
+    lr_scheduler: str = key(
+        "constant", fixed(["constant"], "the trainer uses a constant learning rate, as the research configs do")
+    )
     lr_warmup_steps: int = key(0, fixed([0], "the trainer has no warm-up (constant learning rate)"))
     scale_lr: bool = key(False, fixed([False], "give the learning rate you want in learning_rate"))
-    include_frame1_in_mse_loss: bool = key(False, fixed([False], "frame 0 is the clean conditioning latent, so the "
-                                                                 "loss covers frames 1..F-1 (research default)"))
-    enable_xformers_memory_efficient_attention: bool = key(False, boolean, "no effect: MIVA processors use PyTorch "
-                                                                           "SDPA (memory-efficient already)")
+    include_frame1_in_mse_loss: bool = key(
+        False,
+        fixed([False], "frame 0 is the clean conditioning latent, so the loss covers frames 1..F-1 (research default)"),
+    )
+    enable_xformers_memory_efficient_attention: bool = key(
+        False, boolean, "no effect: MIVA processors use PyTorch SDPA (memory-efficient already)"
+    )
     push_to_hub: bool = key(False, boolean, "miva", "TrainConfig.push_to_hub")
     hub_model_id: str | None = key(None, optional(string), "miva", "TrainConfig.hub_model_id")
     hub_private: bool = key(False, boolean, "miva", "TrainConfig.hub_private")
@@ -88,8 +127,10 @@ def trainable_parts(entries: list[str] | None, adapter) -> list[str] | None:
             if "motion_modules" not in name and "attention_blocks" not in name and "ca_lora" in available:
                 found.append("ca_lora")
         else:
-            raise ConfigError(f"trainable_modules[{i}]: {entry!r} is not a trainable part; use parts "
-                              f"{list(TRAINABLE_PARTS)} or research names {list(RESEARCH_MODULE_NAMES)}")
+            raise ConfigError(
+                f"trainable_modules[{i}]: {entry!r} is not a trainable part; use parts "
+                f"{list(TRAINABLE_PARTS)} or research names {list(RESEARCH_MODULE_NAMES)}"
+            )
         parts += [p for p in found if p not in parts]
     return parts
 
@@ -99,12 +140,16 @@ def to_train_config(config, tiny: bool = False):
     from .training.train_config import TrainConfig
 
     if config.num_adapters > 1:
-        raise ConfigError(f"unet_additional_kwargs: the config describes {config.num_adapters} adapters (list-valued "
-                          "keys), but training supports one adapter; multi-adapter settings are inference only")
+        raise ConfigError(
+            f"unet_additional_kwargs: the config describes {config.num_adapters} adapters (list-valued "
+            "keys), but training supports one adapter; multi-adapter settings are inference only"
+        )
     for name in ("unet_checkpoint_path", "adapter_i2v_path", "adapter_lora_path", "ca_lora_path"):
         if getattr(config, name) is not None:
-            raise ConfigError(f"{name}: training starts a fresh adapter and does not load checkpoints; remove it (to "
-                              "continue a run, use resume_from_checkpoint)")
+            raise ConfigError(
+                f"{name}: training starts a fresh adapter and does not load checkpoints; remove it (to "
+                "continue a run, use resume_from_checkpoint)"
+            )
     adapter = config.adapter_configs(tiny)[0]
     td, v = config.train_data, config.validation_data
     video_root = td.video_root
@@ -120,25 +165,60 @@ def to_train_config(config, tiny: bool = False):
     validation = dict(
         image=[item.image for item in items] or None,
         prompt=(items[0].prompt or None) if items else None,
-        num_frames=v.video_length, height=v.height, width=v.width, num_inference_steps=v.num_inference_steps,
-        guidance_scale=v.guidance_scale, seed=config.global_seed, pipeline_kwargs=sampling,
+        num_frames=v.video_length,
+        height=v.height,
+        width=v.width,
+        num_inference_steps=v.num_inference_steps,
+        guidance_scale=v.guidance_scale,
+        seed=config.global_seed,
+        pipeline_kwargs=sampling,
     )
     kwargs = dict(
-        output_dir=config.output_dir, pretrained_model_path=config.pretrained_model_path,
-        motion_module_path=config.motion_module_path, tiny=tiny,
+        output_dir=config.output_dir,
+        pretrained_model_path=config.pretrained_model_path,
+        motion_module_path=config.motion_module_path,
+        tiny=tiny,
         noise_scheduler_kwargs={k: val for k, val in config.noise_scheduler_kwargs.items() if k in DDPM_KWARGS},
-        adapter=adapter, adapter_name=config.names()[0],
+        adapter=adapter,
+        adapter_name=config.names()[0],
         trainable_modules=trainable_parts(config.trainable_modules, adapter),
-        video_root=video_root, prompt=td.prompt, num_frames=td.n_sample_frames, width=td.width, height=td.height,
-        sample_frame_rate=td.sample_frame_rate, random_flip=td.random_flip, validation=validation,
-        seed=config.global_seed, word_to_learn=config.word_to_learn, initializer_token=config.initializer_token,
-        oa_bin_id=config.unet_additional_kwargs.oa_bin_id, oa_bases_path=config.unet_additional_kwargs.oa_bases_path,
+        video_root=video_root,
+        prompt=td.prompt,
+        num_frames=td.n_sample_frames,
+        width=td.width,
+        height=td.height,
+        sample_frame_rate=td.sample_frame_rate,
+        random_flip=td.random_flip,
+        validation=validation,
+        seed=config.global_seed,
+        word_to_learn=config.word_to_learn,
+        initializer_token=config.initializer_token,
+        oa_bin_id=config.unet_additional_kwargs.oa_bin_id,
+        oa_bases_path=config.unet_additional_kwargs.oa_bases_path,
     )
-    for name in ("split_ckpt", "learning_rate", "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon",
-                 "use_8bit_adam", "max_grad_norm", "gradient_accumulation_steps", "train_batch_size",
-                 "max_train_steps", "mixed_precision", "gradient_checkpointing", "checkpointing_steps",
-                 "checkpoints_total_limit", "resume_from_checkpoint", "validation_steps", "push_to_hub",
-                 "hub_model_id", "hub_private", "report_to"):
+    for name in (
+        "split_ckpt",
+        "learning_rate",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_weight_decay",
+        "adam_epsilon",
+        "use_8bit_adam",
+        "max_grad_norm",
+        "gradient_accumulation_steps",
+        "train_batch_size",
+        "max_train_steps",
+        "mixed_precision",
+        "gradient_checkpointing",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "resume_from_checkpoint",
+        "validation_steps",
+        "push_to_hub",
+        "hub_model_id",
+        "hub_private",
+        "report_to",
+    ):
         kwargs[name] = getattr(config, name)
     try:
         return TrainConfig(**kwargs)

@@ -169,21 +169,32 @@ def test_adapter_config_fields_reach_the_processors():
         motion = [m for layer, m in modules.items() if "motion_modules" in layer]
         frames = [m for layer, m in modules.items() if layer.endswith("attn1.processor") and "motion" not in layer]
         assert ca and motion and frames
-        assert all(m.to_q_lora.rank == rank and m.to_k_lora.scale == scale and m.stq == (True, 2, "nearest", "rope_3d",
-                                                                                          "standard") for m in ca)
+        assert all(
+            m.to_q_lora.rank == rank
+            and m.to_k_lora.scale == scale
+            and m.stq == (True, 2, "nearest", "rope_3d", "standard")
+            for m in ca
+        )
         assert all(m.to_q_lora.rank == 2 and m.motion_embed is not None for m in motion)
         assert all(m.sa_mode == "first_prev" and m.weight_module is not None and m.to_q is not None for m in frames)
 
 
 def test_every_example_config_parses_and_maps():
-    assert {p.name for p in EXAMPLES} >= {"infer_single.yaml", "infer_two_adapters.yaml", "train.yaml",
-                                          "train_textual_inversion.yaml", "train_orthogonal.yaml"}
+    assert {p.name for p in EXAMPLES} >= {
+        "infer_single.yaml",
+        "infer_two_adapters.yaml",
+        "train.yaml",
+        "train_textual_inversion.yaml",
+        "train_orthogonal.yaml",
+    }
     configs = {p.stem: load_config(p) for p in EXAMPLES}
     single, two = configs["infer_single"], configs["infer_two_adapters"]
     assert single.pipeline_kwargs()["ca_map_resolutions"] == "all" and single.names() == ["waterfall"]
     assert two.num_adapters == 2 and two.adapter_weights() == [0.5, 0.5]
     assert [s.name for s in two.adapter_sources()] == ["waterfall", "clouds"]
-    assert all(set(s.source) == {"adapter_i2v_path", "adapter_lora_path", "ca_lora_path"} for s in two.adapter_sources())
+    assert all(
+        set(s.source) == {"adapter_i2v_path", "adapter_lora_path", "ca_lora_path"} for s in two.adapter_sources()
+    )
     assert two.pipeline_kwargs()["batch_prompt"] == ["a waterfall, water flowing", "clouds moving in the sky"]
     for name in ("train", "train_textual_inversion", "train_orthogonal"):
         trained = configs[name].train_config(tiny=True)
@@ -255,10 +266,18 @@ def test_research_structural_keys_keep_their_values(tmp_path):
 
 def test_overrides_from_a_yaml_file(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("validation_data:\n  video_length: 16\n  use_adain_norm: off\nunet_additional_kwargs:\n"
-                    "  ca_pe_mode: null\n", encoding="utf-8")
-    config = load_config(path, ["validation_data.video_length=8", "unet_additional_kwargs.adapter_weights=[0.5]",
-                                "validation_data.prompts=a, b"])
+    path.write_text(
+        "validation_data:\n  video_length: 16\n  use_adain_norm: off\nunet_additional_kwargs:\n  ca_pe_mode: null\n",
+        encoding="utf-8",
+    )
+    config = load_config(
+        path,
+        [
+            "validation_data.video_length=8",
+            "unet_additional_kwargs.adapter_weights=[0.5]",
+            "validation_data.prompts=a, b",
+        ],
+    )
     assert config.validation_data.video_length == 8 and config.adapter_weights() == [0.5]
     assert config.validation_data.use_adain_norm == "off"  # YAML reads `off` as false; mapped back
     assert config.validation_data.prompts == "a, b" and config.unet_additional_kwargs.ca_pe_mode is None
@@ -266,6 +285,10 @@ def test_overrides_from_a_yaml_file(tmp_path):
         load_config(path, ["video_length"])
     with pytest.raises(ConfigError, match="^validation_data.video_lenght: unknown key; did you mean 'video_length'"):
         load_config(path, ["validation_data.video_lenght=4"])
+    (tmp_path / "broken.yaml").write_text("validation_data: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML: ") as info:
+        load_config(tmp_path / "broken.yaml")
+    assert "\n" not in str(info.value)
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
     assert isinstance(load_config(path), MIVAConfig)
@@ -276,7 +299,10 @@ def test_inputs_all_newlamp_sidecar_and_errors(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "a.txt").write_text("from the sidecar\n", encoding="utf-8")
     items = load_config({"validation_data": {"image_path": str(tmp_path), "prompt_path": "all"}}).inputs()
-    assert [(i.name, Path(i.image).name, i.prompt) for i in items] == [("a", "a.jpg", "from the sidecar"), ("b", "b.png", "")]
+    assert [(i.name, Path(i.image).name, i.prompt) for i in items] == [
+        ("a", "a.jpg", "from the sidecar"),
+        ("b", "b.png", ""),
+    ]
     lamp = load_config({"validation_data": {"image_path": "lamp", "prompts": "newlamp"}}).inputs(must_exist=False)
     assert [i.image for i in lamp] == [f"lamp/{k}.png" for k in range(1, 21)]
     bad = [({"image_path": str(tmp_path), "prompt_path": ["a", "zz"]}, "validation_data.prompt_path: image "),

@@ -204,6 +204,7 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_code_executing_pickle_is_refused(pipe, tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"x": _Exploit(marker)}, tmp_path / "adapter.pt")
@@ -228,6 +229,10 @@ def test_truncated_safetensors_is_a_clear_error(pipe, saved, tmp_path):
     (broken / "miva_adapter.safetensors").write_bytes(data[:5])
     with pytest.raises(ValueError, match="truncated or corrupt"):
         pipe.load_adapters(broken / "miva_adapter.safetensors")
+    torch.save({"x": torch.zeros(4)}, tmp_path / "ca.pt")
+    (tmp_path / "ca.pt").write_bytes((tmp_path / "ca.pt").read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"ca\.pt is not a readable torch checkpoint \(truncated or corrupt\?\)"):
+        pipe.load_adapters({"ca_lora_path": tmp_path / "ca.pt"})
 
 
 def _edited_copy(folder, target, edit):
@@ -321,7 +326,7 @@ def test_lifecycle_verbs(pipe, saved, base_unet):
     assert pipe.get_list_adapters() == ["w"]
     pipe.fuse_adapters()
     pipe.unload_adapters()  # unfuses, removes adapters, processors, hooks and the context
-    assert not hasattr(pipe.unet, "miva_context")
+    assert not hasattr(pipe.unet, "miva_context") and pipe.get_list_adapters() == pipe.get_active_adapters() == []
     assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {"AttnProcessor2_0"}
     assert pipe.unet.state_dict().keys() == base_unet.state_dict().keys()
     assert_same_state(pipe.unet.state_dict(), base_unet.state_dict())

@@ -25,19 +25,13 @@ from miva.tiny import tiny_unet_motion
 FRAMES, BATCH, SIZE, TOKENS, TEXT_DIM = 4, 2, 4, 77, 32
 ATOL = 1e-5
 
+STQ = dict(q_downsample=True, q_downsample_ratio=2, ca_pe_mode="rope_3d")
 CONFIGS = {
     "a": dict(sa_mode="first", motion_lora_rank=4, use_motion_embed=True, ca_lora_rank=4, use_q_lora=True),
     "b": dict(sa_mode="prev", i2v_train_q=True, motion_lora_rank=8, ca_lora_rank=8),
     "c": dict(sa_mode="first", motion_lora_rank=4, use_motion_embed=True, ca_lora_rank=4),
-    "s1": dict(
-        use_i2v=False,
-        motion_lora_rank=4,
-        q_downsample=True,
-        q_downsample_ratio=2,
-        ca_pe_mode="rope_3d",
-        use_q_lora=True,
-    ),
-    "s2": dict(use_i2v=False, use_motion_lora=False, q_downsample=True, q_downsample_ratio=2, ca_pe_mode="rope_3d"),
+    "s1": dict(use_i2v=False, motion_lora_rank=4, use_q_lora=True, **STQ),
+    "s2": dict(use_i2v=False, use_motion_lora=False, **STQ),
     "pa": dict(use_i2v=False, use_motion_lora=False, prompt="waves"),
     "pb": dict(use_i2v=False, use_motion_lora=False, prompt="clouds"),
 }
@@ -178,6 +172,11 @@ def prompts(count, seed=1):
 @torch.no_grad()
 def run(attn, x, text=None):
     return attn(x, text, num_frames=FRAMES) if text is not None else attn(x, num_frames=FRAMES)
+
+
+@torch.no_grad()
+def run_with_weights(attn, x, text, weights):
+    return attn(x, text, num_frames=FRAMES, adapter_weights=weights)
 
 
 @torch.no_grad()
@@ -484,9 +483,17 @@ def test_while_fused_state_changes_are_refused(unet):
         set_parallel_mode(unet, "residual")
     attn, x = layer(unet, "cross"), inputs("cross")
     main, p1, p2 = prompts(3)
-    with pytest.raises(ValueError, match=r"adapter_weights=\[0.5, 0.4\] changes the weight of fused adapters \['a'\]"):
-        with torch.no_grad():
-            attn(x, main, num_frames=FRAMES, adapter_weights=[0.5, 0.4])
-    get_miva_context(unet).adapter_prompts = True
+    match = r"adapter_weights=\[0.5, 0.4\] for \['a', 'b'\] changes the fused adapters"
+    with pytest.raises(ValueError, match=match):  # per-call weights
+        run_with_weights(attn, x, main, [0.5, 0.4])
+    context = get_miva_context(unet)
+    context.active = [("a", 0.5), ("b", 0.4)]  # what a pipeline's adapter_weights= does for one call
+    with pytest.raises(ValueError, match=match):
+        run(attn, x, main)
+    context.active = [("a", 0.7)]
+    with pytest.raises(ValueError, match="changes the fused adapters"):
+        run(attn, x, main)
+    context.active = [("a", 0.7), ("b", 0.4)]
+    context.adapter_prompts = True
     with pytest.raises(ValueError, match="per-adapter prompts cannot be used while adapters"):
         run(attn, x, torch.cat([main, p1, p2], dim=1))

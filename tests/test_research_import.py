@@ -430,3 +430,27 @@ def test_imported_bias_survives_fusing(pipe, tmp_path):
         again = pipe.unet(sample, 500, text).sample
     torch.testing.assert_close(fused, unfused, atol=1e-4, rtol=1e-4)
     assert torch.equal(again, unfused)
+
+
+def test_i2v_loras_fold_into_the_dense_branch_weights(base_unet):
+    """I2V Q-LoRA (input side) and out-LoRA (after W_O: (I + D)(W a + b)) become the branch's dense to_q/to_out."""
+    _, i2v, _ = research_motion_and_i2v_checkpoints(base_unet, seed=4)
+    g = torch.Generator().manual_seed(0)
+    loras = {}
+    for key in [k for k in i2v if k.endswith("i2v_adapter.to_q.weight")]:
+        prefix, c = key[: -len("to_q.weight")], i2v[key].shape[0]
+        for proj in ("to_q", "to_out"):
+            loras[f"{prefix}processor.{proj}_lora.down.weight"] = torch.randn(2, c, generator=g)
+            loras[f"{prefix}processor.{proj}_lora.up.weight"] = torch.randn(c, 2, generator=g)
+    config, native = convert_research_state_dict({**i2v, **loras}, base=base_weights_from_unet(base_unet))
+    assert config.i2v_train_q
+    block = "up_blocks.1.attentions.2.transformer_blocks.0"
+    lo = lambda proj, part: loras[f"{block}.i2v_adapter.processor.{proj}_lora.{part}.weight"]
+    d_out, d_q = lo("to_out", "up") @ lo("to_out", "down") / 2, lo("to_q", "up") @ lo("to_q", "down") / 2
+    w, b = i2v[f"{block}.i2v_adapter.to_out.0.weight"], i2v[f"{block}.i2v_adapter.to_out.0.bias"]
+    torch.testing.assert_close(native[f"{block}.attn1.to_out.weight"], w + d_out @ w)
+    torch.testing.assert_close(native[f"{block}.attn1.to_out.bias"], b + d_out @ b)
+    torch.testing.assert_close(native[f"{block}.attn1.to_q.weight"], i2v[f"{block}.i2v_adapter.to_q.weight"] + d_q)
+    i2v[f"{block}.i2v_adapter.to_k.weight"] = i2v[f"{block}.i2v_adapter.to_k.weight"] + 0.5
+    with pytest.raises(ValueError, match=r"attn1: the I2V adapter's to_k\.weight differs .* another base model"):
+        convert_research_state_dict(i2v, base=base_weights_from_unet(base_unet))

@@ -53,13 +53,14 @@ class MIVAContext:
         if weight_override is not None and len(weight_override) != len(self.active):
             raise ValueError(f"adapter_weights={list(weight_override)} has {len(weight_override)} entries but "
                              f"{len(self.active)} adapters are active: {[name for name, _ in self.active]}")
-        if weight_override is not None and self.fused:
+        if self.fused:  # the merged deltas carry the fused weights; the unfusable parts must use the same ones
+            weights = weight_override if weight_override is not None else [w for _, w in self.active]
             fused_weights = dict(self.fused)
-            changed = [name for (name, _), w in zip(self.active, weight_override)
+            changed = [name for (name, _), w in zip(self.active, weights)
                        if name in fused_weights and float(w) != fused_weights[name]]
-            if changed:
-                raise ValueError(f"adapter_weights={list(weight_override)} changes the weight of fused adapters "
-                                 f"{changed} (fused as {self.fused}); call unfuse_miva_adapters(unet) first")
+            if changed or not set(fused_weights) <= {name for name, _ in self.active}:
+                raise ValueError(f"adapter_weights={list(weights)} for {[name for name, _ in self.active]} changes "
+                                 f"the fused adapters {self.fused}; call unfuse_miva_adapters(unet) first")
         chosen = []
         for index, (name, weight) in enumerate(self.active):
             if weight_override is not None:

@@ -17,10 +17,20 @@ SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
 
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--config", required=required, help="YAML config in the research layout (docs/config.md)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override a config key, YAML-parsed (e.g. validation_data.video_length=8); repeatable")
-    parser.add_argument("--tiny", action="store_true", help="run on the offline miva.tiny models (model paths in the "
-                        "config are ignored; missing adapter checkpoints become fresh adapters)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config key, YAML-parsed (e.g. validation_data.video_length=8); repeatable",
+    )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="run on the offline miva.tiny models (model paths in the "
+        "config are ignored; missing adapter checkpoints become fresh adapters)",
+    )
 
 
 def load_args_config(args: argparse.Namespace):
@@ -80,11 +90,17 @@ def build_pipeline(config, tiny: bool = False, device=None, dtype=None):
         if config.use_ip_adapter:
             from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-            extra = dict(image_encoder=CLIPVisionModelWithProjection.from_pretrained(config.image_encoder_path),
-                         feature_extractor=CLIPImageProcessor())
+            extra = dict(
+                image_encoder=CLIPVisionModelWithProjection.from_pretrained(config.image_encoder_path),
+                feature_extractor=CLIPImageProcessor(),
+            )
         motion_adapter = load_motion_adapter(config.motion_module_path, dtype)
-        pipe = MIVAPipeline.from_pretrained(config.pretrained_model_path, motion_adapter=motion_adapter,
-                                            **({"dtype": dtype} if dtype is not None else {}), **extra)
+        pipe = MIVAPipeline.from_pretrained(
+            config.pretrained_model_path,
+            motion_adapter=motion_adapter,
+            **({"dtype": dtype} if dtype is not None else {}),
+            **extra,
+        )
     pipe.scheduler = config.scheduler(pipe.scheduler.config)
     if config.use_ip_adapter:
         if tiny and not Path(config.ip_ckpt).is_file():
@@ -139,8 +155,10 @@ def load_learned_words(pipe, config) -> list[str]:
         return []
     path = config.learned_embeds_path()
     if path is None:
-        raise ConfigError(f"validation_data.word_to_replace: no learned embedding for {missing}; set "
-                          "textemb_checkpoint_path (a learned_embeds.safetensors) or load an adapter that ships it")
+        raise ConfigError(
+            f"validation_data.word_to_replace: no learned embedding for {missing}; set "
+            "textemb_checkpoint_path (a learned_embeds.safetensors) or load an adapter that ships it"
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"textemb_checkpoint_path: {path} not found")
     if path.endswith(".safetensors"):
@@ -154,8 +172,9 @@ def load_learned_words(pipe, config) -> list[str]:
     for word in missing:
         vector = state.get(word, state.get(f"<{word}>"))
         if vector is None:
-            raise ConfigError(f"textemb_checkpoint_path: {path} has no embedding for {word!r} (it holds "
-                              f"{sorted(state)})")
+            raise ConfigError(
+                f"textemb_checkpoint_path: {path} has no embedding for {word!r} (it holds {sorted(state)})"
+            )
         pipe.load_textual_inversion(vector, token=word)
     log(f"learned words {missing}: loaded from {path}")
     return missing

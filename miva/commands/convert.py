@@ -48,16 +48,21 @@ def convert_config(config, out_dir: str, tiny: bool = False) -> list[str]:
 
     specs = [spec for spec in config.adapter_sources(tiny) if spec.source is not None]
     if not specs:
-        raise ConfigError("unet_checkpoint_path: the config names no checkpoint to convert (set it, or "
-                          "load_from_adapter_ckpt: true with adapter_i2v_path / adapter_lora_path / ca_lora_path)")
+        raise ConfigError(
+            "unet_checkpoint_path: the config names no checkpoint to convert (set it, or "
+            "load_from_adapter_ckpt: true with adapter_i2v_path / adapter_lora_path / ca_lora_path)"
+        )
     unet = base_unet(config, tiny)
     if unet is None:
-        log("no base model in the config: converting without it (split checkpoints with a CA out-LoRA need "
-            "pretrained_model_path and motion_module_path)")
+        log(
+            "no base model in the config: converting without it (split checkpoints with a CA out-LoRA need "
+            "pretrained_model_path and motion_module_path)"
+        )
     folders = []
     for spec in specs:
-        folder = convert_research_checkpoint(spec.source, os.path.join(out_dir, spec.name), spec.config, unet=unet,
-                                             adapter_name=spec.name)
+        folder = convert_research_checkpoint(
+            spec.source, os.path.join(out_dir, spec.name), spec.config, unet=unet, adapter_name=spec.name
+        )
         log(f"adapter {spec.name!r}: {spec.source} -> {folder}")
         folders.append(str(folder))
     return folders

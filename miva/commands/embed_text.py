@@ -21,8 +21,9 @@ DEFAULT_DIR = "text_embs"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
-    parser.add_argument("--out", default=None, help="output folder (default: validation_data.text_emb_dir, else "
-                        f"{DEFAULT_DIR})")
+    parser.add_argument(
+        "--out", default=None, help=f"output folder (default: validation_data.text_emb_dir, else {DEFAULT_DIR})"
+    )
 
 
 def prompts_to_embed(config) -> list[str]:
@@ -50,10 +51,12 @@ def write_text_embeddings(tokenizer, text_encoder, prompts: list[str], folder: s
     for prompt in prompts:
         filename = f"{prompt}.pt" if prompt else VOID_EMBEDDING
         if os.sep in filename or (os.altsep and os.altsep in filename):
-            raise ConfigError(f"validation_data: prompt {prompt!r} contains a path separator and cannot name an "
-                              "embedding file")
-        ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(device)
+            raise ConfigError(
+                f"validation_data: prompt {prompt!r} contains a path separator and cannot name an embedding file"
+            )
+        ids = tokenizer(
+            prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(device)
         with torch.no_grad():
             embedding = text_encoder(ids)[0]
         path = os.path.join(folder, filename)

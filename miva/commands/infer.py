@@ -25,8 +25,12 @@ CONFIG_COPY = "config.yaml"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
-    parser.add_argument("--format", choices=("gif", "mp4", "png", "images", "eval"), default=None,
-                        help="output format (default: validation_data.format, else gif)")
+    parser.add_argument(
+        "--format",
+        choices=("gif", "mp4", "png", "images", "eval"),
+        default=None,
+        help="output format (default: validation_data.format, else gif)",
+    )
 
 
 def run_infer(config, tiny: bool = False, fmt: str | None = None) -> list[str]:
@@ -58,16 +62,24 @@ def run_infer(config, tiny: bool = False, fmt: str | None = None) -> list[str]:
     with state.split_between_processes(list(enumerate(items))) as mine:
         for index, item in mine:
             image = load_image(item, tiny, v.width, v.height, index)
-            out = pipe(image=image, prompt=item.prompt, generator=torch.Generator().manual_seed(config.global_seed),
-                       output_type="np", **({"ip_adapter_image": image} if use_ip else {}), **kwargs)
+            out = pipe(
+                image=image,
+                prompt=item.prompt,
+                generator=torch.Generator().manual_seed(config.global_seed),
+                output_type="np",
+                **({"ip_adapter_image": image} if use_ip else {}),
+                **kwargs,
+            )
             frames = out.frames[0]
             if v.hist_match:
                 frames = hist_match_frames(frames)
             paths = save_video(frames, config.output_dir, item.name, fmt, v.fps)
             if out.ca_maps:
                 paths += save_ca_maps(out, os.path.join(config.output_dir, f"{item.name}_CAMap"))
-            log(f"[process {state.process_index}] {item.name} ({item.prompt!r}): wrote {paths[0]}"
-                + (f" and {len(paths) - 1} more" if len(paths) > 1 else ""))
+            log(
+                f"[process {state.process_index}] {item.name} ({item.prompt!r}): wrote {paths[0]}"
+                + (f" and {len(paths) - 1} more" if len(paths) > 1 else "")
+            )
             written += paths
     state.wait_for_everyone()
     return written

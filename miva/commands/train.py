@@ -16,19 +16,43 @@ from .common import log, one_line_errors
 
 HELP = "train a MIVA adapter from a config (research layout, or the trainer's TrainConfig layout)"
 # Top-level keys only the trainer's TrainConfig layout has; the research layout nests them in sections.
-TRAINCONFIG_ONLY_KEYS = ("adapter", "adapter_name", "video_root", "prompt", "num_frames", "validation", "tiny",
-                         "width", "height", "sample_frame_rate", "seed")
+TRAINCONFIG_ONLY_KEYS = (
+    "adapter",
+    "adapter_name",
+    "video_root",
+    "prompt",
+    "num_frames",
+    "validation",
+    "tiny",
+    "width",
+    "height",
+    "sample_frame_rate",
+    "seed",
+)
 RESEARCH_SECTIONS = ("unet_additional_kwargs", "train_data", "validation_data")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="training YAML: research layout (docs/config.md) or TrainConfig layout")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override a config key, YAML-parsed (e.g. max_train_steps=100); repeatable")
-    parser.add_argument("--tiny", action="store_true", help="offline miva.tiny models; model paths are ignored and "
-                        "a missing train_data.video_root becomes synthetic clips")
-    parser.add_argument("--resume", metavar="latest|PATH", help="resume from the latest checkpoint of output_dir, "
-                        "or from a checkpoint folder")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config key, YAML-parsed (e.g. max_train_steps=100); repeatable",
+    )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="offline miva.tiny models; model paths are ignored and "
+        "a missing train_data.video_root becomes synthetic clips",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="latest|PATH",
+        help="resume from the latest checkpoint of output_dir, or from a checkpoint folder",
+    )
 
 
 def is_trainconfig_layout(data: dict) -> bool:

@@ -52,10 +52,13 @@ def save_video(frames: np.ndarray, output_dir: str, name: str, fmt: str, fps: in
     os.makedirs(output_dir, exist_ok=True)
     paths = []
     if fmt == "gif":
-        paths.append(export_to_gif([Image.fromarray(f) for f in frames], os.path.join(output_dir, f"{name}.gif"),
-                                   fps=fps))
+        paths.append(
+            export_to_gif([Image.fromarray(f) for f in frames], os.path.join(output_dir, f"{name}.gif"), fps=fps)
+        )
     if fmt in ("mp4", "eval"):
-        paths.append(export_to_video([Image.fromarray(f) for f in frames], os.path.join(output_dir, f"{name}.mp4"), fps=fps))
+        paths.append(
+            export_to_video([Image.fromarray(f) for f in frames], os.path.join(output_dir, f"{name}.mp4"), fps=fps)
+        )
     if fmt in ("png", "eval"):
         folder = os.path.join(output_dir, name)
         os.makedirs(folder, exist_ok=True)

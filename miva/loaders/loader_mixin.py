@@ -168,11 +168,14 @@ class MIVALoaderMixin:
         set_miva_adapters(self.unet, adapter_names, weights, parallel_mode=parallel_mode)
 
     def get_active_adapters(self) -> list[str]:
-        context = get_miva_context(self.unet)
-        return [name for name, _ in context.active] if context.enabled else []
+        """Names of the active adapters, in order ([] when disabled or none are loaded)."""
+        context = getattr(self.unet, "miva_context", None)
+        return [name for name, _ in context.active] if context is not None and context.enabled else []
 
     def get_list_adapters(self) -> list[str]:
-        return list(get_miva_context(self.unet).configs)
+        """Names of all loaded adapters."""
+        context = getattr(self.unet, "miva_context", None)
+        return list(context.configs) if context is not None else []
 
     def disable_adapters(self) -> None:
         get_miva_context(self.unet).enabled = False

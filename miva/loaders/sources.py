@@ -91,14 +91,16 @@ def read_torch_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first_line = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        if "weights only" not in str(e).lower():
+            raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {e}") from None
+        reason = next((line for line in str(e).splitlines() if "unsupported" in line.lower()), type(e).__name__)
         raise ValueError(
             f"{path} needs arbitrary code to load (it is not a plain dict of tensors) and was refused: miva loads "
             f"`.pt` files only with torch.load(weights_only=True). Convert it to safetensors in a trusted "
-            f"environment. Unpickler said: {first_line}"
+            f"environment. Unpickler said: {reason.strip()}"
         ) from None
-    except (RuntimeError, EOFError) as e:
-        raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {e}") from None
+    except (RuntimeError, EOFError, KeyError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {e!r}") from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):

@@ -56,8 +56,11 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     from .train import train
 
     path = train(config_from_args(args))
-    print(path)
+    if PartialState().is_main_process:  # once, not once per process under accelerate launch
+        print(path)
     return 0

@@ -1,0 +1,324 @@
+"""The sections of the research config layout (`miva.config`): `unet_additional_kwargs` (with
+`motion_module_kwargs`), `train_data`, `validation_data` and the checks of `noise_scheduler_kwargs`.
+
+Each field's metadata says what the key means (`help`) and where it acts (`dest`); `docs/config.md` is the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .attention_processors.adapter_config import (
+    CA_PE_MODES,
+    PE_STYLES,
+    Q_DOWNSAMPLE_MODES,
+    SA_MODES,
+    normalize_ca_pe_mode,
+    parse_first_frame_scale,
+)
+from .config_fields import (
+    ConfigError,
+    boolean,
+    choice,
+    fixed,
+    integer,
+    key,
+    list_of,
+    mapping,
+    number,
+    one_or_list,
+    optional,
+    path_value,
+    section,
+    string,
+)
+from .config_fields import suggest as _suggest
+from .pipelines.latent_init import ADAIN_MODES, DCT_CUTOFF_SHAPES, FIRST_FRAME_COND_TYPES
+
+ADAPTER_PATH_KEYS = ("adapter_i2v_path", "adapter_lora_path", "ca_lora_path")
+DDIM_KWARGS = (
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "clip_sample",
+    "set_alpha_to_one",
+    "steps_offset",
+    "prediction_type",
+    "thresholding",
+    "dynamic_thresholding_ratio",
+    "clip_sample_range",
+    "sample_max_value",
+    "timestep_spacing",
+    "rescale_betas_zero_snr",
+)
+DDPM_ONLY_KWARGS = ("variance_type",)
+CA_MAP_LEVELS = ("low", "middle", "high")
+OUTPUT_FORMATS = ("gif", "mp4", "png", "images", "eval")
+_STRUCTURE = "miva builds the stock diffusers UNetMotionModel from the motion adapter checkpoint (motion_module_path)"
+
+
+def _multiple_of_8(path: str, value: Any) -> int:
+    integer(8)(path, value)
+    if value % 8:
+        raise ConfigError(f"{path}: {value} must be a multiple of 8 (the VAE downsamples by 8)")
+    return value
+
+
+def _ca_pe_mode(path: str, value: Any) -> str | None:
+    try:
+        return normalize_ca_pe_mode(value)
+    except ValueError:
+        valid = ["null", *CA_PE_MODES]
+        raise ConfigError(f"{path}: {value!r} is not one of {valid}{_suggest(value, valid)}") from None
+
+
+def _first_frame_scale(path: str, value: Any):
+    try:
+        parse_first_frame_scale(value)
+    except ValueError as e:
+        raise ConfigError(f"{path}: {str(e).split(' ', 1)[1]}") from None
+    return value
+
+
+def _image_selection(path: str, value: Any):
+    """`prompt_path`: a list of image names, one name, "all" (every image in image_path) or "newlamp" (1..20.png)."""
+    if value is None or value in ("all", "newlamp"):
+        return value
+    return one_or_list(string)(path, value) if isinstance(value, list) else [string(path, value)]
+
+
+def _ca_maps(path: str, value: Any):
+    if value is None or value == "all":
+        return value
+    levels = [value] if isinstance(value, str) else value
+    return list_of(choice(CA_MAP_LEVELS), 1)(path, levels)
+
+
+def check_scheduler_kwargs(path: str, value: Any) -> dict:
+    data = mapping(path, value)
+    for name, item in data.items():
+        if name not in DDIM_KWARGS + DDPM_ONLY_KWARGS:
+            raise ConfigError(f"{path}.{name}: unknown key{_suggest(name, DDIM_KWARGS)}")
+        if name == "beta_schedule":
+            choice(("linear", "scaled_linear", "squaredcos_cap_v2"))(f"{path}.{name}", item)
+        elif name == "prediction_type":
+            choice(("epsilon", "v_prediction", "sample"))(f"{path}.{name}", item)
+        elif name == "timestep_spacing":
+            choice(("leading", "trailing", "linspace"))(f"{path}.{name}", item)
+        elif name in ("num_train_timesteps", "steps_offset"):
+            integer(0)(f"{path}.{name}", item)
+        elif name in ("clip_sample", "set_alpha_to_one", "thresholding", "rescale_betas_zero_snr"):
+            boolean(f"{path}.{name}", item)
+        elif name in ("beta_start", "beta_end"):
+            number(0.0, 1.0)(f"{path}.{name}", item)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------- sections
+@dataclass
+class MotionModuleKwargs:
+    """`unet_additional_kwargs.motion_module_kwargs`: MotionLoRA / motion embedding, plus AnimateDiff structure."""
+
+    use_motion_embed: bool = key(False, boolean, "Motion-Inversion embedding", "MIVAAdapterConfig.use_motion_embed")
+    lora_rank: int = key(32, integer(1), "MotionLoRA rank", "MIVAAdapterConfig.motion_lora_rank")
+    lora_scale: float | None = key(
+        1.0, optional(number(0.0, open_low=True)), "MotionLoRA network_alpha", "MIVAAdapterConfig.motion_lora_scale"
+    )
+    num_attention_heads: int = key(8, fixed([8], _STRUCTURE), "AnimateDiff structure")
+    num_transformer_block: int = key(1, fixed([1], _STRUCTURE), "AnimateDiff structure")
+    attention_block_types: list = key(
+        None,
+        fixed([["Temporal_Self", "Temporal_Self"]], _STRUCTURE),
+        "AnimateDiff structure",
+        factory=lambda: ["Temporal_Self", "Temporal_Self"],
+    )
+    temporal_position_encoding: bool = key(True, fixed([True], _STRUCTURE), "AnimateDiff structure")
+    temporal_position_encoding_max_len: int = key(32, fixed([32, 24], _STRUCTURE), "AnimateDiff structure")
+    temporal_attention_dim_div: int = key(1, fixed([1], _STRUCTURE), "AnimateDiff structure")
+    zero_initialize: bool = key(True, boolean, "init of proj_out; replaced by the loaded motion module weights")
+
+
+@dataclass
+class UNetAdditionalKwargs:
+    """`unet_additional_kwargs`: which adapter parts exist and how they are shaped."""
+
+    # AnimateDiff structure: fixed by the stock UNetMotionModel and the motion adapter checkpoint.
+    use_motion_module: bool = key(True, fixed([True], _STRUCTURE + "; it always has motion modules"))
+    motion_module_resolutions: list = key(None, fixed([[1, 2, 4, 8]], _STRUCTURE), factory=lambda: [1, 2, 4, 8])
+    motion_module_mid_block: bool = key(False, boolean, "read from the motion adapter (use_motion_mid_block)")
+    motion_module_decoder_only: bool = key(False, fixed([False], _STRUCTURE))
+    motion_module_type: str = key("Vanilla", fixed(["Vanilla"], _STRUCTURE))
+    use_inflated_groupnorm: bool = key(
+        True,
+        fixed(
+            [True],
+            "UNetMotionModel normalises every frame on its own "
+            "(AnimateDiff's InflatedGroupNorm); false would normalise "
+            "across frames",
+        ),
+    )
+    unet_use_cross_frame_attention: bool = key(
+        False,
+        fixed(
+            [False],
+            "AnimateDiff's sparse-causal spatial attention "
+            "is not used; cross-frame attention is the MIVA "
+            "adapter's branch (sa_mode)",
+        ),
+    )
+    unet_use_temporal_attention: bool = key(
+        False, boolean, "research attn_temp: only a frozen random bias, not reproduced (REFERENCE §1)"
+    )
+    motion_module_kwargs: MotionModuleKwargs = key(None, section(MotionModuleKwargs), factory=MotionModuleKwargs)
+    # Cross-attention: CA-LoRA, implicit prompt, spatiotemporal Q.
+    use_ca_lora: bool = key(False, boolean, "CA-LoRA on K/V/O", "MIVAAdapterConfig.use_ca_lora")
+    ca_lora_rank: int | list[int] = key(
+        32, one_or_list(integer(1)), "one per adapter", "MIVAAdapterConfig.ca_lora_rank"
+    )
+    ca_lora_scale: float | list[float] | None = key(
+        1.0,
+        one_or_list(optional(number(0.0, open_low=True))),
+        "network_alpha, one per adapter",
+        "MIVAAdapterConfig.ca_lora_scale",
+    )
+    use_q_lora: bool = key(False, boolean, "CA-LoRA on Q too", "MIVAAdapterConfig.use_q_lora")
+    remove_WO: bool = key(
+        False,
+        fixed(
+            [False],
+            "a CA-LoRA adapter always has its out delta; research checkpoints "
+            "without out-LoRA keys import with a zero out delta",
+        ),
+    )
+    use_simple_CA: bool = key(False, boolean, "implicit prompt", "MIVAAdapterConfig.ca_mode='implicit'")
+    implicit_rank: int = key(64, integer(1), "miva: implicit prompt rank", "MIVAAdapterConfig.implicit_rank")
+    q_downsample: bool = key(False, boolean, "spatiotemporal Q", "MIVAAdapterConfig.q_downsample")
+    q_downsample_ratio: int = key(4, integer(1), "spatial stride r", "MIVAAdapterConfig.q_downsample_ratio")
+    q_downsample_mode: str = key("nearest", choice(Q_DOWNSAMPLE_MODES), "miva", "MIVAAdapterConfig.q_downsample_mode")
+    ca_pe_mode: str | None = key(None, _ca_pe_mode, "PE of the spatiotemporal Q", "MIVAAdapterConfig.ca_pe_mode")
+    pe_style: str = key(
+        "standard", choice(PE_STYLES), "miva; research imports use 'research'", "MIVAAdapterConfig.pe_style"
+    )
+    # Spatial self-attention: the cross-frame (I2V) branch.
+    use_i2v: bool = key(True, boolean, "miva: cross-frame branch", "MIVAAdapterConfig.use_i2v")
+    i2v_train_q: bool | None = key(
+        None, optional(boolean), "miva; default: i2v_adapter.to_q in trainable_modules", "MIVAAdapterConfig.i2v_train_q"
+    )
+    sa_mode: str = key("first", choice(SA_MODES), "keys/values of the branch", "MIVAAdapterConfig.sa_mode")
+    sa_first_frame_scale: float | str = key(
+        0.5, _first_frame_scale, "first_prev weight", "MIVAAdapterConfig.sa_first_frame_scale"
+    )
+    use_i2v_q_lora: bool = key(
+        False,
+        fixed(
+            [False],
+            "the cross-frame branch trains its dense to_q (i2v_train_q); "
+            "research I2V LoRAs are folded into it on import",
+        ),
+    )
+    use_i2v_out_lora: bool = key(
+        False,
+        fixed(
+            [False], "the cross-frame branch trains its dense to_out; research I2V LoRAs are folded into it on import"
+        ),
+    )
+    i2v_lora_rank: int = key(32, integer(1), "inert: the I2V LoRAs are off")
+    i2v_lora_scale: float = key(1.0, fixed([1, 1.0], "research I2V LoRAs are imported with network_alpha 1"))
+    use_motion_lora: bool = key(True, boolean, "miva: MotionLoRA", "MIVAAdapterConfig.use_motion_lora")
+    # Orthogonal adapters and multi-adapter settings.
+    oa_bin_id: int | None = key(None, optional(integer(0)), "bases bin", "MIVAAdapterConfig.oa_bin_id")
+    oa_bases_path: str | None = key(None, path_value, "bases library", "TrainConfig.oa_bases_path")
+    adapter_weights: list[float] | None = key(
+        None,
+        optional(one_or_list(number())),
+        "default [1] * adapters",
+        "set_adapters(weights) / MIVAPipeline(adapter_weights)",
+    )
+    parallel_mode: str = key("residual", choice(("residual", "weights")), "", "set_adapters(parallel_mode)")
+
+
+@dataclass
+class TrainData:
+    """`train_data`: the clips of the motion to learn."""
+
+    video_root: str | list[str] | None = key(None, optional(one_or_list(string)), "", "TrainConfig.video_root")
+    prompt: str | None = key(None, optional(string), "", "TrainConfig.prompt")
+    n_sample_frames: int = key(16, integer(2), "", "TrainConfig.num_frames")
+    width: int = key(512, _multiple_of_8, "", "TrainConfig.width")
+    height: int = key(320, _multiple_of_8, "", "TrainConfig.height")
+    sample_frame_rate: int | list[int] = key(
+        4, one_or_list(integer(1)), "stride or [min, max]", "TrainConfig.sample_frame_rate"
+    )
+    random_flip: bool = key(True, boolean, "miva", "TrainConfig.random_flip")
+
+
+@dataclass
+class ValidationData:
+    """`validation_data`: inputs, outputs and sampling of inference (and of validation during training)."""
+
+    image_path: str | None = key(None, path_value, "folder of input images (or one image)", "miva infer")
+    prompt_path: str | list[str] | None = key(None, _image_selection, "image names, 'all' or 'newlamp'", "miva infer")
+    prompts: str | list[str] | None = key(None, optional(one_or_list(string)), "one per image", "MIVAPipeline(prompt)")
+    batch_prompt: str | list[str] | None = key(
+        None, optional(one_or_list(string)), "", "MIVAPipeline(prompt / batch_prompt)"
+    )
+    negative_prompt: str | None = key(None, optional(string), "miva", "MIVAPipeline(negative_prompt)")
+    video_length: int = key(16, integer(2), "", "MIVAPipeline(num_frames)")
+    width: int = key(512, _multiple_of_8, "", "MIVAPipeline(width)")
+    height: int = key(320, _multiple_of_8, "", "MIVAPipeline(height)")
+    num_inference_steps: int = key(50, integer(1), "", "MIVAPipeline(num_inference_steps)")
+    guidance_scale: float = key(7.5, number(0.0), "", "MIVAPipeline(guidance_scale)")
+    use_adain_norm: str = key(
+        "off", choice(ADAIN_MODES, {True: "on", False: "off"}), "", "MIVAPipeline(use_adain_norm)"
+    )
+    shared_noise_ratio: float = key(0.0, number(0.0, 1.0), "", "MIVAPipeline(shared_noise_ratio)")
+    first_frame_cond_type: str = key("lamp", choice(FIRST_FRAME_COND_TYPES), "", "MIVAPipeline(first_frame_cond_type)")
+    use_dct_init: bool = key(False, boolean, "", "MIVAPipeline(use_dct_init)")
+    dct_cutoff_ratio: float = key(0.23, number(0.0, 1.0), "", "MIVAPipeline(dct_cutoff_ratio)")
+    dct_cutoff_shape: str = key("rect", choice(DCT_CUTOFF_SHAPES), "", "MIVAPipeline(dct_cutoff_shape)")
+    cil_ratio: float = key(1.0, number(0.0, open_low=True), "", "MIVAPipeline(cil_ratio)")
+    cil_analytic: bool = key(False, boolean, "", "MIVAPipeline(cil_analytic)")
+    multi_ca: bool = key(False, boolean, "per-adapter prompts", "MIVAPipeline(batch_prompt)")
+    text_emb_dir: str | None = key(None, path_value, "", "MIVAPipeline(text_emb_dir)")
+    word_to_replace: str | list[str] | None = key(
+        None, optional(one_or_list(string)), "", "MIVAPipeline(word_to_replace)"
+    )
+    CA_Map_visualization_resolution: str | list[str] | None = key(
+        None, _ca_maps, "", "MIVAPipeline(ca_map_resolutions)"
+    )
+    hist_match: bool = key(False, boolean, "match frames to frame 0", "miva infer (hist_match_frames)")
+    format: str = key("gif", choice(OUTPUT_FORMATS), "", "miva infer --format")
+    fps: int = key(8, integer(1), "miva", "miva infer")
+
+    def __post_init__(self) -> None:
+        if self.use_dct_init and self.first_frame_cond_type != "cinemo":
+            raise ConfigError(
+                f"validation_data.use_dct_init: true needs first_frame_cond_type: cinemo, got "
+                f"{self.first_frame_cond_type!r}"
+            )
+        if self.prompts in ("all", "newlamp"):  # the seed README lists them under `prompts`; they select images
+            if self.prompt_path not in (None, self.prompts):
+                raise ConfigError(
+                    f"validation_data.prompts: {self.prompts!r} selects images, but prompt_path is "
+                    f"{self.prompt_path!r}; put the selection in prompt_path only"
+                )
+            self.prompt_path, self.prompts = self.prompts, None
+        if isinstance(self.prompts, list) and isinstance(self.prompt_path, list):
+            if len(self.prompts) != len(self.prompt_path):
+                raise ConfigError(
+                    f"validation_data.prompts: {len(self.prompts)} prompts for {len(self.prompt_path)} "
+                    "images in prompt_path; give one prompt per image"
+                )
+        if isinstance(self.batch_prompt, list) and not self.multi_ca:
+            raise ConfigError(
+                "validation_data.batch_prompt: a list (one prompt per adapter) needs multi_ca: true; "
+                "use a single string for one prompt for every image"
+            )
+        if self.text_emb_dir is not None and self.word_to_replace is not None:
+            raise ConfigError(
+                "validation_data.text_emb_dir: cannot be combined with word_to_replace (precomputed "
+                "embeddings are not tokenized); remove one of them"
+            )
