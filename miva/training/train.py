@@ -30,6 +30,7 @@ from .train_config import TrainConfig
 from .trainer_parts import (
     LearnedToken,
     check_prompts_contain,
+    checkpoint_motion_modules,
     encode_frames,
     encode_prompts,
     i2v_epsilon_loss,
@@ -168,6 +169,7 @@ class MIVATrainer:
         self.text_encoder.to(acc.device, dtype=te_dtype).eval()
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
+            checkpoint_motion_modules(unet)
         unet.train()
         self.unet = unet
 
