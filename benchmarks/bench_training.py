@@ -48,18 +48,28 @@ def build_components(size: str) -> dict:
         return dict(parts, vae=tiny["vae"], text_encoder=tiny["text_encoder"])
     torch.manual_seed(0)
     if size == "sd15":
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            norm_num_groups=32, sample_size=512)
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            norm_num_groups=32,
+            sample_size=512,
+        )
         text = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
     else:
         vae = tiny["vae"]
-        text = CLIPTextConfig(hidden_size=text_dim, intermediate_size=4 * text_dim, num_hidden_layers=4,
-                              num_attention_heads=8)
+        text = CLIPTextConfig(
+            hidden_size=text_dim, intermediate_size=4 * text_dim, num_hidden_layers=4, num_attention_heads=8
+        )
     tokenizer = tiny["tokenizer"]
     text.vocab_size, text.max_position_embeddings = len(tokenizer), 77
-    text.bos_token_id, text.eos_token_id, text.pad_token_id = (tokenizer.bos_token_id, tokenizer.eos_token_id,
-                                                               tokenizer.pad_token_id)
+    text.bos_token_id, text.eos_token_id, text.pad_token_id = (
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+    )
     return dict(parts, vae=vae.eval(), text_encoder=CLIPTextModel(text).eval())
 
 
@@ -87,14 +97,33 @@ def main(argv: list[str] | None = None) -> dict:
     components = build_components(args.size)
     build_seconds = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as tmp:
-        write_synthetic_dataset(Path(tmp, "clips"), num_clips=2, num_frames=frames, height=height, width=width,
-                                prompt="a photo of clouds moving", fmt="frames")
-        config = TrainConfig(output_dir=str(Path(tmp, "run")), tiny=True, video_root=str(Path(tmp, "clips")),
-                             num_frames=frames, sample_frame_rate=1, width=width, height=height,
-                             adapter=dict(use_i2v=True, use_motion_lora=True, use_ca_lora=True),
-                             max_train_steps=args.warmup + args.steps, checkpointing_steps=None, validation_steps=None,
-                             mixed_precision=args.mixed_precision, gradient_checkpointing=checkpointing,
-                             use_8bit_adam=False, report_to="none", learning_rate=1e-5)
+        write_synthetic_dataset(
+            Path(tmp, "clips"),
+            num_clips=2,
+            num_frames=frames,
+            height=height,
+            width=width,
+            prompt="a photo of clouds moving",
+            fmt="frames",
+        )
+        config = TrainConfig(
+            output_dir=str(Path(tmp, "run")),
+            tiny=True,
+            video_root=str(Path(tmp, "clips")),
+            num_frames=frames,
+            sample_frame_rate=1,
+            width=width,
+            height=height,
+            adapter=dict(use_i2v=True, use_motion_lora=True, use_ca_lora=True),
+            max_train_steps=args.warmup + args.steps,
+            checkpointing_steps=None,
+            validation_steps=None,
+            mixed_precision=args.mixed_precision,
+            gradient_checkpointing=checkpointing,
+            use_8bit_adam=False,
+            report_to="none",
+            learning_rate=1e-5,
+        )
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         trainer = MIVATrainer(config, components=components)
@@ -103,12 +132,22 @@ def main(argv: list[str] | None = None) -> dict:
     unet_params = sum(p.numel() for p in trainer.unet.parameters())
     trainable = sum(p.numel() for p in trainer.trainable.values())
     result = dict(
-        size=args.size, frames=frames, height=height, width=width, device=str(trainer.accelerator.device),
-        gpu=torch.cuda.get_device_name() if cuda else None, mixed_precision=trainer.accelerator.mixed_precision,
-        gradient_checkpointing=checkpointing, optimizer=type(trainer.optimizer.optimizer).__name__,
-        unet_parameters=unet_params, trainable_parameters=trainable, warmup_steps=args.warmup,
-        step_times_s=times[args.warmup:], median_step_s=statistics.median(times[args.warmup:]),
-        build_s=build_seconds, torch=torch.__version__,
+        size=args.size,
+        frames=frames,
+        height=height,
+        width=width,
+        device=str(trainer.accelerator.device),
+        gpu=torch.cuda.get_device_name() if cuda else None,
+        mixed_precision=trainer.accelerator.mixed_precision,
+        gradient_checkpointing=checkpointing,
+        optimizer=type(trainer.optimizer.optimizer).__name__,
+        unet_parameters=unet_params,
+        trainable_parameters=trainable,
+        warmup_steps=args.warmup,
+        step_times_s=times[args.warmup :],
+        median_step_s=statistics.median(times[args.warmup :]),
+        build_s=build_seconds,
+        torch=torch.__version__,
     )
     if cuda:
         result["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -121,11 +160,15 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     name = f"training_{args.size}_{'cuda' if cuda else 'cpu'}_{args.mixed_precision}{'' if checkpointing else '_nogc'}"
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print("| size | F x H x W | device | precision | grad. ckpt | trainable / UNet params | step (median) | peak memory |")
+    print(
+        "| size | F x H x W | device | precision | grad. ckpt | trainable / UNet params | step (median) | peak memory |"
+    )
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| {args.size} | {frames}x{height}x{width} | {result['gpu'] or 'cpu'} | {result['mixed_precision']} | "
-          f"{'on' if checkpointing else 'off'} | {trainable / 1e6:.1f}M / {unet_params / 1e6:.0f}M | "
-          f"{result['median_step_s']:.3f} s | {memory} |")
+    print(
+        f"| {args.size} | {frames}x{height}x{width} | {result['gpu'] or 'cpu'} | {result['mixed_precision']} | "
+        f"{'on' if checkpointing else 'off'} | {trainable / 1e6:.1f}M / {unet_params / 1e6:.0f}M | "
+        f"{result['median_step_s']:.3f} s | {memory} |"
+    )
     return result
 
 

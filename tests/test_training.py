@@ -33,10 +33,26 @@ def clips(tmp_path_factory):
 
 
 def make_config(clips, output_dir, **overrides) -> TrainConfig:
-    fields = dict(output_dir=str(output_dir), tiny=True, video_root=str(clips), prompt=PROMPT, num_frames=8,
-                  sample_frame_rate=1, width=64, height=64, adapter=dict(ADAPTER), trainable_modules=list(PARTS),
-                  learning_rate=3e-3, max_train_steps=30, checkpointing_steps=10, validation_steps=None,
-                  mixed_precision="no", report_to="none", seed=42)
+    fields = dict(
+        output_dir=str(output_dir),
+        tiny=True,
+        video_root=str(clips),
+        prompt=PROMPT,
+        num_frames=8,
+        sample_frame_rate=1,
+        width=64,
+        height=64,
+        adapter=dict(ADAPTER),
+        trainable_modules=list(PARTS),
+        learning_rate=3e-3,
+        max_train_steps=30,
+        checkpointing_steps=10,
+        validation_steps=None,
+        mixed_precision="no",
+        gradient_checkpointing=False,  # ~30% faster on CPU; the checkpointed path has its own tests below
+        report_to="none",
+        seed=42,
+    )
     fields.update(overrides)
     return TrainConfig(**fields)
 
@@ -54,8 +70,9 @@ def eval_loss(trainer) -> float:
             generator = step_generator(7, i, 0, "cpu")
             latents = encode_frames(trainer.vae, trainer.dataset[i]["pixel_values"][None], generator)
             embeds = trainer.prompt_embeds([trainer.dataset.prompts[i]])
-            losses.append(i2v_epsilon_loss(trainer.unet, latents, embeds, trainer.noise_scheduler, generator,
-                                           [100, 900]).item())
+            losses.append(
+                i2v_epsilon_loss(trainer.unet, latents, embeds, trainer.noise_scheduler, generator, [100, 900]).item()
+            )
     return float(np.mean(losses))
 
 
@@ -70,8 +87,12 @@ def trained(clips, tmp_path_factory):
     out = tmp_path_factory.mktemp("run30")
     trainer = MIVATrainer(make_config(clips, out, checkpoints_total_limit=2))
     trainer.setup()
-    before = dict(unet=state_copy(trainer.unet), vae=state_copy(trainer.vae), text=state_copy(trainer.text_encoder),
-                  loss=eval_loss(trainer))
+    before = dict(
+        unet=state_copy(trainer.unet),
+        vae=state_copy(trainer.vae),
+        text=state_copy(trainer.text_encoder),
+        loss=eval_loss(trainer),
+    )
     path = trainer.train()
     before["loss_after"] = eval_loss(trainer)
     return trainer, before, path
@@ -131,13 +152,16 @@ def test_saved_adapter_loads_and_changes_the_video(trained):
     assert {"adapter_config.json", "miva_adapter.safetensors", "README.md"} <= {p.name for p in path.iterdir()}
     pipe = MIVAPipeline(**tiny_components(seed=0))
     pipe.set_progress_bar_config(disable=True)
-    options = dict(prompt=PROMPT, num_frames=8, height=64, width=64, num_inference_steps=2, guidance_scale=1.0,
-                   output_type="np")
+    options = dict(
+        prompt=PROMPT, num_frames=8, height=64, width=64, num_inference_steps=2, guidance_scale=1.0, output_type="np"
+    )
     image = make_test_image(64, 64, seed=3)
     plain = pipe(image, generator=torch.Generator().manual_seed(0), **options).frames
     assert pipe.load_adapters(str(path), adapter_names="trained") == ["trained"]
-    loaded = {k.replace(".adapters.trained.", ".adapters.miva."): v
-              for k, v in ckpt.adapter_state_dict(pipe.unet, "trained").items()}
+    loaded = {
+        k.replace(".adapters.trained.", ".adapters.miva."): v
+        for k, v in ckpt.adapter_state_dict(pipe.unet, "trained").items()
+    }
     expected = ckpt.adapter_state_dict(trainer.unet, "miva")
     assert set(loaded) == set(expected) and all(torch.equal(loaded[k], expected[k]) for k in expected)
     adapted = pipe(image, generator=torch.Generator().manual_seed(0), **options).frames
@@ -165,8 +189,12 @@ def test_resume_continues_exactly(trained, clips, tmp_path):
 
 def test_resume_refuses_another_adapter_config(trained, clips, tmp_path):
     reference, _, _ = trained
-    config = make_config(clips, tmp_path, adapter=dict(ADAPTER, ca_lora_rank=8),
-                         resume_from_checkpoint=str(reference.output_dir / "checkpoint-20"))
+    config = make_config(
+        clips,
+        tmp_path,
+        adapter=dict(ADAPTER, ca_lora_rank=8),
+        resume_from_checkpoint=str(reference.output_dir / "checkpoint-20"),
+    )
     with pytest.raises(ValueError, match="adapter_config"):
         MIVATrainer(config).setup()
 
@@ -177,8 +205,15 @@ def test_textual_inversion_changes_only_the_new_row(clips, tmp_path):
     from miva.tiny import tiny_components, tiny_unet_motion
 
     word = "<wiggle>"
-    config = make_config(clips, tmp_path, prompt=f"a photo of {word} moving", word_to_learn=word,
-                         initializer_token="clouds", max_train_steps=4, checkpointing_steps=None)
+    config = make_config(
+        clips,
+        tmp_path,
+        prompt=f"a photo of {word} moving",
+        word_to_learn=word,
+        initializer_token="clouds",
+        max_train_steps=4,
+        checkpointing_steps=None,
+    )
     with pytest.raises(ValueError, match="does not appear"):  # the clips' .txt sidecars win over `prompt`
         MIVATrainer(config).setup()
     no_sidecars = tmp_path / "clips"
@@ -201,10 +236,76 @@ def test_textual_inversion_changes_only_the_new_row(clips, tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in after.items() if k != key)
     # The adapter folder carries the learned word; loading it adds the token with the trained vector.
     parts = tiny_components(seed=0, with_image_encoder=False)
-    load_miva_adapter(tiny_unet_motion(seed=0), str(path), "ti", text_encoder=parts["text_encoder"],
-                      tokenizer=parts["tokenizer"])
+    load_miva_adapter(
+        tiny_unet_motion(seed=0), str(path), "ti", text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"]
+    )
     loaded = parts["text_encoder"].get_input_embeddings().weight[parts["tokenizer"].convert_tokens_to_ids(word)]
     assert torch.equal(loaded, after[key][new_id])
+
+
+def test_orthogonal_bins_train_down_only(clips, tmp_path):
+    from miva.tiny import tiny_unet_motion
+    from miva.training.orthogonal import create_bases_library
+    from miva.training.trainer_parts import adapter_parameter_parts
+
+    create_bases_library(tiny_unet_motion(seed=0), tmp_path / "bases.safetensors", seed=0)
+    config = make_config(
+        clips,
+        tmp_path / "run",
+        oa_bin_id=1,
+        oa_bases_path=str(tmp_path / "bases.safetensors"),
+        trainable_modules=["motion_lora"],
+        max_train_steps=3,
+        checkpointing_steps=None,
+    )
+    trainer = MIVATrainer(config)
+    trainer.setup()
+    parts = adapter_parameter_parts(trainer.unet, "miva")
+    ups = {
+        k: p.detach().clone() for k, (part, p) in parts.items() if part == "motion_lora" and k.endswith(".up.weight")
+    }
+    assert set(trainer.trainable) == {k for k, (part, _) in parts.items() if part == "motion_lora" and ".down." in k}
+    assert not any(p.requires_grad for k, (part, p) in parts.items() if part == "ca_lora")
+    trainer.train()
+    for key, param in parts.items():
+        if key in ups:
+            assert torch.equal(param[1], ups[key]), key  # the bin's columns stay fixed
+    first = next(k for k in ups)
+    up = ups[first]
+    assert torch.allclose(up.T @ up, torch.eye(up.shape[1]), atol=1e-5)  # orthonormal columns
+    assert all(parts[k][1].abs().sum() > 0 for k in trainer.trainable)  # down left zero and trained
+
+
+def test_motion_module_checkpointing_keeps_outputs_and_gradients():
+    from miva.attention_processors import add_miva_adapter, install_miva_processors, set_miva_adapters
+    from miva.tiny import tiny_unet_motion
+    from miva.training.trainer_parts import checkpoint_motion_modules
+
+    def run(checkpointed: bool):
+        unet = tiny_unet_motion(seed=0)
+        install_miva_processors(unet)
+        add_miva_adapter(unet, "w", MIVAAdapterConfig(**ADAPTER))
+        set_miva_adapters(unet, ["w"])
+        unet.requires_grad_(False)
+        params = {n: p for n, p in unet.named_parameters() if ".adapters." in n}
+        with torch.no_grad():
+            for i, p in enumerate(params.values()):
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) * 0.02)
+        for p in params.values():
+            p.requires_grad_(True)
+        if checkpointed:
+            unet.enable_gradient_checkpointing()
+            assert checkpoint_motion_modules(unet) == 11 and checkpoint_motion_modules(unet) == 0
+        generator = torch.Generator().manual_seed(1)
+        sample, text = torch.randn(1, 4, 8, 8, 8, generator=generator), torch.randn(8, 77, 32, generator=generator)
+        out = unet(sample, torch.tensor([500]), encoder_hidden_states=text).sample
+        out.square().mean().backward()
+        return out.detach(), {n: p.grad for n, p in params.items()}
+
+    plain, plain_grads = run(False)
+    checkpointed, grads = run(True)
+    assert torch.equal(plain, checkpointed)
+    assert all(torch.equal(plain_grads[n], grads[n]) for n in plain_grads)
 
 
 # ---------------------------------------------------------------------------- validation GIFs, Hub push, precision
@@ -221,28 +322,45 @@ def test_validation_gif_and_push_to_hub(clips, tmp_path, monkeypatch):
 
     monkeypatch.setattr(adapter_io, "create_repo", lambda repo_id, **kwargs: Repo(f"https://hub/{repo_id}"))
     monkeypatch.setattr(adapter_io, "upload_folder", fake_upload_folder)
-    config = make_config(clips, tmp_path, max_train_steps=2, checkpointing_steps=None, validation_steps=2,
-                         validation=dict(num_inference_steps=2), push_to_hub=True, hub_model_id="user/miva-test")
+    config = make_config(
+        clips,
+        tmp_path,
+        max_train_steps=2,
+        checkpointing_steps=None,
+        validation_steps=2,
+        validation=dict(num_inference_steps=2),
+        push_to_hub=True,
+        hub_model_id="user/miva-test",
+    )
     trainer = MIVATrainer(config)
     trainer.train()
     gifs = sorted((tmp_path / "validation").glob("*.gif"))
     assert [g.name for g in gifs] == ["step-000002-clip_000-frame0.gif"]  # every 2 steps and at the end: once
     assert trainer.last_gif == gifs[0]
-    (repo_id, files), = uploads
+    ((repo_id, files),) = uploads
     assert repo_id == "user/miva-test"
     assert {"README.md", "adapter_config.json", "miva_adapter.safetensors", "sample.gif"} <= set(files)
     assert files["sample.gif"] == gifs[0].read_bytes()
     assert b"sample.gif" in files["README.md"] and b"user/miva-test" in files["README.md"]
 
 
-def test_bf16_mixed_precision_and_full_unet_file(clips, tmp_path):
-    config = make_config(clips, tmp_path, mixed_precision="bf16", max_train_steps=2, checkpointing_steps=None,
-                         split_ckpt=False)
+def test_bf16_mixed_precision_checkpointing_and_full_unet_file(clips, tmp_path):
+    config = make_config(
+        clips,
+        tmp_path,
+        mixed_precision="bf16",
+        gradient_checkpointing=True,
+        max_train_steps=2,
+        checkpointing_steps=None,
+        split_ckpt=False,
+    )
     trainer = MIVATrainer(config)
     path = trainer.train()
     assert trainer.accelerator.mixed_precision == "bf16"
     assert all(p.dtype == torch.float32 for p in trainer.trainable.values())
     assert trainer.unet.conv_in.weight.dtype == torch.bfloat16
+    motion_modules = [m for m in trainer.unet.modules() if type(m).__name__ == "AnimateDiffTransformer3D"]
+    assert trainer.unet.is_gradient_checkpointing and all(m._miva_checkpointed for m in motion_modules)
     assert all(np.isfinite(v) for v in log_losses(tmp_path).values())
     assert path == tmp_path / "model.safetensors"
     saved = load_file(str(path))
@@ -264,7 +382,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.timeout(300)
 def test_accelerate_launch_two_processes(clips, tmp_path):
     """Two CPU processes (gloo DDP): 5 batches each per epoch, one adapter saved, states of both ranks checkpointed.
 
@@ -273,12 +390,34 @@ def test_accelerate_launch_two_processes(clips, tmp_path):
     """
     config = make_config(clips, tmp_path / "out", max_train_steps=4, checkpointing_steps=4)
     config.to_yaml(tmp_path / "train.yaml")
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_VERBOSITY="error", HF_HOME=str(tmp_path / "hf"))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), "-m", "miva.training.train", "--config",
-               str(tmp_path / "train.yaml")]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        CUDA_VISIBLE_DEVICES="",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_VERBOSITY="error",
+        HF_HOME=str(tmp_path / "hf"),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "miva.training.train",
+        "--config",
+        str(tmp_path / "train.yaml"),
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stderr[-4000:]
     out = tmp_path / "out"
@@ -336,12 +475,16 @@ def test_config_yaml_round_trip_overrides_and_cli(clips, tmp_path):
     expected = config.to_dict()
     expected["adapter"]["ca_lora_rank"], expected["max_train_steps"] = 8, 7
     assert again.to_dict() == expected
-    assert apply_overrides({"a": {"b": 1}}, ["a.c=[1, 2]", "d=null", "e=text"]) == {"a": {"b": 1, "c": [1, 2]},
-                                                                                    "d": None, "e": "text"}
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=[1, 2]", "d=null", "e=text"]) == {
+        "a": {"b": 1, "c": [1, 2]},
+        "d": None,
+        "e": "text",
+    }
     with pytest.raises(ValueError, match="key=value"):
         apply_overrides({}, ["max_train_steps"])
-    args = build_parser().parse_args(["train", "--tiny", "--resume", "latest", "--set", "max_train_steps=3",
-                                      "--set", f"output_dir={tmp_path}"])
+    args = build_parser().parse_args(
+        ["train", "--tiny", "--resume", "latest", "--set", "max_train_steps=3", "--set", f"output_dir={tmp_path}"]
+    )
     cli_config = config_from_args(args)
     assert cli_config.tiny and cli_config.max_train_steps == 3 and cli_config.resume_from_checkpoint == "latest"
     assert cli_config.width == TINY_DEFAULTS["width"] and cli_config.video_root is None

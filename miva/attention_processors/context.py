@@ -70,14 +70,18 @@ class MIVAContext:
         return chosen
 
 
-def _unet_pre_hook(context: MIVAContext):
+def _timestep_hook(context: MIVAContext):
+    def hook(module, args):
+        context.timestep = args[0]  # (batch,): the UNet made it a tensor and expanded it before `time_proj`
+
+    return hook
+
+
+def _num_frames_hook(context: MIVAContext):
     def hook(module, args, kwargs):
-        sample = args[0] if args else kwargs["sample"]
-        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
-        context.num_frames = sample.shape[2]
-        if not torch.is_tensor(timestep):
-            timestep = torch.tensor([timestep], device=sample.device)
-        context.timestep = timestep.reshape(-1).expand(sample.shape[0])
+        num_frames = kwargs.get("num_frames")
+        if num_frames is not None:
+            context.num_frames = num_frames
 
     return hook
 
@@ -106,8 +110,14 @@ def register_context_hooks(unet: nn.Module, context: MIVAContext) -> None:
 
     if context.hook_handles:
         return
-    handles = [unet.register_forward_pre_hook(_unet_pre_hook(context), with_kwargs=True)]
+    # No hook on the UNet itself: torch.compile does not inline the hooks of the module it compiles, so one there
+    # would split a compiled UNet into two graphs. The UNet hands `num_frames` to every block by keyword and makes
+    # the timestep a `(batch,)` tensor before `time_proj`; hooks there see the same values from inside the graph.
+    handles = [unet.time_proj.register_forward_pre_hook(_timestep_hook(context))]
     handles.append(unet.time_embedding.register_forward_hook(_temb_hook(context)))
+    blocks = [*unet.down_blocks, *([unet.mid_block] if unet.mid_block is not None else []), *unet.up_blocks]
+    for block in blocks:
+        handles.append(block.register_forward_pre_hook(_num_frames_hook(context), with_kwargs=True))
     for module in unet.modules():
         if isinstance(module, Transformer2DModel):
             attention_modules = [m for m in module.modules() if isinstance(m, Attention)]

@@ -21,7 +21,9 @@ from torch import nn
 
 __all__ = [
     "ADAPTER_STATE_FILE",
+    "CheckpointMixin",
     "EMBEDS_FILE",
+    "LOG_FILE",
     "TRAINER_STATE_FILE",
     "adapter_state_dict",
     "find_checkpoint",
@@ -34,6 +36,7 @@ __all__ = [
 ADAPTER_STATE_FILE = "adapter_state.safetensors"
 EMBEDS_FILE = "learned_embeds.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
+LOG_FILE = "train_log.jsonl"  # one JSON line per optimiser step, in output_dir
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -63,8 +66,10 @@ def find_checkpoint(output_dir: str | os.PathLike, resume: str | os.PathLike | N
         path = Path(output_dir) / path
     if not (path / TRAINER_STATE_FILE).is_file():
         available = [p.name for _, p in list_checkpoints(output_dir)]
-        raise FileNotFoundError(f"resume_from_checkpoint={str(resume)!r} is not a checkpoint folder (no "
-                                f"{TRAINER_STATE_FILE}); checkpoints in {output_dir}: {available or 'none'}")
+        raise FileNotFoundError(
+            f"resume_from_checkpoint={str(resume)!r} is not a checkpoint folder (no "
+            f"{TRAINER_STATE_FILE}); checkpoints in {output_dir}: {available or 'none'}"
+        )
     return path
 
 
@@ -114,13 +119,17 @@ def load_adapter_state(unet: nn.Module, adapter_name: str, state: dict[str, torc
     if missing or unexpected:
         key = (missing or unexpected)[0]
         kind = "missing from the checkpoint" if missing else "in the checkpoint but not in the adapter"
-        raise ValueError(f"adapter {adapter_name!r}: key {key!r} is {kind} ({len(missing)} missing, "
-                         f"{len(unexpected)} unexpected); was the checkpoint trained with another adapter config?")
+        raise ValueError(
+            f"adapter {adapter_name!r}: key {key!r} is {kind} ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected); was the checkpoint trained with another adapter config?"
+        )
     with torch.no_grad():
         for key, target in current.items():
             if target.shape != state[key].shape:
-                raise ValueError(f"adapter {adapter_name!r}: key {key!r} has shape {tuple(state[key].shape)} in the "
-                                 f"checkpoint but {tuple(target.shape)} in the adapter")
+                raise ValueError(
+                    f"adapter {adapter_name!r}: key {key!r} has shape {tuple(state[key].shape)} in the "
+                    f"checkpoint but {tuple(target.shape)} in the adapter"
+                )
             target.copy_(state[key].to(device=target.device, dtype=target.dtype))
 
 
@@ -128,3 +137,111 @@ def adapter_state_dict_refs(unet: nn.Module, adapter_name: str) -> dict[str, tor
     """Like `adapter_state_dict`, but the live tensors (no copy)."""
     marker = f".adapters.{adapter_name}."
     return {k: v for k, v in unet.state_dict(keep_vars=True).items() if marker in k}
+
+
+class CheckpointMixin:
+    """The `MIVATrainer` side of checkpoints: accelerate save/load hooks, atomic `save_checkpoint`, and resuming.
+
+    Uses the trainer's `accelerator`, `config`, `unet` (unwrapped), `learned_token`, `output_dir`, `global_step` and
+    `logger`.
+    """
+
+    def _save_model_hook(self, models, weights, output_dir) -> None:
+        """Replace accelerate's full-model weights by the adapter's tensors (and the learned word)."""
+        from safetensors.torch import save_file
+
+        weights.clear()
+        if self.accelerator.is_main_process:
+            save_file(
+                adapter_state_dict(self.unet, self.config.adapter_name),
+                str(Path(output_dir) / ADAPTER_STATE_FILE),
+            )
+            if self.learned_token:
+                save_file(self.learned_token.state_dict(), str(Path(output_dir) / EMBEDS_FILE))
+
+    def _load_model_hook(self, models, input_dir) -> None:
+        from safetensors.torch import load_file
+
+        models.clear()
+        load_adapter_state(self.unet, self.config.adapter_name, load_file(str(Path(input_dir) / ADAPTER_STATE_FILE)))
+        if self.learned_token:
+            self.learned_token.load_state_dict(load_file(str(Path(input_dir) / EMBEDS_FILE)))
+
+    def _trainer_state(self, epoch: int) -> dict:
+        from miva import __version__
+
+        config = self.config
+        return dict(
+            global_step=self.global_step,
+            epoch=epoch,
+            adapter_name=config.adapter_name,
+            adapter_config=config.adapter.to_dict(),
+            trainable_modules=config.parts,
+            word_to_learn=config.word_to_learn,
+            seed=config.seed,
+            num_processes=self.accelerator.num_processes,
+            train_batch_size=config.train_batch_size,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            miva_version=__version__,
+        )
+
+    def save_checkpoint(self, epoch: int) -> Path:
+        """`accelerator.save_state` into `checkpoint-<step>.tmp`, then rename; keep the newest K."""
+        import shutil
+
+        acc = self.accelerator
+        final = self.output_dir / f"checkpoint-{self.global_step}"
+        tmp = final.with_name(final.name + ".tmp")
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            write_trainer_state(tmp, self._trainer_state(epoch))
+            commit_folder(tmp, final)
+            for path in prune_checkpoints(self.output_dir, self.config.checkpoints_total_limit):
+                self.logger.info(f"removed old checkpoint {path}")
+            self.logger.info(f"saved checkpoint {final}")
+        acc.wait_for_everyone()
+        return final
+
+    def _resume(self) -> None:
+        config, acc = self.config, self.accelerator
+        path = find_checkpoint(self.output_dir, config.resume_from_checkpoint)
+        if path is None:
+            if config.resume_from_checkpoint is not None:
+                self.logger.info(f"no checkpoint in {self.output_dir}: starting from step 0")
+            return
+        state = read_trainer_state(path)
+        for key, mine in (
+            ("adapter_name", config.adapter_name),
+            ("adapter_config", config.adapter.to_dict()),
+            ("trainable_modules", config.parts),
+            ("word_to_learn", config.word_to_learn),
+        ):
+            if state.get(key) != mine:
+                raise ValueError(
+                    f"cannot resume from {path}: it was trained with {key}={state.get(key)!r}, this "
+                    f"run has {key}={mine!r}"
+                )
+        for key in ("seed", "num_processes", "train_batch_size", "gradient_accumulation_steps"):
+            mine = getattr(config, key, None) if key != "num_processes" else acc.num_processes
+            if state.get(key) != mine:
+                self.logger.warning(
+                    f"resuming {path} with {key}={mine} (it had {state.get(key)}): the data order "
+                    "will differ from an uninterrupted run"
+                )
+        acc.load_state(str(path))
+        self.global_step = int(state["global_step"])
+        self.logger.info(f"resumed from {path} at step {self.global_step}")
+        if acc.is_main_process:
+            self._truncate_log(self.global_step)
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines past `step` (they belong to the interrupted run that this one replays)."""
+        path = self.output_dir / LOG_FILE
+        if path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

@@ -17,20 +17,41 @@ HELP = "train a MIVA adapter on a few clips of one motion (single process or und
 
 # `--tiny` fills these in unless the config or --set gives them: a small, fast offline run on synthetic clips
 # (written to <output_dir>/synthetic_clips when video_root is not set).
-TINY_DEFAULTS = dict(width=64, height=64, num_frames=8, sample_frame_rate=1, mixed_precision="no", max_train_steps=30,
-                     checkpointing_steps=10, validation_steps=30, learning_rate=1e-3, prompt="a photo of clouds moving",
-                     validation={"num_inference_steps": 2})
+TINY_DEFAULTS = dict(
+    width=64,
+    height=64,
+    num_frames=8,
+    sample_frame_rate=1,
+    mixed_precision="no",
+    max_train_steps=30,
+    checkpointing_steps=10,
+    validation_steps=30,
+    learning_rate=1e-3,
+    prompt="a photo of clouds moving",
+    validation={"num_inference_steps": 2},
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="training YAML in the TrainConfig layout (miva.training.train_config)")
-    parser.add_argument("--resume", metavar="latest|PATH", help="resume from the latest checkpoint of output_dir, or "
-                        "from a checkpoint folder")
-    parser.add_argument("--tiny", action="store_true", help="use the offline miva.tiny model; unless set otherwise: "
-                        "64x64, 8 frames, 30 steps, 10 synthetic clips")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, YAML-parsed (dotted for sections: adapter.use_ca_lora=true); "
-                        "repeatable")
+    parser.add_argument(
+        "--resume",
+        metavar="latest|PATH",
+        help="resume from the latest checkpoint of output_dir, or from a checkpoint folder",
+    )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="use the offline miva.tiny model; unless set otherwise: 64x64, 8 frames, 30 steps, 10 synthetic clips",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, YAML-parsed (dotted for sections: adapter.use_ca_lora=true); repeatable",
+    )
 
 
 def config_from_args(args: argparse.Namespace):

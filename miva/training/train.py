@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..attention_processors import add_miva_adapter, install_miva_processors, set_miva_adapters
 from . import checkpointing as ckpt
+from .checkpointing import LOG_FILE
 from .train_config import TrainConfig
 from .trainer_parts import (
     LearnedToken,
@@ -39,11 +40,10 @@ from .trainer_parts import (
     step_generator,
     to_unet_motion,
 )
-from .validation import run_validation, validation_available
+from .validation import run_validation
 
 __all__ = ["MIVATrainer", "SeededShuffleSampler", "main", "train"]
 
-LOG_FILE = "train_log.jsonl"
 ADAPTER_FOLDER = "adapter"
 FULL_UNET_FILE = "model.safetensors"
 
@@ -66,7 +66,7 @@ class SeededShuffleSampler(Sampler[int]):
         return self.length
 
 
-class MIVATrainer:
+class MIVATrainer(ckpt.CheckpointMixin):
     """One training run. `MIVATrainer(config).train()` returns the saved adapter folder (or full UNet file).
 
     `components` may hold ready base components (`unet` (2-D + `motion_adapter`, or a `UNetMotionModel`), `vae`,
@@ -85,9 +85,11 @@ class MIVATrainer:
         self._is_setup = False
 
     # --------------------------------------------------------------------------------------------------- setup
-    def _make_accelerator(self):
+    def _make_accelerator(self) -> None:
+        """The run's `Accelerator`: precision (fp16 falls back to float32 without a GPU), trackers, project dir."""
         from accelerate import Accelerator
         from accelerate.logging import get_logger
+        from accelerate.state import AcceleratorState
         from accelerate.utils import ProjectConfiguration, is_tensorboard_available
 
         config = self.config
@@ -102,10 +104,10 @@ class MIVATrainer:
         elif log_with == "none":
             log_with = None
         elif log_with == "tensorboard" and not is_tensorboard_available():
-            raise ValueError("report_to='tensorboard' but tensorboard is not installed: pip install tensorboard, or "
-                             "set report_to: none")
-        from accelerate.state import AcceleratorState
-
+            raise ValueError(
+                "report_to='tensorboard' but tensorboard is not installed: pip install tensorboard, or "
+                "set report_to: none"
+            )
         state = AcceleratorState._shared_state
         if state.get("_mixed_precision") not in (None, mixed):
             # An earlier run in this process (a notebook, tests) fixed the global precision; the process group
@@ -115,13 +117,21 @@ class MIVATrainer:
         # Under torchrun (`accelerate launch --multi_gpu`) on a machine without an accelerator, accelerate would run
         # N independent single processes unless told to use the CPU: then the processes train together over gloo.
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
-        self.accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                                       mixed_precision=mixed, log_with=log_with, project_config=project,
-                                       cpu=world_size > 1 and not has_accelerator)
+        has_accelerator = (
+            torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+        )
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            mixed_precision=mixed,
+            log_with=log_with,
+            project_config=project,
+            cpu=world_size > 1 and not has_accelerator,
+        )
         if world_size > 1 and self.accelerator.num_processes != world_size:
-            raise RuntimeError(f"launched as {world_size} processes but accelerate set up "
-                               f"{self.accelerator.num_processes}; check the accelerate launch options")
+            raise RuntimeError(
+                f"launched as {world_size} processes but accelerate set up "
+                f"{self.accelerator.num_processes}; check the accelerate launch options"
+            )
         self.logger = get_logger("miva.training", log_level="INFO")
         for note in notes:
             self.logger.warning(note)
@@ -152,8 +162,9 @@ class MIVATrainer:
         self.text_encoder.requires_grad_(False)
         self.learned_token = None
         if config.word_to_learn:
-            self.learned_token = LearnedToken(self.tokenizer, self.text_encoder, config.word_to_learn,
-                                              config.initializer_token)
+            self.learned_token = LearnedToken(
+                self.tokenizer, self.text_encoder, config.word_to_learn, config.initializer_token
+            )
         self.trainable = select_trainable(unet, config.adapter_name, config.parts) if config.parts else {}
         if config.oa_bin_id is not None:
             self._apply_orthogonal_bins(unet)
@@ -188,18 +199,21 @@ class MIVATrainer:
         self._prompt_cache: dict[str, torch.Tensor] = {}
         self._resume()
         if acc.is_main_process:
-            flat = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
-                    for k, v in config.to_dict().items()}
+            flat = {
+                k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in config.to_dict().items()
+            }
             acc.init_trackers("miva-train", config=flat)
         self._is_setup = True
 
     def _apply_orthogonal_bins(self, unet) -> None:
-        if importlib.util.find_spec("miva.training.orthogonal") is None:
-            raise ImportError("oa_bin_id needs miva.training.orthogonal (apply_orthogonal_bins), which is missing")
+        """LoRA `up` := the bin's orthonormal columns, frozen; `down` := 0 (trains only if its part was selected)."""
         from .orthogonal import apply_orthogonal_bins, load_bases_library
 
         bases = load_bases_library(self.config.oa_bases_path)
         apply_orthogonal_bins(unet, self.config.adapter_name, bases, self.config.oa_bin_id)
+        for name, param in unet.named_parameters():
+            if param.requires_grad and name not in self.trainable:
+                param.requires_grad_(False)
 
     def _setup_data(self) -> None:
         from .data import ClipDataset, collate_clips
@@ -208,16 +222,30 @@ class MIVATrainer:
         root = config.video_root
         if root is None:  # only reachable with tiny: true
             root = self._synthetic_clips()
-        rate = tuple(config.sample_frame_rate) if isinstance(config.sample_frame_rate, list) else config.sample_frame_rate
-        self.dataset = ClipDataset(root, prompt=config.prompt, num_frames=config.num_frames, sample_frame_rate=rate,
-                                   width=config.width, height=config.height, random_flip=config.random_flip,
-                                   seed=config.seed)
+        rate = (
+            tuple(config.sample_frame_rate) if isinstance(config.sample_frame_rate, list) else config.sample_frame_rate
+        )
+        self.dataset = ClipDataset(
+            root,
+            prompt=config.prompt,
+            num_frames=config.num_frames,
+            sample_frame_rate=rate,
+            width=config.width,
+            height=config.height,
+            random_flip=config.random_flip,
+            seed=config.seed,
+        )
         if self.learned_token:
             check_prompts_contain(self.tokenizer, self.dataset.prompts, config.word_to_learn)
         self.sampler = SeededShuffleSampler(len(self.dataset), config.seed)
-        self.dataloader = DataLoader(self.dataset, batch_size=config.train_batch_size, sampler=self.sampler,
-                                     collate_fn=collate_clips, num_workers=config.dataloader_num_workers,
-                                     generator=torch.Generator().manual_seed(config.seed))
+        self.dataloader = DataLoader(
+            self.dataset,
+            batch_size=config.train_batch_size,
+            sampler=self.sampler,
+            collate_fn=collate_clips,
+            num_workers=config.dataloader_num_workers,
+            generator=torch.Generator().manual_seed(config.seed),
+        )
         acc.wait_for_everyone()
 
     def _synthetic_clips(self) -> Path:
@@ -228,9 +256,16 @@ class MIVATrainer:
         needed = (self.config.num_frames - 1) * (max(rate) if isinstance(rate, list) else rate) + 1
         if self.accelerator.is_main_process and not folder.is_dir():
             self.logger.info(f"video_root is not set: writing 10 synthetic clips to {folder}")
-            write_synthetic_dataset(folder, num_clips=10, num_frames=max(24, needed), height=self.config.height,
-                                    width=self.config.width, prompt=self.config.prompt or "a photo of clouds moving",
-                                    fmt="gif", seed=self.config.seed)
+            write_synthetic_dataset(
+                folder,
+                num_clips=10,
+                num_frames=max(24, needed),
+                height=self.config.height,
+                width=self.config.width,
+                prompt=self.config.prompt or "a photo of clouds moving",
+                fmt="gif",
+                seed=self.config.seed,
+            )
         self.accelerator.wait_for_everyone()
         return folder
 
@@ -244,84 +279,13 @@ class MIVATrainer:
                 optimizer_class = bnb.optim.AdamW8bit
             else:
                 self.logger.info("use_8bit_adam: bitsandbytes with CUDA is not available; using torch.optim.AdamW")
-        return optimizer_class(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                               weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
-
-    # ---------------------------------------------------------------------------------------- checkpoint hooks
-    def _save_model_hook(self, models, weights, output_dir) -> None:
-        """Replace accelerate's full-model weights by the adapter's tensors (and the learned word)."""
-        from safetensors.torch import save_file
-
-        weights.clear()
-        if self.accelerator.is_main_process:
-            save_file(ckpt.adapter_state_dict(self.unet, self.config.adapter_name),
-                      str(Path(output_dir) / ckpt.ADAPTER_STATE_FILE))
-            if self.learned_token:
-                save_file(self.learned_token.state_dict(), str(Path(output_dir) / ckpt.EMBEDS_FILE))
-
-    def _load_model_hook(self, models, input_dir) -> None:
-        from safetensors.torch import load_file
-
-        models.clear()
-        ckpt.load_adapter_state(self.unet, self.config.adapter_name,
-                                load_file(str(Path(input_dir) / ckpt.ADAPTER_STATE_FILE)))
-        if self.learned_token:
-            self.learned_token.load_state_dict(load_file(str(Path(input_dir) / ckpt.EMBEDS_FILE)))
-
-    def _trainer_state(self, epoch: int) -> dict:
-        from miva import __version__
-
-        config = self.config
-        return dict(global_step=self.global_step, epoch=epoch, adapter_name=config.adapter_name,
-                    adapter_config=config.adapter.to_dict(), trainable_modules=config.parts,
-                    word_to_learn=config.word_to_learn, seed=config.seed, num_processes=self.accelerator.num_processes,
-                    train_batch_size=config.train_batch_size,
-                    gradient_accumulation_steps=config.gradient_accumulation_steps, miva_version=__version__)
-
-    def save_checkpoint(self, epoch: int) -> Path:
-        """`accelerator.save_state` into `checkpoint-<step>.tmp`, then rename; keep the newest K."""
-        import shutil
-
-        acc = self.accelerator
-        final = self.output_dir / f"checkpoint-{self.global_step}"
-        tmp = final.with_name(final.name + ".tmp")
-        if acc.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            ckpt.write_trainer_state(tmp, self._trainer_state(epoch))
-            ckpt.commit_folder(tmp, final)
-            for path in ckpt.prune_checkpoints(self.output_dir, self.config.checkpoints_total_limit):
-                self.logger.info(f"removed old checkpoint {path}")
-            self.logger.info(f"saved checkpoint {final}")
-        acc.wait_for_everyone()
-        return final
-
-    def _resume(self) -> None:
-        config, acc = self.config, self.accelerator
-        path = ckpt.find_checkpoint(self.output_dir, config.resume_from_checkpoint)
-        if path is None:
-            if config.resume_from_checkpoint is not None:
-                self.logger.info(f"no checkpoint in {self.output_dir}: starting from step 0")
-            return
-        state = ckpt.read_trainer_state(path)
-        for key, mine in (("adapter_name", config.adapter_name), ("adapter_config", config.adapter.to_dict()),
-                          ("trainable_modules", config.parts), ("word_to_learn", config.word_to_learn)):
-            if state.get(key) != mine:
-                raise ValueError(f"cannot resume from {path}: it was trained with {key}={state.get(key)!r}, this "
-                                 f"run has {key}={mine!r}")
-        for key in ("seed", "num_processes", "train_batch_size", "gradient_accumulation_steps"):
-            mine = getattr(config, key, None) if key != "num_processes" else acc.num_processes
-            if state.get(key) != mine:
-                self.logger.warning(f"resuming {path} with {key}={mine} (it had {state.get(key)}): the data order "
-                                    "will differ from an uninterrupted run")
-        acc.load_state(str(path))
-        self.global_step = int(state["global_step"])
-        self.logger.info(f"resumed from {path} at step {self.global_step}")
-        if acc.is_main_process:
-            self._truncate_log(self.global_step)
+        return optimizer_class(
+            params,
+            lr=config.learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2),
+            weight_decay=config.adam_weight_decay,
+            eps=config.adam_epsilon,
+        )
 
     # ---------------------------------------------------------------------------------------------- training
     def prompt_embeds(self, prompts: list[str]) -> torch.Tensor:
@@ -349,8 +313,9 @@ class MIVATrainer:
         num_epochs = math.ceil(config.max_train_steps / steps_per_epoch)
         first_epoch = self.global_step // steps_per_epoch
         skip = (self.global_step % steps_per_epoch) * config.gradient_accumulation_steps
-        progress = tqdm(total=config.max_train_steps, initial=self.global_step, desc="Steps",
-                        disable=not acc.is_local_main_process)
+        progress = tqdm(
+            total=config.max_train_steps, initial=self.global_step, desc="Steps", disable=not acc.is_local_main_process
+        )
         running, epoch, tick = 0.0, first_epoch, time.perf_counter()
         for epoch in range(first_epoch, num_epochs):
             if self.global_step >= config.max_train_steps:
@@ -365,8 +330,14 @@ class MIVATrainer:
                     generator = step_generator(config.seed, epoch * batches + index, acc.process_index, acc.device)
                     with acc.autocast():
                         latents = encode_frames(self.vae, batch["pixel_values"], generator)
-                        loss = i2v_epsilon_loss(self.unet_model, latents, self.prompt_embeds(batch["prompts"]),
-                                                self.noise_scheduler, generator, config.timestep_range)
+                        loss = i2v_epsilon_loss(
+                            self.unet_model,
+                            latents,
+                            self.prompt_embeds(batch["prompts"]),
+                            self.noise_scheduler,
+                            generator,
+                            config.timestep_range,
+                        )
                     acc.backward(loss)
                     if acc.sync_gradients:
                         acc.clip_grad_norm_(self.params, config.max_grad_norm)
@@ -399,18 +370,11 @@ class MIVATrainer:
     def _log_step(self, epoch: int, loss: float, seconds: float) -> None:
         self.accelerator.log({"loss": loss, "lr": self.config.learning_rate}, step=self.global_step)
         if self.accelerator.is_main_process:
-            record = dict(step=self.global_step, epoch=epoch, loss=loss, lr=self.config.learning_rate,
-                          step_time=seconds)
+            record = dict(
+                step=self.global_step, epoch=epoch, loss=loss, lr=self.config.learning_rate, step_time=seconds
+            )
             with open(self.output_dir / LOG_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-
-    def _truncate_log(self, step: int) -> None:
-        """Drop log lines past `step` (they belong to the interrupted run that this one replays)."""
-        path = self.output_dir / LOG_FILE
-        if path.is_file():
-            lines = path.read_text(encoding="utf-8").splitlines()
-            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     # ------------------------------------------------------------------------------------- validation, saving
     def validate(self) -> list[Path]:
@@ -418,11 +382,8 @@ class MIVATrainer:
         acc = self.accelerator
         gifs = []
         if acc.is_main_process:
-            if validation_available():
-                gifs = run_validation(self)
-                self.last_gif = gifs[-1] if gifs else self.last_gif
-            else:
-                self.logger.warning("validation skipped: miva.pipelines.pipeline_miva (MIVAPipeline) is missing")
+            gifs = run_validation(self)
+            self.last_gif = gifs[-1] if gifs else self.last_gif
         self.last_gif_step = self.global_step
         acc.wait_for_everyone()
         return gifs
@@ -440,20 +401,34 @@ class MIVATrainer:
             if config.split_ckpt:
                 from ..loaders.adapter_io import save_miva_adapter
 
-                path = Path(save_miva_adapter(self.unet, config.adapter_name, path, text_encoder=text_encoder,
-                                              tokenizer=self.tokenizer if text_encoder is not None else None,
-                                              sample_gif=self.last_gif, base_model=config.pretrained_model_path))
+                path = Path(
+                    save_miva_adapter(
+                        self.unet,
+                        config.adapter_name,
+                        path,
+                        text_encoder=text_encoder,
+                        tokenizer=self.tokenizer if text_encoder is not None else None,
+                        sample_gif=self.last_gif,
+                        base_model=config.pretrained_model_path,
+                    )
+                )
             else:
                 self._save_full_unet(path)
             self.logger.info(f"saved {path}")
             if config.push_to_hub:
                 from ..loaders.adapter_io import push_miva_adapter_to_hub
 
-                push_miva_adapter_to_hub(self.unet, config.adapter_name, config.hub_model_id,
-                                         private=config.hub_private, sample_gif=self.last_gif,
-                                         text_encoder=text_encoder, tokenizer=self.tokenizer if text_encoder else None,
-                                         base_model=config.pretrained_model_path,
-                                         commit_message=f"MIVA adapter {config.adapter_name}, step {self.global_step}")
+                push_miva_adapter_to_hub(
+                    self.unet,
+                    config.adapter_name,
+                    config.hub_model_id,
+                    private=config.hub_private,
+                    sample_gif=self.last_gif,
+                    text_encoder=text_encoder,
+                    tokenizer=self.tokenizer if text_encoder else None,
+                    base_model=config.pretrained_model_path,
+                    commit_message=f"MIVA adapter {config.adapter_name}, step {self.global_step}",
+                )
                 self.logger.info(f"pushed adapter {config.adapter_name!r} to {config.hub_model_id}")
         acc.wait_for_everyone()
         return path
@@ -477,16 +452,18 @@ def train(config: TrainConfig, components: dict | None = None) -> Path:
 
 # --------------------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    """`python -m miva.training.train` / `accelerate launch -m miva.training.train` (same options as `miva train`)."""
+    """`python -m miva.training.train` / `accelerate launch -m miva.training.train`: the same as `miva train` (a
+    config in the research layout or in the TrainConfig layout, `--set`, `--tiny`, `--resume`)."""
     import argparse
     import logging
 
-    from .command import HELP, add_arguments, run
+    from ..commands import train as train_command
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = argparse.ArgumentParser(prog="python -m miva.training.train", description=HELP)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    parser = argparse.ArgumentParser(prog="python -m miva.training.train", description=train_command.HELP)
+    train_command.add_arguments(parser)
+    parser.set_defaults(command="train")
+    return train_command.run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

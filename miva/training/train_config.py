@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +34,19 @@ __all__ = ["TRAINABLE_PARTS", "TrainConfig", "ValidationConfig", "adapter_parts"
 # own `to_q` copy when `i2v_train_q`); "adaptive_weight" the `sa_first_frame_scale="adaptive_<T>"` weight module.
 TRAINABLE_PARTS = ("i2v", "adaptive_weight", "motion_lora", "motion_embed", "ca_lora", "implicit")
 MIXED_PRECISION = ("no", "fp16", "bf16")
-TRACKERS = ("auto", "none", "all", "tensorboard", "wandb", "trackio", "comet_ml", "mlflow", "clearml", "dvclive",
-            "swanlab")
+TRACKERS = (
+    "auto",
+    "none",
+    "all",
+    "tensorboard",
+    "wandb",
+    "trackio",
+    "comet_ml",
+    "mlflow",
+    "clearml",
+    "dvclive",
+    "swanlab",
+)
 
 
 def adapter_parts(config: MIVAAdapterConfig) -> list[str]:
@@ -110,7 +122,8 @@ class ValidationConfig:
 
     def validate(self) -> None:
         if self.image is not None and not (
-            isinstance(self.image, str) or (isinstance(self.image, list) and all(isinstance(i, str) for i in self.image))
+            isinstance(self.image, str)
+            or (isinstance(self.image, list) and all(isinstance(i, str) for i in self.image))
         ):
             raise ValueError(f"validation.image={self.image!r} must be a path or a list of paths")
         for name in ("num_frames", "height", "width"):
@@ -181,7 +194,9 @@ class TrainConfig:
     checkpointing_steps: int | None = field(default=5000, metadata={"help": "Save the training state every N steps."})
     checkpoints_total_limit: int | None = field(default=None, metadata={"help": "Keep only the last K checkpoints."})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "None, 'latest' or a checkpoint dir."})
-    validation_steps: int | None = field(default=1000, metadata={"help": "Validation GIFs every N steps and at the end."})
+    validation_steps: int | None = field(
+        default=1000, metadata={"help": "Validation GIFs every N steps and at the end."}
+    )
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     split_ckpt: bool = field(default=True, metadata={"help": "True: native adapter folder; False: full UNet file."})
     # Textual inversion and orthogonal adapters.
@@ -214,18 +229,24 @@ class TrainConfig:
         if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir):
             raise ValueError(f"output_dir={self.output_dir!r} must be a non-empty path")
         self.output_dir = str(self.output_dir)
-        for name in ("tiny", "random_flip", "use_8bit_adam", "gradient_checkpointing", "split_ckpt", "push_to_hub",
-                     "hub_private"):
+        for name in (
+            "tiny",
+            "random_flip",
+            "use_8bit_adam",
+            "gradient_checkpointing",
+            "split_ckpt",
+            "push_to_hub",
+            "hub_private",
+        ):
             _check_bool(name, getattr(self, name))
         if not self.tiny:
             for name in ("pretrained_model_path", "motion_module_path"):
                 if not getattr(self, name):
                     raise ValueError(f"{name} is required (a local diffusers folder or a Hub id) unless tiny: true")
-        import re
-
         if not isinstance(self.adapter_name, str) or not re.fullmatch(r"[A-Za-z0-9_\-]+", self.adapter_name):
-            raise ValueError(f"adapter_name={self.adapter_name!r} must be a non-empty string of letters, digits, "
-                             "'_' or '-'")
+            raise ValueError(
+                f"adapter_name={self.adapter_name!r} must be a non-empty string of letters, digits, '_' or '-'"
+            )
         self._validate_parts()
         self._validate_data()
         self._validate_optimisation()
@@ -236,12 +257,15 @@ class TrainConfig:
         available = adapter_parts(self.adapter)
         if self.trainable_modules is None:
             if not available and not self.word_to_learn:
-                raise ValueError("the adapter has no trainable part (use_i2v, use_motion_lora, use_motion_embed, "
-                                 "use_ca_lora and ca_mode='implicit' are all off) and no word_to_learn is set")
+                raise ValueError(
+                    "the adapter has no trainable part (use_i2v, use_motion_lora, use_motion_embed, "
+                    "use_ca_lora and ca_mode='implicit' are all off) and no word_to_learn is set"
+                )
             return
         if isinstance(self.trainable_modules, str) or not isinstance(self.trainable_modules, (list, tuple)):
-            raise ValueError(f"trainable_modules={self.trainable_modules!r} must be a list of names from "
-                             f"{list(TRAINABLE_PARTS)}")
+            raise ValueError(
+                f"trainable_modules={self.trainable_modules!r} must be a list of names from {list(TRAINABLE_PARTS)}"
+            )
         self.trainable_modules = list(self.trainable_modules)
         for part in self.trainable_modules:
             if part not in TRAINABLE_PARTS:
@@ -249,8 +273,10 @@ class TrainConfig:
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ValueError(f"trainable_modules entry {part!r} is not one of {list(TRAINABLE_PARTS)}{hint}")
             if part not in available:
-                raise ValueError(f"trainable_modules entry {part!r} is not a part of this adapter; it has "
-                                 f"{available} (enable the part in `adapter`, e.g. use_ca_lora: true for 'ca_lora')")
+                raise ValueError(
+                    f"trainable_modules entry {part!r} is not a part of this adapter; it has "
+                    f"{available} (enable the part in `adapter`, e.g. use_ca_lora: true for 'ca_lora')"
+                )
         if not self.trainable_modules and not self.word_to_learn:
             raise ValueError("trainable_modules=[] trains nothing; list parts or set word_to_learn")
 
@@ -267,8 +293,10 @@ class TrainConfig:
         _check_int("num_frames", self.num_frames, minimum=2)
         rate = self.sample_frame_rate
         if isinstance(rate, (list, tuple)):
-            if len(rate) != 2 or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rate) or (
-                rate[0] > rate[1]
+            if (
+                len(rate) != 2
+                or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rate)
+                or (rate[0] > rate[1])
             ):
                 raise ValueError(f"sample_frame_rate={rate!r} must be an int >= 1 or a [min, max] pair with min <= max")
             self.sample_frame_rate = list(rate)
@@ -295,8 +323,12 @@ class TrainConfig:
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is not one of {list(MIXED_PRECISION)}")
         if self.timestep_range is not None:
             t = self.timestep_range
-            if (not isinstance(t, (list, tuple)) or len(t) != 2
-                    or any(isinstance(v, bool) or not isinstance(v, int) for v in t) or not 0 <= t[0] < t[1]):
+            if (
+                not isinstance(t, (list, tuple))
+                or len(t) != 2
+                or any(isinstance(v, bool) or not isinstance(v, int) for v in t)
+                or not 0 <= t[0] < t[1]
+            ):
                 raise ValueError(f"timestep_range={t!r} must be [min, max) with 0 <= min < max")
             self.timestep_range = list(t)
         if not isinstance(self.noise_scheduler_kwargs, dict):
@@ -310,8 +342,10 @@ class TrainConfig:
         if resume is not None and not (isinstance(resume, (str, os.PathLike)) and str(resume)):
             raise ValueError(f"resume_from_checkpoint={resume!r} must be null, 'latest' or a checkpoint folder")
         if (self.word_to_learn is None) != (self.initializer_token is None):
-            raise ValueError(f"word_to_learn={self.word_to_learn!r} and initializer_token={self.initializer_token!r}: "
-                             "set both (the new word and the existing token it starts from) or neither")
+            raise ValueError(
+                f"word_to_learn={self.word_to_learn!r} and initializer_token={self.initializer_token!r}: "
+                "set both (the new word and the existing token it starts from) or neither"
+            )
         for name in ("word_to_learn", "initializer_token"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip() or " " in value.strip()):
@@ -319,8 +353,9 @@ class TrainConfig:
         if self.oa_bin_id is not None:
             _check_int("oa_bin_id", self.oa_bin_id, minimum=0)
             if not self.oa_bases_path:
-                raise ValueError(f"oa_bin_id={self.oa_bin_id} needs oa_bases_path (a bases library made with "
-                                 "`miva bases create`)")
+                raise ValueError(
+                    f"oa_bin_id={self.oa_bin_id} needs oa_bases_path (a bases library made with `miva bases create`)"
+                )
         if self.push_to_hub:
             if not self.hub_model_id:
                 raise ValueError("push_to_hub: true needs hub_model_id (e.g. 'user/miva-waterfall')")
@@ -339,10 +374,14 @@ class TrainConfig:
                 raise ValueError(f"{ours}={mine!r} disagrees with adapter.{theirs}={adapter_value!r}; set one of them")
             if mine is None and adapter_value is not None:
                 if ours == "word_to_learn":
-                    raise ValueError(f"adapter.word_to_learn={adapter_value!r} is set: set word_to_learn and "
-                                     "initializer_token at the top level to learn it")
-                raise ValueError(f"adapter.oa_bin_id={adapter_value!r} is set: set oa_bin_id and oa_bases_path at "
-                                 "the top level to train with orthogonal bins")
+                    raise ValueError(
+                        f"adapter.word_to_learn={adapter_value!r} is set: set word_to_learn and "
+                        "initializer_token at the top level to learn it"
+                    )
+                raise ValueError(
+                    f"adapter.oa_bin_id={adapter_value!r} is set: set oa_bin_id and oa_bases_path at "
+                    "the top level to train with orthogonal bins"
+                )
             setattr(self.adapter, theirs, mine)
         if self.adapter.prompt is None:
             self.adapter.prompt = self.prompt

@@ -77,16 +77,24 @@ def load_components(config: TrainConfig) -> dict:
         from transformers import CLIPTextModel, CLIPTokenizer
 
         path = config.pretrained_model_path
-        unet = to_unet_motion(UNet2DConditionModel.from_pretrained(path, subfolder="unet"),
-                              _load_motion_adapter(config.motion_module_path))
+        unet = to_unet_motion(
+            UNet2DConditionModel.from_pretrained(path, subfolder="unet"),
+            _load_motion_adapter(config.motion_module_path),
+        )
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
         base_scheduler_config = DDPMScheduler.load_config(path, subfolder="scheduler")
     noise_scheduler = DDPMScheduler.from_config(base_scheduler_config, **config.noise_scheduler_kwargs)
     scheduler = DDIMScheduler.from_config(noise_scheduler.config, clip_sample=False)
-    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, noise_scheduler=noise_scheduler,
-                scheduler=scheduler)
+    return dict(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        noise_scheduler=noise_scheduler,
+        scheduler=scheduler,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ what trains
@@ -180,8 +188,10 @@ class LearnedToken:
     def __init__(self, tokenizer, text_encoder, word: str, initializer_token: str):
         ids = tokenizer.encode(initializer_token, add_special_tokens=False)
         if len(ids) != 1:
-            raise ValueError(f"initializer_token={initializer_token!r} is {len(ids)} tokens for this tokenizer; it "
-                             "must be exactly one token (pick a common single word)")
+            raise ValueError(
+                f"initializer_token={initializer_token!r} is {len(ids)} tokens for this tokenizer; it "
+                "must be exactly one token (pick a common single word)"
+            )
         if tokenizer.add_tokens([word]) != 1:
             raise ValueError(f"word_to_learn={word!r} is already in the tokenizer; pick a new word (e.g. '<{word}>')")
         self.word = word
@@ -203,9 +213,11 @@ class LearnedToken:
 
     def restore_frozen_rows(self) -> None:
         weight = self.weight
+        if self.original.device != weight.device or self.original.dtype != weight.dtype:  # once, after `.to()`
+            self.original = self.original.to(device=weight.device, dtype=weight.dtype)
+            self.keep = self.keep.to(weight.device)
         with torch.no_grad():
-            keep = self.keep.to(weight.device)
-            weight[keep] = self.original.to(device=weight.device, dtype=weight.dtype)[keep]
+            weight[self.keep] = self.original[self.keep]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """`{word: (hidden,) float32}`, the research `learned_embeds.safetensors` layout."""
@@ -216,8 +228,10 @@ class LearnedToken:
             raise ValueError(f"learned embeddings hold {sorted(state)}, not word_to_learn={self.word!r}")
         row = state[self.word]
         if row.shape != self.weight[self.token_id].shape:
-            raise ValueError(f"learned embedding of {self.word!r} has shape {tuple(row.shape)}, expected "
-                             f"{tuple(self.weight[self.token_id].shape)}")
+            raise ValueError(
+                f"learned embedding of {self.word!r} has shape {tuple(row.shape)}, expected "
+                f"{tuple(self.weight[self.token_id].shape)}"
+            )
         with torch.no_grad():
             self.weight[self.token_id] = row.to(device=self.weight.device, dtype=self.weight.dtype)
 
@@ -226,8 +240,10 @@ def check_prompts_contain(tokenizer, prompts: Iterable[str], word: str) -> None:
     """Every training prompt must contain the learned word, or its embedding never gets a gradient from it."""
     missing = sorted({p for p in prompts if word not in p.split()})
     if missing:
-        raise ValueError(f"word_to_learn={word!r} does not appear (as a separate word) in the prompt(s) {missing}; "
-                         "put it in `prompt` or in the clips' .txt sidecars")
+        raise ValueError(
+            f"word_to_learn={word!r} does not appear (as a separate word) in the prompt(s) {missing}; "
+            "put it in `prompt` or in the clips' .txt sidecars"
+        )
 
 
 # ------------------------------------------------------------------------------------------------- objective
@@ -286,6 +302,7 @@ def i2v_epsilon_loss(
 
 def encode_prompts(tokenizer, text_encoder: nn.Module, prompts: list[str], device) -> torch.Tensor:
     """`(len(prompts), model_max_length, D)`: CLIP last hidden states of the padded prompts."""
-    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids.to(device)
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)
     return text_encoder(ids)[0]

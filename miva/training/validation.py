@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,14 +12,9 @@ if TYPE_CHECKING:
 
     from .train import MIVATrainer
 
-__all__ = ["run_validation", "validation_available", "validation_images"]
+__all__ = ["run_validation", "validation_images"]
 
 VALIDATION_FOLDER = "validation"
-
-
-def validation_available() -> bool:
-    """Whether `MIVAPipeline` can be imported (validation is skipped with a warning otherwise)."""
-    return importlib.util.find_spec("miva.pipelines.pipeline_miva") is not None
 
 
 def validation_images(trainer: MIVATrainer) -> list[tuple[str, Image.Image]]:
@@ -54,12 +48,25 @@ def run_validation(trainer: MIVATrainer) -> list[Path]:
     settings = config.validation
     unet = trainer.unet
     context = unet.miva_context
-    saved = (list(context.active), context.enabled, context.parallel_mode, context.adapter_prompts,
-             context.attention_store)
+    saved = (
+        list(context.active),
+        context.enabled,
+        context.parallel_mode,
+        context.adapter_prompts,
+        context.attention_store,
+    )
     folder = Path(config.output_dir) / VALIDATION_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    pipe = MIVAPipeline(vae=trainer.vae, text_encoder=trainer.text_encoder, tokenizer=trainer.tokenizer, unet=unet,
-                        motion_adapter=None, scheduler=trainer.scheduler, feature_extractor=None, image_encoder=None)
+    pipe = MIVAPipeline(
+        vae=trainer.vae,
+        text_encoder=trainer.text_encoder,
+        tokenizer=trainer.tokenizer,
+        unet=unet,
+        motion_adapter=None,
+        scheduler=trainer.scheduler,
+        feature_extractor=None,
+        image_encoder=None,
+    )
     pipe.set_progress_bar_config(disable=True)
     prompt = settings.prompt or config.prompt or trainer.dataset.prompts[0]
     seed = config.seed if settings.seed is None else settings.seed
@@ -85,7 +92,8 @@ def run_validation(trainer: MIVATrainer) -> list[Path]:
                 gifs.append(path)
     finally:
         unet.train()
-        (context.active, context.enabled, context.parallel_mode, context.adapter_prompts,
-         context.attention_store) = saved
+        (context.active, context.enabled, context.parallel_mode, context.adapter_prompts, context.attention_store) = (
+            saved
+        )
     trainer.logger.info(f"validation GIFs: {[str(g) for g in gifs]}")
     return gifs
