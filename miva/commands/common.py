@@ -12,8 +12,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
-
 
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--config", required=required, help="YAML config in the research layout (docs/config.md)")
@@ -60,16 +58,6 @@ def log(message: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ models
-def load_motion_adapter(path: str, dtype=None):
-    """A diffusers `MotionAdapter` from a Hub id or folder, or an AnimateDiff `.ckpt`/`.safetensors` single file."""
-    from diffusers import MotionAdapter
-
-    kwargs = {"dtype": dtype} if dtype is not None else {}
-    if os.path.isfile(path) and path.lower().endswith(SINGLE_FILE_SUFFIXES):
-        return MotionAdapter.from_single_file(path, **kwargs)
-    return MotionAdapter.from_pretrained(path, **kwargs)
-
-
 def build_pipeline(config, tiny: bool = False, device=None, dtype=None):
     """`MIVAPipeline` from `pretrained_model_path` + `motion_module_path` (or `miva.tiny` with `tiny`), with the
     `noise_scheduler_kwargs` DDIM scheduler and, with `use_ip_adapter`, the IP-Adapter loaded. No adapters yet."""
@@ -94,6 +82,8 @@ def build_pipeline(config, tiny: bool = False, device=None, dtype=None):
                 image_encoder=CLIPVisionModelWithProjection.from_pretrained(config.image_encoder_path),
                 feature_extractor=CLIPImageProcessor(),
             )
+        from ..loaders.base_models import load_motion_adapter
+
         motion_adapter = load_motion_adapter(config.motion_module_path, dtype)
         pipe = MIVAPipeline.from_pretrained(
             config.pretrained_model_path,

@@ -35,7 +35,7 @@ def base_unet(config, tiny: bool):
         return None
     from diffusers import UNet2DConditionModel, UNetMotionModel
 
-    from .common import load_motion_adapter
+    from ..loaders.base_models import load_motion_adapter
 
     unet2d = UNet2DConditionModel.from_pretrained(config.pretrained_model_path, subfolder="unet")
     return UNetMotionModel.from_unet2d(unet2d, load_motion_adapter(config.motion_module_path))

@@ -5,7 +5,6 @@ word (textual inversion), per-step randomness and the research objective. `train
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 
 import numpy as np
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention_processors import get_miva_adapter_modules
+from ..loaders.base_models import load_motion_adapter
 from .train_config import TrainConfig
 
 __all__ = [
@@ -30,8 +30,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
-
 
 # ------------------------------------------------------------------------------------------------------- components
 def to_unet_motion(unet: nn.Module, motion_adapter: nn.Module | None) -> nn.Module:
@@ -45,14 +43,6 @@ def to_unet_motion(unet: nn.Module, motion_adapter: nn.Module | None) -> nn.Modu
             raise ValueError("components['unet'] is a 2-D UNet2DConditionModel: a motion_adapter is required")
         return UNetMotionModel.from_unet2d(unet, motion_adapter)
     raise TypeError(f"components['unet'] must be a UNetMotionModel or UNet2DConditionModel, got {type(unet).__name__}")
-
-
-def _load_motion_adapter(path: str):
-    from diffusers import MotionAdapter
-
-    if os.path.isfile(path) and path.lower().endswith(_SINGLE_FILE_SUFFIXES):
-        return MotionAdapter.from_single_file(path)
-    return MotionAdapter.from_pretrained(path)
 
 
 def load_components(config: TrainConfig) -> dict:
@@ -79,7 +69,7 @@ def load_components(config: TrainConfig) -> dict:
         path = config.pretrained_model_path
         unet = to_unet_motion(
             UNet2DConditionModel.from_pretrained(path, subfolder="unet"),
-            _load_motion_adapter(config.motion_module_path),
+            load_motion_adapter(config.motion_module_path),
         )
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")
