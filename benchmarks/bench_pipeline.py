@@ -3,11 +3,15 @@
 One denoising step of `AnimateDiffPipeline` / `MIVAPipeline` is one `UNetMotionModel` call on the classifier-free
 guidance batch (2 videos) plus a scheduler update that both share; the UNet call is what MIVA changes, so that is
 what we time. Stock = a copy of the same UNet with diffusers' own processors and no hooks. For each variant the
-stock and MIVA calls alternate (A/B/A/B ...) after warm-up, and the ratio of the medians is reported, so machine
-noise hits both sides alike.
+stock and MIVA calls alternate (A/B/A/B ...) after warm-up; the reported ratio is the median of the per-pair ratios
+(each pair ran back to back, so slow drifts of the machine load cancel), next to the medians of both sides.
+Inference runs without autograd, as in the pipeline.
 
-    python benchmarks/bench_pipeline.py --size small
-    python benchmarks/bench_pipeline.py --size sd15 --device cuda --dtype float16 --frames 16 --height 320 --width 512
+    python benchmarks/bench_pipeline.py --size small                  # CPU table of benchmarks/README.md
+    python benchmarks/bench_pipeline.py --size sd15 --device cuda --dtype float16    # 16x320x512, CFG
+
+Prints a markdown table (with the DESIGN.md §4 targets checked) and writes
+`benchmarks/results/pipeline_<size>_<device>_<dtype>[_<frames>x<height>x<width>].json`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import copy
 import json
 import os
+import platform
 import statistics
 import sys
 import time
@@ -29,20 +34,33 @@ from models import SIZES, build_unet_motion, randomise_adapters  # noqa: E402
 from miva.attention_processors import (  # noqa: E402
     MIVAAdapterConfig,
     add_miva_adapter,
+    fuse_miva_adapters,
     install_miva_processors,
     set_miva_adapters,
 )
 
-FULL = dict(use_i2v=True, use_motion_lora=True, use_ca_lora=True)
+FULL = dict(use_i2v=True, use_motion_lora=True, use_ca_lora=True)  # cross-frame branch + MotionLoRA + CA-LoRA
+LORA = dict(use_i2v=False, use_motion_lora=True, use_ca_lora=True)  # only fusable parts
 VARIANTS = {
     "no adapter": [],
     "1 full adapter": [FULL],
+    "1 LoRA adapter (MotionLoRA + CA-LoRA)": [LORA],
     "STQ r=4 + rope_3d": [dict(FULL, q_downsample=True, q_downsample_ratio=4, ca_pe_mode="rope_3d")],
     "implicit prompt": [dict(FULL, use_ca_lora=False, ca_mode="implicit")],
     "2 adapters residual": [FULL] * 2,
     "4 adapters residual": [FULL] * 4,
+    "4 adapters weights": [FULL] * 4,
+    "4 LoRA adapters weights fused": [LORA] * 4,
     "4 adapters weights fused": [FULL] * 4,
 }
+# DESIGN.md §4: (label, numerator variant, denominator variant or None for stock, limit).
+TARGETS = [
+    ("no adapter vs stock", "no adapter", None, 1.03),
+    ("one full adapter vs stock", "1 full adapter", None, 1.25),
+    ("4 residual adapters vs one full adapter", "4 adapters residual", "1 full adapter", 2.0),
+    ("4 LoRA adapters 'weights' fused vs stock", "4 LoRA adapters weights fused", None, 1.03),
+]
+DEFAULT_SHAPES = {"tiny": (8, 64, 64), "small": (16, 160, 256), "sd15": (16, 320, 512)}  # frames, height, width
 
 
 def configure(unet, adapters: list[dict], variant: str) -> None:
@@ -58,12 +76,11 @@ def configure(unet, adapters: list[dict], variant: str) -> None:
     mode = "weights" if "weights" in variant else "residual"
     set_miva_adapters(unet, names, weights, parallel_mode=mode)
     if "fused" in variant:
-        from miva.attention_processors import fuse_miva_adapters
-
         fuse_miva_adapters(unet)
 
 
 def make_inputs(text_dim: int, frames: int, height: int, width: int, device, dtype):
+    """CFG-sized inputs: sample (2, 4, F, H/8, W/8), timestep (), text (2*F, 77, text_dim)."""
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(2, 4, frames, height // 8, width // 8, generator=generator)
     text = torch.randn(2 * frames, 77, text_dim, generator=generator)
@@ -81,9 +98,11 @@ def timed(fn, device) -> float:
 
 
 def peak_memory_gib(fn, device) -> float | None:
+    """Peak allocated GiB of one call on CUDA (None elsewhere)."""
     if device.type != "cuda":
         return None
     torch.cuda.synchronize()
+    torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     fn()
     torch.cuda.synchronize()
@@ -92,6 +111,8 @@ def peak_memory_gib(fn, device) -> float | None:
 
 def run(args) -> dict:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     base, text_dim = build_unet_motion(args.size)
     stock = base.to(device, dtype)
@@ -105,11 +126,7 @@ def run(args) -> dict:
         if args.variants and variant not in args.variants:
             continue
         ours = copy.deepcopy(stock)
-        try:
-            configure(ours, adapters, variant)
-        except ImportError as e:
-            print(f"skipping {variant!r}: {e}", file=sys.stderr)
-            continue
+        configure(ours, adapters, variant)
         ours.to(device, dtype)
         for _ in range(args.warmup):
             call(stock)(), call(ours)()
@@ -118,25 +135,42 @@ def run(args) -> dict:
             a.append(timed(call(stock), device))
             b.append(timed(call(ours), device))
         stock_s, ours_s = statistics.median(a), statistics.median(b)
+        ratio = statistics.median(y / x for x, y in zip(a, b))
         rows.append({
-            "variant": variant, "stock_s_per_step": stock_s, "miva_s_per_step": ours_s, "ratio": ours_s / stock_s,
+            "variant": variant, "stock_s_per_step": stock_s, "miva_s_per_step": ours_s, "ratio": ratio,
+            "ratio_of_medians": ours_s / stock_s, "stock_times_s": a, "miva_times_s": b,
             "stock_peak_gib": peak_memory_gib(call(stock), device), "miva_peak_gib": peak_memory_gib(call(ours), device),
         })
-        print(f"{variant:28s} stock {stock_s:.4f}s  miva {ours_s:.4f}s  ratio {ours_s / stock_s:.3f}", flush=True)
+        print(f"{variant:40s} stock {stock_s:.4f}s  miva {ours_s:.4f}s  ratio {ratio:.3f}", flush=True)
         del ours
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return {
-        "size": args.size, "device": str(device), "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda" else "cpu", "dtype": args.dtype, "frames": args.frames, "height": args.height,
-        "width": args.width, "cfg_batch": 2, "repeats": args.repeats, "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "rows": rows,
+        "size": args.size, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "dtype": args.dtype, "frames": args.frames, "height": args.height, "width": args.width, "cfg_batch": 2,
+        "repeats": args.repeats, "warmup": args.warmup, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "rows": rows, "targets": check_targets(rows),
     }
 
 
+def check_targets(rows: list[dict]) -> list[dict]:
+    """The DESIGN.md §4 speed targets that these rows can decide."""
+    ratio = {row["variant"]: row["ratio"] for row in rows}
+    out = []
+    for label, numerator, denominator, limit in TARGETS:
+        if numerator not in ratio or (denominator is not None and denominator not in ratio):
+            continue
+        value = ratio[numerator] / (ratio[denominator] if denominator else 1.0)
+        out.append({"target": label, "ratio": value, "limit": limit, "met": value <= limit})
+    return out
+
+
 def markdown(result: dict) -> str:
-    lines = [f"{result['size']} | {result['device_name']} | {result['dtype']} | {result['frames']}x{result['height']}"
-             f"x{result['width']}, CFG batch 2",
+    lines = [f"`{result['size']}` | {result['device_name']} ({result['threads']} threads) | {result['dtype']} | "
+             f"{result['frames']}x{result['height']}x{result['width']}, CFG batch 2 | median of {result['repeats']} "
+             f"A/B pairs",
              "",
              "| variant | stock s/step | MIVA s/step | ratio | stock peak GiB | MIVA peak GiB |",
              "|---|---|---|---|---|---|"]
@@ -144,6 +178,11 @@ def markdown(result: dict) -> str:
         mem = [f"{row[k]:.2f}" if row[k] is not None else "n/a" for k in ("stock_peak_gib", "miva_peak_gib")]
         lines.append(f"| {row['variant']} | {row['stock_s_per_step']:.4f} | {row['miva_s_per_step']:.4f} | "
                      f"{row['ratio']:.3f}x | {mem[0]} | {mem[1]} |")
+    if result["targets"]:
+        lines += ["", "| target (DESIGN.md §4) | measured | limit | met |", "|---|---|---|---|"]
+        for target in result["targets"]:
+            lines.append(f"| {target['target']} | {target['ratio']:.3f}x | {target['limit']:.2f}x | "
+                         f"{'yes' if target['met'] else 'NO'} |")
     return "\n".join(lines)
 
 
@@ -152,21 +191,26 @@ def main(argv=None) -> dict:
     parser.add_argument("--size", choices=SIZES, default="small")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--height", type=int, default=None, help="pixels (default: 64 tiny, 256 small, 320 sd15)")
-    parser.add_argument("--width", type=int, default=None, help="pixels (default: 64 tiny, 384 small, 512 sd15)")
+    parser.add_argument("--frames", type=int, default=None, help="default: 8 tiny, 16 small and sd15")
+    parser.add_argument("--height", type=int, default=None, help="pixels (default: 64 tiny, 160 small, 320 sd15)")
+    parser.add_argument("--width", type=int, default=None, help="pixels (default: 64 tiny, 256 small, 512 sd15)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--variants", nargs="*", default=None, help=f"subset of {list(VARIANTS)}")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
-    default_hw = {"tiny": (64, 64), "small": (256, 384), "sd15": (320, 512)}[args.size]
-    args.height = args.height or default_hw[0]
-    args.width = args.width or default_hw[1]
+    unknown = [v for v in args.variants or [] if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants {unknown} not in {list(VARIANTS)}")
+    defaults = DEFAULT_SHAPES[args.size]
+    args.frames, args.height, args.width = (v or d for v, d in zip((args.frames, args.height, args.width), defaults))
     result = run(args)
     print(markdown(result))
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    path = Path(args.out) / f"pipeline_{args.size}_{args.device.split(':')[0]}_{args.dtype}.json"
+    shape = (args.frames, args.height, args.width)
+    suffix = "" if shape == defaults else f"_{args.frames}x{args.height}x{args.width}"
+    path = Path(args.out) / f"pipeline_{args.size}_{args.device.split(':')[0]}_{args.dtype}{suffix}.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")
     return result

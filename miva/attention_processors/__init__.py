@@ -11,6 +11,7 @@ from .install import (
     get_miva_context,
     install_miva_processors,
     set_miva_adapters,
+    set_miva_attention_backend,
     set_parallel_mode,
 )
 from .lora import LoRADelta
@@ -31,6 +32,7 @@ __all__ = [
     "get_miva_context",
     "install_miva_processors",
     "set_miva_adapters",
+    "set_miva_attention_backend",
     "set_parallel_mode",
     "unfuse_miva_adapters",
 ]

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .adapter_config import MIVAAdapterConfig
+from .attention_utils import attend
 from .context import MIVAContext
 
 
@@ -22,6 +23,12 @@ class MIVAProcessorBase(nn.Module):
         self.layer_name = layer_name
         # A plain attribute (not a submodule): the context is shared and holds no parameters.
         object.__setattr__(self, "context", context)
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int,
+               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`attention_utils.attend` on the context's backend: (batch, q_tokens, C) x (batch, kv_tokens, C)."""
+        ctx = self.context
+        return attend(query, key, value, heads, attention_mask, ctx.attention_backend, ctx.attention_op)
 
     def build_adapter(self, attn, name: str, config: MIVAAdapterConfig) -> nn.Module | None:
         """Return the module holding `config`'s part for this layer, or None when the adapter has none here."""

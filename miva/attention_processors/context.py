@@ -25,6 +25,8 @@ class MIVAContext:
     configs: dict[str, Any] = field(default_factory=dict)  # name -> MIVAAdapterConfig
     active: list[tuple[str, float]] = field(default_factory=list)  # (name, weight), in prompt-chunk order
     parallel_mode: str = "residual"
+    attention_backend: str = "sdpa"  # or "xformers" (CUDA tensors; set by enable_xformers_memory_efficient_attention)
+    attention_op: Any = None  # xformers' `op` argument
     enabled: bool = True
     fused: list[tuple[str, float]] = field(default_factory=list)  # (name, weight) merged into base weights
     fuse_state: Any = None  # backups and flags of `fuse_miva_adapters`, consumed by `unfuse_miva_adapters`

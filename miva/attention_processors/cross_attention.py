@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapter_config import MIVAAdapterConfig
-from .attention_utils import attend, attention_probs, finish_output, prepare_mask
+from .attention_utils import attention_probs, finish_output, prepare_mask
 from .base import MIVAProcessorBase, needs_base
-from .lora import LoRADelta
+from .lora import LoRADelta, linear_with_deltas
 from .positional import encode_key_value, encode_query_input, encode_query_output, pe_uses_kv
 
 
@@ -51,6 +51,12 @@ class CrossAttnAdapter(nn.Module):
         if self.implicit:
             self.implicit_prompt = ImplicitPrompt(attn.to_q.out_features, attn.to_out[0].out_features,
                                                   config.implicit_rank)
+
+    @property
+    def inert(self) -> bool:
+        """Nothing left to compute (LoRA fused into the base weights, no STQ, no implicit prompt): on the shared
+        prompt this adapter's branch is the base attention, so it changes nothing in either parallel mode."""
+        return not (self.has_lora or self.implicit or self.stq[0])
 
     def out_delta(self, a: torch.Tensor) -> torch.Tensor:
         """The out delta `dO(a)` (+ the constant `to_out_bias` of imported research adapters), (..., out)."""
@@ -122,6 +128,8 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
         ctx = self.context
         active = ctx.active_adapters(self.adapters, adapter_weights)
+        if active and not ctx.adapter_prompts:
+            active = [entry for entry in active if not self.adapters[entry[1]].inert]
         prompts = self._split_prompts(encoder_hidden_states)
         frames = num_frames or ctx.num_frames or 1
         query = attn.to_q(hidden_states)
@@ -130,7 +138,7 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
             mask = prepare_mask(attn, attention_mask, prompts[0].shape[1], hidden_states.shape[0])
             key, value = attn.to_k(prompts[0]), attn.to_v(prompts[0])
             self._store_maps(attn, query, key, frames=frames)
-            out = attn.to_out[0](attend(query, key, value, attn.heads, mask))
+            out = attn.to_out[0](self.attend(query, key, value, attn.heads, mask))
         else:
             if attention_mask is not None:
                 raise ValueError(f"{self.layer_name}: attention masks are not supported with active MIVA adapters")
@@ -184,7 +192,7 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
 
         def base():
             key, value = attn.to_k(prompts[0]), attn.to_v(prompts[0])
-            return attn.to_out[0](attend(query, key, value, attn.heads))
+            return attn.to_out[0](self.attend(query, key, value, attn.heads))
 
         if ctx.parallel_mode == "weights":
             # The merged attention is one branch; implicit prompts replace shares of it.
@@ -205,11 +213,15 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         qs, ks, vs = [], [], []
         shared_kv = {}
         for adapter, _, text in attention:
-            if id(text) not in shared_kv:
-                shared_kv[id(text)] = (attn.to_k(text), attn.to_v(text))
-            k, v = shared_kv[id(text)]
-            if adapter.has_lora:
-                k, v = k + adapter.to_k_lora(text), v + adapter.to_v_lora(text)
+            if len(attention) == 1 and adapter.has_lora:  # one branch: the deltas merge into W_K, W_V at inference
+                k = linear_with_deltas(attn.to_k, text, [(adapter.to_k_lora, 1.0)])
+                v = linear_with_deltas(attn.to_v, text, [(adapter.to_v_lora, 1.0)])
+            else:
+                if id(text) not in shared_kv:
+                    shared_kv[id(text)] = (attn.to_k(text), attn.to_v(text))
+                k, v = shared_kv[id(text)]
+                if adapter.has_lora:
+                    k, v = k + adapter.to_k_lora(text), v + adapter.to_v_lora(text)
             k, v = plan.finish_kv(k, v)
             q = plan.q_plain + adapter.to_q_lora(plan.x_q) if adapter.has_q_lora else plan.q_plain
             qs.append(plan.finish_query(q))
@@ -217,17 +229,26 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
             vs.append(v)
         n = len(qs)
         if n > 1:
-            a = attend(torch.cat(qs), torch.cat(ks), torch.cat(vs), attn.heads)
+            a = self.attend(torch.cat(qs), torch.cat(ks), torch.cat(vs), attn.heads)
         else:
-            a = attend(qs[0], ks[0], vs[0], attn.heads)
+            a = self.attend(qs[0], ks[0], vs[0], attn.heads)
         self._store_maps(attn, qs[0], ks[0], plan)
-        y = attn.to_out[0](a)
-        total = 0.0
-        for (adapter, w, _), a_i, y_i in zip(attention, a.chunk(n), y.chunk(n)):
+        if n == 1:  # one branch: the out delta merges into W_O at inference
+            adapter, w, _ = attention[0]
+            y = linear_with_deltas(attn.to_out[0], a, [(adapter.to_out_lora, 1.0)] if adapter.has_lora else [],
+                                   bias=getattr(adapter, "to_out_bias", None) if adapter.has_lora else None)
+            return y if w == 1.0 else y * w
+        # W_O is linear: mix the attention outputs first and project once, W_O (sum_i w_i a_i) + (sum_i w_i) b.
+        parts = a.chunk(n)
+        weights = [w for _, w, _ in attention]
+        y = attn.to_out[0](sum(a_i * w for a_i, w in zip(parts, weights)))
+        bias = getattr(getattr(attn.to_out[0], "base_layer", attn.to_out[0]), "bias", None)
+        if bias is not None and sum(weights) != 1.0:
+            y = y + bias * (sum(weights) - 1.0)
+        for (adapter, w, _), a_i in zip(attention, parts):
             if adapter.has_lora:
-                y_i = y_i + adapter.out_delta(a_i)
-            total = total + (y_i if w == 1.0 else y_i * w)
-        return total
+                y = y + adapter.out_delta(a_i) * w
+        return y
 
     def _weights_branch(self, attn, plan, attention):
         """One attention with w_i-scaled deltas; with per-adapter prompts one softmax over all their tokens."""
@@ -238,20 +259,16 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         q = plan.finish_query(q)
         keys, values = [], []
         for text in {id(t): t for _, _, t in attention}.values():  # one K/V block per distinct prompt chunk
-            k, v = attn.to_k(text), attn.to_v(text)
-            for adapter, w, t in attention:
-                if adapter.has_lora and t is text:
-                    k, v = k + w * adapter.to_k_lora(text), v + w * adapter.to_v_lora(text)
-            keys.append(k)
-            values.append(v)
+            loras = [(adapter, w) for adapter, w, t in attention if adapter.has_lora and t is text]
+            keys.append(linear_with_deltas(attn.to_k, text, [(adapter.to_k_lora, w) for adapter, w in loras]))
+            values.append(linear_with_deltas(attn.to_v, text, [(adapter.to_v_lora, w) for adapter, w in loras]))
         k, v = plan.finish_kv(torch.cat(keys, dim=1), torch.cat(values, dim=1))
-        a = attend(q, k, v, attn.heads)
+        a = self.attend(q, k, v, attn.heads)
         self._store_maps(attn, q, k, plan)
-        y = attn.to_out[0](a)
-        for adapter, w, _ in attention:
-            if adapter.has_lora:
-                y = y + w * adapter.out_delta(a)
-        return y
+        loras = [(adapter, w) for adapter, w, _ in attention if adapter.has_lora]
+        biases = [adapter.to_out_bias * w for adapter, w in loras if getattr(adapter, "to_out_bias", None) is not None]
+        return linear_with_deltas(attn.to_out[0], a, [(adapter.to_out_lora, w) for adapter, w in loras],
+                                  bias=sum(biases) if biases else None)
 
     # --------------------------------------------------------------------------------------------- extras
     def _ip_adapter_output(self, attn, query, ip_states):
@@ -262,7 +279,7 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
             scale = scale if not isinstance(scale, (list, tuple)) else scale[0]
             if scale == 0:
                 continue
-            total = total + scale * attend(query, to_k_ip(states), to_v_ip(states), attn.heads)
+            total = total + scale * self.attend(query, to_k_ip(states), to_v_ip(states), attn.heads)
         if not torch.is_tensor(total):
             return 0.0
         return F.linear(total, attn.to_out[0].weight)

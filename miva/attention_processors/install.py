@@ -7,7 +7,7 @@ import re
 from torch import nn
 
 from .adapter_config import MIVAAdapterConfig
-from .attention_utils import check_supported_attention
+from .attention_utils import check_attention_backend, check_supported_attention
 from .base import MIVAProcessorBase
 from .context import PARALLEL_MODES, MIVAContext, register_context_hooks
 from .cross_attention import MIVACrossAttnProcessor
@@ -44,13 +44,15 @@ def get_miva_context(unet: nn.Module) -> MIVAContext:
     return context
 
 
-def install_miva_processors(unet: nn.Module, parallel_mode: str | None = None) -> MIVAContext:
+def install_miva_processors(unet: nn.Module, parallel_mode: str | None = None,
+                            attention_backend: str | None = None) -> MIVAContext:
     """Put `MIVASelfAttnProcessor`, `MIVACrossAttnProcessor` and `MIVATemporalAttnProcessor` on every matching
     layer of `unet` and return the shared `MIVAContext` (`unet.miva_context`).
 
     Idempotent, and safe after diffusers calls that replaced processors (`fuse_qkv_projections`, `load_ip_adapter`,
     xformers, ...): the processors created the first time, with their adapters, are put back. An IP-Adapter
-    processor found on a cross-attention layer is kept inside ours.
+    processor found on a cross-attention layer is kept inside ours. `attention_backend` ("sdpa" or "xformers"),
+    when given, is passed to `set_miva_attention_backend`.
     """
     context = getattr(unet, "miva_context", None)
     if context is None:
@@ -62,6 +64,8 @@ def install_miva_processors(unet: nn.Module, parallel_mode: str | None = None) -
         unet.miva_context = context
     if parallel_mode is not None:
         set_parallel_mode(unet, parallel_mode)
+    if attention_backend is not None:
+        set_miva_attention_backend(unet, attention_backend)
     modules = _attention_modules(unet)
     current = unet.attn_processors
     ours = {}
@@ -157,6 +161,15 @@ def set_parallel_mode(unet: nn.Module, parallel_mode: str) -> None:
         raise ValueError(f"parallel_mode={parallel_mode!r}: adapters {context.fused} are fused ('weights' "
                          "semantics); call unfuse_miva_adapters(unet) first")
     context.parallel_mode = parallel_mode
+
+
+def set_miva_attention_backend(unet: nn.Module, backend: str, attention_op=None) -> None:
+    """Run the MIVA processors' attention on `backend`: "sdpa" (PyTorch, default) or "xformers"
+    (`xformers.ops.memory_efficient_attention` with `attention_op`, used for CUDA tensors; PyTorch SDPA elsewhere).
+    `MIVAPipeline.enable_xformers_memory_efficient_attention()` sets it after checking the device."""
+    context = get_miva_context(unet)
+    context.attention_backend = check_attention_backend(backend)
+    context.attention_op = attention_op if backend == "xformers" else None
 
 
 def get_miva_adapter_modules(unet: nn.Module, name: str) -> dict[str, nn.Module]:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapter_config import MIVAAdapterConfig, parse_first_frame_scale
-from .attention_utils import attend, finish_output, prepare_mask, project_out
+from .attention_utils import finish_output, prepare_mask, project_out
 from .base import MIVAProcessorBase
 
 
@@ -74,7 +74,7 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
         kv_source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         mask = prepare_mask(attn, attention_mask, kv_source.shape[1], hidden_states.shape[0])
         query, key, value = attn.to_q(hidden_states), attn.to_k(kv_source), attn.to_v(kv_source)
-        out = project_out(attn, attend(query, key, value, attn.heads, mask))
+        out = project_out(attn, self.attend(query, key, value, attn.heads, mask))
         active = self.context.active_adapters(self.adapters, adapter_weights)
         if active:
             frames = num_frames or self.context.num_frames
@@ -105,9 +105,16 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
                     index_of.append(len(queries))
                     queries.append(adapter.to_q(x))
             outputs = self._attend_group(adapters[0], queries, key, value, frames, heads)
-            for (adapter, weight), qi in zip(members, index_of):
-                branch = adapter.to_out(outputs[qi])
-                total = total + (branch if weight == 1.0 else branch * weight)
+            for qi, output in enumerate(outputs):
+                readers = [member for member, i in zip(members, index_of) if i == qi]
+                if len(readers) == 1:
+                    adapter, weight = readers[0]
+                    branch = adapter.to_out(output)
+                    total = total + (branch if weight == 1.0 else branch * weight)
+                else:  # same attention output: sum_i w_i (W_i o + b_i) = (sum_i w_i W_i) o + sum_i w_i b_i, one matmul
+                    weight = sum(adapter.to_out.weight * w for adapter, w in readers)
+                    bias = sum(adapter.to_out.bias * w for adapter, w in readers)
+                    total = total + F.linear(output, weight, bias)
         return total
 
     def _attend_group(self, adapter, queries, key, value, frames, heads):
@@ -119,7 +126,7 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
         if adapter.sa_mode == "first":
             # Every frame attends to frame 0 only: fold frames into the query tokens, no K/V copies.
             q = torch.cat([qi.reshape(batch, frames * hw, -1) for qi in queries], dim=1)
-            out = attend(q, k[:, 0], v[:, 0], heads)
+            out = self.attend(q, k[:, 0], v[:, 0], heads)
             return [o.reshape(bf, hw, -1) for o in out.chunk(n, dim=1)]
         k_prev = torch.cat([k[:, :1], k[:, :-1]], dim=1).reshape(bf, hw, channels)
         v_prev = torch.cat([v[:, :1], v[:, :-1]], dim=1).reshape(bf, hw, channels)
@@ -134,5 +141,5 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
             k_all = torch.cat([k_first, k_prev], dim=1)
             v_all = torch.cat([v_first * s, v_prev * (1 - s)], dim=1)
         q = torch.cat(queries, dim=1) if n > 1 else queries[0]
-        out = attend(q, k_all, v_all, heads)
+        out = self.attend(q, k_all, v_all, heads)
         return list(out.chunk(n, dim=1)) if n > 1 else [out]

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from .adapter_config import MIVAAdapterConfig
-from .attention_utils import attend, finish_output, prepare_mask
-from .base import MIVAProcessorBase, mix_residual, needs_base
-from .lora import LoRADelta
+from .attention_utils import finish_output, prepare_mask
+from .base import MIVAProcessorBase, needs_base
+from .lora import LoRADelta, linear_with_deltas
 
 
 class TemporalAdapter(nn.Module):
@@ -29,6 +29,12 @@ class TemporalAdapter(nn.Module):
             self.to_v_lora = LoRADelta(attn.to_v.in_features, attn.to_v.out_features, rank, alpha)
             self.to_out_lora = LoRADelta(attn.to_out[0].in_features, attn.to_out[0].out_features, rank, alpha)
         self.motion_embed = nn.Parameter(torch.zeros(max_frames, attn.to_q.in_features)) if config.use_motion_embed else None
+
+    @property
+    def inert(self) -> bool:
+        """Nothing left to compute (MotionLoRA fused into the base weights, no motion embedding): the adapter's
+        branch is the base attention, so it changes nothing in either parallel mode."""
+        return not self.has_lora and self.motion_embed is None
 
     def embed(self, hidden_states: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
         """(batch*pixels, frames, channels) plus the first `frames` rows of the table."""
@@ -58,12 +64,13 @@ class MIVATemporalAttnProcessor(MIVAProcessorBase):
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  num_frames=None, adapter_weights=None):
         residual = hidden_states
-        active = self.context.active_adapters(self.adapters, adapter_weights)
+        active = [entry for entry in self.context.active_adapters(self.adapters, adapter_weights)
+                  if not self.adapters[entry[1]].inert]
         batch = hidden_states.shape[0]
         kv_source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         mask = prepare_mask(attn, attention_mask, kv_source.shape[1], batch)
         if not active:
-            out = attend(attn.to_q(hidden_states), attn.to_k(kv_source), attn.to_v(kv_source), attn.heads, mask)
+            out = self.attend(attn.to_q(hidden_states), attn.to_k(kv_source), attn.to_v(kv_source), attn.heads, mask)
             out = attn.to_out[1](attn.to_out[0](out))
         elif self.context.parallel_mode == "weights":
             out = self._weights(attn, hidden_states, encoder_hidden_states, mask, active)
@@ -75,47 +82,58 @@ class MIVATemporalAttnProcessor(MIVAProcessorBase):
         for _, name, weight in active:
             x = self.adapters[name].embed(x, weight)
         kv_source = x if encoder_hidden_states is None else encoder_hidden_states
-        q, k, v = attn.to_q(x), attn.to_k(kv_source), attn.to_v(kv_source)
         loras = [(self.adapters[name], w) for _, name, w in active if self.adapters[name].has_lora]
-        for adapter, w in loras:
-            q = q + w * adapter.to_q_lora(x)
-            k = k + w * adapter.to_k_lora(kv_source)
-            v = v + w * adapter.to_v_lora(kv_source)
-        a = attend(q, k, v, attn.heads, mask)
-        out = attn.to_out[0](a)
-        for adapter, w in loras:
-            out = out + w * adapter.to_out_lora(a)
+        q = linear_with_deltas(attn.to_q, x, [(adapter.to_q_lora, w) for adapter, w in loras])
+        k = linear_with_deltas(attn.to_k, kv_source, [(adapter.to_k_lora, w) for adapter, w in loras])
+        v = linear_with_deltas(attn.to_v, kv_source, [(adapter.to_v_lora, w) for adapter, w in loras])
+        a = self.attend(q, k, v, attn.heads, mask)
+        out = linear_with_deltas(attn.to_out[0], a, [(adapter.to_out_lora, w) for adapter, w in loras])
         return attn.to_out[1](out)
 
     def _residual(self, attn, x, encoder_hidden_states, mask, active):
+        """`y_base + sum_i w_i (y_i - y_base)`: branch i = attention with adapter i's deltas (and embedding); y_base
+        (no adapter) only when the weights do not sum to 1. One SDPA call for all branches; since W_O is linear, the
+        attention outputs are mixed first and projected once, `W_O (sum_j c_j a_j) + b + sum_i w_i dO_i(a_i)`
+        (c = the branch weights, the base's being 1 - sum_i w_i)."""
         weights = [w for _, _, w in active]
-        adapters = [self.adapters[name] for _, name, _ in active]
-        with_base = needs_base(weights)
+        branches = [(self.adapters[name], w) for _, name, w in active]
+        if needs_base(weights):
+            branches.insert(0, (None, 1.0 - sum(weights)))
+        single = len(branches) == 1
         shared = None  # Q/K/V of the un-embedded input, computed once for every branch that uses it
-        qs, ks, vs, inputs = [], [], [], []
-        for adapter in ([None] if with_base else []) + adapters:
+        qs, ks, vs = [], [], []
+        for adapter, _ in branches:
             xi = x if adapter is None else adapter.embed(x)
             kv_source = xi if encoder_hidden_states is None else encoder_hidden_states
-            if xi is x:
-                if shared is None:
-                    shared = (attn.to_q(x), attn.to_k(kv_source), attn.to_v(kv_source))
-                q, k, v = shared
+            lora = adapter is not None and adapter.has_lora
+            if single and lora:  # one branch: the deltas merge into the projections at inference
+                q = linear_with_deltas(attn.to_q, xi, [(adapter.to_q_lora, 1.0)])
+                k = linear_with_deltas(attn.to_k, kv_source, [(adapter.to_k_lora, 1.0)])
+                v = linear_with_deltas(attn.to_v, kv_source, [(adapter.to_v_lora, 1.0)])
             else:
-                q, k, v = attn.to_q(xi), attn.to_k(kv_source), attn.to_v(kv_source)
-            if adapter is not None and adapter.has_lora:
-                q = q + adapter.to_q_lora(xi)
-                k = k + adapter.to_k_lora(kv_source)
-                v = v + adapter.to_v_lora(kv_source)
-            qs.append(q), ks.append(k), vs.append(v), inputs.append(adapter)
+                if xi is x:
+                    if shared is None:
+                        shared = (attn.to_q(x), attn.to_k(kv_source), attn.to_v(kv_source))
+                    q, k, v = shared
+                else:
+                    q, k, v = attn.to_q(xi), attn.to_k(kv_source), attn.to_v(kv_source)
+                if lora:
+                    q = q + adapter.to_q_lora(xi)
+                    k = k + adapter.to_k_lora(kv_source)
+                    v = v + adapter.to_v_lora(kv_source)
+            qs.append(q), ks.append(k), vs.append(v)
+        if single:
+            adapter = branches[0][0]
+            a = self.attend(qs[0], ks[0], vs[0], attn.heads, mask)
+            out = linear_with_deltas(attn.to_out[0], a, [(adapter.to_out_lora, 1.0)] if adapter.has_lora else [])
+            return attn.to_out[1](out)
         n = len(qs)
-        if mask is not None and n > 1:
+        if mask is not None:
             mask = mask.repeat(n, 1, 1, 1)
-        a = attend(torch.cat(qs), torch.cat(ks), torch.cat(vs), attn.heads, mask) if n > 1 else attend(
-            qs[0], ks[0], vs[0], attn.heads, mask)
-        y = attn.to_out[0](a)
-        a_parts, y_parts = a.chunk(n), list(y.chunk(n))
-        for i, adapter in enumerate(inputs):
+        parts = self.attend(torch.cat(qs), torch.cat(ks), torch.cat(vs), attn.heads, mask).chunk(n)
+        mixed = sum(a_j * c_j for a_j, (_, c_j) in zip(parts, branches))
+        out = attn.to_out[0](mixed)  # the bias enters with weight sum_j c_j = 1
+        for a_j, (adapter, w) in zip(parts, branches):
             if adapter is not None and adapter.has_lora:
-                y_parts[i] = y_parts[i] + adapter.to_out_lora(a_parts[i])
-        base = y_parts.pop(0) if with_base else None
-        return attn.to_out[1](mix_residual(y_parts, weights, base))
+                out = out + adapter.to_out_lora(a_j) * w
+        return attn.to_out[1](out)

@@ -19,7 +19,13 @@ from diffusers import AnimateDiffPipeline, DDIMScheduler
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.utils import BaseOutput, replace_example_docstring
 
-from ..attention_processors import MIVACrossAttnProcessor, MIVATemporalAttnProcessor, install_miva_processors
+from ..attention_processors import (
+    MIVACrossAttnProcessor,
+    MIVATemporalAttnProcessor,
+    install_miva_processors,
+    set_miva_attention_backend,
+)
+from ..attention_processors.attention_utils import check_xformers_usable
 from ..attention_processors.base import MIVAProcessorBase
 from ..loaders import MIVALoaderMixin
 from .ca_maps import CAMapStore, resolve_ca_map_resolutions
@@ -79,8 +85,8 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
 
     diffusers methods that replace attention processors are wrapped so that ours (with their adapters) are put back:
     `enable_free_noise` / `disable_free_noise`, `load_ip_adapter` / `unload_ip_adapter` / `set_ip_adapter_scale`,
-    `fuse_qkv_projections`, `enable_xformers_memory_efficient_attention`. After the last two our layers keep using
-    unfused projections and PyTorch SDPA (same results; SDPA is already memory efficient).
+    `fuse_qkv_projections`, `enable_xformers_memory_efficient_attention`. After `fuse_qkv_projections` our layers
+    keep using unfused projections; after the xformers switch (CUDA only) they attend through xformers.
     """
 
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
@@ -139,12 +145,17 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
         install_miva_processors(self.unet)
 
     def enable_xformers_memory_efficient_attention(self, attention_op: Callable | None = None) -> None:
+        """diffusers' xformers switch (VAE and any other attention), then our processors back on the UNet with their
+        adapters, their attention routed through xformers. Raises `ValueError` off CUDA."""
+        check_xformers_usable(self._execution_device)
         super().enable_xformers_memory_efficient_attention(attention_op)
         install_miva_processors(self.unet)
+        set_miva_attention_backend(self.unet, "xformers", attention_op)
 
     def disable_xformers_memory_efficient_attention(self) -> None:
         super().disable_xformers_memory_efficient_attention()
         install_miva_processors(self.unet)
+        set_miva_attention_backend(self.unet, "sdpa")
 
     # -------------------------------------------------------------------------------------------------- image
     def preprocess_image(self, image, height: int, width: int) -> torch.Tensor:

@@ -1,0 +1,178 @@
+"""xformers: the attention backend switch of the MIVA processors, batch splitting, and the pipeline switch.
+
+No test needs xformers or a GPU: the xformers layout and chunking run with a fake attention function, and the
+pipeline switch is checked on CPU (a clear error) and with diffusers' own switch stubbed.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import AnimateDiffPipeline
+from diffusers.models.attention_processor import Attention, XFormersAttnProcessor
+
+from miva import MIVAAdapterConfig, MIVAPipeline
+from miva.attention_processors import (
+    MIVACrossAttnProcessor,
+    MIVASelfAttnProcessor,
+    MIVATemporalAttnProcessor,
+    get_miva_context,
+    install_miva_processors,
+    set_miva_attention_backend,
+)
+from miva.attention_processors.attention_utils import (
+    XFORMERS_MAX_BATCH,
+    attend,
+    batch_chunked,
+    check_xformers_usable,
+    xformers_attention,
+)
+from miva.attention_processors.base import MIVAProcessorBase
+from miva.tiny import tiny_unet_motion
+
+FULL = dict(use_i2v=True, use_motion_lora=True, use_ca_lora=True)
+
+
+def fake_memory_efficient_attention(calls):
+    """xformers' contract, (batch, tokens, heads, head_dim) in and out, written with SDPA; records batch sizes."""
+
+    def fn(q, k, v):
+        calls.append(q.shape[0])
+        assert q.dim() == 4 and q.stride(-1) == 1 and k.shape[2] == q.shape[2]
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
+
+    return fn
+
+
+def test_batch_chunked_splits_above_the_limit():
+    calls = []
+
+    def fn(a, b):
+        calls.append((a.shape[0], b.shape[0]))
+        return a * 2 + b
+
+    a, b = torch.randn(7, 3), torch.randn(7, 3)
+    out = batch_chunked(fn, a, b, max_batch=3)
+    assert calls == [(3, 3), (3, 3), (1, 1)]
+    torch.testing.assert_close(out, a * 2 + b, atol=0, rtol=0)
+    calls.clear()
+    batch_chunked(fn, a, b, max_batch=7)
+    assert calls == [(7, 7)]  # at the limit: one call
+    with pytest.raises(ValueError, match="max_batch=0 must be a positive"):
+        batch_chunked(fn, a, b, max_batch=0)
+    with pytest.raises(ValueError, match=r"one batch size, got \[\(7, 3\), \(6, 3\)\]"):
+        batch_chunked(fn, a, b[:6], max_batch=3)
+    assert XFORMERS_MAX_BATCH == 65535
+
+
+@pytest.mark.parametrize("q_tokens, kv_tokens", [(10, 10), (12, 77)])
+def test_xformers_layout_and_chunks_equal_sdpa(q_tokens, kv_tokens):
+    torch.manual_seed(0)
+    batch, heads, channels = 9, 4, 32
+    query = torch.randn(batch, q_tokens, channels)
+    key, value = torch.randn(batch, kv_tokens, channels), torch.randn(batch, kv_tokens, channels)
+    expected = attend(query, key, value, heads)
+    calls = []
+    out = xformers_attention(query, key, value, heads, attention_fn=fake_memory_efficient_attention(calls), max_batch=4)
+    assert calls == [4, 4, 1]
+    assert out.shape == (batch, q_tokens, channels)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+def test_xformers_backend_falls_back_to_sdpa_off_cuda():
+    """On CPU tensors the "xformers" backend computes with SDPA (xformers has no CPU kernels): same numbers."""
+    unet = tiny_unet_motion(seed=0)
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 4, 4, 8, 8, generator=generator)
+    text = torch.randn(4, 77, 32, generator=generator)
+    context = install_miva_processors(unet)
+    with torch.no_grad():
+        expected = unet(sample, 500, encoder_hidden_states=text).sample
+        assert install_miva_processors(unet, attention_backend="xformers") is context
+        assert context.attention_backend == "xformers" and context.attention_op is None
+        out = unet(sample, 500, encoder_hidden_states=text).sample
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    op = object()
+    set_miva_attention_backend(unet, "xformers", attention_op=op)
+    assert context.attention_op is op
+    set_miva_attention_backend(unet, "sdpa", attention_op=op)
+    assert context.attention_backend == "sdpa" and context.attention_op is None
+    with pytest.raises(ValueError, match=r"attention_backend='flash' is not one of \['sdpa', 'xformers'\]"):
+        set_miva_attention_backend(unet, "flash")
+    with pytest.raises(ValueError, match="attention_backend='xformer' is not one of"):
+        install_miva_processors(unet, attention_backend="xformer")
+
+
+def test_processors_route_attention_through_the_context_backend(monkeypatch):
+    """Every attention call of the three processors goes through `MIVAProcessorBase.attend`, which passes the
+    context's backend and op on (so on CUDA all of them reach xformers)."""
+    seen = []
+    import miva.attention_processors.base as base
+
+    real = base.attend
+
+    def spy(query, key, value, heads, attention_mask=None, backend="sdpa", attention_op=None):
+        seen.append((backend, attention_op))
+        return real(query, key, value, heads, attention_mask)
+
+    monkeypatch.setattr(base, "attend", spy)
+    unet = tiny_unet_motion(seed=0)
+    from miva.attention_processors import add_miva_adapter, set_miva_adapters
+
+    install_miva_processors(unet)
+    add_miva_adapter(unet, "a", MIVAAdapterConfig(**FULL))
+    set_miva_adapters(unet, ["a"])
+    op = object()
+    set_miva_attention_backend(unet, "xformers", attention_op=op)
+    with torch.no_grad():
+        unet(torch.randn(1, 4, 4, 8, 8), 500, encoder_hidden_states=torch.randn(4, 77, 32))
+    # 44 layers + one cross-frame attention per spatial attn1 (11), all on the chosen backend.
+    assert len(seen) == 44 + 11
+    assert set(seen) == {("xformers", op)}
+
+
+@pytest.fixture
+def pipe(components):
+    pipe = MIVAPipeline(**components)
+    pipe.add_adapter("w", MIVAAdapterConfig(**FULL))
+    return pipe
+
+
+def test_enable_xformers_on_cpu_raises_a_clear_error(pipe):
+    before = dict(pipe.unet.attn_processors)
+    with pytest.raises(ValueError, match="xformers needs a CUDA device; this pipeline is on cpu"):
+        pipe.enable_xformers_memory_efficient_attention()
+    after = pipe.unet.attn_processors
+    assert all(after[name] is processor for name, processor in before.items())  # nothing was swapped
+    assert get_miva_context(pipe.unet).attention_backend == "sdpa"
+    with pytest.raises(ValueError, match="this pipeline is on cpu"):
+        check_xformers_usable("cpu")
+
+
+def test_enable_xformers_keeps_processors_and_adapters(pipe, monkeypatch):
+    """With diffusers' switch stubbed (it needs CUDA and xformers), our override puts the MIVA processors back with
+    their adapters and routes them through xformers; disabling returns to SDPA."""
+
+    def stock_switch(self, attention_op=None):  # what diffusers does on CUDA: xformers processors everywhere
+        for module in self.unet.modules():
+            if isinstance(module, Attention):
+                module.set_processor(XFormersAttnProcessor(attention_op=attention_op))
+
+    monkeypatch.setattr(AnimateDiffPipeline, "enable_xformers_memory_efficient_attention", stock_switch)
+    monkeypatch.setattr("miva.pipelines.pipeline_miva.check_xformers_usable", lambda device: None)
+    before = dict(pipe.unet.attn_processors)
+    state = {k: v.clone() for k, v in pipe.unet.state_dict().items() if ".adapters.w." in k}
+    op = object()
+    pipe.enable_xformers_memory_efficient_attention(attention_op=op)
+    after = pipe.unet.attn_processors
+    assert all(after[name] is processor for name, processor in before.items())
+    kinds = {type(p) for p in after.values()}
+    assert kinds == {MIVASelfAttnProcessor, MIVACrossAttnProcessor, MIVATemporalAttnProcessor}
+    assert all("w" in p.adapters for p in after.values() if isinstance(p, MIVAProcessorBase) and p.adapters)
+    new_state = pipe.unet.state_dict()
+    assert state and all(torch.equal(new_state[k], v) for k, v in state.items())
+    context = get_miva_context(pipe.unet)
+    assert context.attention_backend == "xformers" and context.attention_op is op
+    pipe.disable_xformers_memory_efficient_attention()
+    assert context.attention_backend == "sdpa" and context.attention_op is None
+    assert all(pipe.unet.attn_processors[name] is processor for name, processor in before.items())
