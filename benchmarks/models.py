@@ -2,7 +2,9 @@
 weight values).
 
 - `tiny`: `miva.tiny` (2 levels, 32/64 channels).
-- `small`: a 3-level SD-like UNet (64/128/256 channels, 8 heads, cross-attention width 128), CPU-sized.
+- `small`: a 3-level SD-like UNet (64/128/256 channels, 8 heads, cross-attention width 128), CPU-sized: SD1.5's
+  widths / 5. `bench_pipeline.py` runs it at 16x160x256 (latents 20x32), which keeps SD1.5-at-320x512's balance
+  of attention (tokens^2 x C) against convolutions and projections (tokens x C^2): tokens / C = 10 vs 8.
 - `sd15`: the real SD1.5 UNet + AnimateDiff v1-5-3 motion adapter shapes (320/640/1280/1280, 768-d text).
 """
 
