@@ -471,10 +471,10 @@ def test_ip_adapter_matches_stock_and_keeps_ca_lora(image):
 def test_demo_writes_readable_video_and_gif(tmp_path):
     import imageio
 
-    from miva.demo import run_demo
+    from miva.demo import run_tiny_demo
 
     lines = []
-    paths = run_demo(str(tmp_path), steps=2, log=lines.append)
+    paths = run_tiny_demo(str(tmp_path), steps=2, log=lines.append)
     assert paths == {
         "image": str(tmp_path / "input.png"),
         "mp4": str(tmp_path / "demo.mp4"),
@@ -493,7 +493,12 @@ def test_cli_dispatches_demo(monkeypatch, tmp_path):
     from miva.cli import main
 
     calls = []
-    monkeypatch.setattr(miva.demo, "run_demo", lambda out, **kwargs: calls.append((out, kwargs)))
+    monkeypatch.setattr(miva.demo, "run_demo", lambda out, **kwargs: calls.append(("world", out, kwargs)))
+    monkeypatch.setattr(miva.demo, "run_tiny_demo", lambda out, **kwargs: calls.append(("tiny", out, kwargs)))
     assert main(["demo", "--out", str(tmp_path), "--frames", "4", "--steps", "3"]) == 0
-    assert calls == [(str(tmp_path), {"frames": 4, "steps": 3, "seed": 0})]
+    assert main(["demo", "--out", str(tmp_path), "--tiny", "--adapter", "zoom_in", "--scene", "2"]) == 0
+    assert calls == [
+        ("world", str(tmp_path), {"adapter": "right", "scene": 0, "frames": 4, "steps": 3, "seed": 0}),
+        ("tiny", str(tmp_path), {"frames": 8, "steps": 4, "seed": 0}),
+    ]
     assert main([]) == 2

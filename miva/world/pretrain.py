@@ -1,0 +1,304 @@
+"""Pretrain the MotionWorld base: one seeded command, resumable, CPU-friendly.
+
+    python -m miva.world.pretrain --out miva/world/weights/base            # the shipped recipe (2 CPU cores: ~1 h)
+    python -m miva.world.pretrain --out /tmp/w --vae-steps 2 --unet-steps 2 # smoke run
+
+Two phases, each a pure function of ``--seed`` and the step counter (every step draws its scenes, motions, noise and
+timesteps from its own generator), so a run resumed from its last checkpoint ends with the same weights:
+
+1. the autoencoder learns MotionWorld frames (MSE + L1 + a tiny KL, like SD's VAE); its ``scaling_factor`` is then set
+   to ``1 / std`` of the latents;
+2. the UNet (2-D layers and motion modules together) learns image-to-video with miva's own objective
+   (:func:`miva.training.trainer_parts.i2v_epsilon_loss`: frame 0 clean, epsilon-MSE on frames 1..F-1) on clips of
+   endless fresh training scenes under GENERIC motion (:func:`~miva.world.motions.sample_generic_motion`: any
+   direction, speed, zoom, turn, sums, static) with prompts that describe the scene, never the motion (10% empty,
+   for classifier-free guidance). An EMA of the weights is what ships.
+
+The result is an ordinary diffusers pipeline folder (``model_index.json`` of ``AnimateDiffPipeline``: 2-D ``unet`` +
+``motion_adapter``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``; fp16 safetensors), plus
+``pretrain_log.json`` and a model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .architecture import FRAME_SIZE, build_components
+from .motions import sample_generic_motion
+from .scenes import make_scene, render_clip, render_frame
+
+__all__ = ["PretrainRecipe", "pretrain"]
+
+_TRAIN_SCENES = 10**6  # scene indices drawn per step; effectively endless, never a held-out scene (odd seeds)
+
+
+class PretrainRecipe(argparse.Namespace):
+    """The shipped recipe's hyper-parameters (the CLI's defaults)."""
+
+    seed = 0
+    vae_steps = 1000
+    vae_batch = 16
+    vae_lr = 1e-3
+    unet_steps = 3000
+    unet_batch = 4
+    unet_lr = 2e-4
+    frames = 8
+    warmup = 100
+    ema_decay = 0.999
+    prompt_dropout = 0.1
+    checkpoint_every = 200
+
+
+def _rng(seed: int, phase: int, step: int) -> np.random.Generator:
+    return np.random.default_rng([seed, phase, step])
+
+
+def _to_pixels(frames: np.ndarray) -> torch.Tensor:
+    """``(..., H, W, 3)`` uint8 -> ``(..., 3, H, W)`` float in [-1, 1]."""
+    x = torch.from_numpy(frames).float().div(127.5).sub(1.0)
+    return x.movedim(-1, -3)
+
+
+def _vae_batch(seed: int, step: int, batch: int) -> torch.Tensor:
+    rng = _rng(seed, 1, step)
+    images = [
+        render_frame(
+            make_scene("train", int(rng.integers(_TRAIN_SCENES))),
+            sample_generic_motion(rng),
+            float(rng.uniform(0, 16)),
+            FRAME_SIZE,
+        )
+        for _ in range(batch)
+    ]
+    return _to_pixels(np.stack(images))
+
+
+def _clip_batch(seed: int, step: int, batch: int, frames: int, dropout: float) -> tuple[torch.Tensor, list[str]]:
+    rng = _rng(seed, 2, step)
+    clips, prompts = [], []
+    for _ in range(batch):
+        scene = make_scene("train", int(rng.integers(_TRAIN_SCENES)))
+        clips.append(render_clip(scene, sample_generic_motion(rng), frames, FRAME_SIZE))
+        prompts.append("" if rng.random() < dropout else scene.prompt)
+    return _to_pixels(np.stack(clips)), prompts
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 10%."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic: write beside, then rename over the old checkpoint."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _train_vae(vae, recipe, work: Path, log) -> float:
+    """Phase 1; returns the seconds spent (this run and the runs it resumed)."""
+    ckpt_path = work / "vae.pt"
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
+    state = _load_checkpoint(ckpt_path) or {"step": 0, "seconds": 0.0}
+    if "vae" in state:
+        vae.load_state_dict(state["vae"])
+        optimizer.load_state_dict(state["optimizer"])
+        log(f"vae: resumed at step {state['step']}")
+    step, seconds, start = state["step"], state["seconds"], time.perf_counter()
+    vae.train()
+    running = None
+    while step < recipe.vae_steps:
+        for group in optimizer.param_groups:
+            group["lr"] = recipe.vae_lr * _lr_factor(step, recipe.warmup, recipe.vae_steps)
+        x = _vae_batch(recipe.seed, step, recipe.vae_batch)
+        generator = torch.Generator().manual_seed(recipe.seed * 100003 + step)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator)).sample
+        loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        if step % 50 == 0 or step == recipe.vae_steps:
+            log(f"vae step {step}/{recipe.vae_steps} loss {running:.4f} ({time.perf_counter() - start:.0f} s)")
+        if step % recipe.checkpoint_every == 0 or step == recipe.vae_steps:
+            total = seconds + time.perf_counter() - start
+            _save_checkpoint(ckpt_path, {"step": step, "seconds": total, "vae": vae.state_dict(),
+                                         "optimizer": optimizer.state_dict()})
+    vae.eval()
+    return seconds + time.perf_counter() - start
+
+
+@torch.no_grad()
+def _set_scaling_factor(vae, seed: int) -> float:
+    x = torch.cat([_vae_batch(seed, 10**6 + i, 16) for i in range(4)])
+    latents = vae.encode(x).latent_dist.mean
+    factor = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=factor)
+    return factor
+
+
+def _train_unet(components, recipe, work: Path, log) -> float:
+    """Phase 2 on the ``UNetMotionModel``; returns the seconds spent. Leaves the EMA weights in the model."""
+    from diffusers import DDPMScheduler, UNetMotionModel
+    from diffusers.training_utils import EMAModel
+
+    from ..training.trainer_parts import encode_frames, encode_prompts, i2v_epsilon_loss, step_generator
+
+    unet = UNetMotionModel.from_unet2d(components["unet"], components["motion_adapter"])
+    vae, text_encoder, tokenizer = components["vae"], components["text_encoder"], components["tokenizer"]
+    noise_scheduler = DDPMScheduler.from_config(components["scheduler"].config)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.unet_lr, weight_decay=1e-2)
+    ema = EMAModel(unet.parameters(), decay=recipe.ema_decay, use_ema_warmup=True, power=3 / 4)
+    ckpt_path = work / "unet.pt"
+    state = _load_checkpoint(ckpt_path) or {"step": 0, "seconds": 0.0}
+    if "unet" in state:
+        unet.load_state_dict(state["unet"])
+        optimizer.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        log(f"unet: resumed at step {state['step']}")
+    step, seconds, start = state["step"], state["seconds"], time.perf_counter()
+    unet.train()
+    running = None
+    while step < recipe.unet_steps:
+        for group in optimizer.param_groups:
+            group["lr"] = recipe.unet_lr * _lr_factor(step, recipe.warmup, recipe.unet_steps)
+        pixels, prompts = _clip_batch(recipe.seed, step, recipe.unet_batch, recipe.frames, recipe.prompt_dropout)
+        generator = step_generator(recipe.seed, step, 0, "cpu")
+        with torch.no_grad():
+            latents = encode_frames(vae, pixels, generator)
+            prompt_embeds = encode_prompts(tokenizer, text_encoder, prompts, "cpu")
+        loss = i2v_epsilon_loss(unet, latents, prompt_embeds, noise_scheduler, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        ema.step(unet.parameters())
+        step += 1
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 50 == 0 or step == recipe.unet_steps:
+            elapsed = time.perf_counter() - start
+            log(f"unet step {step}/{recipe.unet_steps} loss {running:.4f} ({elapsed:.0f} s)")
+        if step % recipe.checkpoint_every == 0 or step == recipe.unet_steps:
+            total = seconds + time.perf_counter() - start
+            _save_checkpoint(ckpt_path, {"step": step, "seconds": total, "unet": unet.state_dict(),
+                                         "optimizer": optimizer.state_dict(), "ema": ema.state_dict()})
+    ema.copy_to(unet.parameters())
+    unet.eval()
+    components["unet_motion"] = unet
+    return seconds + time.perf_counter() - start
+
+
+def _write_pipeline_folder(components: dict, out: Path) -> None:
+    """Save as an ordinary diffusers folder (fp16 safetensors) with an ``AnimateDiffPipeline`` model index."""
+    import diffusers
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    unet_motion = components["unet_motion"]
+    unet2d = components["unet"]
+    motion_keys = {k for k in unet_motion.state_dict() if ".motion_modules." in k}
+    unet2d.load_state_dict({k: v for k, v in unet_motion.state_dict().items() if k not in motion_keys}, strict=True)
+    unet2d.half().save_pretrained(tmp / "unet")
+    unet_motion.half().save_motion_modules(str(tmp / "motion_adapter"))
+    components["vae"].half().save_pretrained(tmp / "vae")
+    components["text_encoder"].half().save_pretrained(tmp / "text_encoder")
+    components["tokenizer"].save_pretrained(tmp / "tokenizer")
+    components["scheduler"].save_pretrained(tmp / "scheduler")
+    index = {
+        "_class_name": "AnimateDiffPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "motion_adapter": ["diffusers", "MotionAdapter"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    for name in ("pretrain_log.json", "README.md"):
+        if (out / name).exists() and not (tmp / name).exists():
+            shutil.copy2(out / name, tmp / name)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def pretrain(out: str | Path, recipe: PretrainRecipe | None = None, work: str | Path | None = None, log=print) -> Path:
+    """Run (or resume) the recipe; write the pipeline folder ``out``; return it. Checkpoints go to ``work``
+    (default ``<out>.work``), which is removed at the end."""
+    recipe = recipe or PretrainRecipe()
+    out = Path(out)
+    work = Path(work) if work else out.with_name(out.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(recipe.seed)
+    components = build_components(recipe.seed)
+    components["text_encoder"].eval().requires_grad_(False)
+    vae_seconds = _train_vae(components["vae"], recipe, work, log)
+    components["vae"].requires_grad_(False)
+    factor = _set_scaling_factor(components["vae"], recipe.seed)
+    log(f"vae scaling_factor {factor:.4f}")
+    unet_seconds = _train_unet(components, recipe, work, log)
+    _write_pipeline_folder(components, out)
+    record = {
+        "recipe": {k: getattr(recipe, k) for k in dir(PretrainRecipe) if not k.startswith("_")},
+        "vae_seconds": round(vae_seconds, 1),
+        "unet_seconds": round(unet_seconds, 1),
+        "vae_scaling_factor": factor,
+        "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        "parameters": {
+            "unet_2d": sum(p.numel() for p in components["unet"].parameters()),
+            "motion_modules": sum(p.numel() for n, p in components["unet_motion"].named_parameters()
+                                  if ".motion_modules." in n),
+            "vae": sum(p.numel() for p in components["vae"].parameters()),
+            "text_encoder": sum(p.numel() for p in components["text_encoder"].parameters()),
+        },
+        "command": "python -m miva.world.pretrain --out <folder>"
+        + "".join(f" --{k.replace('_', '-')} {getattr(recipe, k)}" for k in ("seed", "vae_steps", "unet_steps")),
+    }
+    (out / "pretrain_log.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"wrote {out} (vae {vae_seconds / 60:.1f} min, unet {unet_seconds / 60:.1f} min)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m miva.world.pretrain", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="output pipeline folder")
+    parser.add_argument("--work", help="checkpoint folder (default <out>.work); an existing one is resumed")
+    for key in ("seed", "vae_steps", "unet_steps", "unet_batch", "frames", "checkpoint_every"):
+        parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=getattr(PretrainRecipe, key))
+    args = parser.parse_args(argv)
+    recipe = PretrainRecipe(**{k: v for k, v in vars(args).items() if k not in ("out", "work")})
+    pretrain(args.out, recipe, args.work)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Side-by-side MotionWorld videos: ground truth | base model | base + adapter, and adapter sample GIFs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .evaluate import animate_scene
+from .metrics import estimate_motion
+from .motions import get_motion
+from .scenes import make_scene, render_clip
+
+__all__ = ["side_by_side", "write_adapter_sample", "write_gif"]
+
+
+def side_by_side(videos: list[np.ndarray], scale: int = 2, gap: int = 2) -> np.ndarray:
+    """Concatenate ``(F, H, W, 3)`` ``uint8`` videos left to right (white gaps), upscaled ``scale`` times."""
+    frames = min(v.shape[0] for v in videos)
+    height = videos[0].shape[1]
+    spacer = np.full((frames, height, gap, 3), 255, dtype=np.uint8)
+    parts = []
+    for i, video in enumerate(videos):
+        parts.append(video[:frames])
+        if i < len(videos) - 1:
+            parts.append(spacer)
+    joined = np.concatenate(parts, axis=2)
+    return joined.repeat(scale, axis=1).repeat(scale, axis=2)
+
+
+def write_gif(video: np.ndarray, path: str | Path, fps: int = 8) -> Path:
+    from diffusers.utils import export_to_gif
+    from PIL import Image
+
+    export_to_gif([Image.fromarray(frame) for frame in video], str(path), fps=fps)
+    return Path(path)
+
+
+def write_adapter_sample(folder: str | Path, name: str, motion: str, scene: int = 0) -> Path:
+    """Animate held-out ``scene`` with the base and with adapter ``folder``; write ``sample.gif`` (ground truth |
+    base | adapter) and re-save the adapter with it so the model card shows it. Returns the GIF path."""
+    from . import load_pipeline
+
+    folder = Path(folder)
+    pipe = load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    base = animate_scene(pipe, scene)
+    pipe.load_adapters([str(folder)], adapter_names=[name])
+    adapted = animate_scene(pipe, scene)
+    truth = render_clip(make_scene("heldout", scene), get_motion(motion), base.shape[0], 64)
+    gif = write_gif(side_by_side([truth, base, adapted]), folder.parent / f".{name}_sample.gif")
+    pipe.save_adapter(name, folder, sample_gif=str(gif))
+    gif.unlink()
+    fitted = estimate_motion(adapted).summary
+    print(f"{name}: held-out scene {scene}: {fitted.describe()}")
+    return folder / "sample.gif"
