@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .architecture import FRAME_SIZE, build_components
+from .card import write_base_card
 from .motions import sample_generic_motion
 from .scenes import make_scene, render_clip, render_frame
 
@@ -147,6 +148,7 @@ def _train_vae(vae, recipe, work: Path, log) -> float:
             total = seconds + time.perf_counter() - start
             _save_checkpoint(ckpt_path, {"step": step, "seconds": total, "vae": vae.state_dict(),
                                          "optimizer": optimizer.state_dict()})
+            log(f"checkpoint vae {step}")
     vae.eval()
     return seconds + time.perf_counter() - start
 
@@ -205,6 +207,7 @@ def _train_unet(components, recipe, work: Path, log) -> float:
             total = seconds + time.perf_counter() - start
             _save_checkpoint(ckpt_path, {"step": step, "seconds": total, "unet": unet.state_dict(),
                                          "optimizer": optimizer.state_dict(), "ema": ema.state_dict()})
+            log(f"checkpoint unet {step}")
     ema.copy_to(unet.parameters())
     unet.eval()
     components["unet_motion"] = unet
@@ -283,6 +286,7 @@ def pretrain(out: str | Path, recipe: PretrainRecipe | None = None, work: str | 
         + "".join(f" --{k.replace('_', '-')} {getattr(recipe, k)}" for k in ("seed", "vae_steps", "unet_steps")),
     }
     (out / "pretrain_log.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_base_card(out)
     shutil.rmtree(work, ignore_errors=True)
     log(f"wrote {out} (vae {vae_seconds / 60:.1f} min, unet {unet_seconds / 60:.1f} min)")
     return out

@@ -1,0 +1,86 @@
+"""The model card of the shipped MotionWorld base (``README.md`` in its folder), built from ``pretrain_log.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["write_base_card"]
+
+_BODY = """
+# MotionWorld base (miva)
+
+A small image-to-video model in the stock AnimateDiff architecture (`UNet2DConditionModel` + `MotionAdapter` =
+`UNetMotionModel`, `AutoencoderKL`, CLIP text encoder), pretrained from scratch on **MotionWorld**: procedural
+scenes of textured shapes on textured backgrounds, rendered analytically under known motions. It ships inside the
+`miva` package so that MIVA adapters can be trained, composed and *measured* offline on a CPU.
+
+- Frames: 64x64 RGB, latents 16x16x4 (`vae_scale_factor` 4), up to {max_frames} frames; DDIM sampling.
+- It learned the world's images and **generic** motion: drifts in any direction and speed, zoom in/out, turns either
+  way, sums of two, and static clips, with prompts that describe the scene but never the motion. Alone it animates an
+  image plausibly but with no particular motion; a MIVA adapter trained on ~10 clips of one motion steers it.
+- Parameters: {params}.
+- Weights: fp16 safetensors, {size_mb:.1f} MB in all; load in float32 on a CPU.
+
+## Usage
+
+```python
+from miva.world import load_pipeline, scene_image, shipped_adapters, make_scene
+
+pipe = load_pipeline()   # MIVAPipeline.from_pretrained(<this folder>, dtype=torch.float32)
+pipe.load_adapters([str(shipped_adapters()["right"])], adapter_names=["right"])
+video = pipe(image=scene_image(0), prompt=make_scene("heldout", 0).prompt, num_frames=8, height=64, width=64,
+             num_inference_steps=25, guidance_scale=1.0).frames[0]
+```
+
+The folder is an ordinary diffusers folder: `AnimateDiffPipeline.from_pretrained(folder)` loads it too.
+
+## Training recipe (seeded, resumable)
+
+`{command}`
+
+1. Autoencoder: {vae_steps} steps, batch {vae_batch}, AdamW lr {vae_lr} (warm-up, cosine), MSE + 0.5 L1 + 1e-6 KL
+   on random frames of training scenes; `scaling_factor` = 1 / std of the latents = {scaling:.4f}.
+2. UNet (2-D layers and motion modules together): {unet_steps} steps, batch {unet_batch} clips of {frames} frames,
+   AdamW lr {unet_lr} (warm-up {warmup}, cosine to 10%), grad clip 1, EMA {ema_decay}; miva's image-to-video objective
+   (frame 0 clean, epsilon-MSE on frames 1..F-1), 10% empty prompts; every step draws fresh training scenes (even
+   seeds; held-out scenes have odd seeds).
+
+Time: autoencoder {vae_min:.1f} min, UNet {unet_min:.1f} min on {machine}.
+
+Text encoder: randomly initialised and frozen (its embeddings still tell prompts apart; the UNet learns to read them).
+"""
+
+
+def write_base_card(folder: str | Path) -> Path:
+    """Write ``<folder>/README.md`` from ``<folder>/pretrain_log.json``; returns its path."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from .architecture import MAX_FRAMES
+
+    folder = Path(folder)
+    record = json.loads((folder / "pretrain_log.json").read_text(encoding="utf-8"))
+    recipe = record["recipe"]
+    size = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+    params = ", ".join(f"{name} {count / 1e6:.2f}M" for name, count in record["parameters"].items())
+    data = ModelCardData(
+        license="apache-2.0",
+        library_name="diffusers",
+        pipeline_tag="image-to-video",
+        tags=["miva", "animatediff", "motionworld", "image-to-video", "synthetic-data"],
+    )
+    body = _BODY.format(
+        max_frames=MAX_FRAMES,
+        params=params,
+        size_mb=size / 2**20,
+        command=record["command"],
+        scaling=record["vae_scaling_factor"],
+        vae_min=record["vae_seconds"] / 60,
+        unet_min=record["unet_seconds"] / 60,
+        machine=record["machine"],
+        **recipe,
+    )
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+    path = folder / "README.md"
+    card.save(path)
+    return path

@@ -1,0 +1,180 @@
+"""MotionWorld: analytic ground truth, the motion metric, the pretraining recipe, the shipped model and the demo.
+
+References here are independent of the renderer and of the metric: shifts by `np.roll`/slicing, turns by
+`np.rot90`, hand-made videos with a known motion."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from miva.world import BASE_PATH, get_motion, make_scene, render_clip, shipped_adapters
+from miva.world.metrics import direction_spread, estimate_motion, evaluate_video, motion_class, psnr, ssim
+from miva.world.motions import NAMED_MOTIONS, Motion, sample_generic_motion
+from miva.world.scenes import scene_seed
+
+SHIPPED = (BASE_PATH / "model_index.json").is_file()
+needs_weights = pytest.mark.skipif(not SHIPPED, reason="the MotionWorld weights are not built in this checkout")
+
+
+# ------------------------------------------------------------------------------------------------ scenes, motions
+def test_scenes_are_deterministic_and_splits_disjoint():
+    a, b = render_clip(make_scene("heldout", 4), Motion(), 1), render_clip(make_scene("heldout", 4), Motion(), 1)
+    assert a.shape == (1, 64, 64, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    train = {scene_seed("train", i) for i in range(500)}
+    heldout = {scene_seed("heldout", i) for i in range(500)}
+    assert not train & heldout
+    assert not np.array_equal(a, render_clip(make_scene("heldout", 5), Motion(), 1))
+    prompt = make_scene("train", 0).prompt
+    assert "background" in prompt and not any(word in prompt for word in ("right", "zoom", "rotat", "mov"))
+
+
+@pytest.mark.parametrize("name,dx,dy", [("right", 2, 0), ("down", 0, 2), ("up_left_slow", -1, -1), ("left_fast", -3, 0)])
+def test_translation_ground_truth_is_an_exact_pixel_shift(name, dx, dy):
+    motion = get_motion(name)
+    if "_" in name and "left_fast" not in name:  # diagonal at speed 1: one pixel per axis needs speed sqrt(2)
+        motion = Motion(vx=float(dx), vy=float(dy))
+    video = render_clip(make_scene("train", 3), motion, 4).astype(int)
+    for t in range(1, 4):
+        sx, sy = dx * t, dy * t
+        # frame t at (y, x) shows frame 0 at (y - sy, x - sx), wherever that is inside the frame
+        moved = video[t][max(sy, 0) : 64 + min(sy, 0), max(sx, 0) : 64 + min(sx, 0)]
+        source = video[0][max(-sy, 0) : 64 + min(-sy, 0), max(-sx, 0) : 64 + min(-sx, 0)]
+        assert np.abs(moved - source).max() <= 1
+
+
+def test_rotation_ground_truth_matches_rot90():
+    video = render_clip(make_scene("train", 5), Motion(degrees=90.0), 2)
+    # clockwise on screen (y down) by 90 degrees == numpy's rot90 with k=-1 on an (H, W) array
+    assert np.abs(video[1].astype(int) - np.rot90(video[0], k=-1).astype(int)).max() <= 1
+
+
+def test_motion_sums_and_catalogue():
+    assert get_motion("right+down") == Motion(vx=2.0, vy=2.0)
+    assert get_motion("right+zoom_in").log_zoom == pytest.approx(math.log(1.04))
+    assert len([n for n in NAMED_MOTIONS if n.split("_")[-1] not in ("in", "out", "cw", "ccw", "static")]) == 24
+    with pytest.raises(ValueError, match="unknown motion 'sideways'"):
+        get_motion("right+sideways")
+    with pytest.raises(ValueError, match="Motion.vx"):
+        Motion(vx=float("nan"))
+    rng = np.random.default_rng(0)
+    directions = [m.direction for m in (sample_generic_motion(rng) for _ in range(400)) if m.speed > 0.5]
+    assert direction_spread(directions)["resultant"] < 0.15  # the pretraining mix has no preferred direction
+
+
+# ------------------------------------------------------------------------------------------------ the metric
+@pytest.mark.parametrize("name", ["right", "down_left_fast", "zoom_in", "zoom_out", "rotate_cw", "rotate_ccw"])
+def test_ground_truth_videos_score_perfectly(name):
+    scene, motion = make_scene("heldout", 7), get_motion(name)
+    row = evaluate_video(render_clip(scene, motion, 8), scene, motion)
+    assert row["class_correct"] and row["class"] == motion_class(motion)
+    assert row["psnr"] == math.inf and row["ssim"] == pytest.approx(1.0)
+    assert row["speed_error"] < 0.05 and row["zoom_error"] < 0.002 and row["turn_error"] < 0.1
+    if row["direction_error"] is not None:
+        assert row["direction_error"] < 1.0
+
+
+def test_static_video_is_no_motion_and_scores_against_a_moving_target():
+    scene = make_scene("heldout", 1)
+    still = np.repeat(render_clip(scene, Motion(), 1), 8, axis=0)
+    row = evaluate_video(still, scene, get_motion("right"))
+    assert row["class"] == "static" and not row["class_correct"] and row["speed"] < 0.1
+    assert row["psnr"] < 30.0 and row["frame0_psnr"] == math.inf
+
+
+def test_known_shift_gives_its_direction():
+    """A video made by shifting an image with numpy (not by the renderer): 1 px right and 2 px down per frame."""
+    image = render_clip(make_scene("train", 9), Motion(), 1, 96)[0]
+    video = np.stack([image[16 - 2 * t : 80 - 2 * t, 16 - t : 80 - t] for t in range(6)])
+    found = estimate_motion(video).summary
+    assert found.vx == pytest.approx(1.0, abs=0.05) and found.vy == pytest.approx(2.0, abs=0.05)
+    assert found.direction == pytest.approx(math.degrees(math.atan2(2, 1)), abs=1.0)
+    assert motion_class(found) == "down_right"
+
+
+def test_psnr_ssim_reference_values():
+    a = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    b = a.copy()
+    b[..., 0] = 10  # MSE = 100 / 3
+    assert psnr(a, b) == pytest.approx(10 * math.log10(255**2 / (100 / 3)))
+    assert ssim(a, a) == pytest.approx(1.0) and ssim(a, b) < 1.0
+
+
+# ------------------------------------------------------------------------------------------------ pretraining
+def test_pretrain_smoke_resumes_exactly_and_loads_as_a_stock_pipeline(tmp_path):
+    from diffusers import AnimateDiffPipeline
+
+    from miva.world.pretrain import PretrainRecipe, pretrain
+
+    small = dict(vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=1, frames=4, warmup=1, checkpoint_every=1)
+    straight = pretrain(tmp_path / "a", PretrainRecipe(**small), log=lambda *_: None)
+
+    def interrupt_at_first_unet_checkpoint(line):
+        if line == "checkpoint unet 1":
+            raise KeyboardInterrupt
+
+    work = tmp_path / "b.work"
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tmp_path / "b", PretrainRecipe(**small), work=work, log=interrupt_at_first_unet_checkpoint)
+    assert (work / "unet.pt").is_file() and not (tmp_path / "b").exists()
+    resumed = pretrain(tmp_path / "b", PretrainRecipe(**small), work=work, log=lambda *_: None)
+    assert not work.exists()  # a finished run removes its checkpoints
+    pipe_a = AnimateDiffPipeline.from_pretrained(straight)
+    pipe_b = AnimateDiffPipeline.from_pretrained(resumed)
+    for name in ("unet", "vae"):
+        sa, sb = getattr(pipe_a, name).state_dict(), getattr(pipe_b, name).state_dict()
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=0, msg=key)
+    record = json.loads((straight / "pretrain_log.json").read_text())
+    assert record["recipe"]["unet_steps"] == 2 and "vae_scaling_factor" in record
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(straight / "README.md")
+    assert card.data.pipeline_tag == "image-to-video" and "unet_steps" not in card.text
+    assert "2 steps, batch 1 clips of 4 frames" in card.text
+
+
+# ------------------------------------------------------------------------------------------------ shipped model
+@needs_weights
+def test_shipped_weights_are_small_fp16_and_load_offline():
+    from miva.world import load_pipeline
+
+    size = sum(p.stat().st_size for p in BASE_PATH.rglob("*.safetensors"))
+    assert size <= 20 * 2**20
+    pipe = load_pipeline()
+    assert pipe.unet.dtype == torch.float32 and pipe.vae_scale_factor == 4
+    assert (BASE_PATH / "README.md").is_file()
+    assert set(shipped_adapters()) >= {"right"}
+
+
+@needs_weights
+def test_shipped_right_adapter_moves_right_on_unseen_scenes():
+    from miva.world import load_pipeline
+    from miva.world.evaluate import evaluate_pipeline
+
+    pipe = load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_adapters([str(shipped_adapters()["right"])], adapter_names=["right"])
+    result = evaluate_pipeline(pipe, "right", scenes=2, num_inference_steps=10)
+    assert result["direction_error"] < 30.0 and result["speed"] > 0.8
+
+
+@needs_weights
+def test_world_demo_writes_videos_and_measured_motion(tmp_path):
+    import PIL.Image
+
+    from miva.demo import run_demo
+
+    lines = []
+    paths = run_demo(str(tmp_path), adapter="right", frames=6, steps=5, log=lines.append)
+    with PIL.Image.open(paths["side_by_side"]) as gif:
+        assert gif.n_frames == 6 and gif.size == (2 * (3 * 64 + 2 * 2), 128)
+    motion = json.loads(open(paths["motion"]).read())
+    assert set(motion) >= {"base", "right", "target", "prompt"}
+    assert any("with 'right'" in line for line in lines)
+    with pytest.raises(ValueError, match="not a shipped MotionWorld adapter"):
+        run_demo(str(tmp_path), adapter="sideways")
