@@ -38,6 +38,7 @@ def world_train_config(
     rank: int = 8,
     seed: int = 0,
     batch_size: int = 2,
+    extra: dict | None = None,
 ) -> dict:
     """The MotionWorld adapter recipe as a ``TrainConfig`` dict (the layout of ``miva train --config``)."""
     parts = {**RESEARCH_PARTS, **(adapter or {})}
@@ -67,6 +68,7 @@ def world_train_config(
         "validation_steps": None,
         "seed": seed,
         "report_to": "none",
+        **(extra or {}),
     }
 
 

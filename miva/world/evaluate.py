@@ -41,13 +41,18 @@ def animate_scene(pipe, index: int, seed: int = 0, split: str = "heldout", **cal
     return np.clip(np.rint(np.asarray(frames) * 255.0), 0, 255).astype(np.uint8)
 
 
-def evaluate_pipeline(pipe, target: str | Motion, scenes: int = 20, seed: int = 0, log=None, **call_kwargs) -> dict:
+def evaluate_pipeline(
+    pipe, target: str | Motion, scenes: int = 20, seed: int = 0, log=None, adapter_prompts: int = 0, **call_kwargs
+) -> dict:
     """Animate held-out scenes ``0..scenes-1`` and score each against ``target``; returns :func:`summarise` of
-    the rows plus the rows themselves."""
+    the rows plus the rows themselves. ``adapter_prompts=N`` gives each of N active adapters the scene's prompt as
+    its own prompt (``batch_prompt``)."""
     motion = get_motion(target) if isinstance(target, str) else target
     rows = []
     for index in range(scenes):
         start = time.perf_counter()
+        if adapter_prompts:
+            call_kwargs["batch_prompt"] = [make_scene("heldout", index).prompt] * adapter_prompts
         video = animate_scene(pipe, index, seed=seed + index, **call_kwargs)
         row = evaluate_video(video, make_scene("heldout", index), motion)
         row["scene"], row["seconds"] = index, time.perf_counter() - start

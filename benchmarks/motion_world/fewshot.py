@@ -1,0 +1,223 @@
+"""The few-shot benchmark on MotionWorld: learning motions from a few clips, composing them, ablating the parts.
+
+    python benchmarks/motion_world/fewshot.py                       # every row (hours on 2 CPU cores)
+    python benchmarks/motion_world/fewshot.py --rows fewshot compose  # groups (or row ids) to run
+    python benchmarks/motion_world/fewshot.py --table                 # print the table of the cached rows
+
+Each adapter is trained with miva's own trainer (`miva.training.train.train`, what `miva train --config` runs) on
+MotionWorld clips written by `miva.world.adapters`, and every row animates the same held-out scenes (never seen in
+training) with `MIVAPipeline` and scores them with `miva.world.metrics`. Results are cached per row (and trained
+adapters per recipe) under `--cache`, so a cut-off run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installing
+
+from miva.world.adapters import RESEARCH_PARTS, train_world_adapter  # noqa: E402
+from miva.world.motions import get_motion  # noqa: E402
+
+# Adapter variants: overrides of the research recipe (cross-frame "first" + MotionLoRA + CA-LoRA).
+VARIANTS = {
+    "full": {},
+    "ca_only": {"use_i2v": False, "use_motion_lora": False, "use_ca_lora": True},
+    "motion_only": {"use_i2v": False, "use_motion_lora": True, "use_ca_lora": False},
+    "cf_only": {"use_i2v": True, "use_motion_lora": False, "use_ca_lora": False},
+    "implicit": {"ca_mode": "implicit", "implicit_rank": 16},
+    "sa_prev": {"sa_mode": "prev"},
+    "sa_first_prev_adaptive": {"sa_mode": "first_prev", "sa_first_frame_scale": "adaptive_1.0"},
+    "q_lora": {"use_q_lora": True},
+    **{
+        f"stq_r{r}_{pe or 'none'}": {"q_downsample": True, "q_downsample_ratio": r, "ca_pe_mode": pe}
+        for r in (1, 2, 4)
+        for pe in (None, "rope_3d", "temporal")
+    },
+}
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    motion: str
+    clips: int = 10
+    variant: str = "full"
+    oa_bin: int | None = None
+
+    @property
+    def key(self) -> str:
+        oa = f"-oa{self.oa_bin}" if self.oa_bin is not None else ""
+        return f"{self.motion.replace('+', '_')}-{self.clips}c-{self.variant}{oa}"
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    target: str  # motion the videos are scored against
+    adapters: tuple[AdapterSpec, ...] = ()
+    weights: tuple[float, ...] | None = None
+    mode: str = "residual"
+    fuse: bool = False
+    per_adapter_prompts: bool = False
+    target_scale: float = 1.0  # the target's expected strength (e.g. 0.5 + 0.5 of two motions)
+    notes: str = field(default="", compare=False)
+
+
+def _rows() -> list[Row]:
+    right, down = AdapterSpec("right"), AdapterSpec("down")
+    rows = []
+    for motion in ("right", "zoom_in", "rotate_cw"):
+        rows.append(Row(f"fewshot/{motion}/base", motion))
+        rows.append(Row(f"fewshot/{motion}/10clips", motion, (AdapterSpec(motion),)))
+    rows += [Row(f"clips/right/{n}", "right", (AdapterSpec("right", clips=n),)) for n in (1, 3, 30)]
+    both = (right, down)
+    rows += [
+        Row("compose/right+down/residual_0.5", "right+down", both, (0.5, 0.5), target_scale=0.5),
+        Row("compose/right+down/weights_1", "right+down", both, (1.0, 1.0), mode="weights"),
+        Row("compose/right+down/fused_1", "right+down", both, (1.0, 1.0), mode="weights", fuse=True),
+        Row("compose/right+down/prompts_0.5", "right+down", both, (0.5, 0.5), per_adapter_prompts=True,
+            target_scale=0.5),
+    ]
+    rows += [Row(f"sweep/right/{w}", "right", (right,), (w,), target_scale=w) for w in (0.0, 0.25, 0.5, 1.0, 1.5)]
+    ortho = (AdapterSpec("right", oa_bin=0), AdapterSpec("down", oa_bin=1))
+    rows += [
+        Row("orthogonal/right+down/residual_0.5", "right+down", ortho, (0.5, 0.5), target_scale=0.5),
+        Row("orthogonal/right+down/weights_1", "right+down", ortho, (1.0, 1.0), mode="weights"),
+    ]
+    rows += [Row(f"ablation/right/{v}", "right", (AdapterSpec("right", variant=v),)) for v in VARIANTS if v != "full"]
+    return rows
+
+
+ROWS = _rows()
+
+
+def _bases_library(cache: Path) -> Path:
+    """The orthogonal bases library of the MotionWorld UNet (seed 0), made once."""
+    path = cache / "oa_bases.safetensors"
+    if not path.is_file():
+        from miva.training.orthogonal import create_bases_library
+        from miva.world import load_pipeline
+
+        create_bases_library(load_pipeline().unet, str(path), seed=0)
+    return path
+
+
+def trained_adapter(spec: AdapterSpec, cache: Path, steps: int, log=print) -> tuple[Path, dict]:
+    """The native adapter folder of ``spec`` (trained now unless cached) and its training record."""
+    folder = cache / "adapters" / spec.key
+    record_path = folder / "training.json"
+    if record_path.is_file():
+        return folder / "adapter", json.loads(record_path.read_text())
+    adapter = {**RESEARCH_PARTS, **VARIANTS[spec.variant]}
+    work = cache / "work" / spec.key
+    shutil.rmtree(work, ignore_errors=True)
+    result = train_world_adapter(spec.motion, work, adapter_name=spec.key.replace("-", "_").replace(".", "_"),
+                                 num_clips=spec.clips, adapter=adapter, steps=steps, log=log,
+                                 extra={"oa_bin_id": spec.oa_bin, "oa_bases_path": str(_bases_library(cache))}
+                                 if spec.oa_bin is not None else None)
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(result["adapter"], tmp / "adapter")
+    size = sum(p.stat().st_size for p in (tmp / "adapter").glob("*.safetensors"))
+    record = {"seconds": result["seconds"], "steps": steps, "clips": spec.clips, "bytes": size}
+    (tmp / "training.json").write_text(json.dumps(record, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    shutil.rmtree(work, ignore_errors=True)
+    return folder / "adapter", record
+
+
+def run_row(row: Row, cache: Path, *, steps: int, scenes: int, eval_steps: int, max_clips: int | None = None,
+            log=print) -> dict:
+    from miva.world import load_pipeline
+    from miva.world.evaluate import evaluate_pipeline
+
+    start = time.perf_counter()
+    specs = [replace(spec, clips=min(spec.clips, max_clips or spec.clips)) for spec in row.adapters]
+    trained = [trained_adapter(spec, cache, steps, log) for spec in specs]
+    pipe = load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    call = {"num_inference_steps": eval_steps}
+    if trained:
+        names = [f"a{i}" for i in range(len(trained))]
+        pipe.load_adapters([str(path) for path, _ in trained], adapter_names=names,
+                           weights=list(row.weights) if row.weights else None, parallel_mode=row.mode)
+        if row.fuse:
+            pipe.fuse_adapters()
+    target = get_motion(row.target).scaled(row.target_scale)
+    prompts = len(trained) if row.per_adapter_prompts else 0
+    result = evaluate_pipeline(pipe, target, scenes=scenes, adapter_prompts=prompts, **call)
+    summary = {k: v for k, v in result.items() if k != "rows"}
+    summary["train_seconds"] = sum(r["seconds"] for _, r in trained) or None
+    summary["adapter_bytes"] = sum(r["bytes"] for _, r in trained) or None
+    summary["row_seconds"] = time.perf_counter() - start
+    return {"row": row.id, "target": target.describe(), "summary": summary, "videos": result["rows"]}
+
+
+def _fmt(value, pattern="{:.2f}") -> str:
+    return "n/a" if value is None else pattern.format(value)
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| row | target | class acc. | dir. err (deg) | speed (px/f) | zoom err | turn err (deg/f) | PSNR | SSIM "
+        "| train s | adapter KB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        s = r["summary"]
+        lines.append(
+            f"| {r['row']} | {r['target']} | {_fmt(s['class_accuracy'], '{:.0%}')} | {_fmt(s['direction_error'], '{:.1f}')}"
+            f" | {_fmt(s['speed'])} | {_fmt(s['zoom_error'], '{:.4f}')} | {_fmt(s['turn_error'])} | {_fmt(s['psnr'])}"
+            f" | {_fmt(s['ssim'], '{:.3f}')} | {_fmt(s['train_seconds'], '{:.0f}')}"
+            f" | {_fmt(s['adapter_bytes'] and s['adapter_bytes'] / 1024, '{:.0f}')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", nargs="*", default=[], help="row ids or id prefixes (groups); default: all")
+    parser.add_argument("--cache", default=str(HERE / "cache"), help="per-row results and trained adapters")
+    parser.add_argument("--steps", type=int, default=300, help="adapter training steps")
+    parser.add_argument("--scenes", type=int, default=20, help="held-out scenes per row")
+    parser.add_argument("--eval-steps", type=int, default=25, help="denoising steps per video")
+    parser.add_argument("--max-clips", type=int, help="cap the clips per adapter (smoke runs)")
+    parser.add_argument("--table", action="store_true", help="only print the table of the cached rows")
+    args = parser.parse_args(argv)
+    cache = Path(args.cache)
+    chosen = [r for r in ROWS if not args.rows or any(r.id == p or r.id.startswith(p + "/") or r.id.startswith(p)
+                                                      for p in args.rows)]
+    if not chosen:
+        parser.error(f"--rows {args.rows} match no row; rows: {', '.join(r.id for r in ROWS)}")
+    results = []
+    for row in chosen:
+        path = cache / "rows" / (row.id.replace("/", "__") + ".json")
+        if path.is_file():
+            results.append(json.loads(path.read_text()))
+            continue
+        if args.table:
+            continue
+        print(f"== {row.id}", flush=True)
+        result = run_row(row, cache, steps=args.steps, scenes=args.scenes, eval_steps=args.eval_steps,
+                         max_clips=args.max_clips)
+        result["settings"] = {"steps": args.steps, "scenes": args.scenes, "eval_steps": args.eval_steps,
+                              "max_clips": args.max_clips}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".tmp").write_text(json.dumps(result, indent=2))
+        path.with_suffix(".tmp").rename(path)
+        results.append(result)
+        print(table([result]).splitlines()[-1], flush=True)
+    print(table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
