@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", nargs="*", default=[], help="row ids or id prefixes (groups); default: all")
     parser.add_argument("--cache", default=str(HERE / "cache"), help="per-row results and trained adapters")
-    parser.add_argument("--steps", type=int, default=300, help="adapter training steps")
+    parser.add_argument("--steps", type=int, default=400, help="adapter training steps")
     parser.add_argument("--scenes", type=int, default=20, help="held-out scenes per row")
     parser.add_argument("--eval-steps", type=int, default=25, help="denoising steps per video")
     parser.add_argument("--max-clips", type=int, help="cap the clips per adapter (smoke runs)")

@@ -33,12 +33,13 @@ def world_train_config(
     *,
     adapter_name: str,
     adapter: dict | None = None,
-    steps: int = 300,
+    steps: int = 400,
     learning_rate: float = 1e-3,
     rank: int = 8,
     seed: int = 0,
     batch_size: int = 2,
     extra: dict | None = None,
+    base: str | Path = BASE_PATH,
 ) -> dict:
     """The MotionWorld adapter recipe as a ``TrainConfig`` dict (the layout of ``miva train --config``)."""
     parts = {**RESEARCH_PARTS, **(adapter or {})}
@@ -48,8 +49,8 @@ def world_train_config(
     parts.setdefault("ca_lora_scale", float(rank))
     return {
         "output_dir": str(output_dir),
-        "pretrained_model_path": str(BASE_PATH),
-        "motion_module_path": str(BASE_PATH / "motion_adapter"),
+        "pretrained_model_path": str(base),
+        "motion_module_path": str(Path(base) / "motion_adapter"),
         "adapter_name": adapter_name,
         "adapter": parts,
         "video_root": str(video_root),
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--motion", help="motion name (e.g. right, zoom_in, rotate_cw, right+down)")
     parser.add_argument("--out", help="output folder")
     parser.add_argument("--clips", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--ship", action="store_true", help="rebuild the shipped adapters")
     args = parser.parse_args(argv)
     if args.ship:

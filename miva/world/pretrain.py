@@ -51,7 +51,7 @@ class PretrainRecipe(argparse.Namespace):
     vae_steps = 1000
     vae_batch = 16
     vae_lr = 1e-3
-    unet_steps = 3000
+    unet_steps = 2400
     unet_batch = 4
     unet_lr = 2e-4
     frames = 8
