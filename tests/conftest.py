@@ -34,3 +34,31 @@ def unet_motion():
 def test_image():
     """A deterministic 64x64 RGB picture (gradient and shapes)."""
     return make_test_image(64, 64, seed=0)
+
+
+def randomize_zero_init_parts(model, name: str, seed: int = 0, std: float = 0.3) -> list[str]:
+    """Give the zero-initialised parameters of adapter `name` (LoRA `up`, cross-frame `to_out`, implicit-prompt `up`,
+    motion embedding, imported out bias) seeded N(0, std^2) values, so that the adapter really acts; the parts with
+    a non-zero init (LoRA `down`, the copied `to_q`) keep it. A fresh adapter is an exact no-op, so a test comparing
+    outputs with a fresh adapter could not see it lost. `model`: a pipeline (its `unet`), a UNet, a processor or any
+    module holding `adapters.<name>.` parameters. Returns the randomised parameter names (never empty)."""
+    module = getattr(model, "unet", model)
+    generator = torch.Generator().manual_seed(seed)
+    marker = f"adapters.{name}."
+    changed = []
+    with torch.no_grad():
+        for key, parameter in module.named_parameters():
+            if (key.startswith(marker) or f".{marker}" in key) and not torch.any(parameter):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=torch.float32) * std)
+                changed.append(key)
+    if not changed:
+        raise AssertionError(f"adapter {name!r} has no zero-initialised parameter left to randomise in {type(module)}")
+    return changed
+
+
+@pytest.fixture(scope="session")
+def randomize_adapter():
+    """`randomize_adapter(model, name, seed=0, std=0.3)`: see `randomize_zero_init_parts`. Every test that compares
+    outputs with an adapter uses it (or gives every adapter parameter random values itself) and asserts that the
+    adapter changes the output."""
+    return randomize_zero_init_parts

@@ -187,3 +187,85 @@ def test_save_ca_maps_from_a_pipeline_call(pipe, tmp_path):
 
 def test_jet_colormap_ends():
     np.testing.assert_allclose(jet_colormap(np.array([0.0, 0.5, 1.0])), [[0, 0, 0.5], [0.5, 1, 0.5], [0.5, 0, 0]])
+
+
+# ----------------------------------------------------------------------------------- maps under guidance, by hand
+
+
+def _capture_attn2_inputs(unet):
+    """Forward pre-hooks on every spatial attn2: records (hidden_states, encoder_hidden_states) of each call."""
+    calls, handles = [], []
+    for blocks in (unet.down_blocks, unet.up_blocks):
+        for block in blocks:
+            for transformer in getattr(block, "attentions", None) or []:
+                for layer in transformer.transformer_blocks:
+                    hook = lambda m, args, kwargs: calls.append((m, args[0], kwargs["encoder_hidden_states"]))  # noqa: E731
+                    handles.append(layer.attn2.register_forward_pre_hook(hook, with_kwargs=True))
+    return calls, handles
+
+
+def _hand_maps(calls, frames, size, half, ratio=1, k_lora=None):
+    """Mean over the recorded calls on the `size` grid of softmax(q k^T / sqrt(d)) averaged over heads, for batch
+    half `half` (0 = unconditional, 1 = conditional) of one video: (frames, h', w', tokens), rows/cols in image
+    order. `ratio` > 1: the query grid keeps rows/cols 0, r, 2r, ... (standard spatiotemporal Q). `k_lora(attn, e)`
+    adds a key delta."""
+    h, w = size
+    total, count = 0.0, 0
+    for attn, x, text in calls:
+        if x.shape[1] != h * w:
+            continue
+        x, text = x[half * frames : (half + 1) * frames].double(), text[half * frames].double()
+        grid = x.reshape(frames, h, w, -1)[:, ::ratio, ::ratio]
+        q = grid.reshape(-1, grid.shape[-1]) @ attn.to_q.weight.double().T  # (frames*h'*w', C), frame-major
+        k = text @ attn.to_k.weight.double().T
+        if k_lora is not None:
+            k = k + k_lora(attn, text)
+        d = q.shape[-1] // attn.heads
+        probs = sum(
+            torch.softmax(q[:, i * d : (i + 1) * d] @ k[:, i * d : (i + 1) * d].T / d**0.5, dim=-1)
+            for i in range(attn.heads)
+        ) / attn.heads
+        total, count = total + probs.reshape(*grid.shape[:3], -1), count + 1
+    assert count > 0
+    return (total / count).float()
+
+
+def test_guided_maps_are_the_conditional_halfs_maps_computed_by_hand(pipe, randomize_adapter):
+    frames, size = 8, (8, 6)  # 64x48 pixels: the "high" level is the 8x6 latent grid
+    calls, handles = _capture_attn2_inputs(pipe.unet)
+    try:
+        out = _call(pipe, guidance_scale=7.5, negative_prompt="a blurry picture", ca_map_resolutions=["high"])
+    finally:
+        for handle in handles:
+            handle.remove()
+    maps = out.ca_maps["high"]
+    assert maps.shape == (1, frames, *size, 77)
+    conditional = _hand_maps(calls, frames, size, half=1)
+    torch.testing.assert_close(maps[0], conditional, atol=1e-5, rtol=1e-4)
+    assert (_hand_maps(calls, frames, size, half=0) - conditional).abs().max() > 1e-3  # the halves differ
+
+    # Spatiotemporal Q (r = 2, ceil grid) with a CA-LoRA whose key delta changes the maps; alpha/rank written here.
+    config = MIVAAdapterConfig(use_i2v=False, use_motion_lora=False, use_ca_lora=True, ca_lora_rank=4,
+                               ca_lora_scale=2.0, q_downsample=True, q_downsample_ratio=2)
+    pipe.add_adapter("stq_maps", config)
+    try:
+        randomize_adapter(pipe, "stq_maps", seed=2, std=1.0)
+        calls, handles = _capture_attn2_inputs(pipe.unet)
+        try:
+            out = _call(pipe, guidance_scale=7.5, negative_prompt="a blurry picture", ca_map_resolutions=["high"])
+        finally:
+            for handle in handles:
+                handle.remove()
+
+        def k_lora(attn, e):  # the layer's own key delta, alpha / rank = 2 / 4 written here
+            delta = attn.processor.adapters["stq_maps"].to_k_lora
+            return e @ delta.down.weight.double().T @ delta.up.weight.double().T * (2.0 / 4)
+
+        expected = _hand_maps(calls, frames, size, half=1, ratio=2, k_lora=k_lora)
+        assert out.ca_maps["high"].shape == (1, frames, 4, 3, 77)
+        torch.testing.assert_close(out.ca_maps["high"][0], expected, atol=1e-5, rtol=1e-4)
+        without_delta = _hand_maps(calls, frames, size, half=1, ratio=2)
+        assert (expected - without_delta).abs().max() > 1e-3  # the adapter's key delta shows in the maps
+        assert (_hand_maps(calls, frames, size, half=0, ratio=2, k_lora=k_lora) - expected).abs().max() > 1e-3
+    finally:
+        pipe.delete_adapters(["stq_maps"])

@@ -57,8 +57,10 @@ def _video_text(videos, frames, seed=2):
     return torch.randn(videos, TEXT_TOKENS, TEXT_DIM, generator=_gen(seed)).repeat_interleave(frames, dim=0)
 
 
-def _lora(delta, x):
-    return x @ delta.down.weight.T @ delta.up.weight.T * delta.scale
+def _lora(delta, x, alpha):
+    """`up(down(x)) * alpha / rank`: alpha from the test's config, rank from the shape of `down` (the processor's own
+    `scale` is not used, so a wrong alpha/rank inside the processor shows)."""
+    return x @ delta.down.weight.T @ delta.up.weight.T * (alpha / delta.down.weight.shape[0])
 
 
 def _reference_attention(q, k, v, heads=HEADS):
@@ -120,11 +122,11 @@ def test_ca_lora_formula(use_q_lora, parallel_mode):
     with torch.no_grad():
         q = x @ attn.to_q.weight.T
         if use_q_lora:
-            q = q + _lora(adapter.to_q_lora, x)
-        k = text @ attn.to_k.weight.T + _lora(adapter.to_k_lora, text)
-        v = text @ attn.to_v.weight.T + _lora(adapter.to_v_lora, text)
+            q = q + _lora(adapter.to_q_lora, x, 2.0)
+        k = text @ attn.to_k.weight.T + _lora(adapter.to_k_lora, text, 2.0)
+        v = text @ attn.to_v.weight.T + _lora(adapter.to_v_lora, text, 2.0)
         a = _reference_attention(q, k, v)
-        expected = a @ attn.to_out[0].weight.T + attn.to_out[0].bias + _lora(adapter.to_out_lora, a)
+        expected = a @ attn.to_out[0].weight.T + attn.to_out[0].bias + _lora(adapter.to_out_lora, a, 2.0)
         out = processor(attn, x, text)
         stock = AttnProcessor2_0()(attn, x, text)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

@@ -1,9 +1,11 @@
-"""The processors' inference fast paths equal their autograd paths.
+"""The processors' inference fast paths equal their autograd paths, and both equal an independent reference.
 
 Without autograd the processors merge LoRA deltas into temporary projection weights (`linear_with_deltas`); with
-autograd (training) the low-rank paths run. Both must compute the same function: checked here on the tiny UNet for
-every composition (the mixing of residual branches before `W_O` and the merged `to_out` of cross-frame branches
-run in both modes and are checked against references in test_multi_adapter.py), and on single projections.
+autograd (training) the low-rank paths run. Independent reference: for LoRA-only adapters, the stock diffusers UNet
+(default processors) with `W + sum_i w_i (alpha_i / rank_i) up_i down_i` merged into its Q/K/V/out weights by hand
+here; both paths must equal it. For the other compositions (cross-frame branches, motion embeddings, STQ, implicit
+prompts) the two paths are compared with each other on the tiny UNet, and each composition has its own written-out
+reference at layer level in test_multi_adapter.py, test_self_attention.py and test_stq_pe_reference.py.
 """
 
 import pytest
@@ -37,6 +39,15 @@ CONFIGS = {
     "implicit": dict(FULL, use_ca_lora=False, ca_mode="implicit"),
     "lora1": dict(use_motion_lora=True, use_ca_lora=True, motion_lora_rank=4, ca_lora_rank=4),
     "lora2": dict(use_motion_lora=True, use_ca_lora=True, motion_lora_rank=8, ca_lora_rank=8, use_q_lora=True),
+    # LoRA only (no cross-frame branch): what the hand-merged stock UNet below can express.
+    "m1": dict(use_i2v=False, use_motion_lora=True, use_ca_lora=True, use_q_lora=True, motion_lora_rank=4,
+               motion_lora_scale=2.0, ca_lora_rank=4, ca_lora_scale=3.0),
+    "m2": dict(use_i2v=False, use_motion_lora=True, use_ca_lora=True, motion_lora_rank=8, motion_lora_scale=0.5,
+               ca_lora_rank=2, ca_lora_scale=1.0),
+}
+ALPHAS = {  # (motion alpha, cross-attention alpha) of the LoRA-only adapters, written again for the reference
+    "m1": (2.0, 3.0),
+    "m2": (0.5, 1.0),
 }
 CASES = {
     "one full adapter": (["full"], [1.0], "residual"),
@@ -52,16 +63,12 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def unet():
+def unet(randomize_adapter):
     unet = tiny_unet_motion(seed=0)
     install_miva_processors(unet)
-    generator = torch.Generator().manual_seed(0)
-    for name, fields in CONFIGS.items():
+    for seed, (name, fields) in enumerate(CONFIGS.items()):
         add_miva_adapter(unet, name, MIVAAdapterConfig(**fields))
-        with torch.no_grad():
-            for module in get_miva_adapter_modules(unet, name).values():
-                for parameter in module.parameters():
-                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+        randomize_adapter(unet, name, seed=seed)
     return unet
 
 
@@ -96,6 +103,40 @@ def test_inference_equals_autograd_path(unet, inputs, case):
         set_miva_adapters(unet, [], parallel_mode="residual")
     assert (trained - stock).abs().max() > 1e-3  # the adapters matter, so the comparison means something
     torch.testing.assert_close(inferred, trained, atol=1e-5, rtol=1e-5)
+
+
+def _hand_merged_stock_unet(unet, names, weights):
+    """A stock tiny UNet (diffusers' default processors, same seeded base weights) with each LoRA adapter's
+    `w (alpha / rank) up @ down` added to the weight of the projection it sits on, written out here."""
+    stock = tiny_unet_motion(seed=0)
+    with torch.no_grad():
+        for name, w in zip(names, weights):
+            for layer, module in get_miva_adapter_modules(unet, name).items():
+                attn = stock.get_submodule(layer.removesuffix(".processor"))
+                alpha = ALPHAS[name][0 if ".motion_modules." in layer else 1]
+                for part, linear in (("to_q", attn.to_q), ("to_k", attn.to_k), ("to_v", attn.to_v),
+                                     ("to_out", attn.to_out[0])):
+                    delta = getattr(module, f"{part}_lora", None)
+                    if delta is not None:
+                        rank = delta.down.weight.shape[0]
+                        linear.weight += w * (alpha / rank) * (delta.up.weight @ delta.down.weight)
+    return stock
+
+
+@pytest.mark.parametrize("names, weights, mode", [(["m1"], [1.0], "residual"), (["m1", "m2"], [0.6, 0.4], "weights")])
+def test_both_paths_equal_the_stock_unet_with_hand_merged_weights(unet, inputs, names, weights, mode):
+    sample, timestep, text = inputs
+    set_miva_adapters(unet, names, weights, parallel_mode=mode)
+    try:
+        trained, inferred = _both(unet, inputs)
+    finally:
+        set_miva_adapters(unet, [], parallel_mode="residual")
+    with torch.no_grad():
+        expected = _hand_merged_stock_unet(unet, names, weights)(sample, timestep, encoder_hidden_states=text).sample
+        stock = tiny_unet_motion(seed=0)(sample, timestep, encoder_hidden_states=text).sample
+    assert (expected - stock).abs().max() > 1e-3  # the adapters matter
+    torch.testing.assert_close(inferred, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(trained, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_fused_lora_adapters_equal_unfused_inference(unet, inputs):

@@ -64,7 +64,9 @@ def saved(base_unet, tmp_path_factory):
     randomize(pipe.unet, "w", seed=1)
     pipe.save_adapter("w", folder)
     state = {k: v.clone() for k, v in adapter_state_dict(pipe.unet, "w").items()}
-    return folder, state, forward(pipe.unet)
+    output = forward(pipe.unet)
+    assert (output - forward(base_unet)).abs().max() > 1e-3  # the adapter acts: losing it would show
+    return folder, state, output
 
 
 def assert_same_state(a, b):

@@ -85,8 +85,10 @@ def linear(module, x):
     return out if module.bias is None else out + module.bias
 
 
-def delta(lora: LoRADelta, x):
-    return (x @ lora.down.weight.T @ lora.up.weight.T) * lora.scale
+def delta(lora: LoRADelta, x, alpha=1.0):
+    """`up(down(x)) alpha / rank`, alpha = 1 (the config default every adapter here uses), rank from `down`'s shape
+    (not the delta's own `scale`, so a wrong alpha/rank inside a processor shows)."""
+    return (x @ lora.down.weight.T @ lora.up.weight.T) * (alpha / lora.down.weight.shape[0])
 
 
 def softmax_attention(attn, q, k, v):

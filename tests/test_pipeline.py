@@ -380,13 +380,18 @@ def test_free_init_keeps_frame0(pipe, image):
     torch.testing.assert_close(out[:, :, :1], first, atol=1e-5, rtol=1e-5)
 
 
-def test_free_noise_and_fused_qkv_keep_adapters(image):
+def test_free_noise_and_fused_qkv_keep_adapters(image, randomize_adapter):
     pipe = MIVAPipeline(**tiny_components(seed=0))
     pipe.set_progress_bar_config(disable=True)
     pipe.add_adapter("m", MIVAAdapterConfig(use_motion_lora=True, use_motion_embed=True, motion_lora_rank=4))
+    randomize_adapter(pipe, "m", seed=4)
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items() if ".adapters." in k}
     with torch.no_grad():
         reference = run(pipe, image, guidance_scale=1.0).frames
+        pipe.disable_adapters()
+        without = run(pipe, image, guidance_scale=1.0).frames
+        pipe.enable_adapters()
+    assert (reference - without).abs().max() > 1e-2  # the adapter acts, so losing it would show below
     pipe.enable_free_noise(context_length=FRAMES, context_stride=4)
     processors = pipe.unet.attn_processors
     assert all(isinstance(p, MIVAProcessorBase) for p in processors.values())

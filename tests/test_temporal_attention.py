@@ -37,8 +37,10 @@ def _processor(attn, config=None, weight=1.0, seed=1, parallel_mode="residual"):
     return processor
 
 
-def _lora(delta, x, weight=1.0):
-    return weight * (x @ delta.down.weight.T @ delta.up.weight.T * delta.scale)
+def _lora(delta, x, weight=1.0, alpha=1.0):
+    """`w up(down(x)) alpha / rank`: alpha as configured by the test, rank from the shape of `down` (not the delta's
+    own `scale`, so a wrong alpha/rank inside the processor shows)."""
+    return weight * (x @ delta.down.weight.T @ delta.up.weight.T * (alpha / delta.down.weight.shape[0]))
 
 
 def _reference_attention(q, k, v, heads=HEADS):
@@ -50,7 +52,7 @@ def _reference_attention(q, k, v, heads=HEADS):
     return (probs @ v).transpose(1, 2).reshape(b, n, c)
 
 
-def _reference(attn, adapter, x, weight=1.0):
+def _reference(attn, adapter, x, weight=1.0, alpha=1.0):
     """`x' = x + w E[:F]`; Q/K/V = W x' + w d(x'); `y = W_O a + b + w dO(a)` (the adapter at weight w)."""
     frames = x.shape[1]
     if adapter.motion_embed is not None:
@@ -59,12 +61,12 @@ def _reference(attn, adapter, x, weight=1.0):
     k = x @ attn.to_k.weight.T
     v = x @ attn.to_v.weight.T
     if adapter.has_lora:
-        q = q + _lora(adapter.to_q_lora, x, weight)
-        k = k + _lora(adapter.to_k_lora, x, weight)
-        v = v + _lora(adapter.to_v_lora, x, weight)
+        q = q + _lora(adapter.to_q_lora, x, weight, alpha)
+        k = k + _lora(adapter.to_k_lora, x, weight, alpha)
+        v = v + _lora(adapter.to_v_lora, x, weight, alpha)
     a = _reference_attention(q, k, v)
     y = a @ attn.to_out[0].weight.T + attn.to_out[0].bias
-    return y + _lora(adapter.to_out_lora, a, weight) if adapter.has_lora else y
+    return y + _lora(adapter.to_out_lora, a, weight, alpha) if adapter.has_lora else y
 
 
 def _inputs(frames, seed=3):
@@ -101,7 +103,7 @@ def test_motion_lora_formula(frames, use_motion_embed):
     x = _inputs(frames)
     with torch.no_grad():
         out = processor(attn, x)
-        expected = _reference(attn, processor.adapters["a"], x)
+        expected = _reference(attn, processor.adapters["a"], x, alpha=2.0)
         stock = AttnProcessor2_0()(attn, x)
     assert out.shape == (PIXELS, frames, DIM)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

@@ -1,8 +1,12 @@
 """xformers: the attention backend switch of the MIVA processors, batch splitting, and the pipeline switch.
 
-No test needs xformers or a GPU: the xformers layout and chunking run with a fake attention function, and the
-pipeline switch is checked on CPU (a clear error) and with diffusers' own switch stubbed.
+The xformers layout and chunking run with a fake attention function; which calls reach xformers is checked with a
+spy and a CPU tensor that reports `is_cuda`; the pipeline switch is checked on CPU (a clear error) and with
+diffusers' own switch stubbed. Only the numerical comparison of real xformers kernels with SDPA needs CUDA and
+xformers, and is skipped (with that reason) without them.
 """
+
+import importlib.util
 
 import pytest
 import torch
@@ -79,19 +83,64 @@ def test_xformers_layout_and_chunks_equal_sdpa(q_tokens, kv_tokens):
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
 
 
-def test_xformers_backend_falls_back_to_sdpa_off_cuda():
-    """On CPU tensors the "xformers" backend computes with SDPA (xformers has no CPU kernels): same numbers."""
-    unet = tiny_unet_motion(seed=0)
+class _CudaLooking(torch.Tensor):
+    """A CPU tensor that reports `is_cuda`: lets the routing decision of `attend` be tested without a GPU."""
+
+    @property
+    def is_cuda(self):
+        return True
+
+
+def test_attend_routes_cuda_tensors_without_mask_to_xformers(monkeypatch):
+    """`attend(backend="xformers")` calls xformers only for CUDA tensors without a mask; CPU tensors and masked calls
+    go to SDPA (xformers has no CPU kernels). The routing is checked with a spy, not by comparing numbers."""
+    import miva.attention_processors.attention_utils as utils
+
+    calls = []
+
+    def spy(query, key, value, heads, attention_op=None):
+        calls.append((type(query), heads, attention_op))
+        return torch.zeros_like(query)
+
+    monkeypatch.setattr(utils, "xformers_attention", spy)
     generator = torch.Generator().manual_seed(0)
-    sample = torch.randn(1, 4, 4, 8, 8, generator=generator)
-    text = torch.randn(4, 77, 32, generator=generator)
-    context = install_miva_processors(unet)
+    query, key, value = (torch.randn(2, 5, 8, generator=generator) for _ in range(3))
+    op = object()
+    cpu = utils.attend(query, key, value, 2, backend="xformers", attention_op=op)
+    assert calls == [] and cpu.abs().max() > 0  # CPU: SDPA ran
+    cuda_like = [t.as_subclass(_CudaLooking) for t in (query, key, value)]
+    assert cuda_like[0].is_cuda
+    utils.attend(*cuda_like, 2, backend="xformers", attention_op=op)
+    assert calls == [(_CudaLooking, 2, op)]
+    utils.attend(*cuda_like, 2, backend="sdpa", attention_op=op)  # the default backend never reaches xformers
+    mask = torch.zeros(2, 2, 5, 5).as_subclass(_CudaLooking)
+    utils.attend(*cuda_like, 2, attention_mask=mask, backend="xformers", attention_op=op)  # masks: SDPA
+    assert len(calls) == 1
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("xformers") is None,
+    reason="needs a CUDA device and xformers (the xformers kernels exist only on CUDA)",
+)
+def test_xformers_backend_on_cuda_equals_sdpa():
+    unet = tiny_unet_motion(seed=0).to("cuda")
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 4, 4, 8, 8, generator=generator).cuda()
+    text = torch.randn(4, 77, 32, generator=generator).cuda()
+    install_miva_processors(unet)
     with torch.no_grad():
         expected = unet(sample, 500, encoder_hidden_states=text).sample
-        assert install_miva_processors(unet, attention_backend="xformers") is context
-        assert context.attention_backend == "xformers" and context.attention_op is None
+        set_miva_attention_backend(unet, "xformers")
         out = unet(sample, 500, encoder_hidden_states=text).sample
-    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_attention_backend_switch_and_errors():
+    unet = tiny_unet_motion(seed=0)
+    context = install_miva_processors(unet)
+    assert context.attention_backend == "sdpa"
+    assert install_miva_processors(unet, attention_backend="xformers") is context
+    assert context.attention_backend == "xformers" and context.attention_op is None
     op = object()
     set_miva_attention_backend(unet, "xformers", attention_op=op)
     assert context.attention_op is op

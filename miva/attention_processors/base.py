@@ -45,20 +45,6 @@ class MIVAProcessorBase(nn.Module):
             del self.adapters[name]
 
 
-def mix_residual(branch_outputs: list[torch.Tensor], weights: list[float], base: torch.Tensor | None) -> torch.Tensor:
-    """`y_base + sum_i w_i (y_i - y_base)` written as `sum_i w_i y_i + (1 - sum_i w_i) y_base`.
-
-    `base` may be None only when the weights sum to 1 (then it cancels and is never computed).
-    """
-    out = branch_outputs[0] * weights[0] if weights[0] != 1.0 else branch_outputs[0]
-    for y, w in zip(branch_outputs[1:], weights[1:]):
-        out = out + y * w
-    rest = 1.0 - sum(weights)
-    if base is not None and rest != 0.0:
-        out = out + base * rest
-    return out
-
-
 def needs_base(weights: list[float]) -> bool:
     """The frozen base branch matters only when the adapter weights do not sum to one."""
     return abs(1.0 - sum(weights)) > 1e-12
