@@ -11,6 +11,7 @@ from torch import nn
 from .adapter_config import MIVAAdapterConfig, parse_first_frame_scale
 from .attention_utils import finish_output, prepare_mask, project_out
 from .base import MIVAProcessorBase
+from .lora import compute_dtype, weights_readable
 
 
 class CrossFrameAdapter(nn.Module):
@@ -50,7 +51,7 @@ class CrossFrameAdapter(nn.Module):
         else:
             if context.temb is None:
                 raise RuntimeError("sa_first_frame_scale='adaptive' needs the time embedding: call the UNet")
-            logits = self.weight_module(F.silu(context.temb.to(self.weight_module.weight.dtype)))
+            logits = self.weight_module(F.silu(context.temb.to(compute_dtype(self.weight_module))))
             s = (logits / self.scale_value).softmax(dim=-1)[:, 0]
         return s.repeat_interleave(num_frames)[:, None, None]
 
@@ -107,10 +108,10 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
             outputs = self._attend_group(adapters[0], queries, key, value, frames, heads)
             for qi, output in enumerate(outputs):
                 readers = [member for member, i in zip(members, index_of) if i == qi]
-                if len(readers) == 1:
-                    adapter, weight = readers[0]
-                    branch = adapter.to_out(output)
-                    total = total + (branch if weight == 1.0 else branch * weight)
+                if len(readers) == 1 or not all(weights_readable(a.to_out) for a, _ in readers):
+                    for adapter, weight in readers:  # through to_out's forward (offloading hooks may own it)
+                        branch = adapter.to_out(output)
+                        total = total + (branch if weight == 1.0 else branch * weight)
                 else:  # same attention output: sum_i w_i (W_i o + b_i) = (sum_i w_i W_i) o + sum_i w_i b_i, one matmul
                     weight = sum(adapter.to_out.weight * w for adapter, w in readers)
                     bias = sum(adapter.to_out.bias * w for adapter, w in readers)
