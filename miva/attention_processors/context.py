@@ -28,6 +28,9 @@ class MIVAContext:
     attention_backend: str = "sdpa"  # or "xformers" (CUDA tensors; set by enable_xformers_memory_efficient_attention)
     attention_op: Any = None  # xformers' `op` argument
     enabled: bool = True
+    # `unet.set_default_attn_processor()` put diffusers' processors on: keep them (adapters off) until
+    # `set_miva_adapters` / `enable_miva_adapters` puts ours back.
+    default_processors: bool = False
     fused: list[tuple[str, float]] = field(default_factory=list)  # (name, weight) merged into base weights
     fuse_state: Any = None  # backups and flags of `fuse_miva_adapters`, consumed by `unfuse_miva_adapters`
     # Per-call values written by hooks.

@@ -96,7 +96,8 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
     ):
         components = (vae, text_encoder, tokenizer, unet, motion_adapter, scheduler, feature_extractor, image_encoder)
         super().__init__(*components)
-        install_miva_processors(self.unet)
+        if self.unet is not None:  # optional, as in diffusers (e.g. a text-only pipeline for `encode_prompt`)
+            install_miva_processors(self.unet)
 
     # ------------------------------------------------------------------------- diffusers calls that swap processors
     def _with_stock_processors(self, run: Callable[[], Any], temporal_only: bool = False):
@@ -340,6 +341,12 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
         Returns:
             `MIVAPipelineOutput`, or `output.to_tuple()` (frames, plus ca_maps when requested) if not return_dict.
         """
+        for name in ("unet", "vae", "scheduler"):
+            if getattr(self, name, None) is None:
+                raise ValueError(
+                    f"{name}=None: this MIVAPipeline was built without a {name}; it can encode prompts "
+                    f"(encode_prompt) but not animate. Build it with a {name}"
+                )
         context = install_miva_processors(self.unet)  # idempotent; undoes processor swaps made behind our back
         if isinstance(prompt, dict):
             raise ValueError(

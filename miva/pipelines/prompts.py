@@ -133,6 +133,22 @@ class _Encoder:
         cond = self.texts(prompts, replace=True)
         return cond, None if negatives is None else self.texts(negatives, replace=False)
 
+    def negatives_for(self, negatives: list[str], cond: Tensor) -> Tensor:
+        """Negative prompts for given `prompt_embeds` `cond` `(N, T, D)`: padded to T tokens, as diffusers'
+        `encode_prompt` does (T may be shorter than the tokenizer's 77)."""
+        if self.text_emb_dir is None:
+            return self.pipe.encode_prompt(
+                None, self.device, 1, True, negatives, prompt_embeds=cond, lora_scale=self.lora_scale,
+                clip_skip=self.clip_skip,
+            )[1].to(device=self.device, dtype=self.dtype)
+        uncond = self.texts(negatives, replace=False)
+        if uncond.shape[1] != cond.shape[1]:
+            raise ValueError(
+                f"prompt_embeds has {cond.shape[1]} tokens but the negative prompt's embedding from text_emb_dir has "
+                f"{uncond.shape[1]}; pass negative_prompt_embeds of the same length"
+            )
+        return uncond
+
     def texts(self, texts: list[str], replace: bool = True) -> Tensor:
         if self.text_emb_dir is not None:
             out = torch.cat([load_text_embedding(self.text_emb_dir, t) for t in texts])
@@ -194,7 +210,9 @@ def build_prompt_embeds(
         cond, uncond = encoder.pair(prompts, cfg_negatives)
     else:
         cond = prompt_embeds.to(device=device, dtype=encoder.dtype)
-        uncond = encoder.texts(cfg_negatives, replace=False) if cfg_negatives is not None else None
+        if cond.shape[0] == 1 and batch_size > 1:
+            cond = cond.expand(batch_size, -1, -1)
+        uncond = encoder.negatives_for(cfg_negatives, cond) if cfg_negatives is not None else None
     if do_classifier_free_guidance and negative_prompt_embeds is not None:
         uncond = negative_prompt_embeds.to(device=device, dtype=encoder.dtype)
     if cond.shape[0] == 1 and batch_size > 1:
