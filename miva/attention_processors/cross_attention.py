@@ -11,6 +11,7 @@ from .attention_utils import attention_probs, finish_output, prepare_mask
 from .base import MIVAProcessorBase, needs_base
 from .lora import LoRADelta, linear_bias, linear_with_deltas, linear_without_bias, weights_readable
 from .positional import encode_key_value, encode_query_input, encode_query_output, pe_uses_kv
+from .split_inference import row_window
 
 
 class ImplicitPrompt(nn.Module):
@@ -187,6 +188,10 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
     def _adapted(self, attn, x, query, prompts, active, frames):
         ctx = self.context
         stq = self._stq(active)
+        if stq is not None and row_window(ctx, self.layer_name, x.shape[0], frames) is not None:
+            raise ValueError(f"{self.layer_name}: spatiotemporal Q (q_downsample) attends over all frames of a video at "
+                             f"once, but FreeNoise split inference hands this layer {x.shape[0]} rows at a time; run "
+                             "without enable_free_noise_split_inference() or with an adapter without q_downsample")
         size = getattr(attn, "miva_spatial_size", None) if stq else None
         if stq and size is None:
             raise RuntimeError(f"{self.layer_name}: spatiotemporal Q needs the level size; run the whole UNet so the "
