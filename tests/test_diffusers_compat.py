@@ -11,9 +11,11 @@ import pytest
 import torch
 from accelerate import cpu_offload
 from diffusers.models.attention_processor import AttnProcessor
+from torch import nn
 
-from miva.attention_processors import MIVAAdapterConfig, get_miva_adapter_modules
+from miva.attention_processors import LoRADelta, MIVAAdapterConfig, get_miva_adapter_modules
 from miva.attention_processors.base import MIVAProcessorBase
+from miva.attention_processors.lora import linear_with_deltas
 from miva.pipelines import MIVAPipeline
 from miva.tiny import make_test_image, tiny_components
 
@@ -56,6 +58,38 @@ def plain():
 
 
 # ------------------------------------------------------------------------------ 1. memory features
+
+
+def _linear_and_delta():
+    torch.manual_seed(0)
+    linear, delta = nn.Linear(12, 10), LoRADelta(12, 10, rank=3, alpha=2.0)
+    nn.init.normal_(delta.up.weight)
+    return linear, delta, torch.randn(4, 12)
+
+
+def test_lora_deltas_run_through_accelerate_offload_hooks():
+    linear, delta, x = _linear_and_delta()
+    with torch.no_grad():
+        expected = linear(x) + 0.5 * (delta.up.weight @ delta.down.weight * delta.scale @ x.T).T
+    cpu_offload(nn.ModuleDict(dict(linear=linear, delta=delta)), torch.device("cpu"))
+    assert linear.weight.is_meta and delta.down.weight.is_meta  # real weights only inside each forward
+    with torch.no_grad():
+        torch.testing.assert_close(linear_with_deltas(linear, x, [(delta, 0.5)]), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_lora_deltas_compute_in_the_layerwise_casting_compute_dtype():
+    from diffusers.hooks import apply_layerwise_casting
+
+    linear, delta, x = _linear_and_delta()
+    with torch.no_grad():  # the same layers with their weights rounded to float8, in float32
+        w, b = (t.to(torch.float8_e4m3fn).float() for t in (linear.weight, linear.bias))
+        up, down = (t.to(torch.float8_e4m3fn).float() for t in (delta.up.weight, delta.down.weight))
+        expected = x @ w.T + b + 0.5 * (x @ down.T @ up.T) * delta.scale
+    apply_layerwise_casting(nn.ModuleDict(dict(linear=linear, delta=delta)), storage_dtype=torch.float8_e4m3fn,
+                            compute_dtype=torch.float32)
+    assert linear.weight.dtype == delta.down.weight.dtype == torch.float8_e4m3fn
+    with torch.no_grad():
+        torch.testing.assert_close(linear_with_deltas(linear, x, [(delta, 0.5)]), expected, atol=1e-5, rtol=1e-5)
 
 
 def _adapter_lora(pipe):

@@ -83,24 +83,30 @@ def _mergeable(linear: nn.Module, deltas: list) -> bool:
     return all(delta.weights_readable() for delta, _ in deltas)
 
 
-def linear_with_deltas(linear: nn.Module, x: torch.Tensor, deltas: list[tuple[nn.Module, float]]) -> torch.Tensor:
-    """`linear(x) + sum_i w_i delta_i(x)`: (..., in_features) -> (..., out_features).
+def linear_with_deltas(linear: nn.Module, x: torch.Tensor, deltas: list[tuple[nn.Module, float]],
+                       bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`linear(x) + sum_i w_i delta_i(x) (+ bias)`: (..., in_features) -> (..., out_features).
 
     A delta is a module called on `x` with `delta_weight()`, `delta_bias()` and `weights_readable()` (`LoRADelta`,
     or a cross-attention adapter's out delta with its constant bias). Without autograd (inference), on a plain
     `nn.Linear`, the deltas are merged into a temporary weight first: one matmul instead of 1 + 2N, for an extra
     (out x in x rank) per call, negligible next to the projection's (tokens x out x in). Otherwise the low-rank
     path runs through every module's forward: it is cheaper to differentiate, leaves a wrapper (PEFT LoRA) in
-    charge, and lets offloading / layerwise-casting hooks bring the weights in.
+    charge, and lets offloading / layerwise-casting hooks bring the weights in. `bias` is an extra constant
+    `(out_features,)` term.
     """
-    if not deltas:
-        return linear(x)
-    if not _mergeable(linear, deltas):
+    if deltas and _mergeable(linear, deltas):
+        out = _merged_linear(linear, x, deltas)
+    else:
         out = linear(x)
         for delta, w in deltas:
             d = delta(x)
             out = out + (d if w == 1.0 else d * w)
-        return out
+    return out if bias is None else out + bias.to(out.dtype)
+
+
+def _merged_linear(linear: nn.Linear, x: torch.Tensor, deltas: list[tuple[nn.Module, float]]) -> torch.Tensor:
+    """`F.linear` with the deltas merged into a temporary weight and bias (one matmul)."""
     weight, bias = linear.weight, linear.bias
     for delta, w in deltas:
         d = delta.delta_weight().to(weight.dtype)
