@@ -221,7 +221,7 @@ def test_free_noise_prompt_interpolation_with_adapter_active():
     # The UNet reads, per frame, the linear interpolation between the prompts' embeddings (computed here from the
     # text encoder alone), after the negative prompt's frames.
     waterfall, clouds, empty = (_encode(pipe, text, 77)[0] for text in ("a waterfall", "clouds", ""))
-    expected = torch.stack([waterfall + (clouds - waterfall) * (min(f, 4) / 4) for f in range(frames)])
+    expected = torch.stack([(1 - min(f, 4) / 4) * waterfall + (min(f, 4) / 4) * clouds for f in range(frames)])
     torch.testing.assert_close(seen[0][frames:], expected, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(seen[0][:frames], empty.expand(frames, -1, -1), atol=0, rtol=0)
     # One key: the same video as the string prompt (the call without interpolation).
