@@ -16,6 +16,7 @@ from torch import nn
 from miva.attention_processors import LoRADelta, MIVAAdapterConfig, get_miva_adapter_modules
 from miva.attention_processors.base import MIVAProcessorBase
 from miva.attention_processors.lora import linear_with_deltas
+from miva.attention_processors.split_inference import carried_reference_kv
 from miva.pipelines import MIVAPipeline
 from miva.tiny import make_test_image, tiny_components
 
@@ -253,6 +254,22 @@ def test_dict_prompt_needs_free_noise():
 
 
 # ------------------------------------------------------------------------------ 5. FreeNoise split inference
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 5, 12])
+def test_carried_reference_frames_equal_those_of_the_whole_batch(chunk):
+    """Chunk after chunk (any size, across video boundaries), each row gets its video's frame 0 and its previous
+    frame, as if the whole (2 videos x 6 frames) batch were there."""
+    frames, key, value = 6, torch.randn(12, 3, 8), torch.randn(12, 3, 8)
+    rows = torch.arange(12)
+    first, prev = rows - rows % frames, torch.where(rows % frames == 0, rows, rows - 1)
+    cache, parts = {}, []
+    for start in range(0, 12, chunk):
+        stop = min(start + chunk, 12)
+        parts.append(carried_reference_kv(cache, key[start:stop], value[start:stop], frames, (start, stop)))
+    for i, expected in enumerate((key[first], value[first], key[prev], value[prev])):
+        torch.testing.assert_close(torch.cat([p[i] for p in parts]), expected, atol=0, rtol=0)
+    assert set(cache) <= {0, 6, 11}  # only frame-0 rows and the last row are kept
 
 
 @pytest.mark.parametrize("sa_mode, scale", [("first", 0.5), ("prev", 0.5), ("first_prev", "adaptive_0.5")])

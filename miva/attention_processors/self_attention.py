@@ -90,6 +90,8 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
     def _branches(self, x, query, key, value, active, frames, heads, window=None):
         """Sum of `w_i * to_out_i(a_i)` over the active cross-frame branches, one SDPA call per K/V layout.
         `window`: the `(start, stop)` rows of the batch this call sees under split inference (None: all)."""
+        # Under split inference: each row's reference frames' keys/values, once for all groups of this call.
+        references = self._carried_references(key, value, frames, window) if window is not None else None
         groups: dict[tuple, list] = {}
         for _, name, weight in active:
             adapter = self.adapters[name]
@@ -108,7 +110,7 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
                 else:
                     index_of.append(len(queries))
                     queries.append(adapter.to_q(x))
-            outputs = self._attend_group(adapters[0], queries, key, value, frames, heads, window)
+            outputs = self._attend_group(adapters[0], queries, key, value, frames, heads, window, references)
             for qi, output in enumerate(outputs):
                 readers = [member for member, i in zip(members, index_of) if i == qi]
                 if len(readers) == 1 or not all(weights_readable(a.to_out) for a, _ in readers):
@@ -121,10 +123,10 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
                     total = total + F.linear(output, weight, bias)
         return total
 
-    def _attend_group(self, adapter, queries, key, value, frames, heads, window=None):
+    def _attend_group(self, adapter, queries, key, value, frames, heads, window=None, references=None):
         """Attend each query set (batch*frames, hw, C) to the group's cross-frame keys/values; one SDPA call."""
         if window is not None:
-            return self._attend_group_chunk(adapter, queries, key, value, frames, heads, window)
+            return self._attend_group_chunk(adapter, queries, value, frames, heads, window, references)
         bf, hw, channels = key.shape
         batch, n = bf // frames, len(queries)
         k = key.view(batch, frames, hw, channels)
@@ -150,13 +152,17 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
         out = self.attend(q, k_all, v_all, heads)
         return list(out.chunk(n, dim=1)) if n > 1 else [out]
 
-    def _attend_group_chunk(self, adapter, queries, key, value, frames, heads, window):
-        """`_attend_group` for the rows `window` of the batch (split inference), with the reference frames' keys and
-        values carried over from earlier chunks (`split_inference.carried_reference_kv`)."""
+    def _carried_references(self, key, value, frames, window):
+        """`(k_first, v_first, k_prev, v_prev)` of the rows `window` (split inference), each (rows, hw, C), with the
+        reference frames carried over from earlier chunks (`split_inference.carried_reference_kv`)."""
         if window[0] == 0:  # a forward's first chunk: nothing carried from the previous forward
             self.context.reference_cache[self.layer_name] = {}
         cache = self.context.reference_cache.setdefault(self.layer_name, {})
-        k_first, v_first, k_prev, v_prev = carried_reference_kv(cache, key, value, frames, window)
+        return carried_reference_kv(cache, key, value, frames, window)
+
+    def _attend_group_chunk(self, adapter, queries, value, frames, heads, window, references):
+        """`_attend_group` for the rows `window` of the batch (split inference), on the carried `references`."""
+        k_first, v_first, k_prev, v_prev = references
         if adapter.sa_mode == "first":
             k_all, v_all = k_first, v_first
         elif adapter.sa_mode == "prev":
