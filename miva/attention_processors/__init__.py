@@ -7,6 +7,7 @@ from .fusing import fuse_miva_adapters, unfuse_miva_adapters
 from .install import (
     add_miva_adapter,
     delete_miva_adapter,
+    enable_miva_adapters,
     get_miva_adapter_modules,
     get_miva_context,
     install_miva_processors,
@@ -27,6 +28,7 @@ __all__ = [
     "MIVATemporalAttnProcessor",
     "add_miva_adapter",
     "delete_miva_adapter",
+    "enable_miva_adapters",
     "fuse_miva_adapters",
     "get_miva_adapter_modules",
     "get_miva_context",

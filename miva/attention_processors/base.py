@@ -17,12 +17,14 @@ class MIVAProcessorBase(nn.Module):
     `<layer>.processor.adapters.<name>.<part>` and follow `.to()`, dtype casts and `accelerate.prepare`.
     """
 
-    def __init__(self, context: MIVAContext, layer_name: str = ""):
+    def __init__(self, context: MIVAContext | None = None, layer_name: str = ""):
         super().__init__()
         self.adapters = nn.ModuleDict()
         self.layer_name = layer_name
-        # A plain attribute (not a submodule): the context is shared and holds no parameters.
-        object.__setattr__(self, "context", context)
+        # A plain attribute (not a submodule): the context is shared and holds no parameters. Without one (diffusers'
+        # IP-Adapter loader re-creates every other processor as `type(processor)()`), the processor has no adapters
+        # and computes the stock attention; `install_miva_processors` puts the UNet's own processors back.
+        object.__setattr__(self, "context", context if context is not None else MIVAContext())
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int,
                attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -28,6 +28,9 @@ class MIVAContext:
     attention_backend: str = "sdpa"  # or "xformers" (CUDA tensors; set by enable_xformers_memory_efficient_attention)
     attention_op: Any = None  # xformers' `op` argument
     enabled: bool = True
+    # `unet.set_default_attn_processor()` put diffusers' processors on: keep them (adapters off) until
+    # `set_miva_adapters` / `enable_miva_adapters` puts ours back.
+    default_processors: bool = False
     fused: list[tuple[str, float]] = field(default_factory=list)  # (name, weight) merged into base weights
     fuse_state: Any = None  # backups and flags of `fuse_miva_adapters`, consumed by `unfuse_miva_adapters`
     # Per-call values written by hooks.
@@ -37,6 +40,11 @@ class MIVAContext:
     # Set by the pipeline for one call.
     adapter_prompts: bool = False  # encoder_hidden_states = [main prompt; one prompt per active adapter] on tokens
     attention_store: Any = None  # CA-map store with `wants(layer_name)` and `add(...)`
+    # FreeNoise split inference hands spatial layers chunks of the (batch*frames) rows, in order: layer name ->
+    # (start, stop) of the current chunk (written by the Transformer2DModel pre-hook), and the reference frames'
+    # keys/values carried from earlier chunks (by the cross-frame processor, reset at each forward's first chunk).
+    row_windows: dict[str, tuple[int, int]] = field(default_factory=dict)
+    reference_cache: dict[str, dict] = field(default_factory=dict)
     # Fixed facts about the UNet.
     max_frames: int = 32
     temb_channels: int = 1280
@@ -95,12 +103,25 @@ def _temb_hook(context: MIVAContext):
     return hook
 
 
-def _spatial_size_hook(attention_modules: list[nn.Module]):
+def _spatial_size_hook(attention_modules: list[nn.Module], context: MIVAContext):
+    chunks = {"timestep": None, "next": 0}  # where the next chunk of this layer starts, within one UNet forward
+
     def hook(module, args, kwargs):
         hidden_states = args[0] if args else kwargs["hidden_states"]
         size = tuple(hidden_states.shape[-2:])  # (batch*frames, channels, h, w) -> (h, w)
         for attn in attention_modules:
             attn.miva_spatial_size = size
+        rows, timestep = hidden_states.shape[0], context.timestep
+        if timestep is None or context.num_frames is None or rows == timestep.shape[0] * context.num_frames:
+            return  # the whole batch at once (no split inference)
+        if chunks["timestep"] is not timestep:  # a new UNet forward: its chunks start at row 0
+            chunks["timestep"], chunks["next"] = timestep, 0
+        start = chunks["next"]
+        chunks["next"] = start + rows
+        for attn in attention_modules:
+            name = getattr(attn.processor, "layer_name", None)
+            if name is not None:
+                context.row_windows[name] = (start, start + rows)
 
     return hook
 
@@ -123,7 +144,8 @@ def register_context_hooks(unet: nn.Module, context: MIVAContext) -> None:
     for module in unet.modules():
         if isinstance(module, Transformer2DModel):
             attention_modules = [m for m in module.modules() if isinstance(m, Attention)]
-            handles.append(module.register_forward_pre_hook(_spatial_size_hook(attention_modules), with_kwargs=True))
+            hook = _spatial_size_hook(attention_modules, context)
+            handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
     context.hook_handles = handles
 
 

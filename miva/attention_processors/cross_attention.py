@@ -9,8 +9,9 @@ from torch import nn
 from .adapter_config import MIVAAdapterConfig
 from .attention_utils import attention_probs, finish_output, prepare_mask
 from .base import MIVAProcessorBase, needs_base
-from .lora import LoRADelta, linear_with_deltas
+from .lora import LoRADelta, linear_bias, linear_with_deltas, linear_without_bias, weights_readable
 from .positional import encode_key_value, encode_query_input, encode_query_output, pe_uses_kv
+from .split_inference import row_window
 
 
 class ImplicitPrompt(nn.Module):
@@ -58,11 +59,24 @@ class CrossAttnAdapter(nn.Module):
         prompt this adapter's branch is the base attention, so it changes nothing in either parallel mode."""
         return not (self.has_lora or self.implicit or self.stq[0])
 
-    def out_delta(self, a: torch.Tensor) -> torch.Tensor:
-        """The out delta `dO(a)` (+ the constant `to_out_bias` of imported research adapters), (..., out)."""
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        """The out delta `dO(a)` (+ the constant `to_out_bias` of imported research adapters), (..., out).
+
+        A forward, not a plain method, so that offloading / casting hooks on this module bring `to_out_bias` in.
+        """
         delta = self.to_out_lora(a)
         bias = getattr(self, "to_out_bias", None)
         return delta if bias is None else delta + bias.to(delta.dtype)
+
+    # The delta protocol of `lora.linear_with_deltas` (merged into W_O at inference when the weights are readable).
+    def delta_weight(self) -> torch.Tensor:
+        return self.to_out_lora.delta_weight()
+
+    def delta_bias(self) -> torch.Tensor | None:
+        return getattr(self, "to_out_bias", None)
+
+    def weights_readable(self) -> bool:
+        return weights_readable(self) and self.to_out_lora.weights_readable()
 
 
 class SpatiotemporalQuery:
@@ -174,6 +188,10 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
     def _adapted(self, attn, x, query, prompts, active, frames):
         ctx = self.context
         stq = self._stq(active)
+        if stq is not None and row_window(ctx, self.layer_name, x.shape[0], frames) is not None:
+            raise ValueError(f"{self.layer_name}: spatiotemporal Q (q_downsample) attends over all frames of a video at "
+                             f"once, but FreeNoise split inference hands this layer {x.shape[0]} rows at a time; run "
+                             "without enable_free_noise_split_inference() or with an adapter without q_downsample")
         size = getattr(attn, "miva_spatial_size", None) if stq else None
         if stq and size is None:
             raise RuntimeError(f"{self.layer_name}: spatiotemporal Q needs the level size; run the whole UNet so the "
@@ -235,19 +253,19 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         self._store_maps(attn, qs[0], ks[0], plan)
         if n == 1:  # one branch: the out delta merges into W_O at inference
             adapter, w, _ = attention[0]
-            y = linear_with_deltas(attn.to_out[0], a, [(adapter.to_out_lora, 1.0)] if adapter.has_lora else [],
-                                   bias=getattr(adapter, "to_out_bias", None) if adapter.has_lora else None)
+            y = linear_with_deltas(attn.to_out[0], a, [(adapter, 1.0)] if adapter.has_lora else [])
             return y if w == 1.0 else y * w
         # W_O is linear: mix the attention outputs first and project once, W_O (sum_i w_i a_i) + (sum_i w_i) b.
         parts = a.chunk(n)
         weights = [w for _, w, _ in attention]
         y = attn.to_out[0](sum(a_i * w for a_i, w in zip(parts, weights)))
-        bias = getattr(getattr(attn.to_out[0], "base_layer", attn.to_out[0]), "bias", None)
-        if bias is not None and sum(weights) != 1.0:
-            y = y + bias * (sum(weights) - 1.0)
+        if sum(weights) != 1.0:
+            bias = linear_bias(attn.to_out[0], a)
+            if bias is not None:
+                y = y + bias * (sum(weights) - 1.0)
         for (adapter, w, _), a_i in zip(attention, parts):
             if adapter.has_lora:
-                y = y + adapter.out_delta(a_i) * w
+                y = y + adapter(a_i) * w
         return y
 
     def _weights_branch(self, attn, plan, attention):
@@ -266,9 +284,7 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         a = self.attend(q, k, v, attn.heads)
         self._store_maps(attn, q, k, plan)
         loras = [(adapter, w) for adapter, w, _ in attention if adapter.has_lora]
-        biases = [adapter.to_out_bias * w for adapter, w in loras if getattr(adapter, "to_out_bias", None) is not None]
-        return linear_with_deltas(attn.to_out[0], a, [(adapter.to_out_lora, w) for adapter, w in loras],
-                                  bias=sum(biases) if biases else None)
+        return linear_with_deltas(attn.to_out[0], a, loras)
 
     # --------------------------------------------------------------------------------------------- extras
     def _ip_adapter_output(self, attn, query, ip_states):
@@ -282,7 +298,7 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
             total = total + scale * self.attend(query, to_k_ip(states), to_v_ip(states), attn.heads)
         if not torch.is_tensor(total):
             return 0.0
-        return F.linear(total, attn.to_out[0].weight)
+        return linear_without_bias(attn.to_out[0], total)
 
     def _store_maps(self, attn, query, key, plan=None, frames=None):
         store = self.context.attention_store

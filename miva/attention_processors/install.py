@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import types
 
+from diffusers.models.attention_processor import AttnProcessor
 from torch import nn
 
 from .adapter_config import MIVAAdapterConfig
@@ -62,10 +64,16 @@ def install_miva_processors(unet: nn.Module, parallel_mode: str | None = None,
             temb_channels=unet.time_embedding.linear_2.out_features,
         )
         unet.miva_context = context
+        # diffusers' UNetMotionModel.set_default_attn_processor refuses processors outside its own list; this UNet
+        # answers with ours (below). An instance attribute, removed again by `remove_miva_processors`.
+        unet.set_default_attn_processor = types.MethodType(set_default_attn_processor, unet)
     if parallel_mode is not None:
         set_parallel_mode(unet, parallel_mode)
     if attention_backend is not None:
         set_miva_attention_backend(unet, attention_backend)
+    if context.default_processors:
+        register_context_hooks(unet, context)
+        return context
     modules = _attention_modules(unet)
     current = unet.attn_processors
     ours = {}
@@ -89,6 +97,25 @@ def install_miva_processors(unet: nn.Module, parallel_mode: str | None = None,
         unet.set_attn_processor({**current, **ours})  # diffusers wants every layer; it empties the dict it gets
     register_context_hooks(unet, context)
     return context
+
+
+def set_default_attn_processor(unet: nn.Module) -> None:
+    """`unet.set_default_attn_processor()` on a MIVA UNet: diffusers' `AttnProcessor` on every layer, as on a stock
+    UNet, and the MIVA adapters inactive (kept, weights and all) until `set_miva_adapters` or
+    `enable_miva_adapters` (`pipe.set_adapters` / `pipe.enable_adapters`) put the MIVA processors back."""
+    context = get_miva_context(unet)
+    context.enabled = False
+    context.default_processors = True
+    unet.set_attn_processor(AttnProcessor())
+
+
+def enable_miva_adapters(unet: nn.Module) -> None:
+    """Run the active adapters again (after `disable`, or after `set_default_attn_processor`)."""
+    context = get_miva_context(unet)
+    context.enabled = True
+    if context.default_processors:
+        context.default_processors = False
+        install_miva_processors(unet)
 
 
 def add_miva_adapter(unet: nn.Module, name: str, config: MIVAAdapterConfig) -> None:
@@ -151,6 +178,8 @@ def set_miva_adapters(unet: nn.Module, names: str | list[str], weights: float | 
     if parallel_mode is not None:
         set_parallel_mode(unet, parallel_mode)
     context.active = list(zip(names, weights))
+    if context.default_processors:  # after set_default_attn_processor: choosing adapters turns them back on
+        enable_miva_adapters(unet)
 
 
 def set_parallel_mode(unet: nn.Module, parallel_mode: str) -> None:

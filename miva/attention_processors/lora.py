@@ -35,37 +35,101 @@ class LoRADelta(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`x`: (..., in_features) -> (..., out_features), in `x.dtype`."""
-        out = self.up(self.down(x.to(self.down.weight.dtype)))
+        out = self.up(self.down(x.to(compute_dtype(self.down))))
         return (out * self.scale).to(x.dtype)
 
     def delta_weight(self) -> torch.Tensor:
         """The dense `(out_features, in_features)` matrix this delta adds to a Linear weight."""
         return (self.up.weight @ self.down.weight) * self.scale
 
+    def delta_bias(self) -> torch.Tensor | None:
+        """The constant `(out_features,)` term this delta adds (none: LoRA has no bias)."""
+        return None
+
+    def weights_readable(self) -> bool:
+        return weights_readable(self.down) and weights_readable(self.up)
+
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha}"
 
 
-def linear_with_deltas(linear: nn.Module, x: torch.Tensor, deltas: list[tuple[LoRADelta, float]],
+def weights_readable(module: nn.Module) -> bool:
+    """Whether `module`'s own parameters may be read directly, outside its forward.
+
+    Not when something wraps its forward (accelerate's offload hooks, diffusers' layerwise casting and group
+    offloading replace `module.forward`; torch hooks) or a parameter is on the meta device: those bring the real
+    weights, in the compute dtype, only for the duration of the forward, so reading `.weight` would see an
+    offloaded placeholder or the storage dtype (e.g. float8).
+    """
+    if "forward" in module.__dict__ or module._forward_pre_hooks or module._forward_hooks:
+        return False
+    return not any(p.is_meta for p in module.parameters(recurse=False))
+
+
+def compute_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype `module` computes in: its weights' dtype, or the compute dtype of diffusers' layerwise casting
+    (whose weights are stored in e.g. float8 and cast up only inside the forward)."""
+    registry = getattr(module, "_diffusers_hook", None)
+    hook = registry.get_hook("layerwise_casting") if registry is not None else None
+    if hook is not None:
+        return hook.compute_dtype
+    return next(module.parameters()).dtype
+
+
+def _mergeable(linear: nn.Module, deltas: list) -> bool:
+    """The merged-weight fast path applies: inference, a plain `nn.Linear` and deltas whose weights can be read."""
+    if torch.is_grad_enabled() or type(linear) is not nn.Linear or not weights_readable(linear):
+        return False
+    return all(delta.weights_readable() for delta, _ in deltas)
+
+
+def linear_with_deltas(linear: nn.Module, x: torch.Tensor, deltas: list[tuple[nn.Module, float]],
                        bias: torch.Tensor | None = None) -> torch.Tensor:
     """`linear(x) + sum_i w_i delta_i(x) (+ bias)`: (..., in_features) -> (..., out_features).
 
-    Without autograd (inference) and on a plain `nn.Linear`, the deltas are merged into a temporary weight first:
-    one matmul instead of 1 + 2N, for an extra (out x in x rank) per call, negligible next to the projection's
-    (tokens x out x in). With autograd, or on a wrapped projection (PEFT LoRA), the low-rank path runs: it is
-    cheaper to differentiate and leaves the wrapper in charge. `bias` is an extra constant `(out_features,)` term.
+    A delta is a module called on `x` with `delta_weight()`, `delta_bias()` and `weights_readable()` (`LoRADelta`,
+    or a cross-attention adapter's out delta with its constant bias). Without autograd (inference), on a plain
+    `nn.Linear`, the deltas are merged into a temporary weight first: one matmul instead of 1 + 2N, for an extra
+    (out x in x rank) per call, negligible next to the projection's (tokens x out x in). Otherwise the low-rank
+    path runs through every module's forward: it is cheaper to differentiate, leaves a wrapper (PEFT LoRA) in
+    charge, and lets offloading / layerwise-casting hooks bring the weights in. `bias` is an extra constant
+    `(out_features,)` term.
     """
-    if not deltas:
-        out = linear(x)
-    elif torch.is_grad_enabled() or type(linear) is not nn.Linear:
+    if deltas and _mergeable(linear, deltas):
+        out = _merged_linear(linear, x, deltas)
+    else:
         out = linear(x)
         for delta, w in deltas:
             d = delta(x)
             out = out + (d if w == 1.0 else d * w)
-    else:
-        weight = linear.weight
-        for delta, w in deltas:
-            d = delta.delta_weight().to(weight.dtype)
-            weight = weight + (d if w == 1.0 else d * w)
-        out = F.linear(x, weight, linear.bias)
     return out if bias is None else out + bias.to(out.dtype)
+
+
+def _merged_linear(linear: nn.Linear, x: torch.Tensor, deltas: list[tuple[nn.Module, float]]) -> torch.Tensor:
+    """`F.linear` with the deltas merged into a temporary weight and bias (one matmul)."""
+    weight, bias = linear.weight, linear.bias
+    for delta, w in deltas:
+        d = delta.delta_weight().to(weight.dtype)
+        weight = weight + (d if w == 1.0 else d * w)
+        b = delta.delta_bias()
+        if b is not None:
+            b = b.to(weight.dtype) * w
+            bias = b if bias is None else bias + b
+    return F.linear(x, weight, bias)
+
+
+def linear_bias(linear: nn.Module, like: torch.Tensor) -> torch.Tensor | None:
+    """The constant term of `linear` (`(out_features,)` or None), through its forward when hooks own its weights
+    (`linear(0)` is exactly the bias; a PEFT LoRA wrapper adds nothing at 0)."""
+    base = getattr(linear, "base_layer", linear)
+    if weights_readable(linear) and weights_readable(base):
+        return base.bias
+    return linear(like.new_zeros(1, base.in_features))[0]
+
+
+def linear_without_bias(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`W x` of `linear` without its bias (for a term added to an output that already has the bias)."""
+    if type(linear) is nn.Linear and weights_readable(linear):
+        return F.linear(x, linear.weight)
+    bias = linear_bias(linear, x)
+    return linear(x) if bias is None else linear(x) - bias

@@ -11,6 +11,8 @@ from torch import nn
 from .adapter_config import MIVAAdapterConfig, parse_first_frame_scale
 from .attention_utils import finish_output, prepare_mask, project_out
 from .base import MIVAProcessorBase
+from .lora import compute_dtype, weights_readable
+from .split_inference import carried_reference_kv, row_window
 
 
 class CrossFrameAdapter(nn.Module):
@@ -50,7 +52,7 @@ class CrossFrameAdapter(nn.Module):
         else:
             if context.temb is None:
                 raise RuntimeError("sa_first_frame_scale='adaptive' needs the time embedding: call the UNet")
-            logits = self.weight_module(F.silu(context.temb.to(self.weight_module.weight.dtype)))
+            logits = self.weight_module(F.silu(context.temb.to(compute_dtype(self.weight_module))))
             s = (logits / self.scale_value).softmax(dim=-1)[:, 0]
         return s.repeat_interleave(num_frames)[:, None, None]
 
@@ -78,14 +80,18 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
         active = self.context.active_adapters(self.adapters, adapter_weights)
         if active:
             frames = num_frames or self.context.num_frames
-            if frames is None or hidden_states.shape[0] % frames:
+            window = row_window(self.context, self.layer_name, hidden_states.shape[0], frames) if frames else None
+            if frames is None or (window is None and hidden_states.shape[0] % frames):
                 raise ValueError(f"{self.layer_name}: batch {hidden_states.shape[0]} is not a multiple of "
                                  f"num_frames={frames}")
-            out = out + self._branches(hidden_states, query, key, value, active, frames, attn.heads)
+            out = out + self._branches(hidden_states, query, key, value, active, frames, attn.heads, window)
         return finish_output(attn, out, residual)
 
-    def _branches(self, x, query, key, value, active, frames, heads):
-        """Sum of `w_i * to_out_i(a_i)` over the active cross-frame branches, one SDPA call per K/V layout."""
+    def _branches(self, x, query, key, value, active, frames, heads, window=None):
+        """Sum of `w_i * to_out_i(a_i)` over the active cross-frame branches, one SDPA call per K/V layout.
+        `window`: the `(start, stop)` rows of the batch this call sees under split inference (None: all)."""
+        # Under split inference: each row's reference frames' keys/values, once for all groups of this call.
+        references = self._carried_references(key, value, frames, window) if window is not None else None
         groups: dict[tuple, list] = {}
         for _, name, weight in active:
             adapter = self.adapters[name]
@@ -104,21 +110,23 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
                 else:
                     index_of.append(len(queries))
                     queries.append(adapter.to_q(x))
-            outputs = self._attend_group(adapters[0], queries, key, value, frames, heads)
+            outputs = self._attend_group(adapters[0], queries, key, value, frames, heads, window, references)
             for qi, output in enumerate(outputs):
                 readers = [member for member, i in zip(members, index_of) if i == qi]
-                if len(readers) == 1:
-                    adapter, weight = readers[0]
-                    branch = adapter.to_out(output)
-                    total = total + (branch if weight == 1.0 else branch * weight)
+                if len(readers) == 1 or not all(weights_readable(a.to_out) for a, _ in readers):
+                    for adapter, weight in readers:  # through to_out's forward (offloading hooks may own it)
+                        branch = adapter.to_out(output)
+                        total = total + (branch if weight == 1.0 else branch * weight)
                 else:  # same attention output: sum_i w_i (W_i o + b_i) = (sum_i w_i W_i) o + sum_i w_i b_i, one matmul
                     weight = sum(adapter.to_out.weight * w for adapter, w in readers)
                     bias = sum(adapter.to_out.bias * w for adapter, w in readers)
                     total = total + F.linear(output, weight, bias)
         return total
 
-    def _attend_group(self, adapter, queries, key, value, frames, heads):
+    def _attend_group(self, adapter, queries, key, value, frames, heads, window=None, references=None):
         """Attend each query set (batch*frames, hw, C) to the group's cross-frame keys/values; one SDPA call."""
+        if window is not None:
+            return self._attend_group_chunk(adapter, queries, value, frames, heads, window, references)
         bf, hw, channels = key.shape
         batch, n = bf // frames, len(queries)
         k = key.view(batch, frames, hw, channels)
@@ -142,4 +150,29 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
             v_all = torch.cat([v_first * s, v_prev * (1 - s)], dim=1)
         q = torch.cat(queries, dim=1) if n > 1 else queries[0]
         out = self.attend(q, k_all, v_all, heads)
+        return list(out.chunk(n, dim=1)) if n > 1 else [out]
+
+    def _carried_references(self, key, value, frames, window):
+        """`(k_first, v_first, k_prev, v_prev)` of the rows `window` (split inference), each (rows, hw, C), with the
+        reference frames carried over from earlier chunks (`split_inference.carried_reference_kv`)."""
+        if window[0] == 0:  # a forward's first chunk: nothing carried from the previous forward
+            self.context.reference_cache[self.layer_name] = {}
+        cache = self.context.reference_cache.setdefault(self.layer_name, {})
+        return carried_reference_kv(cache, key, value, frames, window)
+
+    def _attend_group_chunk(self, adapter, queries, value, frames, heads, window, references):
+        """`_attend_group` for the rows `window` of the batch (split inference), on the carried `references`."""
+        k_first, v_first, k_prev, v_prev = references
+        if adapter.sa_mode == "first":
+            k_all, v_all = k_first, v_first
+        elif adapter.sa_mode == "prev":
+            k_all, v_all = k_prev, v_prev
+        else:
+            s = adapter.first_frame_weight(self.context, frames)
+            if torch.is_tensor(s):
+                s = s[window[0]:window[1]].to(value.dtype)
+            k_all = torch.cat([k_first, k_prev], dim=1)
+            v_all = torch.cat([v_first * s, v_prev * (1 - s)], dim=1)
+        n = len(queries)
+        out = self.attend(torch.cat(queries, dim=1) if n > 1 else queries[0], k_all, v_all, heads)
         return list(out.chunk(n, dim=1)) if n > 1 else [out]

@@ -36,8 +36,11 @@ class TemporalAdapter(nn.Module):
         branch is the base attention, so it changes nothing in either parallel mode."""
         return not self.has_lora and self.motion_embed is None
 
-    def embed(self, hidden_states: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
-        """(batch*pixels, frames, channels) plus the first `frames` rows of the table."""
+    def forward(self, hidden_states: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        """(batch*pixels, frames, channels) plus the first `frames` rows of the table (times `weight`).
+
+        A forward, not a plain method, so that offloading hooks on this module bring `motion_embed` in.
+        """
         if self.motion_embed is None:
             return hidden_states
         if hidden_states.shape[1] > self.motion_embed.shape[0]:
@@ -80,7 +83,7 @@ class MIVATemporalAttnProcessor(MIVAProcessorBase):
 
     def _weights(self, attn, x, encoder_hidden_states, mask, active):
         for _, name, weight in active:
-            x = self.adapters[name].embed(x, weight)
+            x = self.adapters[name](x, weight)
         kv_source = x if encoder_hidden_states is None else encoder_hidden_states
         loras = [(self.adapters[name], w) for _, name, w in active if self.adapters[name].has_lora]
         q = linear_with_deltas(attn.to_q, x, [(adapter.to_q_lora, w) for adapter, w in loras])
@@ -103,7 +106,7 @@ class MIVATemporalAttnProcessor(MIVAProcessorBase):
         shared = None  # Q/K/V of the un-embedded input, computed once for every branch that uses it
         qs, ks, vs = [], [], []
         for adapter, _ in branches:
-            xi = x if adapter is None else adapter.embed(x)
+            xi = x if adapter is None else adapter(x)
             kv_source = xi if encoder_hidden_states is None else encoder_hidden_states
             lora = adapter is not None and adapter.has_lora
             if single and lora:  # one branch: the deltas merge into the projections at inference

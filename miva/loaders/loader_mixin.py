@@ -10,6 +10,7 @@ from ..attention_processors import (
     MIVAAdapterConfig,
     add_miva_adapter,
     delete_miva_adapter,
+    enable_miva_adapters,
     get_miva_context,
     install_miva_processors,
     set_miva_adapters,
@@ -55,6 +56,8 @@ def remove_miva_processors(unet) -> None:
         if "miva_spatial_size" in vars(module):
             del module.miva_spatial_size
     del unet.miva_context
+    if "set_default_attn_processor" in vars(unet):  # our instance-level answer (install_miva_processors)
+        del unet.set_default_attn_processor
 
 
 class MIVALoaderMixin:
@@ -181,7 +184,7 @@ class MIVALoaderMixin:
         get_miva_context(self.unet).enabled = False
 
     def enable_adapters(self) -> None:
-        get_miva_context(self.unet).enabled = True
+        enable_miva_adapters(self.unet)
 
     def fuse_adapters(self, adapter_names: str | list[str] | None = None) -> list[tuple[str, float]]:
         """Merge the active adapters' LoRA deltas (default: all active) into the base weights ("weights" mode)."""

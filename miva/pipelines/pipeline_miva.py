@@ -31,7 +31,7 @@ from ..loaders import MIVALoaderMixin
 from .ca_maps import CAMapStore, resolve_ca_map_resolutions
 from .inputs import SamplingOptions, preprocess_image
 from .latent_init import adain_last, adain_step, build_initial_latents, cil_analytic_noise_std, scale_timesteps
-from .prompts import build_prompt_embeds
+from .prompts import build_interpolated_prompt_embeds, build_prompt_embeds, check_interpolation_inputs, unet_text
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -96,7 +96,8 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
     ):
         components = (vae, text_encoder, tokenizer, unet, motion_adapter, scheduler, feature_extractor, image_encoder)
         super().__init__(*components)
-        install_miva_processors(self.unet)
+        if self.unet is not None:  # optional, as in diffusers (e.g. a text-only pipeline for `encode_prompt`)
+            install_miva_processors(self.unet)
 
     # ------------------------------------------------------------------------- diffusers calls that swap processors
     def _with_stock_processors(self, run: Callable[[], Any], temporal_only: bool = False):
@@ -198,8 +199,9 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
                     f"{arg}={value!r} must be a list with one entry per active adapter, in order "
                     f"{active} ({len(active)} entries)"
                 )
-        if batch_prompt is not None and not all(p is None or isinstance(p, str) for p in batch_prompt):
-            raise ValueError(f"batch_prompt={batch_prompt!r} entries must be strings or None")
+        if batch_prompt is not None and not all(p is None or isinstance(p, (str, dict)) for p in batch_prompt):
+            raise ValueError(f"batch_prompt={batch_prompt!r} entries must be strings, {{frame: text}} dicts "
+                             "(FreeNoise prompt interpolation) or None")
         if not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:
             raise ValueError(f"decode_chunk_size={decode_chunk_size!r} must be a positive int")
 
@@ -340,12 +342,13 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
         Returns:
             `MIVAPipelineOutput`, or `output.to_tuple()` (frames, plus ca_maps when requested) if not return_dict.
         """
+        for name in ("unet", "vae", "scheduler"):
+            if getattr(self, name, None) is None:
+                raise ValueError(
+                    f"{name}=None: this MIVAPipeline was built without a {name}; it can encode prompts "
+                    f"(encode_prompt) but not animate. Build it with a {name}"
+                )
         context = install_miva_processors(self.unet)  # idempotent; undoes processor swaps made behind our back
-        if isinstance(prompt, dict):
-            raise ValueError(
-                "prompt as a dict (FreeNoise prompt interpolation) is not supported by MIVAPipeline; "
-                "pass a string or a list of strings"
-            )
         options = SamplingOptions(
             use_adain_norm,
             shared_noise_ratio,
@@ -375,7 +378,10 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
         self._cross_attention_kwargs, self._interrupt = cross_attention_kwargs, False
         device = self._execution_device
         pixels = self.preprocess_image(image, height, width)
-        prompts = None if prompt is None else ([prompt] if isinstance(prompt, str) else list(prompt))
+        interpolate = isinstance(prompt, dict) or any(isinstance(p, dict) for p in batch_prompt or ())
+        if interpolate:
+            check_interpolation_inputs(self, prompt, prompt_embeds, negative_prompt_embeds, word_to_replace, text_emb_dir)
+        prompts = None if prompt is None else ([prompt] if isinstance(prompt, (str, dict)) else list(prompt))
         n_prompts = len(prompts) if prompts is not None else prompt_embeds.shape[0]
         if len(pixels) != n_prompts and 1 not in (len(pixels), n_prompts):
             raise ValueError(
@@ -390,26 +396,29 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
 
         lora_scale = cross_attention_kwargs.get("scale") if cross_attention_kwargs else None
         adapter_prompts = [context.configs[name].prompt for name, _ in context.active] if batch_prompt else None
-        embeds = build_prompt_embeds(
-            self,
-            prompts,
-            batch_size=batch,
+        common = dict(
             device=device,
             do_classifier_free_guidance=self.do_classifier_free_guidance,
             negative_prompt=negative_prompt,
             batch_prompt=batch_prompt,
             adapter_default_prompts=adapter_prompts,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            word_to_replace=word_to_replace,
-            text_emb_dir=text_emb_dir,
             clip_skip=clip_skip,
             lora_scale=lora_scale,
         )
-        cond = embeds.cond.repeat_interleave(num_videos_per_prompt, dim=0)
-        uncond = embeds.uncond.repeat_interleave(num_videos_per_prompt, dim=0) if embeds.uncond is not None else None
-        text = torch.cat([uncond, cond]) if uncond is not None else cond
-        text = text.repeat_interleave(num_frames, dim=0)
+        if interpolate:  # FreeNoise: {frame: text} prompts, one text block per frame
+            embeds = build_interpolated_prompt_embeds(self, prompts[0], num_frames=num_frames, **common)
+        else:
+            embeds = build_prompt_embeds(
+                self,
+                prompts,
+                batch_size=batch,
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_prompt_embeds,
+                word_to_replace=word_to_replace,
+                text_emb_dir=text_emb_dir,
+                **common,
+            )
+        text, uncond = unet_text(embeds, batch, num_videos_per_prompt, num_frames)
         added_cond_kwargs = None
         if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
             added_cond_kwargs = {

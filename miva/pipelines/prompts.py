@@ -35,6 +35,7 @@ class PromptEmbeds:
     cond: Tensor
     uncond: Tensor | None
     text_tokens: int
+    per_frame: bool = False  # FreeNoise prompt interpolation: (num_frames, ...) blocks, the same for every video
 
 
 def _as_list(value, name: str) -> list[str] | None:
@@ -133,6 +134,22 @@ class _Encoder:
         cond = self.texts(prompts, replace=True)
         return cond, None if negatives is None else self.texts(negatives, replace=False)
 
+    def negatives_for(self, negatives: list[str], cond: Tensor) -> Tensor:
+        """Negative prompts for given `prompt_embeds` `cond` `(N, T, D)`: padded to T tokens, as diffusers'
+        `encode_prompt` does (T may be shorter than the tokenizer's 77)."""
+        if self.text_emb_dir is None:
+            return self.pipe.encode_prompt(
+                None, self.device, 1, True, negatives, prompt_embeds=cond, lora_scale=self.lora_scale,
+                clip_skip=self.clip_skip,
+            )[1].to(device=self.device, dtype=self.dtype)
+        uncond = self.texts(negatives, replace=False)
+        if uncond.shape[1] != cond.shape[1]:
+            raise ValueError(
+                f"prompt_embeds has {cond.shape[1]} tokens but the negative prompt's embedding from text_emb_dir has "
+                f"{uncond.shape[1]}; pass negative_prompt_embeds of the same length"
+            )
+        return uncond
+
     def texts(self, texts: list[str], replace: bool = True) -> Tensor:
         if self.text_emb_dir is not None:
             out = torch.cat([load_text_embedding(self.text_emb_dir, t) for t in texts])
@@ -194,7 +211,9 @@ def build_prompt_embeds(
         cond, uncond = encoder.pair(prompts, cfg_negatives)
     else:
         cond = prompt_embeds.to(device=device, dtype=encoder.dtype)
-        uncond = encoder.texts(cfg_negatives, replace=False) if cfg_negatives is not None else None
+        if cond.shape[0] == 1 and batch_size > 1:
+            cond = cond.expand(batch_size, -1, -1)
+        uncond = encoder.negatives_for(cfg_negatives, cond) if cfg_negatives is not None else None
     if do_classifier_free_guidance and negative_prompt_embeds is not None:
         uncond = negative_prompt_embeds.to(device=device, dtype=encoder.dtype)
     if cond.shape[0] == 1 and batch_size > 1:
@@ -221,3 +240,85 @@ def build_prompt_embeds(
     if uncond is not None and chunks:
         uncond = torch.cat([uncond] * (1 + len(chunks)), dim=1)
     return PromptEmbeds(cond=cond, uncond=uncond, text_tokens=text_tokens)
+
+
+def build_interpolated_prompt_embeds(
+    pipe,
+    prompt: str | dict[int, str],
+    *,
+    num_frames: int,
+    device,
+    do_classifier_free_guidance: bool,
+    negative_prompt: str | dict[int, str] | None = None,
+    batch_prompt: list | None = None,
+    adapter_default_prompts: list[str | None] | None = None,
+    clip_skip: int | None = None,
+    lora_scale: float | None = None,
+) -> PromptEmbeds:
+    """FreeNoise prompt interpolation: `{frame: text}` prompts -> per-frame `PromptEmbeds`, `cond` / `uncond`
+    `(num_frames, T * (1 + P), D)` (one row per frame, the same for every video).
+
+    A dict prompt (main, negative, or a `batch_prompt` entry) is encoded and interpolated over the frames by
+    diffusers' FreeNoise (`_encode_prompt_free_noise`, with the pipeline's interpolation callback); a string stays
+    fixed on every frame. `batch_prompt` entries None mean the adapter's own prompt, else the main prompt.
+    """
+    encoder = _Encoder(pipe, device, [], None, clip_skip, lora_scale)
+
+    def per_frame(text) -> Tensor:  # (num_frames, T, D)
+        if isinstance(text, dict):
+            embeds, _ = pipe._encode_prompt_free_noise(text, num_frames, device, 1, False, None, lora_scale=lora_scale,
+                                                       clip_skip=clip_skip)
+            return embeds.to(device=device, dtype=encoder.dtype)
+        return encoder.texts([text], replace=False).expand(num_frames, -1, -1)
+
+    cond = per_frame(prompt)
+    uncond = None
+    if do_classifier_free_guidance:
+        if isinstance(negative_prompt, dict):
+            uncond = pipe._encode_prompt_free_noise(
+                {0: ""}, num_frames, device, 1, True, negative_prompt, lora_scale=lora_scale, clip_skip=clip_skip
+            )[1].to(device=device, dtype=encoder.dtype)
+        else:
+            uncond = per_frame(negative_prompt or "")
+    chunks = []
+    defaults = adapter_default_prompts or [None] * len(batch_prompt or [])
+    for entry, default in zip(batch_prompt or [], defaults):
+        text = entry if entry is not None else default
+        chunks.append(cond if text is None else per_frame(text))
+    text_tokens = cond.shape[1]
+    if chunks:
+        cond = torch.cat([cond, *chunks], dim=1)
+        if uncond is not None:
+            uncond = torch.cat([uncond] * (1 + len(chunks)), dim=1)
+    return PromptEmbeds(cond=cond, uncond=uncond, text_tokens=text_tokens, per_frame=True)
+
+
+def check_interpolation_inputs(pipe, prompt, prompt_embeds, negative_prompt_embeds, word_to_replace, text_emb_dir):
+    """Raise `ValueError` for a `{frame: text}` prompt (main or per-adapter) that cannot be interpolated."""
+    if not pipe.free_noise_enabled:
+        raise ValueError(
+            f"prompt={prompt!r}: prompts given as {{frame: text}} dicts are interpolated over the frames by FreeNoise; "
+            "call pipe.enable_free_noise() first, or pass strings"
+        )
+    for name, value in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds),
+                        ("word_to_replace", word_to_replace), ("text_emb_dir", text_emb_dir)):
+        if value is not None:
+            raise ValueError(f"{name} cannot be combined with {{frame: text}} prompts (FreeNoise prompt "
+                             f"interpolation encodes the texts itself); pass {name}=None or string prompts")
+    if prompt is not None and not isinstance(prompt, (str, dict)):
+        raise ValueError(f"prompt={prompt!r}: with {{frame: text}} prompts, pass one prompt (a string or a dict)")
+
+
+def unet_text(embeds: PromptEmbeds, batch: int, videos_per_prompt: int, num_frames: int) -> tuple[Tensor, Tensor | None]:
+    """The UNet's `encoder_hidden_states` `((2 if CFG) * batch * videos * num_frames, tokens, D)`, b-major
+    (`[uncond videos; cond videos]`, each video's frames consecutive), and the unconditional block per video
+    (per frame with `per_frame`) for step-end callbacks."""
+    if embeds.per_frame:  # (num_frames, ...) rows, the same for every video
+        videos = batch * videos_per_prompt
+        cond = embeds.cond.repeat(videos, 1, 1)
+        uncond = embeds.uncond.repeat(videos, 1, 1) if embeds.uncond is not None else None
+        return (torch.cat([uncond, cond]) if uncond is not None else cond), uncond
+    cond = embeds.cond.repeat_interleave(videos_per_prompt, dim=0)
+    uncond = embeds.uncond.repeat_interleave(videos_per_prompt, dim=0) if embeds.uncond is not None else None
+    text = torch.cat([uncond, cond]) if uncond is not None else cond
+    return text.repeat_interleave(num_frames, dim=0), uncond
