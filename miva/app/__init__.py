@@ -12,15 +12,15 @@ not import Gradio; `build_app` does.
 
 from __future__ import annotations
 
-import importlib.util
-
 INSTALL_HINT = "pip install 'miva[app]'"
 
 
 def gradio_missing() -> str | None:
-    """None when Gradio is importable, else the one-line message saying how to get it."""
-    if importlib.util.find_spec("gradio") is None:
-        return f"the web app needs Gradio, which is not installed: {INSTALL_HINT}"
+    """None when Gradio imports, else the one-line message saying how to get it."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError as e:
+        return f"the web app needs Gradio, which is not installed ({e}); {INSTALL_HINT}"
     return None
 
 

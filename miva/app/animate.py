@@ -9,6 +9,7 @@ Generate calls take turns on the shared pipeline.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -59,6 +60,7 @@ class AnimateRequest:
 class AnimateResult:
     mp4: Path
     gif: Path
+    frames: object  # (F, H, W, 3) float in [0, 1], what the files encode
     ca_maps: list[tuple[str, str]]  # (png path, caption)
     adapters: list[tuple[str, float]]  # (name in the pipeline, weight), in order
     seconds: float
@@ -164,10 +166,10 @@ class Animator:
             if request.ca_maps and out.ca_maps:
                 f = int(request.num_frames)
                 frames = sorted({0, f // 2, f - 1})[:CA_MAP_FRAMES]
-                for path in save_ca_maps(out, folder / f"{name}_ca_maps", frames=frames):
-                    level, file = Path(path).parent.name, Path(path).stem
-                    maps.append((path, f"{level}: {file.split('_', 1)[1]}"))
-            return AnimateResult(mp4, gif, maps, list(zip(names, weights)), time.perf_counter() - start)
+                for path in save_ca_maps(out, folder / f"{name}_ca_maps", token_index=1, frames=frames):
+                    frame = int(re.search(r"frame(\d+)", Path(path).stem).group(1))
+                    maps.append((path, f"{Path(path).parent.name}, frame {frame}: first word"))
+            return AnimateResult(mp4, gif, out.frames[0], maps, list(zip(names, weights)), time.perf_counter() - start)
 
 
 # ----------------------------------------------------------------------------------------------- page callback

@@ -39,7 +39,7 @@ SIDECAR_SUFFIX = ".txt"
 @dataclass
 class TrainRequest:
     """The Train form. `clips`: uploaded files (clips, and optional `<clip>.txt` prompt sidecars); `folder`: a
-    folder of clips on this machine (used when nothing is uploaded)."""
+    folder of clips on this machine (used when nothing is uploaded). `prompt` may be empty (a sidecar overrides it)."""
 
     name: str
     clips: list[str] = field(default_factory=list)
@@ -94,7 +94,7 @@ def stage_clips(request: TrainRequest, job_dir: Path, height: int, width: int):
     try:
         dataset = ClipDataset(
             root,
-            prompt=request.prompt.strip() or None,
+            prompt=request.prompt.strip(),  # may be empty: train on the empty prompt
             num_frames=int(request.num_frames),
             sample_frame_rate=int(request.stride),
             width=width,
@@ -218,8 +218,8 @@ class TrainingManager:
             job_dir = self.out_dir / "train" / f"{name}-{k}"
             job_dir.mkdir(parents=True)
             d = self.base.defaults
-            root, _ = stage_clips(request, job_dir, d.height, d.width)
             try:
+                root, _ = stage_clips(request, job_dir, d.height, d.width)
                 config = TrainConfig(
                     output_dir=str(job_dir),
                     tiny=self.base.train_model_path is None,
@@ -228,7 +228,7 @@ class TrainingManager:
                     adapter=adapter,
                     adapter_name=name,
                     video_root=str(root),
-                    prompt=request.prompt.strip() or None,
+                    prompt=request.prompt.strip(),  # may be empty: train on the empty prompt
                     num_frames=int(request.num_frames),
                     sample_frame_rate=int(request.stride),
                     width=d.width,
@@ -243,7 +243,8 @@ class TrainingManager:
                     report_to="none",
                     seed=int(request.seed),
                 )
-            except ValueError as e:  # TrainConfig names the field and the valid values
+            except (AppInputError, ValueError) as e:  # TrainConfig names the field and the valid values
+                shutil.rmtree(job_dir, ignore_errors=True)  # a rejected request leaves nothing behind
                 raise AppInputError(str(e)) from e
             self.job = TrainingJob(self.base, self.registry, job_dir, request, config).start()
             return self.job
@@ -277,7 +278,10 @@ def loss_table(job: TrainingJob | None):
     import pandas as pd
 
     rows = job.losses() if job is not None else []
-    return pd.DataFrame(rows, columns=["step", "loss"])
+    # Explicit dtypes: an empty frame would be `object` and the plot would treat the axes as categories.
+    return pd.DataFrame(
+        {"step": pd.Series([s for s, _ in rows], dtype="int64"), "loss": pd.Series([v for _, v in rows], dtype="float64")}
+    )
 
 
 def on_train(manager: TrainingManager, form, values: dict) -> dict:

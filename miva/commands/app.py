@@ -48,11 +48,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..app import gradio_missing
-
-    missing = gradio_missing()
-    if missing:
-        return _fail(missing)
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local app: no usage reports, no version checks
     from ..app.bases import BaseUnavailable, resolve_base
     from ..app.registry import AdapterRegistry, AppInputError, parse_adapter_argument
 
@@ -64,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
             registry.add(name, source)
     except (BaseUnavailable, AppInputError) as e:
         return _fail(str(e))
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local app: no usage reports, no version checks
+    missing = gradio_missing()
+    if missing:
+        return _fail(missing)
     import logging
 
     from ..app import build_app
