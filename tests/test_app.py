@@ -48,7 +48,9 @@ pytestmark = [
     pytest.mark.skipif(
         importlib.util.find_spec("playwright") is None, reason="Playwright is not installed (pip install -e .[dev])"
     ),
-    pytest.mark.skipif(importlib.util.find_spec("gradio") is None, reason="Gradio is not installed (pip install -e .[app])"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("gradio") is None, reason="Gradio is not installed (pip install -e .[app])"
+    ),
 ]
 
 

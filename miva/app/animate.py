@@ -183,7 +183,7 @@ def request_from_form(form, values: dict, defaults) -> AnimateRequest:
         image=values[form.image],
         prompt=values[form.prompt] or "",
         negative_prompt=values[form.negative_prompt] or "",
-        adapters=[p for p in picks if p.choice.strip() not in ('', NO_ADAPTER)],
+        adapters=[p for p in picks if p.choice.strip() not in ("", NO_ADAPTER)],
         parallel_mode=values[form.parallel_mode],
         num_frames=int(values[form.num_frames]),
         height=defaults.height,

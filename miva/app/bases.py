@@ -92,7 +92,9 @@ def _pretrained_base(path: str, motion_adapter: str | None) -> Base:
         from ..pipelines.pipeline_miva import MIVAPipeline
 
         dtype = torch.float16 if torch.cuda.is_available() else torch.float32
-        pipe = MIVAPipeline.from_pretrained(path, motion_adapter=load_motion_adapter(motion_adapter, dtype), dtype=dtype)
+        pipe = MIVAPipeline.from_pretrained(
+            path, motion_adapter=load_motion_adapter(motion_adapter, dtype), dtype=dtype
+        )
         return pipe.to("cuda") if torch.cuda.is_available() else pipe
 
     return Base(

@@ -280,7 +280,10 @@ def loss_table(job: TrainingJob | None):
     rows = job.losses() if job is not None else []
     # Explicit dtypes: an empty frame would be `object` and the plot would treat the axes as categories.
     return pd.DataFrame(
-        {"step": pd.Series([s for s, _ in rows], dtype="int64"), "loss": pd.Series([v for _, v in rows], dtype="float64")}
+        {
+            "step": pd.Series([s for s, _ in rows], dtype="int64"),
+            "loss": pd.Series([v for _, v in rows], dtype="float64"),
+        }
     )
 
 

@@ -36,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    parser.add_argument("--out", default="outputs/app", help="videos and trained adapters go here (default: outputs/app)")
+    parser.add_argument(
+        "--out", default="outputs/app", help="videos and trained adapters go here (default: outputs/app)"
+    )
 
 
 def _fail(message: str) -> int:
