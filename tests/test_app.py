@@ -36,8 +36,11 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 REPO = Path(__file__).resolve().parents[1]
-SERVER_START_S = 300  # importing torch + gradio and building the base on a busy 2-core machine
-GENERATE_S = 600
+# Seconds to wait: importing torch + gradio and building the base, then one Generate or training run. A machine
+# shared with heavier work may need more (MIVA_APP_TEST_WAIT_S scales both).
+WAIT_SCALE = float(os.environ.get("MIVA_APP_TEST_WAIT_S", "300")) / 300
+SERVER_START_S = 300 * WAIT_SCALE
+GENERATE_S = 600 * WAIT_SCALE
 FRAMES = 6  # not the form's default (8 on tiny): the test checks that the form's value reaches the pipeline
 
 pytestmark = [
