@@ -8,6 +8,7 @@ The trainer writes one JSON line per optimiser step to `<job>/train_log.jsonl`; 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -207,7 +208,7 @@ class TrainingManager:
         name = request.name.strip()
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
             raise AppInputError(f"adapter name {request.name!r}: use letters, digits, '_' or '-' (e.g. waterfall)")
-        request.name = name
+        request = dataclasses.replace(request, name=name)
         adapter = adapter_config_for(list(request.parts))
         with self._lock:
             if self.job is not None and self.job.running:
