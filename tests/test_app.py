@@ -212,7 +212,9 @@ def save_readme_screenshot(png: bytes, path: str) -> None:
     from PIL import Image
 
     image = Image.open(io.BytesIO(png)).convert("RGB")
-    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(REPO / path, optimize=True)
+    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(
+        REPO / path, optimize=True
+    )
 
 
 def test_animate_in_browser(browser, tiny_app, tmp_path):
