@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, str] = {
     "bases": "miva.commands.bases",
     "embed-text": "miva.commands.embed_text",
     "convert": "miva.commands.convert",
+    "app": "miva.commands.app",
 }
 
 
