@@ -39,6 +39,7 @@ RESEARCH_PATH_KEYS = ("adapter_i2v_path", "adapter_lora_path", "ca_lora_path")
 RESEARCH_DICT_KEYS = (*RESEARCH_PATH_KEYS, "config", "adapter_index")
 # Substrings that mark a research UNet key as adapter state (everything else is the frozen base).
 RESEARCH_ADAPTER_MARKERS = ("_lora", "i2v_adapter", "motion_embed", "weight_module")
+_UNSAFE_PICKLE = re.compile(r"GLOBAL|Can only (?:create|build)|[Uu]nsupported class")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -77,7 +78,7 @@ def read_safetensors(path: str | os.PathLike, keys=None) -> tuple[dict[str, torc
             metadata = dict(f.metadata() or {})
             names = [k for k in f.keys() if keys is None or keys(k)]
             tensors = {k: f.get_tensor(k) for k in names}
-    except (SafetensorError, OSError) as e:
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
         raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
     return tensors, metadata
 
@@ -91,16 +92,19 @@ def read_torch_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {e}") from None
-        reason = next((line for line in str(e).splitlines() if "unsupported" in line.lower()), type(e).__name__)
+        # The weights-only unpickler refuses globals and classes it does not know (what arbitrary code needs); any
+        # other complaint (an unknown opcode, a string too long, ...) is a damaged file.
+        unsafe = [line for line in str(e).splitlines() if _UNSAFE_PICKLE.search(line)]
+        if not unsafe:
+            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {reason}") from None
         raise ValueError(
             f"{path} needs arbitrary code to load (it is not a plain dict of tensors) and was refused: miva loads "
             f"`.pt` files only with torch.load(weights_only=True). Convert it to safetensors in a trusted "
-            f"environment. Unpickler said: {reason.strip()}"
+            f"environment. Unpickler said: {unsafe[0].strip()}"
         ) from None
-    except (RuntimeError, EOFError, KeyError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {e!r}") from None
+    except Exception as e:  # zip, storage and unpickler errors of a damaged file come in many types
+        raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {e!r:.300}") from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
@@ -153,6 +157,11 @@ def expand_sources(sources: Any) -> list[Any]:
     multi-adapter form, e.g. `{"adapter_lora_path": [a1, a2], "ca_lora_path": [c1, c2]}`) -> one dict per adapter."""
     if isinstance(sources, (str, os.PathLike, dict)):
         sources = [sources]
+    if not isinstance(sources, (list, tuple)):
+        raise TypeError(
+            f"sources={sources!r:.80} must be an adapter source (a path, a Hub repo id or a research checkpoint "
+            "dict) or a list of them"
+        )
     out = []
     for source in sources:
         if not isinstance(source, dict):
@@ -209,10 +218,13 @@ def resolve_source(source: Any, *, config: MIVAAdapterConfig | dict | None = Non
 
 
 def _read_native_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from .integrity import verify_checksum
+
     tensors, metadata = read_safetensors(path)
     fmt = metadata.get("format")
     if fmt not in (None, "miva"):
         raise ValueError(f"{path}: safetensors metadata format={fmt!r}, expected 'miva' (a MIVA adapter file)")
+    verify_checksum(path, tensors, metadata)
     return tensors, metadata
 
 
@@ -246,7 +258,7 @@ def _resolve_file(path: Path, config: MIVAAdapterConfig | None) -> AdapterSource
     try:
         with safe_open(os.fspath(path), framework="pt") as f:
             metadata, keys = dict(f.metadata() or {}), list(f.keys())
-    except (SafetensorError, OSError) as e:
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
         raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
     sibling = path.parent / ADAPTER_CONFIG_NAME
     if metadata.get("format") == "miva" or sibling.is_file():
@@ -256,6 +268,8 @@ def _resolve_file(path: Path, config: MIVAAdapterConfig | None) -> AdapterSource
                 native_config = MIVAAdapterConfig.from_dict(json.loads(metadata["miva_config"]))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: safetensors metadata 'miva_config' is not valid JSON: {e}") from None
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{path}: safetensors metadata 'miva_config': {e}") from None
         elif sibling.is_file():
             native_config = MIVAAdapterConfig.from_json_file(sibling)
         else:
