@@ -134,7 +134,10 @@ class MIVALoaderMixin:
             raise ValueError(f"adapters {names} ship the same learned word twice ({words})")
         with adapter_transaction(self.unet):
             for name, item in zip(names, prepared):
-                load_prepared_adapter(self.unet, name, item.config, item.tensors)
+                try:
+                    load_prepared_adapter(self.unet, name, item.config, item.tensors)
+                except ValueError as e:  # name the file or repo: the user has to find it
+                    raise ValueError(f"{item.origin}: {e}") from None
             self.set_adapters(names, weights, parallel_mode=parallel_mode)
             for group in actions:
                 apply_text_embeddings(group, text_encoder, tokenizer)

@@ -20,6 +20,7 @@ tensors and containers is refused before any of its code runs.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
@@ -31,6 +32,8 @@ import torch
 
 from ..attention_processors.adapter_config import MIVAAdapterConfig
 
+logger = logging.getLogger(__name__)
+
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "miva_adapter.safetensors"
 SAMPLE_NAME = "sample.gif"
@@ -39,7 +42,6 @@ RESEARCH_PATH_KEYS = ("adapter_i2v_path", "adapter_lora_path", "ca_lora_path")
 RESEARCH_DICT_KEYS = (*RESEARCH_PATH_KEYS, "config", "adapter_index")
 # Substrings that mark a research UNet key as adapter state (everything else is the frozen base).
 RESEARCH_ADAPTER_MARKERS = ("_lora", "i2v_adapter", "motion_embed", "weight_module")
-_UNSAFE_PICKLE = re.compile(r"GLOBAL|Can only (?:create|build)|[Uu]nsupported class")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -92,16 +94,16 @@ def read_torch_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # The weights-only unpickler refuses globals and classes it does not know (what arbitrary code needs); any
-        # other complaint (an unknown opcode, a string too long, ...) is a damaged file.
-        unsafe = [line for line in str(e).splitlines() if _UNSAFE_PICKLE.search(line)]
-        if not unsafe:
-            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {reason}") from None
+        # Refused: a well-formed pickle that asks for more than tensors and containers, or a damaged file.
+        from .pickle_check import pickle_is_damaged
+
+        if pickle_is_damaged(path):
+            raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?)") from None
+        reason = next((line for line in str(e).splitlines() if "unsupported" in line.lower()), type(e).__name__)
         raise ValueError(
             f"{path} needs arbitrary code to load (it is not a plain dict of tensors) and was refused: miva loads "
             f"`.pt` files only with torch.load(weights_only=True). Convert it to safetensors in a trusted "
-            f"environment. Unpickler said: {unsafe[0].strip()}"
+            f"environment. Unpickler said: {reason.strip()}"
         ) from None
     except Exception as e:  # zip, storage and unpickler errors of a damaged file come in many types
         raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {e!r:.300}") from None
@@ -237,16 +239,31 @@ def _resolve_folder(folder: Path) -> AdapterSource:
             f"{folder} is not a MIVA adapter folder: {missing} missing (found {present}); "
             f"a native adapter has {ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME}"
         )
-    tensors, _ = _read_native_weights(weights_path)
+    tensors, metadata = _read_native_weights(weights_path)
+    config = MIVAAdapterConfig.from_json_file(config_path)
+    _warn_if_config_differs(config, metadata, config_path)
     sample = folder / SAMPLE_NAME
     return AdapterSource(
         "native",
         tensors,
-        MIVAAdapterConfig.from_json_file(config_path),
+        config,
         os.fspath(folder),
         sanitize_name(folder.resolve().name),
         sample=sample if sample.is_file() else None,
     )
+
+
+def _warn_if_config_differs(config: MIVAAdapterConfig, metadata: dict[str, str], config_path: Path) -> None:
+    """The weights file keeps a checksummed copy of the config it was saved with: say so when the folder's
+    `adapter_config.json` now differs (edited by hand, or damaged)."""
+    try:
+        saved = MIVAAdapterConfig.from_dict(json.loads(metadata["miva_config"])).to_dict()
+    except Exception:  # no copy (older files) or an unreadable one: nothing to compare
+        return
+    changed = {k: (saved[k], v) for k, v in config.to_dict().items() if saved.get(k) != v}
+    if changed:
+        detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        logger.warning(f"{config_path} differs from the config saved in {ADAPTER_WEIGHTS_NAME} ({detail}); using it")
 
 
 def _resolve_file(path: Path, config: MIVAAdapterConfig | None) -> AdapterSource:
