@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_folder", "atomic_write_text", "remove_folder", "replace_folder"]
+__all__ = ["atomic_folder", "atomic_write_text", "remove_folder", "replace_folder", "sweep_leftovers"]
 
 _TMP, _OLD = ".miva-tmp-", ".miva-old-"
 
@@ -26,13 +26,18 @@ def _sibling(final: Path, infix: str) -> Path:
     return final.with_name(f"{final.name}{infix}{uuid.uuid4().hex[:8]}")
 
 
-def _sweep(final: Path) -> None:
-    """Remove leftovers of earlier interrupted writes of `final`."""
-    if not final.parent.is_dir():
+def sweep_leftovers(parent: str | os.PathLike, prefix: str = "") -> None:
+    """Remove leftovers of interrupted writes and deletes in `parent` (of names starting with `prefix`)."""
+    parent = Path(parent)
+    if not parent.is_dir():
         return
-    for path in final.parent.iterdir():
-        if path.name.startswith(final.name + _TMP) or path.name.startswith(final.name + _OLD):
+    for path in parent.iterdir():
+        if path.name.startswith(prefix) and (_TMP in path.name or _OLD in path.name):
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def _sweep(final: Path) -> None:
+    sweep_leftovers(final.parent, final.name + ".miva-")
 
 
 def remove_folder(path: str | os.PathLike) -> None:

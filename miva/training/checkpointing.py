@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..atomic import atomic_write_text, remove_folder, replace_folder
+from ..atomic import atomic_write_text, remove_folder, replace_folder, sweep_leftovers
 from ..guards import read_json_object
 
 __all__ = [
@@ -114,6 +114,7 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep: int | None) -> list[P
     """Delete all but the newest `keep` checkpoints (None keeps all); returns the deleted folders."""
     if keep is None:
         return []
+    sweep_leftovers(output_dir, "checkpoint-")  # folders an interrupted prune had renamed aside
     checkpoints = list_checkpoints(output_dir)
     doomed = [path for _, path in checkpoints[: max(len(checkpoints) - keep, 0)]]
     for path in doomed:
