@@ -77,9 +77,7 @@ def replace_folder(
 
 
 @contextlib.contextmanager
-def atomic_folder(
-    final: str | os.PathLike, keep_extra: bool = False, owned: tuple[str, ...] = ()
-) -> Iterator[Path]:
+def atomic_folder(final: str | os.PathLike, keep_extra: bool = False, owned: tuple[str, ...] = ()) -> Iterator[Path]:
     """`with atomic_folder(out) as tmp:` write into `tmp`; on normal exit `tmp` becomes `out` (see `replace_folder`);
     on an exception `tmp` is deleted and `out` is untouched."""
     final = Path(final)

@@ -41,7 +41,8 @@ def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | 
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         bounds = " and ".join(
-            b for b in (f">= {minimum}" if minimum is not None else "", f"<= {maximum}" if maximum is not None else "")
+            b
+            for b in (f">= {minimum}" if minimum is not None else "", f"<= {maximum}" if maximum is not None else "")
             if b
         )
         raise ValueError(f"{name}={value!r} must be an int {bounds}")
@@ -114,7 +115,5 @@ def read_json_object(path: str | os.PathLike, what: str = "JSON file") -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"{os.fspath(path)} is not valid JSON ({what}): {e}") from None
     if not isinstance(data, dict):
-        raise ValueError(
-            f"{os.fspath(path)}: holds a JSON {type(data).__name__}, expected an object of keys ({what})"
-        )
+        raise ValueError(f"{os.fspath(path)}: holds a JSON {type(data).__name__}, expected an object of keys ({what})")
     return data

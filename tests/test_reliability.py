@@ -335,7 +335,7 @@ def test_damaged_pt_is_corrupt_not_unsafe(shared, tmp_path):
     for i, damaged in enumerate((data[: len(data) // 2], data[:100], b"\x80\x02garbage", b"")):
         bad = tmp_path / f"bad{i}.pt"
         bad.write_bytes(damaged)
-        error = expect_clean_failure(shared, lambda: shared.load_adapters(bad, adapter_names="r"))
+        error = expect_clean_failure(shared, lambda bad=bad: shared.load_adapters(bad, adapter_names="r"))
         assert "not a readable torch checkpoint (truncated or corrupt?)" in str(error)
     raw = tmp_path / "truncated_raw.pt"  # a raw pickle cut short, no zip around it
     raw.write_bytes(pickle.dumps({"x": [1, 2, 3]}, protocol=2)[:-4])
