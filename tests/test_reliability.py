@@ -368,6 +368,8 @@ def test_damaged_pt_is_corrupt_not_unsafe(shared, tmp_path):
         (dict(cil_ratio=float("inf")), "cil_ratio"),
         (dict(use_dct_init="yes"), "use_dct_init"),
         (dict(clip_skip=-1), "clip_skip"),
+        (dict(clip_skip=10**6), "clip_skip"),
+        (dict(num_videos_per_prompt=10**15), "num_videos_per_prompt"),
         (dict(cross_attention_kwargs=[1]), "cross_attention_kwargs"),
     ],
 )
@@ -437,3 +439,16 @@ def test_snapshot_helper_sees_every_kind_of_change(pipe):
             change()
         with pytest.raises(AssertionError):
             assert_same_snapshot(before, take_snapshot(pipe))
+
+
+def test_clip_skip_works_with_transformers_5(shared, image):
+    """clip_skip=1 (a valid input that crashed inside diffusers: transformers 5's CLIPTextModel has no `.text_model`)
+    equals the penultimate CLIP layer + final layer norm, computed here by hand and passed as prompt_embeds."""
+    tokenizer, encoder = shared.tokenizer, shared.text_encoder
+    ids = tokenizer(["clouds"], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = encoder(ids, output_hidden_states=True).hidden_states[-2]
+        embeds = encoder.final_layer_norm(hidden)
+    skipped = call(shared, image, clip_skip=1).frames
+    assert torch.equal(skipped, call(shared, image, prompt=None, prompt_embeds=embeds).frames)
+    assert not torch.equal(skipped, call(shared, image).frames)

@@ -145,3 +145,91 @@ def test_killed_at_random_points_resumes_to_the_same_adapter(reference, tmp_path
     rng = random.Random(seed)
     kills = [(rng.choice(sorted(KILL_POINTS)), rng.uniform(0.0, 0.4)) for _ in range(rng.randint(1, 3))]
     check_chain(reference, tmp_path / "run", kills)
+
+
+# ------------------------------------------------------------------------------- damaged checkpoints (in process)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """4 steps with checkpoints after steps 2 and 4 (in process, on 3 small synthetic clips)."""
+    from miva.training.synthetic import write_synthetic_dataset
+    from miva.training.train import train
+
+    clips = tmp_path_factory.mktemp("clips")
+    write_synthetic_dataset(clips, num_clips=3, num_frames=6, height=32, width=32, fmt="gif")
+    out = tmp_path_factory.mktemp("run")
+    train(small_config(clips, out))
+    return clips, out
+
+
+def small_config(clips, out, **overrides):
+    from miva.training.train_config import TrainConfig
+
+    fields = dict(
+        output_dir=str(out),
+        tiny=True,
+        video_root=str(clips),
+        prompt="clouds",
+        num_frames=4,
+        sample_frame_rate=1,
+        width=32,
+        height=32,
+        adapter=dict(use_ca_lora=True, ca_lora_rank=2, motion_lora_rank=2),
+        learning_rate=1e-3,
+        max_train_steps=4,
+        checkpointing_steps=2,
+        validation_steps=None,
+        mixed_precision="no",
+        gradient_checkpointing=False,
+        report_to="none",
+        seed=3,
+    )
+    fields.update(overrides)
+    return TrainConfig(**fields)
+
+
+def _damage(out, checkpoint, how):
+    folder = out / checkpoint
+    if how == "truncated adapter state":
+        path = folder / "adapter_state.safetensors"
+        path.write_bytes(path.read_bytes()[:100])
+    elif how == "trainer state not JSON":
+        (folder / "trainer_state.json").write_text("{'global_step': 4")
+    elif how == "truncated optimizer":
+        path = folder / "optimizer.bin"
+        path.write_bytes(path.read_bytes()[:50])
+
+
+@pytest.mark.parametrize("how", ["truncated adapter state", "trainer state not JSON", "truncated optimizer"])
+def test_damaged_newest_checkpoint_is_skipped_for_the_newest_good_one(trained, tmp_path, how, caplog):
+    import shutil
+
+    from miva.training.train import train
+
+    clips, reference = trained
+    out = tmp_path / "run"
+    shutil.copytree(reference, out, ignore=shutil.ignore_patterns("adapter", "train_log.jsonl"))
+    _damage(out, "checkpoint-4", how)
+    with caplog.at_level("WARNING"):
+        train(small_config(clips, out, resume_from_checkpoint="latest"))
+    assert "skipping checkpoint" in caplog.text and "checkpoint-4" in caplog.text
+    ours = load_file(str(out / "adapter" / "miva_adapter.safetensors"))
+    theirs = load_file(str(reference / "adapter" / "miva_adapter.safetensors"))
+    assert all(ours[k].equal(theirs[k]) for k in theirs)  # resumed from checkpoint-2, replayed steps 3 and 4
+    assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [3, 4]
+
+
+def test_no_good_checkpoint_is_a_one_line_error_naming_them(trained, tmp_path):
+    import shutil
+
+    from miva.training.train import MIVATrainer
+
+    clips, reference = trained
+    out = tmp_path / "run"
+    shutil.copytree(reference, out, ignore=shutil.ignore_patterns("adapter"))
+    _damage(out, "checkpoint-4", "trainer state not JSON")
+    _damage(out, "checkpoint-2", "truncated adapter state")
+    with pytest.raises(ValueError) as error:
+        MIVATrainer(small_config(clips, out, resume_from_checkpoint="latest")).setup()
+    message = str(error.value)
+    assert "\n" not in message and "no usable checkpoint" in message
+    assert "checkpoint-4 (ValueError" in message and "checkpoint-2 (" in message

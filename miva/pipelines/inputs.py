@@ -18,7 +18,8 @@ from ..guards import check_finite_tensor, check_float, check_int
 from .latent_init import DCT_CUTOFF_SHAPES, FIRST_FRAME_COND_TYPES, check_adain_mode
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-MAX_SIZE = 8192  # pixels per side; larger sizes only reach the allocator
+MAX_SIZE = 8192  # pixels per side; larger sizes (and batches) only reach the allocator
+MAX_VIDEOS = 256
 
 
 @dataclass
@@ -75,13 +76,15 @@ def check_call_arguments(
     generator,
     clip_skip,
     cross_attention_kwargs,
+    text_layers: int | None = None,
 ) -> None:
     """Types and ranges of `MIVAPipeline.__call__`'s plain arguments; one `TypeError` / `ValueError` naming the
-    argument, its value and what is valid (instead of an error from deep inside torch, or a NaN video)."""
+    argument, its value and what is valid (instead of an error from deep inside torch, or a NaN video).
+    `text_layers`: the text encoder's number of layers (the largest `clip_skip`)."""
     check_int("height", height, 8, MAX_SIZE)
     check_int("width", width, 8, MAX_SIZE)
     check_int("num_inference_steps", num_inference_steps, 1)
-    check_int("num_videos_per_prompt", num_videos_per_prompt, 1)
+    check_int("num_videos_per_prompt", num_videos_per_prompt, 1, MAX_VIDEOS)
     check_float("guidance_scale", guidance_scale)
     check_float("eta", eta, 0.0)
     if output_type not in OUTPUT_TYPES:
@@ -94,7 +97,7 @@ def check_call_arguments(
     if not all(g is None or isinstance(g, torch.Generator) for g in generators) or generators == []:
         raise TypeError(f"generator={generator!r:.80} must be a torch.Generator, a list of them, or None")
     if clip_skip is not None:
-        check_int("clip_skip", clip_skip, 0)
+        check_int("clip_skip", clip_skip, 0, text_layers)
     if cross_attention_kwargs is not None and not isinstance(cross_attention_kwargs, dict):
         raise TypeError(f"cross_attention_kwargs={cross_attention_kwargs!r:.80} must be a dict or None")
 

@@ -372,6 +372,7 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
             generator=generator,
             clip_skip=clip_skip,
             cross_attention_kwargs=cross_attention_kwargs,
+            text_layers=getattr(getattr(self.text_encoder, "config", None), "num_hidden_layers", None),
         )
         self.check_miva_inputs(options, num_frames, height, width, batch_prompt, adapter_weights, decode_chunk_size)
         if prompt is None and prompt_embeds is None:
