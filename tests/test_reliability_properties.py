@@ -344,10 +344,10 @@ def test_damaged_adapter_files(saved_adapter, damage):
     assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
     from miva.attention_processors import get_miva_context
 
-    if target == "miva_adapter.safetensors":
-        assert get_miva_context(pipe.unet).configs["m"] == config
-        OUTCOMES[kind]["correct result"] += 1
+    if get_miva_context(pipe.unet).configs["m"] == config:
+        OUTCOMES[kind]["correct result"] += 1  # the damage hit nothing that matters (e.g. the version string)
     else:
+        assert target == "adapter_config.json", "a damaged weights file loaded with another config"
         OUTCOMES[kind]["loaded the edited config (warned)"] += 1
     pipe.delete_adapters("m")
     pipe.set_adapters(["a"])
