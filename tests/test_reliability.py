@@ -366,6 +366,9 @@ def test_damaged_pt_is_corrupt_not_unsafe(shared, tmp_path):
         (dict(shared_noise_ratio=float("nan")), "shared_noise_ratio"),
         (dict(shared_noise_ratio="0.5"), "shared_noise_ratio"),
         (dict(cil_ratio=float("inf")), "cil_ratio"),
+        (dict(cil_ratio=2.0), "cil_ratio=2.0 scales the first timestep to"),
+        (dict(guidance_scale=1e300), "guidance_scale"),
+        (dict(eta=5.0), "eta"),
         (dict(use_dct_init="yes"), "use_dct_init"),
         (dict(clip_skip=-1), "clip_skip"),
         (dict(clip_skip=10**6), "clip_skip"),
@@ -452,3 +455,13 @@ def test_clip_skip_works_with_transformers_5(shared, image):
     skipped = call(shared, image, clip_skip=1).frames
     assert torch.equal(skipped, call(shared, image, prompt=None, prompt_embeds=embeds).frames)
     assert not torch.equal(skipped, call(shared, image).frames)
+
+
+def test_a_nan_video_is_an_error_not_a_result(pipe, image):
+    """The last guard: whatever poisons a call (here an adapter weight set to NaN in memory, past every loader
+    check) ends in a ValueError instead of a NaN video, and the call state is restored."""
+    key = next(k for k in adapter_state_dict(pipe.unet, "a") if "to_k_lora.up" in k)
+    with torch.no_grad():
+        adapter_state_dict(pipe.unet, "a")[key].fill_(float("nan"))
+    error = expect_clean_failure(pipe, lambda: call(pipe, image))
+    assert "denoised latents contain NaN or infinity" in str(error)

@@ -20,6 +20,7 @@ from .latent_init import DCT_CUTOFF_SHAPES, FIRST_FRAME_COND_TYPES, check_adain_
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 MAX_SIZE = 8192  # pixels per side; larger sizes (and batches) only reach the allocator
 MAX_VIDEOS = 256
+MAX_GUIDANCE = 1000.0  # beyond this the guided noise overflows into NaN frames
 
 
 @dataclass
@@ -85,8 +86,8 @@ def check_call_arguments(
     check_int("width", width, 8, MAX_SIZE)
     check_int("num_inference_steps", num_inference_steps, 1)
     check_int("num_videos_per_prompt", num_videos_per_prompt, 1, MAX_VIDEOS)
-    check_float("guidance_scale", guidance_scale)
-    check_float("eta", eta, 0.0)
+    check_float("guidance_scale", guidance_scale, -MAX_GUIDANCE, MAX_GUIDANCE)
+    check_float("eta", eta, 0.0, 1.0)
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type={output_type!r} is not one of {OUTPUT_TYPES}")
     for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
@@ -114,6 +115,26 @@ def check_latents(latents, expected: tuple[int, ...]) -> None:
             "(batch * num_videos_per_prompt, channels, num_frames, height / 8, width / 8)"
         )
     check_finite_tensor("latents", latents)
+
+
+def check_scaled_timesteps(timesteps: torch.Tensor, cil_ratio: float, num_train_timesteps: int) -> None:
+    """CIL's scaled timesteps must stay below the scheduler's training timesteps (it indexes its tables by them)."""
+    largest = int(timesteps.max())
+    if largest >= num_train_timesteps:
+        raise ValueError(
+            f"cil_ratio={cil_ratio!r} scales the first timestep to {largest}, beyond the scheduler's "
+            f"{num_train_timesteps} training timesteps; use cil_ratio <= "
+            f"{(num_train_timesteps - 1) / max(largest / cil_ratio, 1):.3f}"
+        )
+
+
+def check_finite_result(latents: torch.Tensor) -> None:
+    """A last guard: a denoising that produced NaN / inf ends in an error, never in a silently broken video."""
+    if not bool(torch.isfinite(latents).all()):
+        raise ValueError(
+            "the denoised latents contain NaN or infinity: an adapter weight, a given latent / embedding or a "
+            "numerical overflow (fp16?) poisoned the call; check the adapters and inputs, or use float32"
+        )
 
 
 def image_to_tensors(image) -> list[torch.Tensor]:

@@ -30,7 +30,14 @@ from ..attention_processors.base import MIVAProcessorBase
 from ..guards import check_float
 from ..loaders import MIVALoaderMixin
 from .ca_maps import CAMapStore, resolve_ca_map_resolutions
-from .inputs import SamplingOptions, check_call_arguments, check_latents, preprocess_image
+from .inputs import (
+    SamplingOptions,
+    check_call_arguments,
+    check_finite_result,
+    check_latents,
+    check_scaled_timesteps,
+    preprocess_image,
+)
 from .latent_init import adain_last, adain_step, build_initial_latents, cil_analytic_noise_std, scale_timesteps
 from .prompts import build_prompt_embeds
 
@@ -438,6 +445,7 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = scale_timesteps(self.scheduler.timesteps, cil_ratio)
+        check_scaled_timesteps(timesteps, cil_ratio, getattr(self.scheduler.config, "num_train_timesteps", 1000))
         pixels = pixels.expand(batch, -1, -1, -1) if len(pixels) == 1 else pixels
         image_latents = self.prepare_image_latents(pixels, generator, device)
         image_latents = image_latents.repeat_interleave(num_videos_per_prompt, dim=0).to(text.dtype)
@@ -482,6 +490,7 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
             context.active, context.adapter_prompts, context.attention_store = saved
         if options.use_adain_norm == "last":
             latents = adain_last(latents)
+        check_finite_result(latents)
 
         if output_type == "latent":
             video = latents
