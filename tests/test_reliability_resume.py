@@ -12,6 +12,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,16 +70,24 @@ KILL_POINTS = {
 }
 
 
-def run_until(output_dir: Path, resume: bool, kill_when=None, delay: float = 0.0, timeout: float = 300) -> str:
+def _holds(predicate, output_dir: Path) -> bool:
+    try:
+        return output_dir.is_dir() and bool(predicate(output_dir))
+    except OSError:  # a folder renamed between listing and reading it: look again at the next poll
+        return False
+
+
+def run_until(output_dir: Path, resume: bool, kill_when=None, delay: float = 0.0, timeout: float = 1200) -> str:
     """Run the training command; SIGKILL it `delay` seconds after `kill_when(output_dir)` holds. Returns "killed" or
     "finished" (a run that finishes before the kill point is fine: the point was passed between two polls)."""
+    log = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would block the child
     process = subprocess.Popen(
-        command(output_dir, resume), env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT
+        command(output_dir, resume), env=environment(), stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT
     )
     start = time.monotonic()
     try:
         while process.poll() is None:
-            if kill_when is not None and output_dir.is_dir() and kill_when(output_dir):
+            if kill_when is not None and _holds(kill_when, output_dir):
                 time.sleep(delay)
                 process.send_signal(signal.SIGKILL)
                 process.wait()
@@ -90,8 +99,9 @@ def run_until(output_dir: Path, resume: bool, kill_when=None, delay: float = 0.0
         if process.poll() is None:
             process.kill()
             process.wait()
-    stderr = process.stderr.read().decode(errors="replace")
-    process.stderr.close()
+        log.seek(0)
+        stderr = log.read().decode(errors="replace")
+        log.close()
     assert process.returncode == 0, f"training failed (rc {process.returncode}):\n{stderr[-3000:]}"
     return "finished"
 

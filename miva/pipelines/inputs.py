@@ -91,7 +91,7 @@ def check_call_arguments(
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type={output_type!r} is not one of {OUTPUT_TYPES}")
     for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-        if value is not None and not isinstance(value, (str, dict)):
+        if value is not None and not isinstance(value, str):
             if not isinstance(value, (list, tuple)) or not value or not all(isinstance(p, str) for p in value):
                 raise TypeError(f"{name}={value!r:.80} must be a string or a non-empty list of strings")
     generators = generator if isinstance(generator, list) else [generator]
