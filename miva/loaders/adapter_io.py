@@ -189,7 +189,11 @@ def write_adapter_folder(
     from ..atomic import atomic_folder
     from .integrity import CHECKSUM_KEY, tensors_checksum
 
+    if not isinstance(folder, (str, os.PathLike)) or not os.fspath(folder):
+        raise TypeError(f"save_directory={folder!r:.80} must be a folder path")
     folder = Path(folder)
+    if sample_gif is not None and not isinstance(sample_gif, (str, os.PathLike)):
+        raise TypeError(f"sample_gif={sample_gif!r:.80} must be a path to a GIF file or None")
     if sample_gif is not None and not Path(sample_gif).is_file():
         raise FileNotFoundError(f"sample_gif={os.fspath(sample_gif)!r} does not exist")
     if base_model and not config.base_model:
