@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import field
 from typing import Any
@@ -95,10 +96,12 @@ def boolean(path: str, value: Any) -> bool:
     return value
 
 
-def integer(minimum: int | None = None) -> Check:
+def integer(minimum: int | None = None, maximum: int | None = None) -> Check:
     def check(path, value):
-        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        ok = not isinstance(value, bool) and isinstance(value, int)
+        if not ok or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             bound = f" >= {minimum}" if minimum is not None else ""
+            bound += f"{' and' if bound else ''} <= {maximum}" if maximum is not None else ""
             raise ConfigError(f"{path}: {value!r} must be an integer{bound}")
         return value
 
@@ -107,7 +110,7 @@ def integer(minimum: int | None = None) -> Check:
 
 def number(minimum: float | None = None, maximum: float | None = None, open_low: bool = False) -> Check:
     def check(path, value):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if ok and minimum is not None:
             ok = value > minimum if open_low else value >= minimum
         if ok and maximum is not None:
@@ -118,7 +121,9 @@ def number(minimum: float | None = None, maximum: float | None = None, open_low:
                 bounds.append(f"{'>' if open_low else '>='} {minimum}")
             if maximum is not None:
                 bounds.append(f"<= {maximum}")
-            raise ConfigError(f"{path}: {value!r} must be a number" + (f" {' and '.join(bounds)}" if bounds else ""))
+            raise ConfigError(
+                f"{path}: {value!r} must be a finite number" + (f" {' and '.join(bounds)}" if bounds else "")
+            )
         return float(value)
 
     return check

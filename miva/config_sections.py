@@ -34,6 +34,7 @@ from .config_fields import (
     string,
 )
 from .config_fields import suggest as _suggest
+from .guards import MAX_RANK
 from .pipelines.latent_init import ADAIN_MODES, DCT_CUTOFF_SHAPES, FIRST_FRAME_COND_TYPES
 
 ADAPTER_PATH_KEYS = ("adapter_i2v_path", "adapter_lora_path", "ca_lora_path")
@@ -61,7 +62,7 @@ _STRUCTURE = "miva builds the stock diffusers UNetMotionModel from the motion ad
 
 
 def _multiple_of_8(path: str, value: Any) -> int:
-    integer(8)(path, value)
+    integer(8, 8192)(path, value)
     if value % 8:
         raise ConfigError(f"{path}: {value} must be a multiple of 8 (the VAE downsamples by 8)")
     return value
@@ -123,7 +124,7 @@ class MotionModuleKwargs:
     """`unet_additional_kwargs.motion_module_kwargs`: MotionLoRA / motion embedding, plus AnimateDiff structure."""
 
     use_motion_embed: bool = key(False, boolean, "Motion-Inversion embedding", "MIVAAdapterConfig.use_motion_embed")
-    lora_rank: int = key(32, integer(1), "MotionLoRA rank", "MIVAAdapterConfig.motion_lora_rank")
+    lora_rank: int = key(32, integer(1, MAX_RANK), "MotionLoRA rank", "MIVAAdapterConfig.motion_lora_rank")
     lora_scale: float | None = key(
         1.0, optional(number(0.0, open_low=True)), "MotionLoRA network_alpha", "MIVAAdapterConfig.motion_lora_scale"
     )
@@ -176,7 +177,7 @@ class UNetAdditionalKwargs:
     # Cross-attention: CA-LoRA, implicit prompt, spatiotemporal Q.
     use_ca_lora: bool = key(False, boolean, "CA-LoRA on K/V/O", "MIVAAdapterConfig.use_ca_lora")
     ca_lora_rank: int | list[int] = key(
-        32, one_or_list(integer(1)), "one per adapter", "MIVAAdapterConfig.ca_lora_rank"
+        32, one_or_list(integer(1, MAX_RANK)), "one per adapter", "MIVAAdapterConfig.ca_lora_rank"
     )
     ca_lora_scale: float | list[float] | None = key(
         1.0,
@@ -194,9 +195,9 @@ class UNetAdditionalKwargs:
         ),
     )
     use_simple_CA: bool = key(False, boolean, "implicit prompt", "MIVAAdapterConfig.ca_mode='implicit'")
-    implicit_rank: int = key(64, integer(1), "miva: implicit prompt rank", "MIVAAdapterConfig.implicit_rank")
+    implicit_rank: int = key(64, integer(1, MAX_RANK), "miva: implicit prompt rank", "MIVAAdapterConfig.implicit_rank")
     q_downsample: bool = key(False, boolean, "spatiotemporal Q", "MIVAAdapterConfig.q_downsample")
-    q_downsample_ratio: int = key(4, integer(1), "spatial stride r", "MIVAAdapterConfig.q_downsample_ratio")
+    q_downsample_ratio: int = key(4, integer(1, 64), "spatial stride r", "MIVAAdapterConfig.q_downsample_ratio")
     q_downsample_mode: str = key("nearest", choice(Q_DOWNSAMPLE_MODES), "miva", "MIVAAdapterConfig.q_downsample_mode")
     ca_pe_mode: str | None = key(None, _ca_pe_mode, "PE of the spatiotemporal Q", "MIVAAdapterConfig.ca_pe_mode")
     pe_style: str = key(
@@ -225,7 +226,7 @@ class UNetAdditionalKwargs:
             [False], "the cross-frame branch trains its dense to_out; research I2V LoRAs are folded into it on import"
         ),
     )
-    i2v_lora_rank: int = key(32, integer(1), "inert: the I2V LoRAs are off")
+    i2v_lora_rank: int = key(32, integer(1, MAX_RANK), "inert: the I2V LoRAs are off")
     i2v_lora_scale: float = key(1.0, fixed([1, 1.0], "research I2V LoRAs are imported with network_alpha 1"))
     use_motion_lora: bool = key(True, boolean, "miva: MotionLoRA", "MIVAAdapterConfig.use_motion_lora")
     # Orthogonal adapters and multi-adapter settings.

@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..guards import MAX_RANK, read_json_object
 
 SA_MODES = ("first", "prev", "first_prev")
 CA_MODES = ("lora", "implicit")
@@ -32,6 +35,11 @@ def _check_choice(name: str, value: Any, valid: tuple) -> None:
 def _check_positive(name: str, value: Any, kind: type = int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or value <= 0:
         raise ValueError(f"{name}={value!r} must be a positive {kind.__name__}")
+    if kind is float and not math.isfinite(value):  # NaN passes `<= 0`; either poisons every frame
+        raise ValueError(f"{name}={value!r} must be a finite positive number")
+    if kind is int and name.endswith("rank") and value > MAX_RANK:
+        raise ValueError(f"{name}={value!r} is absurdly large: ranks are at most {MAX_RANK} (attention widths are "
+                         "at most 1280 in SD1.5)")
 
 
 def normalize_ca_pe_mode(mode: str | None) -> str | None:
@@ -62,7 +70,7 @@ def parse_first_frame_scale(value: float | str) -> tuple[str, float]:
             temperature = float(suffix)
         except ValueError:
             temperature = -1.0
-        if temperature > 0:
+        if temperature > 0 and math.isfinite(temperature):
             return "adaptive", temperature
     raise ValueError(
         f"sa_first_frame_scale={value!r} is not valid: use a float in [0, 1], 'linear', or 'adaptive_<T>' "
@@ -130,6 +138,13 @@ class MIVAAdapterConfig:
         self.ca_pe_mode = normalize_ca_pe_mode(self.ca_pe_mode)
         for name in ("motion_lora_rank", "ca_lora_rank", "implicit_rank", "q_downsample_ratio"):
             _check_positive(name, getattr(self, name))
+        if self.q_downsample_ratio > 64:
+            raise ValueError(f"q_downsample_ratio={self.q_downsample_ratio!r} must be at most 64 (the spatial stride "
+                             "of the spatiotemporal Q; the research default is 4)")
+        for name in ("word_to_learn", "prompt", "base_model", "motion_adapter"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a string or null, got "
+                                 f"{type(getattr(self, name)).__name__}")
         for name in ("motion_lora_scale", "ca_lora_scale"):
             if getattr(self, name) is not None:
                 _check_positive(name, getattr(self, name), float)
@@ -155,6 +170,9 @@ class MIVAAdapterConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MIVAAdapterConfig:
+        if not isinstance(data, dict):
+            raise TypeError(f"a MIVAAdapterConfig is read from a dict of its fields, got {type(data).__name__} "
+                            f"{data!r:.60}")
         data = {k: v for k, v in data.items() if k not in ("miva_version", "_class_name")}
         valid = [f.name for f in dataclasses.fields(cls)]
         unknown = [k for k in data if k not in valid]
@@ -171,17 +189,17 @@ class MIVAAdapterConfig:
         return json.dumps({**self.to_dict(), "miva_version": __version__}, indent=2, sort_keys=True) + "\n"
 
     def save_pretrained(self, folder: str | os.PathLike) -> str:
+        from ..atomic import atomic_write_text
+
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, "adapter_config.json")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.to_json_string())
+        atomic_write_text(path, self.to_json_string())
         return path
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> MIVAAdapterConfig:
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} is not valid JSON: {e}") from None
-        return cls.from_dict(data)
+        data = read_json_object(path, "adapter_config.json")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{os.fspath(path)}: {e}") from None

@@ -8,6 +8,7 @@ import types
 from diffusers.models.attention_processor import AttnProcessor
 from torch import nn
 
+from ..guards import check_float
 from .adapter_config import MIVAAdapterConfig
 from .attention_utils import check_attention_backend, check_supported_attention
 from .base import MIVAProcessorBase
@@ -156,12 +157,16 @@ def set_miva_adapters(unet: nn.Module, names: str | list[str], weights: float | 
     A weight may be 0; adapters not named are inactive and cost nothing.
     """
     context = get_miva_context(unet)
+    if not isinstance(names, str) and not (
+        isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)
+    ):
+        raise TypeError(f"adapter_names={names!r:.80} must be an adapter name or a list of adapter names")
     names = [names] if isinstance(names, str) else list(names)
     if weights is None:
         weights = [1.0] * len(names)
-    elif isinstance(weights, (int, float)):
-        weights = [float(weights)] * len(names)
-    weights = [float(w) for w in weights]
+    elif not isinstance(weights, (list, tuple)):
+        weights = [check_float("weights", weights)] * len(names)
+    weights = [check_float(f"weights[{i}]", w) for i, w in enumerate(weights)]  # NaN / inf would poison every frame
     if len(weights) != len(names):
         raise ValueError(f"adapter_weights has {len(weights)} entries but {len(names)} adapters were named: {names}")
     unknown = [n for n in names if n not in context.configs]

@@ -46,6 +46,7 @@ from ..attention_processors import (
     get_miva_context,
     install_miva_processors,
 )
+from ..guards import check_finite_tensor
 from .model_card import miva_model_card
 from .sources import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, SAMPLE_NAME, AdapterSource, resolve_source
 
@@ -175,34 +176,48 @@ def write_adapter_folder(
     base_model: str | None = None,
     repo_id: str | None = None,
 ) -> Path:
-    """Write a native adapter folder from a config and native tensors (the research converter uses this too)."""
+    """Write a native adapter folder from a config and native tensors (the research converter uses this too).
+
+    Atomic: everything is checked first (the sample exists, the tensors are finite), then written into a temporary
+    sibling folder that replaces `folder` by a rename, so a failed save leaves an existing adapter folder as it was.
+    Other files of an existing `folder` (not the adapter's own four) are kept.
+    """
     from safetensors.torch import save_file
 
     from miva import __version__
 
+    from ..atomic import atomic_folder
+    from .integrity import CHECKSUM_KEY, tensors_checksum
+
+    if not isinstance(folder, (str, os.PathLike)) or not os.fspath(folder):
+        raise TypeError(f"save_directory={folder!r:.80} must be a folder path")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if sample_gif is not None and not isinstance(sample_gif, (str, os.PathLike)):
+        raise TypeError(f"sample_gif={sample_gif!r:.80} must be a path to a GIF file or None")
+    if sample_gif is not None and not Path(sample_gif).is_file():
+        raise FileNotFoundError(f"sample_gif={os.fspath(sample_gif)!r} does not exist")
     if base_model and not config.base_model:
         config = dataclasses.replace(config, base_model=base_model)
     payload = {k: t.detach().to("cpu").contiguous().clone() for k, t in tensors.items()}
+    for key, tensor in payload.items():
+        check_finite_tensor(f"adapter {adapter_name!r} tensor {key!r}", tensor)
+    config_json = config.to_json_string()
     metadata = {
         "format": "miva",
         "miva_version": __version__,
-        "miva_config": config.to_json_string(),
+        "miva_config": config_json,
         "adapter_name": adapter_name,
+        CHECKSUM_KEY: tensors_checksum(payload, config_json),
     }
-    save_file(payload, os.fspath(folder / ADAPTER_WEIGHTS_NAME), metadata=metadata)
-    config.save_pretrained(folder)
-    sample = None
-    if sample_gif is not None:
-        if not Path(sample_gif).is_file():
-            raise FileNotFoundError(f"sample_gif={os.fspath(sample_gif)!r} does not exist")
-        target = folder / SAMPLE_NAME
-        if not target.exists() or not os.path.samefile(sample_gif, target):
-            shutil.copyfile(sample_gif, target)
-        sample = SAMPLE_NAME
+    sample = SAMPLE_NAME if sample_gif is not None else None
     card = miva_model_card(config, adapter_name=adapter_name, repo_id=repo_id, sample=sample)
-    card.save(os.fspath(folder / "README.md"))
+    owned = (ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME, SAMPLE_NAME, "README.md")
+    with atomic_folder(folder, keep_extra=True, owned=owned) as tmp:
+        save_file(payload, os.fspath(tmp / ADAPTER_WEIGHTS_NAME), metadata=metadata)
+        config.save_pretrained(tmp)
+        if sample_gif is not None:
+            shutil.copyfile(sample_gif, tmp / SAMPLE_NAME)
+        card.save(os.fspath(tmp / "README.md"))
     return folder
 
 
@@ -293,9 +308,21 @@ def prepare_adapter(unet, source: AdapterSource) -> PreparedAdapter:
 
         base = {**base_weights_from_unet(unet), **source.base}
         max_frames = int(getattr(unet.config, "motion_max_seq_length", None) or 32)
-        config, tensors = convert_research_state_dict(
-            source.tensors, base=base, config=source.config, adapter_index=source.adapter_index, max_frames=max_frames
-        )
+        try:
+            config, tensors = convert_research_state_dict(
+                source.tensors,
+                base=base,
+                config=source.config,
+                adapter_index=source.adapter_index,
+                max_frames=max_frames,
+            )
+        except ValueError as e:
+            raise ValueError(f"{source.origin}: {e}") from None
+        except (IndexError, KeyError, RuntimeError, StopIteration, TypeError) as e:  # a layout no check foresaw
+            raise ValueError(
+                f"{source.origin}: malformed research checkpoint ({type(e).__name__}: {e}); expected the research "
+                "adapter layout (REFERENCE.md §4, §8)"
+            ) from None
         fill_mid_block_motion(unet, config, tensors)
     text = {k: v for k, v in tensors.items() if k.startswith(TEXT_EMBEDDING_PREFIX)}
     unet_tensors = {k: v for k, v in tensors.items() if k not in text}
@@ -326,6 +353,7 @@ def _check_state(name: str, expected: dict[str, torch.Tensor], tensors: dict[str
             )
         if not tensors[key].is_floating_point():
             raise ValueError(f"adapter {name!r}: key {key!r} has dtype {tensors[key].dtype}, expected floating point")
+        check_finite_tensor(f"adapter {name!r}: key {key!r}", tensors[key])
 
 
 def load_prepared_adapter(unet, name: str, config: MIVAAdapterConfig, tensors: dict[str, torch.Tensor]) -> None:

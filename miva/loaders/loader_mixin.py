@@ -26,6 +26,7 @@ from .adapter_io import (
 )
 from .model_card import is_hub_id
 from .sources import check_hub_kwargs, expand_sources, resolve_source
+from .transaction import adapter_transaction
 
 
 def remove_miva_processors(unet) -> None:
@@ -60,6 +61,15 @@ def remove_miva_processors(unet) -> None:
         del unet.set_default_attn_processor
 
 
+def _name_list(argument: str, names) -> list[str]:
+    """A name or a list of names -> a list; `TypeError` naming `argument` for anything else."""
+    if isinstance(names, str):
+        return [names]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"{argument}={names!r:.80} must be an adapter name or a list of adapter names")
+    return list(names)
+
+
 class MIVALoaderMixin:
     """Mixed into `MIVAPipeline`; works on `self.unet` (a `UNetMotionModel`)."""
 
@@ -72,12 +82,14 @@ class MIVALoaderMixin:
 
     # ------------------------------------------------------------------------------------------ create / load
     def add_adapter(self, adapter_name: str, config: MIVAAdapterConfig | None = None, *, activate: bool = True):
-        """Add a fresh, zero-initialised adapter (a no-op until trained or loaded); activate it alone by default."""
-        config = config or MIVAAdapterConfig()
-        install_miva_processors(self.unet)
-        add_miva_adapter(self.unet, adapter_name, config)
-        if activate:
-            self.set_adapters([adapter_name])
+        """Add a fresh, zero-initialised adapter (a no-op until trained or loaded); activate it alone by default.
+
+        All or nothing: when activation fails (e.g. adapters are fused) the new adapter is removed again."""
+        config = MIVAAdapterConfig() if config is None else config
+        with adapter_transaction(self.unet):
+            add_miva_adapter(self.unet, adapter_name, config)
+            if activate:
+                self.set_adapters([adapter_name])
 
     def load_adapters(
         self,
@@ -123,20 +135,15 @@ class MIVALoaderMixin:
         words = [word for group in actions for word, _ in group]
         if len(set(words)) != len(words):
             raise ValueError(f"adapters {names} ship the same learned word twice ({words})")
-        previous = (list(context.active), context.parallel_mode)
-        loaded = []
-        try:
+        with adapter_transaction(self.unet):
             for name, item in zip(names, prepared):
-                load_prepared_adapter(self.unet, name, item.config, item.tensors)
-                loaded.append(name)
+                try:
+                    load_prepared_adapter(self.unet, name, item.config, item.tensors)
+                except ValueError as e:  # name the file or repo: the user has to find it
+                    raise ValueError(f"{item.origin}: {e}") from None
             self.set_adapters(names, weights, parallel_mode=parallel_mode)
-        except BaseException:
-            for name in loaded:
-                discard_adapter(self.unet, name)
-            context.active, context.parallel_mode = previous
-            raise
-        for group in actions:
-            apply_text_embeddings(group, text_encoder, tokenizer)
+            for group in actions:
+                apply_text_embeddings(group, text_encoder, tokenizer)
         return names
 
     @staticmethod
@@ -168,7 +175,8 @@ class MIVALoaderMixin:
         parallel_mode: str | None = None,
     ) -> None:
         """Choose the active adapters (in per-adapter prompt order) and their weights (default 1 each)."""
-        set_miva_adapters(self.unet, adapter_names, weights, parallel_mode=parallel_mode)
+        with adapter_transaction(self.unet):
+            set_miva_adapters(self.unet, adapter_names, weights, parallel_mode=parallel_mode)
 
     def get_active_adapters(self) -> list[str]:
         """Names of the active adapters, in order ([] when disabled or none are loaded)."""
@@ -190,7 +198,8 @@ class MIVALoaderMixin:
         """Merge the active adapters' LoRA deltas (default: all active) into the base weights ("weights" mode)."""
         from ..attention_processors.fusing import fuse_miva_adapters
 
-        return fuse_miva_adapters(self.unet, adapter_names)
+        with adapter_transaction(self.unet):
+            return fuse_miva_adapters(self.unet, adapter_names)
 
     def unfuse_adapters(self) -> list[tuple[str, float]]:
         """Restore the base weights bit-exactly; the adapters run unfused again."""
@@ -200,13 +209,15 @@ class MIVALoaderMixin:
 
     # ------------------------------------------------------------------------------------------ remove
     def delete_adapters(self, adapter_names: str | list[str]) -> None:
-        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        """Remove the named adapters; all or nothing (an unknown or fused name removes none)."""
+        names = _name_list("adapter_names", adapter_names)
         context = get_miva_context(self.unet)
         fused = [n for n, _ in context.fused if n in names]
         if fused:
             raise ValueError(f"adapters {fused} are fused into the base weights; call unfuse_adapters() first")
-        for name in names:
-            delete_miva_adapter(self.unet, name)
+        with adapter_transaction(self.unet):
+            for name in names:
+                delete_miva_adapter(self.unet, name)
 
     def unload_adapters(self) -> None:
         """Remove every MIVA adapter and processor: the UNet is stock diffusers again (unfused first)."""

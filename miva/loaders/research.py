@@ -178,6 +178,46 @@ def _check_shape(key: str, tensor: torch.Tensor, expected: tuple[int, ...], what
         )
 
 
+def _check_research_parts(groups: dict[str, dict[str, dict[str, torch.Tensor]]]) -> None:
+    """Every research tensor is a finite float tensor of the rank its role needs, LoRA `down`/`up` come in pairs that
+    chain (`up (out, r) @ down (r, in)`), and the I2V output LoRA fits the branch's `to_out`; `ValueError` naming the
+    key otherwise (instead of an `IndexError` or a matmul error deep inside the conversion)."""
+    from ..guards import check_finite_tensor
+
+    for kind, layers in groups.items():
+        for layer, parts in layers.items():
+            for part, tensor in parts.items():
+                key = f"{layer} {kind} {part}"
+                if not torch.is_tensor(tensor) or not tensor.is_floating_point():
+                    raise ValueError(f"research key {key}: dtype {getattr(tensor, 'dtype', type(tensor).__name__)}, "
+                                     "expected a floating-point tensor")
+                ndim = 1 if part.endswith("bias") else 2
+                if tensor.ndim != ndim or 0 in tensor.shape:
+                    raise ValueError(f"research key {key}: shape {tuple(tensor.shape)}, expected a non-empty "
+                                     f"{ndim}-d tensor")
+                check_finite_tensor(f"research key {key}", tensor)
+            for proj in {p.split("_lora.")[0] for p in parts if "_lora." in p}:
+                down, up = parts.get(f"{proj}_lora.down.weight"), parts.get(f"{proj}_lora.up.weight")
+                if down is None or up is None:
+                    have, lacks = ("up", "down") if down is None else ("down", "up")
+                    raise ValueError(f"research key {layer} {kind} {proj}_lora: has {have}.weight but lacks "
+                                     f"{lacks}.weight (a LoRA needs both)")
+                if up.shape[1] != down.shape[0]:
+                    raise ValueError(f"research key {layer} {kind} {proj}_lora: up {tuple(up.shape)} and down "
+                                     f"{tuple(down.shape)} do not chain (up's columns must equal down's rows, the rank)")
+            if kind == "i2v" and "to_out_lora.down.weight" in parts and "to_out.0.weight" in parts:
+                out_rows = parts["to_out.0.weight"].shape[0]
+                lora = (parts["to_out_lora.up.weight"].shape[0], parts["to_out_lora.down.weight"].shape[1])
+                if lora != (out_rows, out_rows):
+                    raise ValueError(f"research key {layer} i2v to_out_lora: delta {lora} does not fit to_out.0 "
+                                     f"with {out_rows} outputs (expected ({out_rows}, {out_rows}))")
+            if kind == "i2v" and "to_out.0.bias" in parts and "to_out.0.weight" in parts:
+                if parts["to_out.0.bias"].shape[0] != parts["to_out.0.weight"].shape[0]:
+                    raise ValueError(f"research key {layer} i2v to_out.0.bias: shape "
+                                     f"{tuple(parts['to_out.0.bias'].shape)} does not match to_out.0.weight "
+                                     f"{tuple(parts['to_out.0.weight'].shape)}")
+
+
 def _single_rank(groups: dict[str, dict[str, torch.Tensor]], what: str) -> int:
     ranks = {}
     for layer, parts in groups.items():
@@ -348,6 +388,7 @@ def convert_research_state_dict(
         if parsed.part in layer:
             raise ValueError(f"key {key!r} maps to {parsed.layer}.{parsed.part}, which another key already set")
         layer[parsed.part] = value
+    _check_research_parts(groups)
     native: dict[str, torch.Tensor] = {}
     updates = {
         "use_ca_lora": False,

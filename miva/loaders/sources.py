@@ -20,6 +20,7 @@ tensors and containers is refused before any of its code runs.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
@@ -30,6 +31,8 @@ from typing import Any
 import torch
 
 from ..attention_processors.adapter_config import MIVAAdapterConfig
+
+logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "miva_adapter.safetensors"
@@ -77,7 +80,7 @@ def read_safetensors(path: str | os.PathLike, keys=None) -> tuple[dict[str, torc
             metadata = dict(f.metadata() or {})
             names = [k for k in f.keys() if keys is None or keys(k)]
             tensors = {k: f.get_tensor(k) for k in names}
-    except (SafetensorError, OSError) as e:
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
         raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
     return tensors, metadata
 
@@ -91,16 +94,19 @@ def read_torch_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {e}") from None
+        # Refused: a well-formed pickle that asks for more than tensors and containers, or a damaged file.
+        from .pickle_check import pickle_is_damaged
+
+        if pickle_is_damaged(path):
+            raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?)") from None
         reason = next((line for line in str(e).splitlines() if "unsupported" in line.lower()), type(e).__name__)
         raise ValueError(
             f"{path} needs arbitrary code to load (it is not a plain dict of tensors) and was refused: miva loads "
             f"`.pt` files only with torch.load(weights_only=True). Convert it to safetensors in a trusted "
             f"environment. Unpickler said: {reason.strip()}"
         ) from None
-    except (RuntimeError, EOFError, KeyError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {e!r}") from None
+    except Exception as e:  # zip, storage and unpickler errors of a damaged file come in many types
+        raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {e!r:.300}") from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
@@ -153,6 +159,11 @@ def expand_sources(sources: Any) -> list[Any]:
     multi-adapter form, e.g. `{"adapter_lora_path": [a1, a2], "ca_lora_path": [c1, c2]}`) -> one dict per adapter."""
     if isinstance(sources, (str, os.PathLike, dict)):
         sources = [sources]
+    if not isinstance(sources, (list, tuple)):
+        raise TypeError(
+            f"sources={sources!r:.80} must be an adapter source (a path, a Hub repo id or a research checkpoint "
+            "dict) or a list of them"
+        )
     out = []
     for source in sources:
         if not isinstance(source, dict):
@@ -209,10 +220,13 @@ def resolve_source(source: Any, *, config: MIVAAdapterConfig | dict | None = Non
 
 
 def _read_native_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from .integrity import verify_checksum
+
     tensors, metadata = read_safetensors(path)
     fmt = metadata.get("format")
     if fmt not in (None, "miva"):
         raise ValueError(f"{path}: safetensors metadata format={fmt!r}, expected 'miva' (a MIVA adapter file)")
+    verify_checksum(path, tensors, metadata)
     return tensors, metadata
 
 
@@ -225,16 +239,31 @@ def _resolve_folder(folder: Path) -> AdapterSource:
             f"{folder} is not a MIVA adapter folder: {missing} missing (found {present}); "
             f"a native adapter has {ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME}"
         )
-    tensors, _ = _read_native_weights(weights_path)
+    tensors, metadata = _read_native_weights(weights_path)
+    config = MIVAAdapterConfig.from_json_file(config_path)
+    _warn_if_config_differs(config, metadata, config_path)
     sample = folder / SAMPLE_NAME
     return AdapterSource(
         "native",
         tensors,
-        MIVAAdapterConfig.from_json_file(config_path),
+        config,
         os.fspath(folder),
         sanitize_name(folder.resolve().name),
         sample=sample if sample.is_file() else None,
     )
+
+
+def _warn_if_config_differs(config: MIVAAdapterConfig, metadata: dict[str, str], config_path: Path) -> None:
+    """The weights file keeps a checksummed copy of the config it was saved with: say so when the folder's
+    `adapter_config.json` now differs (edited by hand, or damaged)."""
+    try:
+        saved = MIVAAdapterConfig.from_dict(json.loads(metadata["miva_config"])).to_dict()
+    except Exception:  # no copy (older files) or an unreadable one: nothing to compare
+        return
+    changed = {k: (saved[k], v) for k, v in config.to_dict().items() if saved.get(k) != v}
+    if changed:
+        detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        logger.warning(f"{config_path} differs from the config saved in {ADAPTER_WEIGHTS_NAME} ({detail}); using it")
 
 
 def _resolve_file(path: Path, config: MIVAAdapterConfig | None) -> AdapterSource:
@@ -246,7 +275,7 @@ def _resolve_file(path: Path, config: MIVAAdapterConfig | None) -> AdapterSource
     try:
         with safe_open(os.fspath(path), framework="pt") as f:
             metadata, keys = dict(f.metadata() or {}), list(f.keys())
-    except (SafetensorError, OSError) as e:
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
         raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
     sibling = path.parent / ADAPTER_CONFIG_NAME
     if metadata.get("format") == "miva" or sibling.is_file():
@@ -256,6 +285,8 @@ def _resolve_file(path: Path, config: MIVAAdapterConfig | None) -> AdapterSource
                 native_config = MIVAAdapterConfig.from_dict(json.loads(metadata["miva_config"]))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: safetensors metadata 'miva_config' is not valid JSON: {e}") from None
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{path}: safetensors metadata 'miva_config': {e}") from None
         elif sibling.is_file():
             native_config = MIVAAdapterConfig.from_json_file(sibling)
         else:

@@ -14,7 +14,13 @@ import torch
 import torch.nn.functional as F
 from diffusers.image_processor import VaeImageProcessor
 
+from ..guards import check_finite_tensor, check_float, check_int
 from .latent_init import DCT_CUTOFF_SHAPES, FIRST_FRAME_COND_TYPES, check_adain_mode
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+MAX_SIZE = 8192  # pixels per side; larger sizes (and batches) only reach the allocator
+MAX_VIDEOS = 256
+MAX_GUIDANCE = 1000.0  # beyond this the guided noise overflows into NaN frames
 
 
 @dataclass
@@ -33,6 +39,11 @@ class SamplingOptions:
     def validate(self) -> SamplingOptions:
         """Raise `ValueError` naming the option, its value and what is valid; return self."""
         check_adain_mode(self.use_adain_norm)
+        for name in ("use_dct_init", "cil_analytic"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name}={getattr(self, name)!r} must be True or False")
+        for name in ("shared_noise_ratio", "dct_cutoff_ratio", "cil_ratio"):
+            setattr(self, name, check_float(name, getattr(self, name)))
         if not 0.0 <= self.shared_noise_ratio <= 1.0:
             raise ValueError(f"shared_noise_ratio={self.shared_noise_ratio!r} must be in [0, 1]")
         if self.first_frame_cond_type not in FIRST_FRAME_COND_TYPES:
@@ -50,6 +61,80 @@ class SamplingOptions:
         if not self.cil_ratio > 0:
             raise ValueError(f"cil_ratio={self.cil_ratio!r} must be > 0")
         return self
+
+
+def check_call_arguments(
+    *,
+    height,
+    width,
+    num_inference_steps,
+    num_videos_per_prompt,
+    guidance_scale,
+    eta,
+    output_type,
+    prompt,
+    negative_prompt,
+    generator,
+    clip_skip,
+    cross_attention_kwargs,
+    text_layers: int | None = None,
+) -> None:
+    """Types and ranges of `MIVAPipeline.__call__`'s plain arguments; one `TypeError` / `ValueError` naming the
+    argument, its value and what is valid (instead of an error from deep inside torch, or a NaN video).
+    `text_layers`: the text encoder's number of layers (the largest `clip_skip`)."""
+    check_int("height", height, 8, MAX_SIZE)
+    check_int("width", width, 8, MAX_SIZE)
+    check_int("num_inference_steps", num_inference_steps, 1)
+    check_int("num_videos_per_prompt", num_videos_per_prompt, 1, MAX_VIDEOS)
+    check_float("guidance_scale", guidance_scale, -MAX_GUIDANCE, MAX_GUIDANCE)
+    check_float("eta", eta, 0.0, 1.0)
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type={output_type!r} is not one of {OUTPUT_TYPES}")
+    for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+        if value is not None and not isinstance(value, str):
+            if not isinstance(value, (list, tuple)) or not value or not all(isinstance(p, str) for p in value):
+                raise TypeError(f"{name}={value!r:.80} must be a string or a non-empty list of strings")
+    generators = generator if isinstance(generator, list) else [generator]
+    if not all(g is None or isinstance(g, torch.Generator) for g in generators) or generators == []:
+        raise TypeError(f"generator={generator!r:.80} must be a torch.Generator, a list of them, or None")
+    if clip_skip is not None:
+        check_int("clip_skip", clip_skip, 0, text_layers)
+    if cross_attention_kwargs is not None and not isinstance(cross_attention_kwargs, dict):
+        raise TypeError(f"cross_attention_kwargs={cross_attention_kwargs!r:.80} must be a dict or None")
+
+
+def check_latents(latents, expected: tuple[int, ...]) -> None:
+    """`latents` (given initial noise) must be a finite float tensor of shape `expected` `(B, C, F, H/8, W/8)`."""
+    if latents is None:
+        return
+    if not torch.is_tensor(latents) or not latents.is_floating_point():
+        raise TypeError(f"latents must be a float tensor of shape {expected}, got {type(latents).__name__}")
+    if tuple(latents.shape) != tuple(expected):
+        raise ValueError(
+            f"latents has shape {tuple(latents.shape)} but this call needs {expected} "
+            "(batch * num_videos_per_prompt, channels, num_frames, height / 8, width / 8)"
+        )
+    check_finite_tensor("latents", latents)
+
+
+def check_scaled_timesteps(timesteps: torch.Tensor, cil_ratio: float, num_train_timesteps: int) -> None:
+    """CIL's scaled timesteps must stay below the scheduler's training timesteps (it indexes its tables by them)."""
+    largest = int(timesteps.max())
+    if largest >= num_train_timesteps:
+        raise ValueError(
+            f"cil_ratio={cil_ratio!r} scales the first timestep to {largest}, beyond the scheduler's "
+            f"{num_train_timesteps} training timesteps; use cil_ratio <= "
+            f"{(num_train_timesteps - 1) / max(largest / cil_ratio, 1):.3f}"
+        )
+
+
+def check_finite_result(latents: torch.Tensor) -> None:
+    """A last guard: a denoising that produced NaN / inf ends in an error, never in a silently broken video."""
+    if not bool(torch.isfinite(latents).all()):
+        raise ValueError(
+            "the denoised latents contain NaN or infinity: an adapter weight, a given latent / embedding or a "
+            "numerical overflow (fp16?) poisoned the call; check the adapters and inputs, or use float32"
+        )
 
 
 def image_to_tensors(image) -> list[torch.Tensor]:
@@ -92,7 +177,10 @@ def preprocess_image(image, height: int, width: int) -> torch.Tensor:
     normalised to [-1, 1] like `VaeImageProcessor`. An image already at the target size is used as it is.
     """
     out = []
-    for x in image_to_tensors(image):
+    for i, x in enumerate(image_to_tensors(image)):
+        if min(x.shape[-2:]) < 1:
+            raise ValueError(f"image {i} is {x.shape[-1]}x{x.shape[-2]} pixels; it needs at least 1x1")
+        check_finite_tensor(f"image {i}", x)
         x = x[None].clamp(0, 1)
         h0, w0 = x.shape[-2:]
         if (h0, w0) != (height, width):

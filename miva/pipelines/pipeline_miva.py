@@ -27,9 +27,17 @@ from ..attention_processors import (
 )
 from ..attention_processors.attention_utils import check_xformers_usable
 from ..attention_processors.base import MIVAProcessorBase
+from ..guards import check_float
 from ..loaders import MIVALoaderMixin
 from .ca_maps import CAMapStore, resolve_ca_map_resolutions
-from .inputs import SamplingOptions, preprocess_image
+from .inputs import (
+    SamplingOptions,
+    check_call_arguments,
+    check_finite_result,
+    check_latents,
+    check_scaled_timesteps,
+    preprocess_image,
+)
 from .latent_init import adain_last, adain_step, build_initial_latents, cil_analytic_noise_std, scale_timesteps
 from .prompts import build_interpolated_prompt_embeds, build_prompt_embeds, check_interpolation_inputs, unet_text
 
@@ -202,6 +210,8 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
         if batch_prompt is not None and not all(p is None or isinstance(p, (str, dict)) for p in batch_prompt):
             raise ValueError(f"batch_prompt={batch_prompt!r} entries must be strings, {{frame: text}} dicts "
                              "(FreeNoise prompt interpolation) or None")
+        for i, weight in enumerate(adapter_weights or []):
+            check_float(f"adapter_weights[{i}]", weight)  # NaN / inf would poison every frame
         if not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:
             raise ValueError(f"decode_chunk_size={decode_chunk_size!r} must be a positive int")
 
@@ -359,6 +369,21 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
             cil_ratio,
             cil_analytic,
         )
+        check_call_arguments(
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            num_videos_per_prompt=num_videos_per_prompt,
+            guidance_scale=guidance_scale,
+            eta=eta,
+            output_type=output_type,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            generator=generator,
+            clip_skip=clip_skip,
+            cross_attention_kwargs=cross_attention_kwargs,
+            text_layers=getattr(getattr(self.text_encoder, "config", None), "num_hidden_layers", None),
+        )
         self.check_miva_inputs(options, num_frames, height, width, batch_prompt, adapter_weights, decode_chunk_size)
         if prompt is None and prompt_embeds is None:
             prompt = ""
@@ -429,9 +454,12 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = scale_timesteps(self.scheduler.timesteps, cil_ratio)
+        check_scaled_timesteps(timesteps, cil_ratio, getattr(self.scheduler.config, "num_train_timesteps", 1000))
         pixels = pixels.expand(batch, -1, -1, -1) if len(pixels) == 1 else pixels
         image_latents = self.prepare_image_latents(pixels, generator, device)
         image_latents = image_latents.repeat_interleave(num_videos_per_prompt, dim=0).to(text.dtype)
+        factor = self.vae_scale_factor
+        check_latents(latents, (total, self.unet.config.in_channels, num_frames, height // factor, width // factor))
         noise = self.prepare_latents(
             total, self.unet.config.in_channels, num_frames, height, width, text.dtype, device, generator, latents
         )
@@ -471,6 +499,7 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
             context.active, context.adapter_prompts, context.attention_store = saved
         if options.use_adain_norm == "last":
             latents = adain_last(latents)
+        check_finite_result(latents)
 
         if output_type == "latent":
             video = latents

@@ -106,7 +106,8 @@ def _encode_ids(pipe, texts: list[str], words: list[str], device, clip_skip: int
     if clip_skip is None:
         return pipe.text_encoder(ids)[0]
     hidden = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
-    return pipe.text_encoder.text_model.final_layer_norm(hidden)
+    # transformers 5's CLIPTextModel has no `.text_model` level (diffusers' clip_skip code still expects one)
+    return getattr(pipe.text_encoder, "text_model", pipe.text_encoder).final_layer_norm(hidden)
 
 
 class _Encoder:
@@ -120,7 +121,7 @@ class _Encoder:
 
     def pair(self, prompts: list[str], negatives: list[str] | None) -> tuple[Tensor, Tensor | None]:
         """(cond, uncond) for the main prompts; uncond only when `negatives` is given (classifier-free guidance)."""
-        if self.text_emb_dir is None and not self.words:
+        if self.text_emb_dir is None and not self.words and self.clip_skip is None:
             cond, uncond = self.pipe.encode_prompt(
                 prompts,
                 self.device,
@@ -153,8 +154,8 @@ class _Encoder:
     def texts(self, texts: list[str], replace: bool = True) -> Tensor:
         if self.text_emb_dir is not None:
             out = torch.cat([load_text_embedding(self.text_emb_dir, t) for t in texts])
-        elif self.words and replace:
-            out = _encode_ids(self.pipe, texts, self.words, self.device, self.clip_skip)
+        elif (self.words and replace) or self.clip_skip is not None:
+            out = _encode_ids(self.pipe, texts, self.words if replace else [], self.device, self.clip_skip)
         else:
             out = self.pipe.encode_prompt(
                 texts, self.device, 1, False, lora_scale=self.lora_scale, clip_skip=self.clip_skip

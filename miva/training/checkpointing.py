@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..atomic import atomic_write_text, remove_folder, replace_folder, sweep_leftovers
+from ..guards import read_json_object
 
 __all__ = [
     "ADAPTER_STATE_FILE",
@@ -27,6 +29,7 @@ __all__ = [
     "TRAINER_STATE_FILE",
     "adapter_state_dict",
     "find_checkpoint",
+    "checkpoint_problem",
     "list_checkpoints",
     "load_adapter_state",
     "prune_checkpoints",
@@ -74,8 +77,31 @@ def find_checkpoint(output_dir: str | os.PathLike, resume: str | os.PathLike | N
 
 
 def read_trainer_state(checkpoint: str | os.PathLike) -> dict:
-    with open(Path(checkpoint) / TRAINER_STATE_FILE, encoding="utf-8") as f:
-        return json.load(f)
+    """The checkpoint's `trainer_state.json`; `ValueError` naming the file when it is not a JSON object with a
+    non-negative integer `global_step`."""
+    path = Path(checkpoint) / TRAINER_STATE_FILE
+    state = read_json_object(path, TRAINER_STATE_FILE)
+    step = state.get("global_step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"{path}: global_step={step!r} is not a non-negative int")
+    return state
+
+
+def checkpoint_problem(checkpoint: str | os.PathLike, learned_word: bool = False) -> str | None:
+    """Why the checkpoint folder cannot be resumed from (unreadable trainer state or adapter tensors), or None.
+
+    Only our own files are read here; accelerate's (optimizer, RNG states) are checked by loading them."""
+    from safetensors import safe_open
+
+    try:
+        read_trainer_state(checkpoint)
+        for name in (ADAPTER_STATE_FILE, EMBEDS_FILE) if learned_word else (ADAPTER_STATE_FILE,):
+            with safe_open(str(Path(checkpoint) / name), framework="pt") as f:
+                for key in f.keys():
+                    f.get_tensor(key)
+    except Exception as e:  # any reason is a reason not to resume from it
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
 
 
 def write_trainer_state(folder: str | os.PathLike, state: dict) -> None:
@@ -88,18 +114,17 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep: int | None) -> list[P
     """Delete all but the newest `keep` checkpoints (None keeps all); returns the deleted folders."""
     if keep is None:
         return []
+    sweep_leftovers(output_dir, "checkpoint-")  # folders an interrupted prune had renamed aside
     checkpoints = list_checkpoints(output_dir)
     doomed = [path for _, path in checkpoints[: max(len(checkpoints) - keep, 0)]]
     for path in doomed:
-        shutil.rmtree(path)
+        remove_folder(path)  # renamed aside first: never half-deleted under its checkpoint name
     return doomed
 
 
 def commit_folder(tmp: Path, final: Path) -> None:
-    """Rename a completely written `tmp` folder to `final` (replacing an older `final`)."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    """Rename a completely written `tmp` folder to `final` (replacing an older `final`, renamed aside first)."""
+    replace_folder(tmp, final)
 
 
 def adapter_state_dict(unet: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
@@ -208,12 +233,46 @@ class CheckpointMixin:
 
     def _resume(self) -> None:
         config, acc = self.config, self.accelerator
-        path = find_checkpoint(self.output_dir, config.resume_from_checkpoint)
+        resume = config.resume_from_checkpoint
+        path = find_checkpoint(self.output_dir, resume)
         if path is None:
-            if config.resume_from_checkpoint is not None:
+            if resume is not None:
                 self.logger.info(f"no checkpoint in {self.output_dir}: starting from step 0")
+            if acc.is_main_process:
+                self._truncate_log(0)  # lines of an earlier attempt that died before its first checkpoint
             return
-        state = read_trainer_state(path)
+        if str(resume) == "latest":
+            candidates = [p for _, p in reversed(list_checkpoints(self.output_dir))]
+        else:
+            candidates = [path]
+        skipped = []
+        for path in candidates:
+            problem = checkpoint_problem(path, learned_word=bool(self.learned_token))
+            if problem is None:
+                state = read_trainer_state(path)
+                self._check_resumable(path, state)
+                try:
+                    acc.load_state(str(path))
+                except Exception as e:  # a damaged accelerate file (optimizer, RNG state): try an older one
+                    problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if problem is None:
+                break
+            skipped.append(f"{path.name} ({problem})")
+            self.logger.warning(f"skipping checkpoint {path}: it is damaged ({problem})")
+        else:
+            raise ValueError(
+                f"resume_from_checkpoint={str(resume)!r}: no usable checkpoint in {self.output_dir}: "
+                + "; ".join(skipped)
+                + ". Delete the damaged folders to start over"
+            )
+        self.global_step = int(state["global_step"])
+        self.logger.info(f"resumed from {path} at step {self.global_step}")
+        if acc.is_main_process:
+            self._truncate_log(self.global_step)
+
+    def _check_resumable(self, path: Path, state: dict) -> None:
+        """Refuse a checkpoint of another adapter; warn when the data order will differ."""
+        config, acc = self.config, self.accelerator
         for key, mine in (
             ("adapter_name", config.adapter_name),
             ("adapter_config", config.adapter.to_dict()),
@@ -232,16 +291,19 @@ class CheckpointMixin:
                     f"resuming {path} with {key}={mine} (it had {state.get(key)}): the data order "
                     "will differ from an uninterrupted run"
                 )
-        acc.load_state(str(path))
-        self.global_step = int(state["global_step"])
-        self.logger.info(f"resumed from {path} at step {self.global_step}")
-        if acc.is_main_process:
-            self._truncate_log(self.global_step)
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log lines past `step` (they belong to the interrupted run that this one replays)."""
+        """Drop log lines past `step` (they belong to the interrupted run that this one replays), and a last line
+        that a kill cut short; rewritten atomically."""
         path = self.output_dir / LOG_FILE
-        if path.is_file():
-            lines = path.read_text(encoding="utf-8").splitlines()
-            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))

@@ -249,6 +249,7 @@ class MIVATrainer(ckpt.CheckpointMixin):
         acc.wait_for_everyone()
 
     def _synthetic_clips(self) -> Path:
+        from ..atomic import atomic_folder
         from .synthetic import write_synthetic_dataset
 
         folder = self.output_dir / "synthetic_clips"
@@ -256,16 +257,17 @@ class MIVATrainer(ckpt.CheckpointMixin):
         needed = (self.config.num_frames - 1) * (max(rate) if isinstance(rate, list) else rate) + 1
         if self.accelerator.is_main_process and not folder.is_dir():
             self.logger.info(f"video_root is not set: writing 10 synthetic clips to {folder}")
-            write_synthetic_dataset(
-                folder,
-                num_clips=10,
-                num_frames=max(24, needed),
-                height=self.config.height,
-                width=self.config.width,
-                prompt=self.config.prompt or "a photo of clouds moving",
-                fmt="gif",
-                seed=self.config.seed,
-            )
+            with atomic_folder(folder) as tmp:  # a run killed while writing must not leave a partial dataset
+                write_synthetic_dataset(
+                    tmp,
+                    num_clips=10,
+                    num_frames=max(24, needed),
+                    height=self.config.height,
+                    width=self.config.width,
+                    prompt=self.config.prompt or "a photo of clouds moving",
+                    fmt="gif",
+                    seed=self.config.seed,
+                )
         self.accelerator.wait_for_everyone()
         return folder
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -85,6 +86,7 @@ def _check_float(name: str, value: Any, low: float, high: float | None = None, l
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if ok:
         ok = (value > low if low_open else value >= low) and (high is None or value <= high)
+        ok = ok and math.isfinite(value)  # an infinite learning rate or clip norm makes the adapter NaN
     if not ok:
         bound = f"> {low}" if low_open else f">= {low}"
         raise ValueError(f"{name}={value!r} must be a number {bound}" + (f" and <= {high}" if high is not None else ""))
