@@ -98,6 +98,36 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
         super().__init__(*components)
         install_miva_processors(self.unet)
 
+    # ------------------------------------------------------------------------------- saving / loading the pipeline
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """diffusers' `save_pretrained` (and `push_to_hub=True`) with the UNet saved stock; the loaded MIVA adapters
+        go beside it into `miva_adapters/` (native folders plus which are active, their weights and the composition
+        mode) and come back with `MIVAPipeline.from_pretrained(folder)` or `custom_pipeline`. Fused adapters are
+        refused (unfuse first). See `miva.loaders.pipeline_adapters`."""
+        from ..loaders.pipeline_adapters import save_pipeline_adapters
+
+        text_encoder, tokenizer = self._text_parts()
+        save_pipeline_adapters(self.unet, save_directory, text_encoder=text_encoder, tokenizer=tokenizer,
+                               base_model=self._base_model_id())  # first: push_to_hub uploads the whole folder
+        return self._with_stock_processors(
+            lambda: super(MIVAPipeline, self).save_pretrained(save_directory, *args, **kwargs)
+        )
+
+    def register_to_config(self, **kwargs):
+        """diffusers calls this with `_name_or_path` at the end of `from_pretrained` (also for `custom_pipeline`,
+        which never calls our `from_pretrained`): load the folder's saved MIVA adapters then, unless the UNet
+        already has adapters (`from_pipe` shares the UNet of a pipeline that loaded them)."""
+        super().register_to_config(**kwargs)
+        source = kwargs.get("_name_or_path")
+        unet = getattr(self, "unet", None)
+        if source is None or unet is None or getattr(getattr(unet, "miva_context", None), "configs", None):
+            return
+        from ..loaders.pipeline_adapters import find_pipeline_adapters, load_pipeline_adapters
+
+        folder = find_pipeline_adapters(source)
+        if folder is not None:
+            load_pipeline_adapters(self, folder)
+
     # ------------------------------------------------------------------------- diffusers calls that swap processors
     def _with_stock_processors(self, run: Callable[[], Any], temporal_only: bool = False):
         """Run a diffusers method with stock processors on our layers (IP-Adapter processors put back where we wrap
