@@ -5,8 +5,6 @@ every step and is never stepped; the UNet sees all frames, `scheduler.step` upda
 latents, CIL and AdaIN come from `latent_init.py`; prompt assembly from `prompts.py`; CA maps from `ca_maps.py`.
 """
 
-from __future__ import annotations
-
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,9 +13,12 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AnimateDiffPipeline, DDIMScheduler
+from diffusers import AnimateDiffPipeline, AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
+from diffusers import UNetMotionModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.utils import BaseOutput, replace_example_docstring
+from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ..attention_processors import (
     MIVACrossAttnProcessor,
@@ -87,12 +88,27 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
     `enable_free_noise` / `disable_free_noise`, `load_ip_adapter` / `unload_ip_adapter` / `set_ip_adapter_scale`,
     `fuse_qkv_projections`, `enable_xformers_memory_efficient_attention`. After `fuse_qkv_projections` our layers
     keep using unfused projections; after the xformers switch (CUDA only) they attend through xformers.
+
+    `MIVAPipeline.from_pipe(animatediff_pipe)` shares every component with the original, as diffusers' `from_pipe`
+    does, the UNet included: the MIVA processors are installed on that shared UNet, so MIVA adapters loaded into
+    the new pipeline also change what the original pipeline generates (with none active, the original's output is
+    unchanged). To keep the original untouched, pass a copy: `from_pipe(animatediff_pipe,
+    unet=copy.deepcopy(animatediff_pipe.unet))`. `MIVAPipeline.from_pipe(sd_pipe, motion_adapter=adapter)` builds
+    a new `UNetMotionModel` from the SD UNet (as `AnimateDiffPipeline` does), so the SD pipeline is never affected.
     """
 
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
-    def __init__(
-        self, vae, text_encoder, tokenizer, unet, motion_adapter, scheduler, feature_extractor=None, image_encoder=None
+    def __init__(  # the type hints are what `from_pipe` matches components by (evaluated: no future annotations)
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel | UNetMotionModel,
+        motion_adapter: MotionAdapter,
+        scheduler: SchedulerMixin,
+        feature_extractor: CLIPImageProcessor = None,
+        image_encoder: CLIPVisionModelWithProjection = None,
     ):
         components = (vae, text_encoder, tokenizer, unet, motion_adapter, scheduler, feature_extractor, image_encoder)
         super().__init__(*components)
