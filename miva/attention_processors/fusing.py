@@ -56,14 +56,8 @@ def _check_fusable(context, names: list[str]) -> None:
             "prompt) or run unfused"
         )
     configs = {name: context.configs[name] for name in names}
-    text_adapters = [n for n, c in configs.items() if c.use_ca_lora and c.ca_mode == "lora"]
-    own_prompts = [n for n in text_adapters if configs[n].prompt is not None]
-    if len(text_adapters) > 1 and own_prompts:
-        raise ValueError(
-            f"per-adapter prompts cannot be fused: adapters {own_prompts} have their own prompt, and each "
-            f"adapter's K/V delta applies to a different prompt; fuse {text_adapters} only without per-adapter "
-            "prompts (prompt=None) or run unfused"
-        )
+    # An adapter's own `prompt` (what `miva train` records) matters only when a call uses per-adapter prompts
+    # (`batch_prompt`); that call is refused while fused (the pipeline's input check, `_split_prompts`).
     if context.parallel_mode == "residual" and len(context.active) > 1:
         raise ValueError(
             f"parallel_mode='residual' with {len(context.active)} active adapters cannot be fused: fusing implements "

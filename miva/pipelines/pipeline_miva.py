@@ -246,6 +246,11 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
                 )
         if batch_prompt is not None and not all(p is None or isinstance(p, str) for p in batch_prompt):
             raise ValueError(f"batch_prompt={batch_prompt!r} entries must be strings or None")
+        fused = [name for name, _ in self.unet.miva_context.fused]
+        if batch_prompt and fused:
+            raise ValueError(f"batch_prompt (one prompt per adapter) cannot be used while adapters {fused} are fused "
+                             "(each adapter's K/V delta applies to a different prompt); call pipe.unfuse_adapters() "
+                             "first, or leave batch_prompt out")
         if not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:
             raise ValueError(f"decode_chunk_size={decode_chunk_size!r} must be a positive int")
 
