@@ -1,4 +1,4 @@
-"""What the config-driven subcommands share: the `--config/--set/--tiny` arguments, one-line errors, and building
+"""What the config-driven subcommands share: the `--config/--set/--tiny` arguments and building
 the pipeline, its adapters and learned words from a `MIVAConfig`.
 
 Heavy imports (torch, diffusers) happen inside the functions, so `miva --help` stays fast.
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 
@@ -35,22 +33,6 @@ def load_args_config(args: argparse.Namespace):
     from ..config import load_config
 
     return load_config(args.config, args.overrides)
-
-
-def one_line_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Wrap a subcommand's `run`: config errors and missing files print one line to stderr and exit with 2."""
-
-    def wrapped(args: argparse.Namespace) -> int:
-        from ..config_fields import ConfigError
-
-        try:
-            return run(args)
-        except (ConfigError, FileNotFoundError) as e:
-            print(f"miva {args.command}: error: {e}", file=sys.stderr)
-            return 2
-
-    wrapped.__doc__ = run.__doc__
-    return wrapped
 
 
 def log(message: str) -> None:

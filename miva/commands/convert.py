@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import add_config_arguments, log, one_line_errors
+from .common import add_config_arguments, log
 
 HELP = "convert the research checkpoints of a config into native MIVA adapter folders"
 
@@ -68,7 +68,6 @@ def convert_config(config, out_dir: str, tiny: bool = False) -> list[str]:
     return folders
 
 
-@one_line_errors
 def run(args: argparse.Namespace) -> int:
     from .common import load_args_config
 

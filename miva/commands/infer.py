@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import add_config_arguments, log, one_line_errors
+from .common import add_config_arguments, log
 
 HELP = "animate the images of a config with its MIVA adapters (videos named after the images in output_dir)"
 CONFIG_COPY = "config.yaml"
@@ -85,7 +85,6 @@ def run_infer(config, tiny: bool = False, fmt: str | None = None) -> list[str]:
     return written
 
 
-@one_line_errors
 def run(args: argparse.Namespace) -> int:
     from .common import load_args_config
 

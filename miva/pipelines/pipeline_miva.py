@@ -135,7 +135,7 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
         already has adapters (`from_pipe` shares the UNet of a pipeline that loaded them)."""
         super().register_to_config(**kwargs)
         source = kwargs.get("_name_or_path")
-        unet = getattr(self, "unet", None)
+        unet = vars(self).get("unet")  # not getattr: before register_modules sets it, that reads the config
         if source is None or unet is None or getattr(getattr(unet, "miva_context", None), "configs", None):
             return
         from ..loaders.pipeline_adapters import find_pipeline_adapters, load_pipeline_adapters
