@@ -104,10 +104,25 @@ def load_config_adapters(pipe, config, tiny: bool = False) -> list[str]:
             log(f"adapter {spec.name!r}: fresh, zero-initialised ({why})")
         else:
             pipe.load_adapters(spec.source, adapter_names=[spec.name], config=spec.config)
+            check_adapter_against_config(pipe, spec, config.explicit_adapter_keys())
             log(f"adapter {spec.name!r}: loaded from {spec.source}")
         names.append(spec.name)
     pipe.set_adapters(names, config.adapter_weights(), parallel_mode=config.unet_additional_kwargs.parallel_mode)
     return names
+
+
+def check_adapter_against_config(pipe, spec, keys: list[tuple[str, str]]) -> None:
+    """A key the YAML sets must agree with the loaded adapter's own config (a native adapter brings its settings);
+    otherwise one `ConfigError` line naming each key and both values. The adapter is removed again first."""
+    from ..config_fields import ConfigError
+
+    loaded = pipe.unet.miva_context.configs[spec.name]
+    clashes = [f"{path}: YAML {getattr(spec.config, field)!r}, adapter {getattr(loaded, field)!r}"
+               for path, field in keys if getattr(spec.config, field) != getattr(loaded, field)]
+    if clashes:
+        pipe.delete_adapters([spec.name])
+        raise ConfigError(f"adapter {spec.name!r} ({spec.source}) disagrees with the config: " + "; ".join(clashes)
+                          + " (remove these keys from the YAML to use the adapter's own settings)")
 
 
 def _known_word(tokenizer, word: str) -> bool:

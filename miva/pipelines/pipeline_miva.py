@@ -13,10 +13,16 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AnimateDiffPipeline, AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
-from diffusers import UNetMotionModel
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers import (
+    AnimateDiffPipeline,
+    AutoencoderKL,
+    DDIMScheduler,
+    MotionAdapter,
+    UNet2DConditionModel,
+    UNetMotionModel,
+)
 from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, replace_example_docstring
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
