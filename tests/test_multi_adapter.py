@@ -475,7 +475,7 @@ def test_fuse_refusals(unet):
 def test_while_fused_state_changes_are_refused(unet):
     use(unet, ["a", "b"], [0.7, 0.4], "weights")
     fuse_miva_adapters(unet)
-    with pytest.raises(ValueError, match=r"already fused; call unfuse_miva_adapters"):
+    with pytest.raises(ValueError, match=r"already fused; call pipe.unfuse_adapters\(\) first"):
         fuse_miva_adapters(unet)
     with pytest.raises(ValueError, match="fused into the base weights"):
         set_miva_adapters(unet, ["a"])

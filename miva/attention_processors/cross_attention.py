@@ -176,7 +176,7 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         if self.context.fused:
             raise ValueError(f"{self.layer_name}: per-adapter prompts cannot be used while adapters {self.context.fused}"
                              " are fused (each adapter's K/V delta applies to a different prompt); call "
-                             "unfuse_miva_adapters(unet) first")
+                             "pipe.unfuse_adapters() first")
         chunks = 1 + len(self.context.active)
         if text.shape[1] % chunks:
             raise ValueError(f"{self.layer_name}: {text.shape[1]} text tokens cannot hold the main prompt and "

@@ -201,7 +201,7 @@ class MIVALoaderMixin:
         context = get_miva_context(self.unet)
         fused = [n for n, _ in context.fused if n in names]
         if fused:
-            raise ValueError(f"adapters {fused} are fused into the base weights; call unfuse_adapters() first")
+            raise ValueError(f"adapters {fused} are fused into the base weights; call pipe.unfuse_adapters() first")
         for name in names:
             delete_miva_adapter(self.unet, name)
 

@@ -5,7 +5,6 @@ every step and is never stepped; the UNet sees all frames, `scheduler.step` upda
 latents, CIL and AdaIN come from `latent_init.py`; prompt assembly from `prompts.py`; CA maps from `ca_maps.py`.
 """
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +86,7 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
 
     Takes the same components as `AnimateDiffPipeline` (a 2-D UNet is converted with the motion adapter) and installs
     the MIVA attention processors on the UNet. Keeps FreeInit, FreeNoise, diffusers LoRA (`load_lora_weights`;
-    weight them with `pipe.unet.set_adapters`, since `pipe.set_adapters` here means MIVA adapters), IP-Adapter,
+    `set_adapters` / `delete_adapters` / `get_active_adapters` / `get_list_adapters` take both kinds of names), IP-Adapter,
     textual inversion, callbacks, the progress bar, `output_type` and `decode_chunk_size`.
 
     diffusers methods that replace attention processors are wrapped so that ours (with their adapters) are put back:
@@ -119,6 +118,68 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
         components = (vae, text_encoder, tokenizer, unet, motion_adapter, scheduler, feature_extractor, image_encoder)
         super().__init__(*components)
         install_miva_processors(self.unet)
+
+    # --------------------------------------------------------------- adapter verbs shared with diffusers' LoRA
+    # diffusers' LoRA verbs of the same names come first in the MRO; these route each name to its owner: MIVA
+    # adapters to `MIVALoaderMixin`, LoRA adapters (`load_lora_weights`) to diffusers.
+    def _lora_adapter_names(self) -> list[str]:
+        listed = AnimateDiffPipeline.get_list_adapters(self)
+        return list(dict.fromkeys(name for names in listed.values() for name in names))
+
+    def _split_adapter_names(self, adapter_names, verb: str) -> tuple[list[str], list[str], list[int], list[int]]:
+        """`(miva names, lora names, their positions)`; unknown names raise naming both kinds."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        miva = MIVALoaderMixin.get_list_adapters(self)
+        lora = self._lora_adapter_names()
+        unknown = [n for n in names if n not in miva and n not in lora]
+        if unknown:
+            raise ValueError(f"pipe.{verb}: unknown adapter {unknown[0]!r}; MIVA adapters: {miva}, diffusers LoRA "
+                             f"adapters: {lora}")
+        miva_at = [i for i, n in enumerate(names) if n in miva]
+        lora_at = [i for i, n in enumerate(names) if n not in miva]
+        return [names[i] for i in miva_at], [names[i] for i in lora_at], miva_at, lora_at
+
+    def set_adapters(self, adapter_names, adapter_weights=None, parallel_mode: str | None = None) -> None:
+        """Activate adapters by name, MIVA and diffusers LoRA mixed, with one weight each (default 1).
+
+        MIVA names become the active MIVA adapters, in this order (the order of per-adapter prompts), with
+        `parallel_mode` if given; LoRA names go to diffusers' `set_adapters` with their weights. A kind that the
+        call does not name keeps its state, except that `set_adapters([])` deactivates every MIVA adapter.
+        """
+        miva, lora, miva_at, lora_at = self._split_adapter_names(adapter_names, "set_adapters")
+        weights = adapter_weights
+        count = len(miva) + len(lora)
+        if isinstance(weights, (list, tuple)):
+            if len(weights) != count:
+                raise ValueError(f"pipe.set_adapters: adapter_weights has {len(weights)} entries for {count} adapters")
+            miva_weights, lora_weights = [weights[i] for i in miva_at], [weights[i] for i in lora_at]
+        else:
+            miva_weights = lora_weights = weights
+        if lora:
+            AnimateDiffPipeline.set_adapters(self, lora, lora_weights)
+        if miva or not lora:
+            MIVALoaderMixin.set_adapters(self, miva, miva_weights, parallel_mode=parallel_mode)
+
+    def get_active_adapters(self) -> list[str]:
+        """The active adapters: the MIVA ones in order, then diffusers' active LoRA adapters."""
+        lora = AnimateDiffPipeline.get_active_adapters(self) if self._lora_adapter_names() else []
+        return MIVALoaderMixin.get_active_adapters(self) + list(lora)
+
+    def get_list_adapters(self) -> dict[str, list[str]]:
+        """diffusers' `{component: [LoRA adapter names]}`, with the MIVA adapters under `"miva"` when any."""
+        listed = dict(AnimateDiffPipeline.get_list_adapters(self))
+        miva = MIVALoaderMixin.get_list_adapters(self)
+        if miva:
+            listed["miva"] = miva
+        return listed
+
+    def delete_adapters(self, adapter_names) -> None:
+        """Delete adapters by name, MIVA and diffusers LoRA mixed."""
+        miva, lora, _, _ = self._split_adapter_names(adapter_names, "delete_adapters")
+        if miva:
+            MIVALoaderMixin.delete_adapters(self, miva)
+        if lora:
+            AnimateDiffPipeline.delete_adapters(self, lora)
 
     # ------------------------------------------------------------------------------- saving / loading the pipeline
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -532,18 +593,3 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
         self.maybe_free_model_hooks()
         output = MIVAPipelineOutput(frames=video, ca_maps=ca_maps)
         return output if return_dict else output.to_tuple()
-
-
-def _prefer_miva_adapter_verbs(cls) -> None:
-    """`MIVALoaderMixin`'s verbs (set_adapters, delete_adapters, ...) win over diffusers' LoRA verbs of the same name,
-    which come first in the MRO; diffusers LoRA stays usable through `pipe.unet` (PEFT)."""
-    for name, value in vars(MIVALoaderMixin).items():
-        if not name.startswith("_") and name not in vars(cls) and inspect.isfunction(value):
-            for base in cls.__mro__[1:]:
-                if name in vars(base):
-                    if base is not MIVALoaderMixin:
-                        setattr(cls, name, value)
-                    break
-
-
-_prefer_miva_adapter_verbs(MIVAPipeline)
