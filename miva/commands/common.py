@@ -40,9 +40,10 @@ def log(message: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ models
-def build_pipeline(config, tiny: bool = False, device=None, dtype=None):
+def build_pipeline(config, tiny: bool = False, device=None, dtype=None, progress: bool = False):
     """`MIVAPipeline` from `pretrained_model_path` + `motion_module_path` (or `miva.tiny` with `tiny`), with the
-    `noise_scheduler_kwargs` DDIM scheduler and, with `use_ip_adapter`, the IP-Adapter loaded. No adapters yet."""
+    `noise_scheduler_kwargs` DDIM scheduler and, with `use_ip_adapter`, the IP-Adapter loaded. No adapters yet.
+    `progress`: diffusers' progress bar over the denoising steps."""
     import torch
 
     from ..config_fields import ConfigError
@@ -79,7 +80,7 @@ def build_pipeline(config, tiny: bool = False, device=None, dtype=None):
             log(f"use_ip_adapter: skipped under --tiny ({config.ip_ckpt!r} is not a local file)")
         else:
             pipe.load_ip_adapter(**config.ip_adapter_kwargs())
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=not progress, leave=False)
     if device is not None and torch.device(device).type != "cpu":
         pipe.to(device)
     if dtype is not None and dtype != torch.float32:
