@@ -10,6 +10,11 @@ from miva.pipelines import MIVAPipeline
 from miva.tiny import tiny_components
 
 
+def _listed(pipe):
+    """`get_list_adapters()` without components that list nothing (diffusers keeps `{"unet": []}` after deletes)."""
+    return {component: names for component, names in pipe.get_list_adapters().items() if names}
+
+
 def _lora_scalings(unet, name):
     return {m.scaling[name] for m in unet.modules() if isinstance(m, BaseTunerLayer) and name in m.scaling}
 
@@ -19,7 +24,7 @@ def test_mixed_miva_and_lora_names():
     pipe.add_adapter("flow", MIVAAdapterConfig(use_ca_lora=True, ca_lora_rank=4))
     pipe.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q"], init_lora_weights=False),
                           adapter_name="style")
-    assert pipe.get_list_adapters() == {"unet": ["style"], "miva": ["flow"]}
+    assert _listed(pipe) == {"unet": ["style"], "miva": ["flow"]}
 
     pipe.set_adapters(["style", "flow"], [0.8, 0.5])
     assert pipe.unet.miva_context.active == [("flow", 0.5)]
@@ -33,7 +38,7 @@ def test_mixed_miva_and_lora_names():
     assert pipe.get_active_adapters() == ["style"]
 
     pipe.delete_adapters(["style", "flow"])
-    assert pipe.get_list_adapters() == {}
+    assert _listed(pipe) == {}
 
 
 def test_fused_errors_name_the_pipe_verb():
