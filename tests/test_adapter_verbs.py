@@ -49,3 +49,31 @@ def test_fused_errors_name_the_pipe_verb():
         with pytest.raises(ValueError) as error:
             call()
         assert "pipe.unfuse_adapters()" in str(error.value) and "unfuse_miva_adapters" not in str(error.value)
+
+
+def test_fuse_adapters_lora_scale_like_fuse_lora():
+    import torch
+
+    pipe = MIVAPipeline(**tiny_components(seed=0))
+    pipe.add_adapter("flow", MIVAAdapterConfig(use_ca_lora=True, ca_lora_rank=4, motion_lora_rank=4))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in pipe.unet.miva_context.processors.values():
+            for p in module.adapters["flow"].parameters() if "flow" in module.adapters else []:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    sample = torch.randn(1, 4, 8, 8, 8, generator=g)
+    text = torch.randn(1, 77, 32, generator=g).repeat_interleave(8, dim=0)
+
+    def run():
+        with torch.no_grad():
+            return pipe.unet(sample, 300, text).sample
+
+    pipe.set_adapters(["flow"], [0.5])
+    half = run()
+    pipe.set_adapters(["flow"], [1.0])
+    full = run()
+    assert pipe.fuse_adapters(lora_scale=0.5) == [("flow", 0.5)]
+    torch.testing.assert_close(run(), half, atol=1e-5, rtol=0)
+    pipe.unfuse_adapters()
+    assert pipe.unet.miva_context.active == [("flow", 1.0)]
+    torch.testing.assert_close(run(), full, atol=0, rtol=0)

@@ -33,6 +33,7 @@ class FuseState:
     backups: list[tuple[nn.Module, str, torch.Tensor]] = field(default_factory=list)  # (Linear, "weight"/"bias", copy)
     flags: list[tuple[nn.Module, str, bool]] = field(default_factory=list)  # (adapter module, flag, old value)
     parallel_mode: str = "weights"  # the mode in use before fusing (fused adapters always compose as "weights")
+    active_before: list[tuple[str, float]] | None = None  # weights before `fuse_adapters(lora_scale=...)` scaled them
 
 
 def _base_linear(module: nn.Module) -> nn.Linear:
