@@ -139,15 +139,19 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
         lora_at = [i for i, n in enumerate(names) if n not in miva]
         return [names[i] for i in miva_at], [names[i] for i in lora_at], miva_at, lora_at
 
-    def set_adapters(self, adapter_names, adapter_weights=None, parallel_mode: str | None = None) -> None:
-        """Activate adapters by name, MIVA and diffusers LoRA mixed, with one weight each (default 1).
+    def set_adapters(self, adapter_names, adapter_weights=None, parallel_mode: str | None = None, *,
+                     weights=None) -> None:
+        """Activate adapters by name, MIVA and diffusers LoRA mixed, with one weight each (default 1;
+        `adapter_weights` is diffusers' name, `weights` the MIVA one).
 
         MIVA names become the active MIVA adapters, in this order (the order of per-adapter prompts), with
         `parallel_mode` if given; LoRA names go to diffusers' `set_adapters` with their weights. A kind that the
         call does not name keeps its state, except that `set_adapters([])` deactivates every MIVA adapter.
         """
+        if weights is not None and adapter_weights is not None:
+            raise ValueError("pipe.set_adapters: give adapter_weights or weights, not both")
+        weights = adapter_weights if weights is None else weights
         miva, lora, miva_at, lora_at = self._split_adapter_names(adapter_names, "set_adapters")
-        weights = adapter_weights
         count = len(miva) + len(lora)
         if isinstance(weights, (list, tuple)):
             if len(weights) != count:
