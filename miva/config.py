@@ -207,6 +207,23 @@ class MIVAConfig(TrainingKeys):
             for i in range(self.num_adapters)
         ]
 
+    def explicit_adapter_keys(self) -> list[tuple[str, str]]:
+        """`(YAML key path, MIVAAdapterConfig field)` for every adapter key the YAML (or `--set`) set explicitly;
+        a loaded native adapter must agree with these (`miva.commands.common.check_adapter_against_config`)."""
+        import re
+
+        from .config_fields import explicit_keys
+
+        found = []
+        for prefix, part in (("unet_additional_kwargs", self.unet_additional_kwargs),
+                             ("unet_additional_kwargs.motion_module_kwargs",
+                              self.unet_additional_kwargs.motion_module_kwargs)):
+            for f in dataclasses.fields(part):
+                match = re.match(r"MIVAAdapterConfig\.(\w+)", f.metadata.get("dest") or "")
+                if match and f.name in explicit_keys(part):
+                    found.append((f"{prefix}.{f.name}", match.group(1)))
+        return found
+
     def adapter_sources(self, tiny: bool = False) -> list[AdapterSpec]:
         """What to load per adapter: a path / Hub id (`unet_checkpoint_path`), a research split dict
         (`load_from_adapter_ckpt`), or None (no checkpoint: a fresh adapter). Pass each to

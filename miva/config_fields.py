@@ -65,7 +65,17 @@ def parse_section(cls, data: Any, prefix: str = ""):
             hint = f"; did you mean {alias!r}?" if alias in fields else suggest(name, fields)
             raise ConfigError(f"{path}: unknown key{hint or f'; valid keys: {sorted(fields)}'}")
         values[name] = fields[name].metadata["check"](path, value)
-    return cls(**values)
+    parsed = cls(**values)
+    object.__setattr__(parsed, EXPLICIT_KEYS, frozenset(values))  # which keys the YAML set (the rest: defaults)
+    return parsed
+
+
+EXPLICIT_KEYS = "_explicit_keys"
+
+
+def explicit_keys(parsed) -> frozenset[str]:
+    """The keys of a section that its YAML (or `--set`) gave, as recorded by `parse_section`."""
+    return getattr(parsed, EXPLICIT_KEYS, frozenset())
 
 
 def section(cls) -> Check:

@@ -1,7 +1,7 @@
 """The training keys of the seed's layout and their mapping onto the trainer's `TrainConfig`.
 
 Keys follow the research training YAMLs (REFERENCE.md §8). A few research keys only have one value here and are
-rejected otherwise, with the reason: `lr_scheduler` (constant), `lr_warmup_steps` (0), `scale_lr` (false),
+rejected otherwise, with the reason: `scale_lr` (false),
 `include_frame1_in_mse_loss` (false). `trainable_modules` takes our part names (`TRAINABLE_PARTS`) or the research
 module names (`i2v_adapter.to_out`, `i2v_adapter.to_q`, `to_q_lora`, `to_k_lora`, `to_v_lora`, `to_out_lora`,
 `motion_embed`, `weight_module`), mapped to the parts they select.
@@ -27,6 +27,13 @@ from .config_fields import (
     string,
 )
 from .training.train_config import MIXED_PRECISION, TRACKERS, TRAINABLE_PARTS, adapter_parts
+
+
+def _lr_scheduler(path: str, value):
+    from .training.train_config import lr_scheduler_names
+
+    return choice(lr_scheduler_names())(path, value)
+
 
 DDPM_KWARGS = (
     "num_train_timesteps",
@@ -84,10 +91,9 @@ class TrainingKeys:
         None, path_value, "'latest' or a folder", "TrainConfig.resume_from_checkpoint"
     )
     validation_steps: int | None = key(1000, optional(integer(1)), "", "TrainConfig.validation_steps")
-    lr_scheduler: str = key(
-        "constant", fixed(["constant"], "the trainer uses a constant learning rate, as the research configs do")
-    )
-    lr_warmup_steps: int = key(0, fixed([0], "the trainer has no warm-up (constant learning rate)"))
+    lr_scheduler: str = key("constant", _lr_scheduler, "diffusers get_scheduler", "TrainConfig.lr_scheduler")
+    lr_warmup_steps: int = key(0, integer(0), "warm-up optimiser steps", "TrainConfig.lr_warmup_steps")
+    lr_num_cycles: int = key(1, integer(1), "cosine_with_restarts restarts", "TrainConfig.lr_num_cycles")
     scale_lr: bool = key(False, fixed([False], "give the learning rate you want in learning_rate"))
     include_frame1_in_mse_loss: bool = key(
         False,
@@ -199,6 +205,9 @@ def to_train_config(config, tiny: bool = False):
     for name in (
         "split_ckpt",
         "learning_rate",
+        "lr_scheduler",
+        "lr_warmup_steps",
+        "lr_num_cycles",
         "adam_beta1",
         "adam_beta2",
         "adam_weight_decay",

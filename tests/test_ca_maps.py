@@ -148,7 +148,7 @@ def test_pipeline_returns_maps_with_and_without_stq(pipe):
         )
         stq2 = _call(pipe, guidance_scale=1.0, ca_map_resolutions=["low"], batch_prompt=["clouds"])
     finally:
-        pipe.delete_adapters([n for n in ("stq1", "stq2") if n in pipe.get_list_adapters()])
+        pipe.delete_adapters([n for n in ("stq1", "stq2") if n in pipe.get_list_adapters().get("miva", [])])
     assert {k: tuple(v.shape) for k, v in stq2.ca_maps.items()} == {"low": (1, 8, 2, 2, 77)}
     assert pipe.unet.miva_context.attention_store is None
 

@@ -258,7 +258,6 @@ def test_research_structural_keys_keep_their_values(tmp_path):
         ("unet_additional_kwargs.use_inflated_groupnorm", "false", "normalises every frame on its own"),
         ("unet_additional_kwargs.remove_WO", "true", "always has its out delta"),
         ("unet_additional_kwargs.motion_module_kwargs.num_attention_heads", "4", "motion adapter checkpoint"),
-        ("lr_scheduler", "cosine", "constant learning rate"),
     ]:
         with pytest.raises(ConfigError, match=rf"^{path}: .* is not supported \(accepted: .*\): .*{reason}"):
             load_config(research, [f"{path}={value}"])

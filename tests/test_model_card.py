@@ -52,7 +52,8 @@ def test_card_metadata_parses_back(tmp_path):
     assert "cross-frame-first" in data.tags and "implicit-prompt" not in data.tags
     assert 'pipe.load_adapters("someone/miva-clouds", adapter_names="clouds")' in loaded.text
     motion_adapter_id = "guoyww/animatediff-motion-adapter-v1-5-3"
-    assert f'MotionAdapter.from_pretrained("{motion_adapter_id}")' in loaded.text  # usage snippet, not a download
+    snippet = f'MotionAdapter.from_pretrained("{motion_adapter_id}", dtype=torch.float16)'
+    assert snippet in loaded.text  # usage snippet, not a download
     assert "![sample](sample.gif)" in loaded.text and "clouds moving" in loaded.text
 
 

@@ -461,9 +461,11 @@ def test_fuse_refusals(unet):
     use(unet, ["a", "b"], [0.5, 0.5], "weights", prompts=True)
     with pytest.raises(ValueError, match="per-adapter prompts cannot be fused: each adapter's K/V delta"):
         fuse_miva_adapters(unet)
-    use(unet, ["pa", "pb"], [0.5, 0.5], "weights")
-    with pytest.raises(ValueError, match=r"per-adapter prompts cannot be fused: adapters \['pa', 'pb'\]"):
-        fuse_miva_adapters(unet)
+    use(unet, ["pa", "pb"], [0.5, 0.5], "weights")  # own prompts (as `miva train` records) but none in use
+    unfused = unet_call(unet, seed=3)
+    assert fuse_miva_adapters(unet) == [("pa", 0.5), ("pb", 0.5)]
+    torch.testing.assert_close(unet_call(unet, seed=3), unfused, atol=ATOL, rtol=0)
+    unfuse_miva_adapters(unet)
     use(unet, ["a"], [1.0], "weights")
     with pytest.raises(ValueError, match=r"names=\['b'\]: \['b'\] are not active; active adapters: \['a'\]"):
         fuse_miva_adapters(unet, names=["b"])
@@ -475,7 +477,7 @@ def test_fuse_refusals(unet):
 def test_while_fused_state_changes_are_refused(unet):
     use(unet, ["a", "b"], [0.7, 0.4], "weights")
     fuse_miva_adapters(unet)
-    with pytest.raises(ValueError, match=r"already fused; call unfuse_miva_adapters"):
+    with pytest.raises(ValueError, match=r"already fused; call pipe.unfuse_adapters\(\) first"):
         fuse_miva_adapters(unet)
     with pytest.raises(ValueError, match="fused into the base weights"):
         set_miva_adapters(unet, ["a"])

@@ -150,6 +150,8 @@ def test_saved_adapter_loads_and_changes_the_video(trained):
     trainer, _, path = trained
     assert path == trainer.output_dir / "adapter"
     assert {"adapter_config.json", "miva_adapter.safetensors", "README.md"} <= {p.name for p in path.iterdir()}
+    saved = MIVAAdapterConfig.from_json_file(path / "adapter_config.json")
+    assert (saved.base_model, saved.motion_adapter) == ("miva.tiny", "miva.tiny")  # what --tiny really used
     pipe = MIVAPipeline(**tiny_components(seed=0))
     pipe.set_progress_bar_config(disable=True)
     options = dict(

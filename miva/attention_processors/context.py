@@ -70,7 +70,7 @@ class MIVAContext:
                        if name in fused_weights and float(w) != fused_weights[name]]
             if changed or not set(fused_weights) <= {name for name, _ in self.active}:
                 raise ValueError(f"adapter_weights={list(weights)} for {[name for name, _ in self.active]} changes "
-                                 f"the fused adapters {self.fused}; call unfuse_miva_adapters(unet) first")
+                                 f"the fused adapters {self.fused}; call pipe.unfuse_adapters() first")
         chosen = []
         for index, (name, weight) in enumerate(self.active):
             if weight_override is not None:

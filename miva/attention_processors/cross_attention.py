@@ -81,12 +81,28 @@ class CrossAttnAdapter(nn.Module):
 
 class SpatiotemporalQuery:
     """Query layout of the spatiotemporal-Q path: fold frames out of the batch, downsample space by `ratio`,
-    flatten to (batch, frames*h'*w', channels) in (frame, row, column) order, and back."""
+    flatten to (batch, frames*h'*w', channels) in (frame, row, column) order, and back.
+
+    Two grids. `pe_style="research"` with nearest mode is the research one exactly (REFERENCE.md section 2):
+    `F.interpolate(nearest)` down to `(H // r, W // r)` and back up to `(H, W)`, so when r does not divide H or W
+    the kept rows are `floor(i * H / (H // r))` and each coarse cell covers a band of uneven width. Otherwise
+    (miva's standard grid) the grid is `ceil(H / r) x ceil(W / r)`: every r-th row and column (or r x r means),
+    each cell back to an r x r block cropped at the edge; it never collapses a small level (the research grid
+    is empty when r > H). Both agree whenever r divides H and W.
+    """
 
     def __init__(self, key: tuple):
         _, self.ratio, self.mode, self.pe_mode, self.pe_style = key
+        self.research_grid = self.pe_style == "research" and self.mode == "nearest"
 
     def grid(self, size: tuple[int, int]) -> tuple[int, int]:
+        if self.research_grid:
+            h, w = size[0] // self.ratio, size[1] // self.ratio
+            if h == 0 or w == 0:
+                raise ValueError(f"q_downsample_ratio={self.ratio} leaves no query rows at the {size[0]}x{size[1]} "
+                                 f"latent level with pe_style='research' (grid H//r x W//r); use a ratio of at "
+                                 f"most {min(size)} or pe_style='standard'")
+            return h, w
         return -(-size[0] // self.ratio), -(-size[1] // self.ratio)  # ceil: never collapses a small level
 
     def downsample(self, x: torch.Tensor, frames: int, size: tuple[int, int]) -> torch.Tensor:
@@ -97,17 +113,23 @@ class SpatiotemporalQuery:
         r = self.ratio
         if r == 1:
             return x
-        if self.mode == "nearest":  # research: keep every r-th row and column
+        if self.research_grid:  # the research call, on (batch*frames, C, h, w): time is untouched
+            small = F.interpolate(x.reshape(bf, h, w, channels).permute(0, 3, 1, 2), size=self.grid(size),
+                                  mode="nearest")
+            return small.permute(0, 2, 3, 1).reshape(bf // frames, frames, *small.shape[-2:], channels)
+        if self.mode == "nearest":  # keep every r-th row and column
             return x[:, :, ::r, ::r]
         pooled = F.avg_pool2d(x.reshape(bf, h, w, channels).permute(0, 3, 1, 2), r, r, ceil_mode=True)
         return pooled.permute(0, 2, 3, 1).reshape(bf // frames, frames, *pooled.shape[-2:], channels)
 
     def upsample(self, y: torch.Tensor, frames: int, size: tuple[int, int]) -> torch.Tensor:
-        """(batch, frames*h'*w', C) -> (batch*frames, h*w, C): each cell to an r x r block, cropped at the edge."""
+        """(batch, frames*h'*w', C) -> (batch*frames, h*w, C): each coarse cell back over the pixels it stands for."""
         h, w = size
         hq, wq = self.grid(size)
         y = y.reshape(-1, hq, wq, y.shape[-1])
-        if self.ratio > 1:
+        if self.ratio > 1 and self.research_grid:
+            y = F.interpolate(y.permute(0, 3, 1, 2), size=(h, w), mode="nearest").permute(0, 2, 3, 1)
+        elif self.ratio > 1:
             y = y.repeat_interleave(self.ratio, dim=1)[:, :h].repeat_interleave(self.ratio, dim=2)[:, :, :w]
         return y.reshape(-1, h * w, y.shape[-1])
 
@@ -168,7 +190,7 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         if self.context.fused:
             raise ValueError(f"{self.layer_name}: per-adapter prompts cannot be used while adapters {self.context.fused}"
                              " are fused (each adapter's K/V delta applies to a different prompt); call "
-                             "unfuse_miva_adapters(unet) first")
+                             "pipe.unfuse_adapters() first")
         chunks = 1 + len(self.context.active)
         if text.shape[1] % chunks:
             raise ValueError(f"{self.layer_name}: {text.shape[1]} text tokens cannot hold the main prompt and "

@@ -33,6 +33,7 @@ class FuseState:
     backups: list[tuple[nn.Module, str, torch.Tensor]] = field(default_factory=list)  # (Linear, "weight"/"bias", copy)
     flags: list[tuple[nn.Module, str, bool]] = field(default_factory=list)  # (adapter module, flag, old value)
     parallel_mode: str = "weights"  # the mode in use before fusing (fused adapters always compose as "weights")
+    active_before: list[tuple[str, float]] | None = None  # weights before `fuse_adapters(lora_scale=...)` scaled them
 
 
 def _base_linear(module: nn.Module) -> nn.Linear:
@@ -52,22 +53,16 @@ def _check_fusable(context, names: list[str]) -> None:
     if context.adapter_prompts:
         raise ValueError(
             "per-adapter prompts cannot be fused: each adapter's K/V delta applies to a different prompt, but a "
-            "fused W_K/W_V applies every delta to every prompt. Set context.adapter_prompts=False (one shared "
+            "fused W_K/W_V applies every delta to every prompt. Call the pipeline without batch_prompt (one shared "
             "prompt) or run unfused"
         )
     configs = {name: context.configs[name] for name in names}
-    text_adapters = [n for n, c in configs.items() if c.use_ca_lora and c.ca_mode == "lora"]
-    own_prompts = [n for n in text_adapters if configs[n].prompt is not None]
-    if len(text_adapters) > 1 and own_prompts:
-        raise ValueError(
-            f"per-adapter prompts cannot be fused: adapters {own_prompts} have their own prompt, and each "
-            f"adapter's K/V delta applies to a different prompt; fuse {text_adapters} only without per-adapter "
-            "prompts (prompt=None) or run unfused"
-        )
+    # An adapter's own `prompt` (what `miva train` records) matters only when a call uses per-adapter prompts
+    # (`batch_prompt`); that call is refused while fused (the pipeline's input check, `_split_prompts`).
     if context.parallel_mode == "residual" and len(context.active) > 1:
         raise ValueError(
             f"parallel_mode='residual' with {len(context.active)} active adapters cannot be fused: fusing implements "
-            "'weights' (summed w_i-scaled deltas, one attention). Use set_parallel_mode(unet, 'weights') first, or "
+            "'weights' (summed w_i-scaled deltas, one attention). Use pipe.set_adapters(names, weights, parallel_mode='weights') first, or "
             "run unfused"
         )
     q_lora = [n for n, c in configs.items() if c.use_ca_lora and c.ca_mode == "lora" and c.use_q_lora]
@@ -92,7 +87,7 @@ def fuse_miva_adapters(unet: nn.Module, names: str | list[str] | None = None) ->
     """
     context = get_miva_context(unet)
     if context.fused:
-        raise ValueError(f"adapters {context.fused} are already fused; call unfuse_miva_adapters(unet) first")
+        raise ValueError(f"adapters {context.fused} are already fused; call pipe.unfuse_adapters() first")
     if not context.enabled:
         raise ValueError("adapters are disabled (context.enabled=False); enable them before fusing")
     active = dict(context.active)

@@ -143,7 +143,7 @@ def delete_miva_adapter(unet: nn.Module, name: str) -> None:
     if name not in context.configs:
         raise ValueError(f"no adapter named {name!r}; loaded adapters: {list(context.configs)}")
     if name in dict(context.fused):
-        raise ValueError(f"adapter {name!r} is fused into the base weights; call unfuse_miva_adapters(unet) first")
+        raise ValueError(f"adapter {name!r} is fused into the base weights; call pipe.unfuse_adapters() first")
     for processor in context.processors.values():
         processor.remove_adapter(name)
     del context.configs[name]
@@ -179,7 +179,7 @@ def set_miva_adapters(unet: nn.Module, names: str | list[str], weights: float | 
         raise ValueError(f"adapters {names} disagree on spatiotemporal Q / positional encoding (q_downsample, "
                          f"q_downsample_ratio, q_downsample_mode, ca_pe_mode, pe_style) and cannot be active together")
     if context.fused:
-        raise ValueError("adapters are fused into the base weights; call unfuse_miva_adapters(unet) first")
+        raise ValueError("adapters are fused into the base weights; call pipe.unfuse_adapters() first")
     if parallel_mode is not None:
         set_parallel_mode(unet, parallel_mode)
     context.active = list(zip(names, weights))
@@ -193,7 +193,7 @@ def set_parallel_mode(unet: nn.Module, parallel_mode: str) -> None:
     context = get_miva_context(unet)
     if context.fused and parallel_mode != context.parallel_mode:
         raise ValueError(f"parallel_mode={parallel_mode!r}: adapters {context.fused} are fused ('weights' "
-                         "semantics); call unfuse_miva_adapters(unet) first")
+                         "semantics); call pipe.unfuse_adapters() first")
     context.parallel_mode = parallel_mode
 
 

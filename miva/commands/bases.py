@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import log, one_line_errors
+from .common import log
 
 HELP = "orthogonal-adapter bases library: `miva bases create` writes one for a config's UNet"
 
@@ -55,7 +55,6 @@ def create_bases(config, out: str | None = None, seed: int | None = None, tiny: 
     return str(path)
 
 
-@one_line_errors
 def run(args: argparse.Namespace) -> int:
     from ..config import ConfigError, load_config
 

@@ -1,4 +1,4 @@
-"""What the config-driven subcommands share: the `--config/--set/--tiny` arguments, one-line errors, and building
+"""What the config-driven subcommands share: the `--config/--set/--tiny` arguments and building
 the pipeline, its adapters and learned words from a `MIVAConfig`.
 
 Heavy imports (torch, diffusers) happen inside the functions, so `miva --help` stays fast.
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 
@@ -37,30 +35,15 @@ def load_args_config(args: argparse.Namespace):
     return load_config(args.config, args.overrides)
 
 
-def one_line_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Wrap a subcommand's `run`: config errors and missing files print one line to stderr and exit with 2."""
-
-    def wrapped(args: argparse.Namespace) -> int:
-        from ..config_fields import ConfigError
-
-        try:
-            return run(args)
-        except (ConfigError, FileNotFoundError) as e:
-            print(f"miva {args.command}: error: {e}", file=sys.stderr)
-            return 2
-
-    wrapped.__doc__ = run.__doc__
-    return wrapped
-
-
 def log(message: str) -> None:
     print(message, flush=True)
 
 
 # ------------------------------------------------------------------------------------------------------ models
-def build_pipeline(config, tiny: bool = False, device=None, dtype=None):
+def build_pipeline(config, tiny: bool = False, device=None, dtype=None, progress: bool = False):
     """`MIVAPipeline` from `pretrained_model_path` + `motion_module_path` (or `miva.tiny` with `tiny`), with the
-    `noise_scheduler_kwargs` DDIM scheduler and, with `use_ip_adapter`, the IP-Adapter loaded. No adapters yet."""
+    `noise_scheduler_kwargs` DDIM scheduler and, with `use_ip_adapter`, the IP-Adapter loaded. No adapters yet.
+    `progress`: diffusers' progress bar over the denoising steps."""
     import torch
 
     from ..config_fields import ConfigError
@@ -97,7 +80,7 @@ def build_pipeline(config, tiny: bool = False, device=None, dtype=None):
             log(f"use_ip_adapter: skipped under --tiny ({config.ip_ckpt!r} is not a local file)")
         else:
             pipe.load_ip_adapter(**config.ip_adapter_kwargs())
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=not progress, leave=False)
     if device is not None and torch.device(device).type != "cpu":
         pipe.to(device)
     if dtype is not None and dtype != torch.float32:
@@ -122,10 +105,25 @@ def load_config_adapters(pipe, config, tiny: bool = False) -> list[str]:
             log(f"adapter {spec.name!r}: fresh, zero-initialised ({why})")
         else:
             pipe.load_adapters(spec.source, adapter_names=[spec.name], config=spec.config)
+            check_adapter_against_config(pipe, spec, config.explicit_adapter_keys())
             log(f"adapter {spec.name!r}: loaded from {spec.source}")
         names.append(spec.name)
     pipe.set_adapters(names, config.adapter_weights(), parallel_mode=config.unet_additional_kwargs.parallel_mode)
     return names
+
+
+def check_adapter_against_config(pipe, spec, keys: list[tuple[str, str]]) -> None:
+    """A key the YAML sets must agree with the loaded adapter's own config (a native adapter brings its settings);
+    otherwise one `ConfigError` line naming each key and both values. The adapter is removed again first."""
+    from ..config_fields import ConfigError
+
+    loaded = pipe.unet.miva_context.configs[spec.name]
+    clashes = [f"{path}: YAML {getattr(spec.config, field)!r}, adapter {getattr(loaded, field)!r}"
+               for path, field in keys if getattr(spec.config, field) != getattr(loaded, field)]
+    if clashes:
+        pipe.delete_adapters([spec.name])
+        raise ConfigError(f"adapter {spec.name!r} ({spec.source}) disagrees with the config: " + "; ".join(clashes)
+                          + " (remove these keys from the YAML to use the adapter's own settings)")
 
 
 def _known_word(tokenizer, word: str) -> bool:

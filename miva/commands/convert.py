@@ -8,6 +8,10 @@ also gives what the files do not hold (LoRA alphas `ca_lora_scale` / `lora_scale
 `sa_mode`, ...). The base UNet (`pretrained_model_path` + `motion_module_path`, or `--tiny`) supplies the
 cross-attention W_O that split checkpoints need for the exact out-LoRA conversion, and every converted adapter is
 test-loaded into it. Name the folders with `adapter_names`.
+
+The checkpoint files must exist, also under `--tiny` (which only replaces the base model): the example configs
+name placeholder checkpoints (`checkpoints/...`), so `miva convert --config examples/configs/... --tiny` stops with
+one line naming the missing file until those paths point at real research checkpoints.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import add_config_arguments, log, one_line_errors
+from .common import add_config_arguments, log
 
 HELP = "convert the research checkpoints of a config into native MIVA adapter folders"
 
@@ -68,7 +72,6 @@ def convert_config(config, out_dir: str, tiny: bool = False) -> list[str]:
     return folders
 
 
-@one_line_errors
 def run(args: argparse.Namespace) -> int:
     from .common import load_args_config
 

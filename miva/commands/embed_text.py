@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import add_config_arguments, log, one_line_errors
+from .common import add_config_arguments, log
 
 HELP = "write text_emb_dir/<prompt>.pt for every prompt of a config, plus void.pt (the empty prompt)"
 DEFAULT_DIR = "text_embs"
@@ -83,7 +83,6 @@ def text_parts(config, tiny: bool):
     return tokenizer, text_encoder
 
 
-@one_line_errors
 def run(args: argparse.Namespace) -> int:
     from .common import load_args_config
 

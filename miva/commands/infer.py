@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import add_config_arguments, log, one_line_errors
+from .common import add_config_arguments, log
 
 HELP = "animate the images of a config with its MIVA adapters (videos named after the images in output_dir)"
 CONFIG_COPY = "config.yaml"
@@ -31,13 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="output format (default: validation_data.format, else gif)",
     )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (videos and denoising steps)")
 
 
-def run_infer(config, tiny: bool = False, fmt: str | None = None) -> list[str]:
-    """Animate every input of `config` (this process's share under accelerate); returns the paths written here."""
+def run_infer(config, tiny: bool = False, fmt: str | None = None, quiet: bool = False) -> list[str]:
+    """Animate every input of `config` (this process's share under accelerate); returns the paths written here.
+    Unless `quiet`, the main process shows a progress bar over the videos and diffusers' bar over the steps."""
     import torch
     import yaml
     from accelerate import PartialState
+    from tqdm.auto import tqdm
 
     from ..pipelines.ca_maps import save_ca_maps
     from .common import build_pipeline, device_and_dtype, load_config_adapters, load_image, load_learned_words
@@ -48,7 +51,8 @@ def run_infer(config, tiny: bool = False, fmt: str | None = None) -> list[str]:
     device, dtype = device_and_dtype(state)
     v = config.validation_data
     items = config.inputs(must_exist=not tiny)
-    pipe = build_pipeline(config, tiny=tiny, device=device, dtype=dtype)
+    show = not quiet and state.is_main_process
+    pipe = build_pipeline(config, tiny=tiny, device=device, dtype=dtype, progress=show)
     load_config_adapters(pipe, config, tiny=tiny)
     load_learned_words(pipe, config)
     kwargs = config.pipeline_kwargs()
@@ -60,7 +64,7 @@ def run_infer(config, tiny: bool = False, fmt: str | None = None) -> list[str]:
             yaml.safe_dump(config.to_dict(), f, sort_keys=False)
     written: list[str] = []
     with state.split_between_processes(list(enumerate(items))) as mine:
-        for index, item in mine:
+        for index, item in tqdm(mine, desc="videos", unit="video", disable=not show):
             image = load_image(item, tiny, v.width, v.height, index)
             out = pipe(
                 image=image,
@@ -85,9 +89,8 @@ def run_infer(config, tiny: bool = False, fmt: str | None = None) -> list[str]:
     return written
 
 
-@one_line_errors
 def run(args: argparse.Namespace) -> int:
     from .common import load_args_config
 
-    run_infer(load_args_config(args), tiny=args.tiny, fmt=args.format)
+    run_infer(load_args_config(args), tiny=args.tiny, fmt=args.format, quiet=args.quiet)
     return 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import log, one_line_errors
+from .common import log
 
 HELP = "train a MIVA adapter from a config (research layout, or the trainer's TrainConfig layout)"
 # Top-level keys only the trainer's TrainConfig layout has; the research layout nests them in sections.
@@ -60,10 +60,13 @@ def is_trainconfig_layout(data: dict) -> bool:
     return any(k in data for k in TRAINCONFIG_ONLY_KEYS) and not any(k in data for k in RESEARCH_SECTIONS)
 
 
-@one_line_errors
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ..config_fields import ConfigError
+
+    if not (args.config or args.tiny or args.overrides):
+        raise ConfigError("--config: required (a training YAML, see docs/config.md), or --tiny for an offline run")
     if args.config:
         from omegaconf import OmegaConf
 

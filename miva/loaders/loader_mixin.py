@@ -194,18 +194,38 @@ class MIVALoaderMixin:
     def enable_adapters(self) -> None:
         enable_miva_adapters(self.unet)
 
-    def fuse_adapters(self, adapter_names: str | list[str] | None = None) -> list[tuple[str, float]]:
-        """Merge the active adapters' LoRA deltas (default: all active) into the base weights ("weights" mode)."""
+    def fuse_adapters(self, adapter_names: str | list[str] | None = None,
+                      lora_scale: float = 1.0) -> list[tuple[str, float]]:
+        """Merge the active adapters' LoRA deltas (default: all active) into the base weights ("weights" mode).
+
+        `lora_scale` multiplies the fused adapters' weights, as in diffusers' `fuse_lora`; their unfusable parts
+        (cross-frame branch, motion embedding, spatiotemporal Q) run with the same scaled weights, and
+        `unfuse_adapters()` puts the weights from before back."""
         from ..attention_processors.fusing import fuse_miva_adapters
 
+        context = get_miva_context(self.unet)
+        before = list(context.active)
         with adapter_transaction(self.unet):
-            return fuse_miva_adapters(self.unet, adapter_names)
+            if lora_scale != 1.0:
+                names = set(dict(before)) if adapter_names is None else (
+                    {adapter_names} if isinstance(adapter_names, str) else set(adapter_names))
+                set_miva_adapters(self.unet, [n for n, _ in before],
+                                  [w * lora_scale if n in names else w for n, w in before])
+            fused = fuse_miva_adapters(self.unet, adapter_names)
+            context.fuse_state.active_before = before if lora_scale != 1.0 else None
+        return fused
 
     def unfuse_adapters(self) -> list[tuple[str, float]]:
-        """Restore the base weights bit-exactly; the adapters run unfused again."""
+        """Restore the base weights bit-exactly; the adapters run unfused again (with their weights from before
+        `fuse_adapters(lora_scale=...)`)."""
         from ..attention_processors.fusing import unfuse_miva_adapters
 
-        return unfuse_miva_adapters(self.unet)
+        state = getattr(self.unet, "miva_context", None) and self.unet.miva_context.fuse_state
+        before = state.active_before if state is not None else None
+        unfused = unfuse_miva_adapters(self.unet)
+        if before is not None:
+            self.unet.miva_context.active = list(before)
+        return unfused
 
     # ------------------------------------------------------------------------------------------ remove
     def delete_adapters(self, adapter_names: str | list[str]) -> None:
@@ -214,7 +234,7 @@ class MIVALoaderMixin:
         context = get_miva_context(self.unet)
         fused = [n for n, _ in context.fused if n in names]
         if fused:
-            raise ValueError(f"adapters {fused} are fused into the base weights; call unfuse_adapters() first")
+            raise ValueError(f"adapters {fused} are fused into the base weights; call pipe.unfuse_adapters() first")
         with adapter_transaction(self.unet):
             for name in names:
                 delete_miva_adapter(self.unet, name)

@@ -8,12 +8,16 @@ import re
 from ..attention_processors.adapter_config import MIVAAdapterConfig
 
 BASE_TAGS = ["miva", "animatediff", "image-to-video", "diffusers"]
+TINY_MODELS = "miva.tiny"  # what `--tiny` runs record as base model and motion adapter (offline test models)
+# The adapter is a derivative of the SD1.5 base it was trained on, which is under this license.
+DEFAULT_LICENSE = "creativeml-openrail-m"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
 def is_hub_id(value: str | None) -> bool:
-    """A Hub repo id (`name` or `org/name`), not a local path."""
-    return bool(value) and not os.path.isabs(value) and not os.path.exists(value) and bool(_REPO_ID.match(value))
+    """A Hub repo id (`name` or `org/name`), not a local path (nor the offline `miva.tiny` models)."""
+    return (bool(value) and value != TINY_MODELS and not os.path.isabs(value) and not os.path.exists(value)
+            and bool(_REPO_ID.match(value)))
 
 
 def component_tags(config: MIVAAdapterConfig) -> list[str]:
@@ -64,6 +68,12 @@ def _components_text(config: MIVAAdapterConfig) -> list[str]:
     return rows or ["- (no trainable parts)"]
 
 
+def _recorded(value: str | None) -> str:
+    if value == TINY_MODELS:
+        return "the offline `miva.tiny` test models (for tests only; not usable with SD1.5)"
+    return f"`{value}`" if value else "not recorded"
+
+
 def miva_model_card(
     config: MIVAAdapterConfig,
     *,
@@ -72,12 +82,14 @@ def miva_model_card(
     base_model: str | None = None,
     sample: str | None = None,
     extra_tags: list[str] | None = None,
+    license: str = DEFAULT_LICENSE,
 ):
     """A `huggingface_hub.ModelCard` for adapter `adapter_name`.
 
-    YAML metadata: `library_name: diffusers`, `pipeline_tag: image-to-video`, tags (`miva`, `animatediff`,
-    `image-to-video`, ... plus one per component), `base_model` (when it is a Hub id). Body: what the adapter
-    contains, a usage snippet with `pipe.load_adapters(...)`, and the sample GIF (`sample`, a path relative to the
+    YAML metadata: `license`, `library_name: diffusers`, `pipeline_tag: image-to-video`, tags (`miva`,
+    `animatediff`, `image-to-video`, ... plus one per component), `base_model` (when it is a Hub id) and
+    `motion_adapter` (as recorded). Body: what the adapter contains, what it was trained on, a usage snippet
+    (`load_image`, dtype, device, `pipe.load_adapters(...)`), and the sample GIF (`sample`, a path relative to the
     card) when given.
     """
     from huggingface_hub import ModelCard, ModelCardData
@@ -92,6 +104,8 @@ def miva_model_card(
         tags=tags,
         base_model=base_model if is_hub_id(base_model) else None,
         model_name=repo_id.split("/")[-1] if repo_id else adapter_name,
+        license=license,
+        motion_adapter=config.motion_adapter,
     )
     where = repo_id or f"path/to/{adapter_name}"
     base_line = base_model if is_hub_id(base_model) else "<an SD1.5 checkpoint>"
@@ -107,19 +121,26 @@ def miva_model_card(
         "",
         *_components_text(config),
         "",
+        "## Trained on",
+        "",
+        f"- base model: {_recorded(base_model)}",
+        f"- motion adapter: {_recorded(config.motion_adapter)}",
+        "",
         "## Usage",
         "",
         "```python",
         "import torch",
         "from diffusers import MotionAdapter",
-        "from PIL import Image",
+        "from diffusers.utils import export_to_gif, load_image",
         "from miva import MIVAPipeline",
         "",
-        f'motion_adapter = MotionAdapter.from_pretrained("{motion_line}")',
-        f'pipe = MIVAPipeline.from_pretrained("{base_line}", motion_adapter=motion_adapter)',
+        f'motion_adapter = MotionAdapter.from_pretrained("{motion_line}", dtype=torch.float16)',
+        f'pipe = MIVAPipeline.from_pretrained("{base_line}", motion_adapter=motion_adapter,',
+        '                                     dtype=torch.float16).to("cuda")',
         f'pipe.load_adapters("{where}", adapter_names="{adapter_name}")',
-        f'video = pipe(image=Image.open("input.png"), prompt="{prompt}", num_frames=16,',
-        "             generator=torch.Generator().manual_seed(42)).frames[0]",
+        f'video = pipe(image=load_image("input.png"), prompt="{prompt}", num_frames=16,',
+        '             generator=torch.Generator("cuda").manual_seed(42)).frames[0]',
+        'export_to_gif(video, "output.gif")',
         "```",
         "",
     ]

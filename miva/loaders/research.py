@@ -30,8 +30,10 @@ Semantics converted exactly:
   the out delta is zero.
 - The I2V branch's optional Q-/out-LoRAs fold into its dense `to_q` / `to_out` (out-LoRA after W_O:
   `W' = (I + D) W`, `b' = (I + D) b`). Its K/V are attn1's (checked against the base when it is known).
-- Positional encodings: imported adapters with `ca_pe_mode` use `pe_style="research"` (REFERENCE §3 quirks:
-  additive rotary, positive-exponent sinusoid, token-major K/V tiling, bug B1).
+- Spatiotemporal Q and positional encodings: every imported adapter gets `pe_style="research"`, with or without
+  `ca_pe_mode`: the research query grid (nearest `F.interpolate` to `(H // r, W // r)` and back, REFERENCE §2;
+  miva's standard grid is `ceil(H / r)` and differs when r does not divide the latent size) and the REFERENCE §3
+  quirks (additive rotary, positive-exponent sinusoid, token-major K/V tiling, bug B1).
 
 Not reproduced (documented deviations): the frozen random `attn_temp` bias of `unet_use_temporal_attention`
 (a base-model artefact, REFERENCE §1), the sequential out-LoRA order of multi-adapter `"weights"` mode and the
@@ -372,7 +374,7 @@ def convert_research_state_dict(
             Needed for the CA out-LoRA (`W_O`, `b_O`); used to check/skip the I2V K/V/Q copies.
         config: what the tensors do not tell (LoRA alphas `ca_lora_scale` / `motion_lora_scale`, STQ, `ca_pe_mode`,
             `sa_mode`, ...; defaults when None). Components, ranks, `use_q_lora`, `i2v_train_q` come from the tensors;
-            `pe_style` becomes `"research"` when a PE mode is set.
+            `pe_style` is always `"research"` (research STQ grid and PE formulas).
         adapter_index: which adapter of a multi-adapter state dict (indexed keys).
         max_frames: rows of our motion embedding (the UNet's `motion_max_seq_length`).
         i2v_lora_scale: network_alpha of the research I2V Q/out LoRAs (folded into the dense weights).
@@ -403,8 +405,7 @@ def convert_research_state_dict(
         updates.update(_convert_motion(groups["motion"], max_frames, native))
     if groups["i2v"]:
         updates.update(_convert_i2v(groups["i2v"], base, native, i2v_lora_scale))
-    if cfg.q_downsample and cfg.ca_pe_mode is not None:
-        updates["pe_style"] = "research"
+    updates["pe_style"] = "research"  # the research grid and PE quirks, also without a PE mode (cross_attention.py)
     return dataclasses.replace(cfg, **updates), native
 
 

@@ -5,9 +5,6 @@ every step and is never stepped; the UNet sees all frames, `scheduler.step` upda
 latents, CIL and AdaIN come from `latent_init.py`; prompt assembly from `prompts.py`; CA maps from `ca_maps.py`.
 """
 
-from __future__ import annotations
-
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +12,18 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AnimateDiffPipeline, DDIMScheduler
+from diffusers import (
+    AnimateDiffPipeline,
+    AutoencoderKL,
+    DDIMScheduler,
+    MotionAdapter,
+    UNet2DConditionModel,
+    UNetMotionModel,
+)
 from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, replace_example_docstring
+from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ..attention_processors import (
     MIVACrossAttnProcessor,
@@ -88,24 +94,135 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
 
     Takes the same components as `AnimateDiffPipeline` (a 2-D UNet is converted with the motion adapter) and installs
     the MIVA attention processors on the UNet. Keeps FreeInit, FreeNoise, diffusers LoRA (`load_lora_weights`;
-    weight them with `pipe.unet.set_adapters`, since `pipe.set_adapters` here means MIVA adapters), IP-Adapter,
+    `set_adapters` / `delete_adapters` / `get_active_adapters` / `get_list_adapters` take both kinds of names), IP-Adapter,
     textual inversion, callbacks, the progress bar, `output_type` and `decode_chunk_size`.
 
     diffusers methods that replace attention processors are wrapped so that ours (with their adapters) are put back:
     `enable_free_noise` / `disable_free_noise`, `load_ip_adapter` / `unload_ip_adapter` / `set_ip_adapter_scale`,
     `fuse_qkv_projections`, `enable_xformers_memory_efficient_attention`. After `fuse_qkv_projections` our layers
     keep using unfused projections; after the xformers switch (CUDA only) they attend through xformers.
+
+    `MIVAPipeline.from_pipe(animatediff_pipe)` shares every component with the original, as diffusers' `from_pipe`
+    does, the UNet included: the MIVA processors are installed on that shared UNet, so MIVA adapters loaded into
+    the new pipeline also change what the original pipeline generates (with none active, the original's output is
+    unchanged). To keep the original untouched, pass a copy: `from_pipe(animatediff_pipe,
+    unet=copy.deepcopy(animatediff_pipe.unet))`. `MIVAPipeline.from_pipe(sd_pipe, motion_adapter=adapter)` builds
+    a new `UNetMotionModel` from the SD UNet (as `AnimateDiffPipeline` does), so the SD pipeline is never affected.
     """
 
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
-    def __init__(
-        self, vae, text_encoder, tokenizer, unet, motion_adapter, scheduler, feature_extractor=None, image_encoder=None
+    def __init__(  # the type hints are what `from_pipe` matches components by (evaluated: no future annotations)
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel | UNetMotionModel,
+        motion_adapter: MotionAdapter,
+        scheduler: SchedulerMixin,
+        feature_extractor: CLIPImageProcessor = None,
+        image_encoder: CLIPVisionModelWithProjection = None,
     ):
         components = (vae, text_encoder, tokenizer, unet, motion_adapter, scheduler, feature_extractor, image_encoder)
         super().__init__(*components)
         if self.unet is not None:  # optional, as in diffusers (e.g. a text-only pipeline for `encode_prompt`)
             install_miva_processors(self.unet)
+
+    # --------------------------------------------------------------- adapter verbs shared with diffusers' LoRA
+    # diffusers' LoRA verbs of the same names come first in the MRO; these route each name to its owner: MIVA
+    # adapters to `MIVALoaderMixin`, LoRA adapters (`load_lora_weights`) to diffusers.
+    def _lora_adapter_names(self) -> list[str]:
+        listed = AnimateDiffPipeline.get_list_adapters(self)
+        return list(dict.fromkeys(name for names in listed.values() for name in names))
+
+    def _split_adapter_names(self, adapter_names, verb: str) -> tuple[list[str], list[str], list[int], list[int]]:
+        """`(miva names, lora names, their positions)`; unknown names raise naming both kinds."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        miva = MIVALoaderMixin.get_list_adapters(self)
+        lora = self._lora_adapter_names()
+        unknown = [n for n in names if n not in miva and n not in lora]
+        if unknown:
+            raise ValueError(f"pipe.{verb}: unknown adapter {unknown[0]!r}; MIVA adapters: {miva}, diffusers LoRA "
+                             f"adapters: {lora}")
+        miva_at = [i for i, n in enumerate(names) if n in miva]
+        lora_at = [i for i, n in enumerate(names) if n not in miva]
+        return [names[i] for i in miva_at], [names[i] for i in lora_at], miva_at, lora_at
+
+    def set_adapters(self, adapter_names, adapter_weights=None, parallel_mode: str | None = None, *,
+                     weights=None) -> None:
+        """Activate adapters by name, MIVA and diffusers LoRA mixed, with one weight each (default 1;
+        `adapter_weights` is diffusers' name, `weights` the MIVA one).
+
+        MIVA names become the active MIVA adapters, in this order (the order of per-adapter prompts), with
+        `parallel_mode` if given; LoRA names go to diffusers' `set_adapters` with their weights. A kind that the
+        call does not name keeps its state, except that `set_adapters([])` deactivates every MIVA adapter.
+        """
+        if weights is not None and adapter_weights is not None:
+            raise ValueError("pipe.set_adapters: give adapter_weights or weights, not both")
+        weights = adapter_weights if weights is None else weights
+        miva, lora, miva_at, lora_at = self._split_adapter_names(adapter_names, "set_adapters")
+        count = len(miva) + len(lora)
+        if isinstance(weights, (list, tuple)):
+            if len(weights) != count:
+                raise ValueError(f"pipe.set_adapters: adapter_weights has {len(weights)} entries for {count} adapters")
+            miva_weights, lora_weights = [weights[i] for i in miva_at], [weights[i] for i in lora_at]
+        else:
+            miva_weights = lora_weights = weights
+        if lora:
+            AnimateDiffPipeline.set_adapters(self, lora, lora_weights)
+        if miva or not lora:
+            MIVALoaderMixin.set_adapters(self, miva, miva_weights, parallel_mode=parallel_mode)
+
+    def get_active_adapters(self) -> list[str]:
+        """The active adapters: the MIVA ones in order, then diffusers' active LoRA adapters."""
+        lora = AnimateDiffPipeline.get_active_adapters(self) if self._lora_adapter_names() else []
+        return MIVALoaderMixin.get_active_adapters(self) + list(lora)
+
+    def get_list_adapters(self) -> dict[str, list[str]]:
+        """diffusers' `{component: [LoRA adapter names]}`, with the MIVA adapters under `"miva"` when any."""
+        listed = dict(AnimateDiffPipeline.get_list_adapters(self))
+        miva = MIVALoaderMixin.get_list_adapters(self)
+        if miva:
+            listed["miva"] = miva
+        return listed
+
+    def delete_adapters(self, adapter_names) -> None:
+        """Delete adapters by name, MIVA and diffusers LoRA mixed."""
+        miva, lora, _, _ = self._split_adapter_names(adapter_names, "delete_adapters")
+        if miva:
+            MIVALoaderMixin.delete_adapters(self, miva)
+        if lora:
+            AnimateDiffPipeline.delete_adapters(self, lora)
+
+    # ------------------------------------------------------------------------------- saving / loading the pipeline
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """diffusers' `save_pretrained` (and `push_to_hub=True`) with the UNet saved stock; the loaded MIVA adapters
+        go beside it into `miva_adapters/` (native folders plus which are active, their weights and the composition
+        mode) and come back with `MIVAPipeline.from_pretrained(folder)` or `custom_pipeline`. Fused adapters are
+        refused (unfuse first). See `miva.loaders.pipeline_adapters`."""
+        from ..loaders.pipeline_adapters import save_pipeline_adapters
+
+        text_encoder, tokenizer = self._text_parts()
+        save_pipeline_adapters(self.unet, save_directory, text_encoder=text_encoder, tokenizer=tokenizer,
+                               base_model=self._base_model_id())  # first: push_to_hub uploads the whole folder
+        return self._with_stock_processors(
+            lambda: super(MIVAPipeline, self).save_pretrained(save_directory, *args, **kwargs)
+        )
+
+    def register_to_config(self, **kwargs):
+        """diffusers calls this with `_name_or_path` at the end of `from_pretrained` (also for `custom_pipeline`,
+        which never calls our `from_pretrained`): load the folder's saved MIVA adapters then, unless the UNet
+        already has adapters (`from_pipe` shares the UNet of a pipeline that loaded them)."""
+        super().register_to_config(**kwargs)
+        source = kwargs.get("_name_or_path")
+        unet = vars(self).get("unet")  # not getattr: before register_modules sets it, that reads the config
+        if source is None or unet is None or getattr(getattr(unet, "miva_context", None), "configs", None):
+            return
+        from ..loaders.pipeline_adapters import find_pipeline_adapters, load_pipeline_adapters
+
+        folder = find_pipeline_adapters(source)
+        if folder is not None:
+            load_pipeline_adapters(self, folder)
 
     # ------------------------------------------------------------------------- diffusers calls that swap processors
     def _with_stock_processors(self, run: Callable[[], Any], temporal_only: bool = False):
@@ -212,6 +329,11 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
                              "(FreeNoise prompt interpolation) or None")
         for i, weight in enumerate(adapter_weights or []):
             check_float(f"adapter_weights[{i}]", weight)  # NaN / inf would poison every frame
+        fused = [name for name, _ in self.unet.miva_context.fused]
+        if batch_prompt and fused:
+            raise ValueError(f"batch_prompt (one prompt per adapter) cannot be used while adapters {fused} are fused "
+                             "(each adapter's K/V delta applies to a different prompt); call pipe.unfuse_adapters() "
+                             "first, or leave batch_prompt out")
         if not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:
             raise ValueError(f"decode_chunk_size={decode_chunk_size!r} must be a positive int")
 
@@ -513,18 +635,3 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
         self.maybe_free_model_hooks()
         output = MIVAPipelineOutput(frames=video, ca_maps=ca_maps)
         return output if return_dict else output.to_tuple()
-
-
-def _prefer_miva_adapter_verbs(cls) -> None:
-    """`MIVALoaderMixin`'s verbs (set_adapters, delete_adapters, ...) win over diffusers' LoRA verbs of the same name,
-    which come first in the MRO; diffusers LoRA stays usable through `pipe.unet` (PEFT)."""
-    for name, value in vars(MIVALoaderMixin).items():
-        if not name.startswith("_") and name not in vars(cls) and inspect.isfunction(value):
-            for base in cls.__mro__[1:]:
-                if name in vars(base):
-                    if base is not MIVALoaderMixin:
-                        setattr(cls, name, value)
-                    break
-
-
-_prefer_miva_adapter_verbs(MIVAPipeline)

@@ -188,11 +188,18 @@ class MIVATrainer(ckpt.CheckpointMixin):
         params = list(self.trainable.values()) + ([self.learned_token.weight] if self.learned_token else [])
         self.params = params
         self.optimizer = self._make_optimizer(params)
+        from diffusers.optimization import get_scheduler
+
+        # As diffusers' scripts: the prepared scheduler steps once per process, so the step counts scale with them.
+        lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=self.optimizer,
+                                     num_warmup_steps=config.lr_warmup_steps * acc.num_processes,
+                                     num_training_steps=config.max_train_steps * acc.num_processes,
+                                     num_cycles=config.lr_num_cycles)
         models = [unet] + ([self.text_encoder] if self.learned_token else [])
-        prepared = acc.prepare(*models, self.optimizer, self.dataloader)
+        prepared = acc.prepare(*models, self.optimizer, self.dataloader, lr_scheduler)
         self.unet_model = prepared[0]
         self.text_model = prepared[1] if self.learned_token else self.text_encoder
-        self.optimizer, self.dataloader = prepared[-2], prepared[-1]
+        self.optimizer, self.dataloader, self.lr_scheduler = prepared[-3], prepared[-2], prepared[-1]
         self.models = prepared[: len(models)]
         acc.register_save_state_pre_hook(self._save_model_hook)
         acc.register_load_state_pre_hook(self._load_model_hook)
@@ -343,7 +350,9 @@ class MIVATrainer(ckpt.CheckpointMixin):
                     acc.backward(loss)
                     if acc.sync_gradients:
                         acc.clip_grad_norm_(self.params, config.max_grad_norm)
+                    step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses (logged)
                     self.optimizer.step()
+                    self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     if self.learned_token and acc.sync_gradients:
                         self.learned_token.restore_frozen_rows()
@@ -352,7 +361,7 @@ class MIVATrainer(ckpt.CheckpointMixin):
                     continue
                 self.global_step += 1
                 now = time.perf_counter()
-                self._log_step(epoch, running, now - tick)
+                self._log_step(epoch, running, now - tick, step_lr)
                 progress.update(1)
                 progress.set_postfix(loss=f"{running:.4f}")
                 running, tick = 0.0, now
@@ -369,12 +378,10 @@ class MIVATrainer(ckpt.CheckpointMixin):
         acc.end_training()
         return path
 
-    def _log_step(self, epoch: int, loss: float, seconds: float) -> None:
-        self.accelerator.log({"loss": loss, "lr": self.config.learning_rate}, step=self.global_step)
+    def _log_step(self, epoch: int, loss: float, seconds: float, lr: float) -> None:
+        self.accelerator.log({"loss": loss, "lr": lr}, step=self.global_step)
         if self.accelerator.is_main_process:
-            record = dict(
-                step=self.global_step, epoch=epoch, loss=loss, lr=self.config.learning_rate, step_time=seconds
-            )
+            record = dict(step=self.global_step, epoch=epoch, loss=loss, lr=lr, step_time=seconds)
             with open(self.output_dir / LOG_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -411,7 +418,7 @@ class MIVATrainer(ckpt.CheckpointMixin):
                         text_encoder=text_encoder,
                         tokenizer=self.tokenizer if text_encoder is not None else None,
                         sample_gif=self.last_gif,
-                        base_model=config.pretrained_model_path,
+                        base_model=config.adapter.base_model,
                     )
                 )
             else:
@@ -428,7 +435,7 @@ class MIVATrainer(ckpt.CheckpointMixin):
                     sample_gif=self.last_gif,
                     text_encoder=text_encoder,
                     tokenizer=self.tokenizer if text_encoder else None,
-                    base_model=config.pretrained_model_path,
+                    base_model=config.adapter.base_model,
                     commit_message=f"MIVA adapter {config.adapter_name}, step {self.global_step}",
                 )
                 self.logger.info(f"pushed adapter {config.adapter_name!r} to {config.hub_model_id}")

@@ -74,6 +74,14 @@ def _unknown_key_error(section: str, key: str, valid: list[str]) -> ValueError:
     return ValueError(f"unknown {section} key {key!r}{hint}")
 
 
+def lr_scheduler_names() -> list[str]:
+    """The `lr_scheduler` values: diffusers' `SchedulerType` names, except `piecewise_constant` (it needs step
+    rules, which no key here gives)."""
+    from diffusers.optimization import SchedulerType
+
+    return [t.value for t in SchedulerType if t.value != "piecewise_constant"]
+
+
 def _check_int(name: str, value: Any, minimum: int = 1, optional: bool = False) -> None:
     if optional and value is None:
         return
@@ -176,7 +184,11 @@ class TrainConfig:
     random_flip: bool = field(default=True, metadata={"help": "Flip whole clips left-right with p = 0.5."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
     # Optimisation.
-    learning_rate: float = field(default=1e-5, metadata={"help": "Constant learning rate."})
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (constant by default)."})
+    # The schedule, through diffusers.optimization.get_scheduler as diffusers' training scripts do.
+    lr_scheduler: str = field(default="constant", metadata={"help": "A diffusers SchedulerType name."})
+    lr_warmup_steps: int = field(default=0, metadata={"help": "Warm-up optimiser steps (not for 'constant')."})
+    lr_num_cycles: int = field(default=1, metadata={"help": "Restarts of 'cosine_with_restarts'."})
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
@@ -313,6 +325,16 @@ class TrainConfig:
 
     def _validate_optimisation(self) -> None:
         _check_float("learning_rate", self.learning_rate, 0.0, low_open=True)
+        schedulers = lr_scheduler_names()
+        if self.lr_scheduler not in schedulers:
+            close = difflib.get_close_matches(str(self.lr_scheduler), schedulers, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"lr_scheduler={self.lr_scheduler!r} is not one of {schedulers}{hint}")
+        _check_int("lr_warmup_steps", self.lr_warmup_steps, minimum=0)
+        _check_int("lr_num_cycles", self.lr_num_cycles)
+        if self.lr_scheduler == "constant" and self.lr_warmup_steps:
+            raise ValueError(f"lr_warmup_steps={self.lr_warmup_steps} has no effect with lr_scheduler='constant'; "
+                             "use 'constant_with_warmup' (or another schedule)")
         _check_float("adam_beta1", self.adam_beta1, 0.0, 1.0)
         _check_float("adam_beta2", self.adam_beta2, 0.0, 1.0)
         _check_float("adam_weight_decay", self.adam_weight_decay, 0.0)
@@ -387,9 +409,14 @@ class TrainConfig:
             setattr(self.adapter, theirs, mine)
         if self.adapter.prompt is None:
             self.adapter.prompt = self.prompt
-        if self.adapter.base_model is None and not self.tiny:
+        # What the run really uses: under tiny the model paths are ignored (miva.tiny), whatever they say.
+        from ..loaders.model_card import TINY_MODELS
+
+        if self.tiny:
+            self.adapter.base_model = self.adapter.motion_adapter = TINY_MODELS
+        if self.adapter.base_model is None:
             self.adapter.base_model = self.pretrained_model_path
-        if self.adapter.motion_adapter is None and not self.tiny:
+        if self.adapter.motion_adapter is None:
             self.adapter.motion_adapter = self.motion_module_path
 
     # ------------------------------------------------------------------------------------------------ parts
