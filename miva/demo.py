@@ -144,7 +144,7 @@ def run_demo(
     with open(paths["motion"], "w", encoding="utf-8") as f:
         json.dump({"scene": scene, "prompt": world_scene.prompt, "target": target.describe(), **scores}, f, indent=2)
     log(f"held-out scene {scene}: {world_scene.prompt!r}; target motion of {adapter!r}: {target.describe()}")
-    for name, video in (("base alone", base), (f"with {adapter!r}", adapted)):
+    for name, _video in (("base alone", base), (f"with {adapter!r}", adapted)):
         row = scores["base" if name == "base alone" else adapter]
         log(f"  {name:>16}: {_describe(row)}; PSNR vs ground truth {row['psnr']:.1f} dB")
     log(f"{frames} frames, {steps} steps, 2 videos in {time.perf_counter() - start:.1f} s")

@@ -55,12 +55,12 @@ class Motion:
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"Motion.{field}={value!r} must be a finite number")
 
-    def __add__(self, other: "Motion") -> "Motion":
+    def __add__(self, other: Motion) -> Motion:
         return Motion(
             self.vx + other.vx, self.vy + other.vy, self.log_zoom + other.log_zoom, self.degrees + other.degrees
         )
 
-    def scaled(self, factor: float) -> "Motion":
+    def scaled(self, factor: float) -> Motion:
         return Motion(self.vx * factor, self.vy * factor, self.log_zoom * factor, self.degrees * factor)
 
     @property
