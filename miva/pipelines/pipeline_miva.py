@@ -132,6 +132,10 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
     # diffusers' LoRA verbs of the same names come first in the MRO; these route each name to its owner: MIVA
     # adapters to `MIVALoaderMixin`, LoRA adapters (`load_lora_weights`) to diffusers.
     def _lora_adapter_names(self) -> list[str]:
+        from diffusers.utils import USE_PEFT_BACKEND
+
+        if not USE_PEFT_BACKEND:  # diffusers LoRA needs PEFT (not a miva requirement): then there are none
+            return []
         listed = AnimateDiffPipeline.get_list_adapters(self)
         return list(dict.fromkeys(name for names in listed.values() for name in names))
 
