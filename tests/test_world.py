@@ -178,3 +178,12 @@ def test_world_demo_writes_videos_and_measured_motion(tmp_path):
     assert any("with 'right'" in line for line in lines)
     with pytest.raises(ValueError, match="not a shipped MotionWorld adapter"):
         run_demo(str(tmp_path), adapter="sideways")
+
+
+def test_world_id_names_the_shipped_base_in_configs():
+    from miva.world import WORLD_ID, resolve_model_path
+
+    assert resolve_model_path(WORLD_ID) == str(BASE_PATH)
+    assert resolve_model_path(f"{WORLD_ID}/motion_adapter") == str(BASE_PATH / "motion_adapter")
+    assert resolve_model_path("user/miva-worldly") == "user/miva-worldly"  # only the exact id or its subfolders
+    assert resolve_model_path(None) is None

@@ -66,10 +66,12 @@ def load_components(config: TrainConfig) -> dict:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        path = config.pretrained_model_path
+        from ..world import resolve_model_path
+
+        path = resolve_model_path(config.pretrained_model_path)  # "miva-world": the shipped MotionWorld base
         unet = to_unet_motion(
             UNet2DConditionModel.from_pretrained(path, subfolder="unet"),
-            load_motion_adapter(config.motion_module_path),
+            load_motion_adapter(resolve_model_path(config.motion_module_path)),
         )
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")

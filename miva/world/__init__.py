@@ -25,6 +25,7 @@ from .scenes import Scene, make_scene, render_clip
 
 __all__ = [
     "BASE_PATH",
+    "WORLD_ID",
     "NAMED_MOTIONS",
     "Motion",
     "Scene",
@@ -32,6 +33,7 @@ __all__ = [
     "load_pipeline",
     "make_scene",
     "render_clip",
+    "resolve_model_path",
     "scene_image",
     "shipped_adapters",
 ]
@@ -39,6 +41,16 @@ __all__ = [
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 BASE_PATH = WEIGHTS / "base"
 ADAPTERS_PATH = WEIGHTS / "adapters"
+# The shipped base's name in configs and adapter metadata: "miva-world" (and "miva-world/motion_adapter").
+WORLD_ID = "miva-world"
+
+
+def resolve_model_path(path):
+    """``"miva-world"`` / ``"miva-world/<subfolder>"`` -> the shipped base's folder (or that subfolder); any other
+    value unchanged. Lets configs and adapter metadata name the shipped base without a machine's absolute path."""
+    if isinstance(path, str) and (path == WORLD_ID or path.startswith(WORLD_ID + "/")):
+        return str(BASE_PATH / path[len(WORLD_ID) + 1 :]) if path != WORLD_ID else str(BASE_PATH)
+    return path
 
 
 def load_pipeline(dtype=None, scheduler=None):

@@ -17,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from . import ADAPTERS_PATH, BASE_PATH
+from . import ADAPTERS_PATH, WORLD_ID
 from .data import write_world_clips
 
 __all__ = ["SHIPPED", "train_world_adapter", "world_train_config"]
@@ -39,7 +39,7 @@ def world_train_config(
     seed: int = 0,
     batch_size: int = 2,
     extra: dict | None = None,
-    base: str | Path = BASE_PATH,
+    base: str | Path = WORLD_ID,
 ) -> dict:
     """The MotionWorld adapter recipe as a ``TrainConfig`` dict (the layout of ``miva train --config``)."""
     parts = {**RESEARCH_PARTS, **(adapter or {})}
@@ -50,7 +50,7 @@ def world_train_config(
     return {
         "output_dir": str(output_dir),
         "pretrained_model_path": str(base),
-        "motion_module_path": str(Path(base) / "motion_adapter"),
+        "motion_module_path": f"{base}/motion_adapter",
         "adapter_name": adapter_name,
         "adapter": parts,
         "video_root": str(video_root),
@@ -109,7 +109,12 @@ def ship(log=print) -> None:
     ADAPTERS_PATH.mkdir(parents=True, exist_ok=True)
     for name, motion in SHIPPED.items():
         work = ADAPTERS_PATH.parent / f".train_{name}"
-        result = train_world_adapter(motion, work, adapter_name=name, log=log)
+        record = work / "training.json"
+        if record.is_file():  # trained by an earlier, interrupted `--ship`
+            result = {"adapter": work / "adapter", **json.loads(record.read_text())}
+        else:
+            result = train_world_adapter(motion, work, adapter_name=name, log=log)
+            record.write_text(json.dumps({"seconds": result["seconds"]}), encoding="utf-8")
         target = ADAPTERS_PATH / name
         if target.exists():
             shutil.rmtree(target)

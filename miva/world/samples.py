@@ -39,7 +39,7 @@ def write_gif(video: np.ndarray, path: str | Path, fps: int = 8) -> Path:
 def write_adapter_sample(folder: str | Path, name: str, motion: str, scene: int = 0) -> Path:
     """Animate held-out ``scene`` with the base and with adapter ``folder``; write ``sample.gif`` (ground truth |
     base | adapter) and re-save the adapter with it so the model card shows it. Returns the GIF path."""
-    from . import load_pipeline
+    from . import WORLD_ID, load_pipeline
 
     folder = Path(folder)
     pipe = load_pipeline()
@@ -49,7 +49,7 @@ def write_adapter_sample(folder: str | Path, name: str, motion: str, scene: int 
     adapted = animate_scene(pipe, scene)
     truth = render_clip(make_scene("heldout", scene), get_motion(motion), base.shape[0], 64)
     gif = write_gif(side_by_side([truth, base, adapted]), folder.parent / f".{name}_sample.gif")
-    pipe.save_adapter(name, folder, sample_gif=str(gif))
+    pipe.save_adapter(name, folder, sample_gif=str(gif), base_model=WORLD_ID)
     gif.unlink()
     fitted = estimate_motion(adapted).summary
     print(f"{name}: held-out scene {scene}: {fitted.describe()}")
