@@ -68,7 +68,7 @@ def test_fuse_adapters_lora_scale_like_fuse_lora():
         with torch.no_grad():
             return pipe.unet(sample, 300, text).sample
 
-    pipe.set_adapters(["flow"], [0.5])
+    pipe.set_adapters(["flow"], [0.5], parallel_mode="weights")  # fusing implements "weights" (w-scaled deltas)
     half = run()
     pipe.set_adapters(["flow"], [1.0])
     full = run()

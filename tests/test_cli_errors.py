@@ -17,8 +17,8 @@ def _files(tmp_path):
     (tmp_path / "bad.yaml").write_text("output_dir: o\ntrain_data: [a, b\n")
     (tmp_path / "corrupt.safetensors").write_bytes(b"not a safetensors file")
     (tmp_path / "offline.yaml").write_text(yaml.safe_dump({
-        "output_dir": str(tmp_path / "o"), "pretrained_model_path": str(tmp_path / "no-such-model"),
-        "motion_module_path": str(tmp_path / "no-such-adapter")}))
+        "output_dir": str(tmp_path / "o"), "pretrained_model_path": "nobody/no-such-model",
+        "motion_module_path": "nobody/no-such-motion-adapter"}))
     return tmp_path
 
 
@@ -44,7 +44,11 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_user_errors_are_one_line(case, tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.delenv("MIVA_DEBUG", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a model that is not cached cannot be fetched (no network in tests)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.chdir(_files(tmp_path))
     argv, start = CASES[case]
     argv = [a.format(tmp=tmp_path) for a in argv]

@@ -80,7 +80,7 @@ def build_pipeline(config, tiny: bool = False, device=None, dtype=None, progress
             log(f"use_ip_adapter: skipped under --tiny ({config.ip_ckpt!r} is not a local file)")
         else:
             pipe.load_ip_adapter(**config.ip_adapter_kwargs())
-    pipe.set_progress_bar_config(disable=not progress, leave=False)
+    pipe.set_progress_bar_config(disable=not progress)
     if device is not None and torch.device(device).type != "cpu":
         pipe.to(device)
     if dtype is not None and dtype != torch.float32:

@@ -63,8 +63,11 @@ def run_infer(config, tiny: bool = False, fmt: str | None = None, quiet: bool = 
         with open(os.path.join(config.output_dir, CONFIG_COPY), "w", encoding="utf-8") as f:
             yaml.safe_dump(config.to_dict(), f, sort_keys=False)
     written: list[str] = []
-    with state.split_between_processes(list(enumerate(items))) as mine:
-        for index, item in tqdm(mine, desc="videos", unit="video", disable=not show):
+    # A `with` bar: it is closed (its line ended) even when a video fails, so the error line stands alone.
+    with state.split_between_processes(list(enumerate(items))) as mine, tqdm(
+        total=len(mine), desc="videos", unit="video", disable=not show
+    ) as bar:
+        for index, item in mine:
             image = load_image(item, tiny, v.width, v.height, index)
             out = pipe(
                 image=image,
@@ -85,6 +88,7 @@ def run_infer(config, tiny: bool = False, fmt: str | None = None, quiet: bool = 
                 + (f" and {len(paths) - 1} more" if len(paths) > 1 else "")
             )
             written += paths
+            bar.update(1)
     state.wait_for_everyone()
     return written
 

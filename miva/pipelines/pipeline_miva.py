@@ -22,7 +22,7 @@ from diffusers import (
 )
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput, replace_example_docstring
+from diffusers.utils import USE_PEFT_BACKEND, BaseOutput, replace_example_docstring
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ..attention_processors import (
@@ -132,9 +132,7 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
     # diffusers' LoRA verbs of the same names come first in the MRO; these route each name to its owner: MIVA
     # adapters to `MIVALoaderMixin`, LoRA adapters (`load_lora_weights`) to diffusers.
     def _lora_adapter_names(self) -> list[str]:
-        from diffusers.utils import USE_PEFT_BACKEND
-
-        if not USE_PEFT_BACKEND:  # diffusers LoRA needs PEFT (not a miva requirement): then there are none
+        if not USE_PEFT_BACKEND:  # diffusers LoRA needs PEFT; without it there are only MIVA adapters
             return []
         listed = AnimateDiffPipeline.get_list_adapters(self)
         return list(dict.fromkeys(name for names in listed.values() for name in names))
@@ -184,7 +182,7 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
 
     def get_list_adapters(self) -> dict[str, list[str]]:
         """diffusers' `{component: [LoRA adapter names]}`, with the MIVA adapters under `"miva"` when any."""
-        listed = dict(AnimateDiffPipeline.get_list_adapters(self))
+        listed = dict(AnimateDiffPipeline.get_list_adapters(self)) if USE_PEFT_BACKEND else {}
         miva = MIVALoaderMixin.get_list_adapters(self)
         if miva:
             listed["miva"] = miva
