@@ -21,7 +21,6 @@ __all__ = [
     "check_finite_tensor",
     "check_float",
     "check_int",
-    "check_optional_str",
     "read_json_object",
 ]
 
@@ -77,13 +76,6 @@ def check_float(
         if maximum is not None:
             bounds.append(f"<= {maximum}")
         raise ValueError(f"{name}={value!r} must be {' and '.join(bounds)}")
-    return value
-
-
-def check_optional_str(name: str, value: Any) -> str | None:
-    """None or a string."""
-    if value is not None and not isinstance(value, str):
-        raise TypeError(f"{name}={_show(value)} must be a string or None, got {type(value).__name__}")
     return value
 
 

@@ -164,8 +164,8 @@ def set_miva_adapters(unet: nn.Module, names: str | list[str], weights: float | 
     names = [names] if isinstance(names, str) else list(names)
     if weights is None:
         weights = [1.0] * len(names)
-    elif not isinstance(weights, (list, tuple)):
-        weights = [check_float("weights", weights)] * len(names)
+    elif isinstance(weights, str) or not hasattr(weights, "__len__") or getattr(weights, "ndim", 1) == 0:
+        weights = [check_float("weights", weights)] * len(names)  # one number for every adapter
     weights = [check_float(f"weights[{i}]", w) for i, w in enumerate(weights)]  # NaN / inf would poison every frame
     if len(weights) != len(names):
         raise ValueError(f"adapter_weights has {len(weights)} entries but {len(names)} adapters were named: {names}")
