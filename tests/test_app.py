@@ -226,6 +226,8 @@ def test_animate_in_browser(browser, tiny_app, tmp_path):
     # Bad input: Generate without an image is a message in the page, and the server keeps serving.
     page.click("#generate")
     page.get_by_text("no image: upload an image").first.wait_for(timeout=60_000)
+    page.reload()  # a clean page (no message) for the screenshot below
+    page.wait_for_selector("#generate")
     image = tmp_path / "input.png"
     make_test_image(64, 64, seed=4).save(image)
     data, seconds = generate(page, image, "wave", FRAMES)
@@ -236,7 +238,7 @@ def test_animate_in_browser(browser, tiny_app, tmp_path):
     assert f"{FRAMES} frames, 64x64" in status and "wave x1" in status, status
     downloads = page.inner_text("#downloads")
     assert ".mp4" in downloads and ".gif" in downloads, downloads
-    page.locator("#animate-status").scroll_into_view_if_needed()
+    page.evaluate("window.scrollTo(0, 0)")
     page.mouse.move(0, 0)
     png = page.screenshot(path=str(tmp_path / "app.png"), full_page=False)
     assert len(png) > 10_000
@@ -247,6 +249,8 @@ def test_animate_in_browser(browser, tiny_app, tmp_path):
 
 
 def test_train_in_browser(browser, tiny_app, tmp_path):
+    from playwright.sync_api import expect
+
     from miva.training.synthetic import write_synthetic_dataset
 
     clips = write_synthetic_dataset(tmp_path / "clips", num_clips=3, num_frames=10, fmt="mp4")
@@ -254,7 +258,7 @@ def test_train_in_browser(browser, tiny_app, tmp_path):
     page.goto(tiny_app.url)
     page.get_by_role("tab", name="Train").click()
     page.set_input_files("#train-clips input[type=file]", [str(c) for c in clips])
-    page.locator("#train-clips").get_by_text("clip_002.mp4").wait_for()
+    expect(page.locator("#train-clips")).to_contain_text("clip_002", timeout=GENERATE_S * 1000)  # uploaded
     page.fill("#train-name textarea", "pw_motion")
     page.fill("#train-steps input", "3")
     page.click("#train")

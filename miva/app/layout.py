@@ -230,8 +230,10 @@ def build_app(base, registry: AdapterRegistry, out_dir: Path, animator: Animator
         )
         # A page opened (or reloaded) later lists the adapters trained since, and follows a run still going on.
         demo.load(
-            lambda: [gr.Timer(active=trainer.job is not None and trainer.job.running)]
-            + [gr.Dropdown(choices=registry.choices()) for _ in pickers],
+            lambda: (
+                [gr.Timer(active=trainer.job is not None and trainer.job.running)]
+                + [gr.Dropdown(choices=registry.choices()) for _ in pickers]
+            ),
             outputs=[train.timer, *pickers],
         )
     return MivaApp(demo, animator, trainer, registry, out_dir)
