@@ -140,7 +140,6 @@ MEMORY_FEATURES = {
     "group_offload_block_level_disk": (_group_offload("block_level"), 1e-5),
     "layerwise_casting_float8": (_layerwise, 0.08),  # float8 weights (measured 0.031; 0.053 without adapter)
     "vae_slicing": (lambda pipe: pipe.vae.enable_slicing(), 1e-5),
-    "vae_tiling": (_vae_tiling, 0.05),  # tiles blend at their seams
     "to_bfloat16": (lambda pipe: pipe.to(dtype=torch.bfloat16), 0.08),  # measured 0.044 (0.039 without adapter)
 }
 
@@ -155,7 +154,9 @@ def test_memory_feature_gives_the_same_video_with_adapter_active(feature, plain,
 
 
 def test_vae_tiling_decodes_through_the_tiled_vae(plain):
-    """Tiling is not exact, so also check the pipeline's video against the tiled VAE on the same latents."""
+    """Tiles change the pixels by themselves (on the tiny random VAE, by up to 0.99 against whole-frame decoding,
+    and the tiled encoder changes the frame-0 latent), so the video is compared with the tiled VAE's decoding of the
+    same call's latents, computed here from the VAE alone."""
     pipe = make_pipe()
     _vae_tiling(pipe)
     latents, video = run(pipe, output_type="latent"), run(pipe)
@@ -164,6 +165,8 @@ def test_vae_tiling_decodes_through_the_tiled_vae(plain):
         expected = (pipe.vae.decode(flat).sample / 2 + 0.5).clamp(0, 1)
     torch.testing.assert_close(video[0], expected, atol=1e-5, rtol=1e-5)
     assert (video - plain).abs().max() > 1e-4  # tiling really ran
+    pipe.disable_adapters()
+    assert (run(pipe, output_type="latent") - latents).abs().max() > 0.1  # and the adapter acted under it
 
 
 # ------------------------------------------------------------------------------ 2. short prompt embeddings
