@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installing
 
-from miva.world.adapters import RESEARCH_PARTS, train_world_adapter  # noqa: E402
+from miva.world.adapters import WORLD_PARTS, train_world_adapter  # noqa: E402
 from miva.world.motions import get_motion  # noqa: E402
 
 # Adapter variants: overrides of the research recipe (cross-frame "first" + MotionLoRA + CA-LoRA).
@@ -115,7 +115,7 @@ def trained_adapter(spec: AdapterSpec, cache: Path, steps: int, log=print) -> tu
     record_path = folder / "training.json"
     if record_path.is_file():
         return folder / "adapter", json.loads(record_path.read_text())
-    adapter = {**RESEARCH_PARTS, **VARIANTS[spec.variant]}
+    adapter = {**WORLD_PARTS, **VARIANTS[spec.variant]}
     work = cache / "work" / spec.key
     shutil.rmtree(work, ignore_errors=True)
     result = train_world_adapter(spec.motion, work, adapter_name=spec.key.replace("-", "_").replace(".", "_"),
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", nargs="*", default=[], help="row ids or id prefixes (groups); default: all")
     parser.add_argument("--cache", default=str(HERE / "cache"), help="per-row results and trained adapters")
-    parser.add_argument("--steps", type=int, default=400, help="adapter training steps")
+    parser.add_argument("--steps", type=int, default=600, help="adapter training steps")
     parser.add_argument("--scenes", type=int, default=20, help="held-out scenes per row")
     parser.add_argument("--eval-steps", type=int, default=25, help="denoising steps per video")
     parser.add_argument("--max-clips", type=int, help="cap the clips per adapter (smoke runs)")

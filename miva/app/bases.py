@@ -58,11 +58,11 @@ def _world_base() -> Base:
     return Base(
         label="MotionWorld (shipped)",
         load=load,
-        defaults=SamplingDefaults(num_frames=16, num_inference_steps=20, guidance_scale=1.0),
+        defaults=SamplingDefaults(num_frames=8, num_inference_steps=25, guidance_scale=1.0),  # as trained
         shipped_adapters={name: Path(path) for name, path in adapters().items()},
         example_images=lambda: [scene(seed) for seed in range(3)],
-        train_model_path=WORLD_MODULE,
-        train_motion_path=WORLD_MODULE,
+        train_model_path=world.WORLD_ID,  # "miva-world": the trainer resolves it to the shipped folder
+        train_motion_path=f"{world.WORLD_ID}/motion_adapter",
     )
 
 
