@@ -284,7 +284,7 @@ def test_animate_in_browser_world(browser, world_app, tmp_path):
     page.goto(server.url)
     page.wait_for_selector("#generate")
     image = tmp_path / "scene.png"
-    world.scene_image(seed=7).save(image)
+    world.scene_image(7).save(image)
     adapter = next(iter(world.shipped_adapters()))
     data, seconds = generate(page, image, adapter, 8)
     frames = decode_frames(data)

@@ -165,7 +165,7 @@ def test_typos_give_one_line_errors_with_the_suggestion(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == (
         "miva infer: error: unet_additional_kwargs.q_downsample_ration: unknown key; did you mean "
-        "'q_downsample_ratio'?\n"
+        "'q_downsample_ratio'?\n(run with --debug or MIVA_DEBUG=1 for the traceback)\n"
     )
     ok = write_config(tmp_path / "ok.yaml", {})
     assert run_cli("embed-text", "--config", ok, "--tiny", "--set", "unet_additional_kwargs.ca_pe_mode=rope3d") == 2

@@ -33,7 +33,7 @@ CASES = {
     "model that cannot be fetched": (["convert", "--config", "{tmp}/offline.yaml", "--out", "{tmp}/cv", "--set",
                                       "unet_checkpoint_path={tmp}/corrupt.safetensors"], "miva convert: error: "),
     "TrainConfig ValueError": (["train", "--config", TRAIN, "--tiny", "--set", "learning_rate=-1"],
-                               "miva train: error: learning_rate: -1 must be a number > 0.0"),
+                               "miva train: error: learning_rate: -1 must be a finite number > 0.0"),
     "--set max_train_steps=abc": (["train", "--config", TRAIN, "--tiny", "--set", "max_train_steps=abc"],
                                   "miva train: error: max_train_steps: 'abc' must be an integer >= 1"),
     "YAML syntax error": (["train", "--config", "{tmp}/bad.yaml"], "miva train: error: while parsing a flow"),

@@ -174,13 +174,13 @@ def test_add_adapter_while_fused_leaves_nothing_behind(pipe):
     pipe.fuse_adapters()
     error = expect_clean_failure(pipe, lambda: pipe.add_adapter("b", CONFIG))
     assert "fused" in str(error)
-    assert pipe.get_list_adapters() == ["a"]
+    assert pipe.get_list_adapters() == {"miva": ["a"]}
 
 
 def test_delete_adapters_with_an_unknown_name_deletes_none(pipe):
     pipe.add_adapter("b", CONFIG, activate=False)
     error = expect_clean_failure(pipe, lambda: pipe.delete_adapters(["b", "nope"]))
-    assert "'nope'" in str(error) and pipe.get_list_adapters() == ["a", "b"]
+    assert "'nope'" in str(error) and pipe.get_list_adapters() == {"miva": ["a", "b"]}
     expect_clean_failure(pipe, lambda: pipe.delete_adapters(5))
 
 

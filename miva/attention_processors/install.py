@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import types
 
-from diffusers.models.attention_processor import AttnProcessor
 from torch import nn
 
 from ..guards import check_float
@@ -104,6 +103,8 @@ def set_default_attn_processor(unet: nn.Module) -> None:
     """`unet.set_default_attn_processor()` on a MIVA UNet: diffusers' `AttnProcessor` on every layer, as on a stock
     UNet, and the MIVA adapters inactive (kept, weights and all) until `set_miva_adapters` or
     `enable_miva_adapters` (`pipe.set_adapters` / `pipe.enable_adapters`) put the MIVA processors back."""
+    from diffusers.models.attention_processor import AttnProcessor  # lazy: `import miva.config` stays light
+
     context = get_miva_context(unet)
     context.enabled = False
     context.default_processors = True

@@ -91,9 +91,11 @@ def check_call_arguments(
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type={output_type!r} is not one of {OUTPUT_TYPES}")
     for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-        if value is not None and not isinstance(value, str):
-            if not isinstance(value, (list, tuple)) or not value or not all(isinstance(p, str) for p in value):
-                raise TypeError(f"{name}={value!r:.80} must be a string or a non-empty list of strings")
+        if value is None or isinstance(value, str) or isinstance(value, dict):  # dict: FreeNoise {frame: text}
+            continue  # (dict contents are checked with FreeNoise's own rules, `prompts.check_interpolation_inputs`)
+        if not isinstance(value, (list, tuple)) or not value or not all(isinstance(p, str) for p in value):
+            raise TypeError(f"{name}={value!r:.80} must be a string, a non-empty list of strings or a "
+                            "{frame: text} dict (FreeNoise)")
     generators = generator if isinstance(generator, list) else [generator]
     if not all(g is None or isinstance(g, torch.Generator) for g in generators) or generators == []:
         raise TypeError(f"generator={generator!r:.80} must be a torch.Generator, a list of them, or None")
