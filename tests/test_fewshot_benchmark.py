@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,10 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "motion_world" / "
 
 
 @pytest.mark.skipif(not (BASE_PATH / "model_index.json").is_file(), reason="the MotionWorld weights are not built")
-def test_one_tiny_row_end_to_end_then_cached(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("fewshot", SCRIPT)
+def test_one_tiny_row_end_to_end_then_cached(tmp_path, capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("motion_world_fewshot", SCRIPT)
     fewshot = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, fewshot)  # dataclasses look their module up there
     spec.loader.exec_module(fewshot)
     assert len({row.id for row in fewshot.ROWS}) == len(fewshot.ROWS)
     args = ["--rows", "fewshot/right/10clips", "--cache", str(tmp_path), "--steps", "2", "--scenes", "2",
