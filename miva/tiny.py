@@ -197,7 +197,8 @@ def _tiny_feature_extractor():
     return CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
 
 
-def _tiny_scheduler():
+def research_ddim_scheduler():
+    """SD1.5's training schedule with the research sampler's DDIM settings (shared by the tiny and world models)."""
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(
@@ -248,7 +249,7 @@ def tiny_components(seed: int = 0, *, num_frames_max: int = 32, with_image_encod
         "vae": modules["vae"],
         "text_encoder": modules["text_encoder"],
         "tokenizer": tokenizer,
-        "scheduler": _tiny_scheduler(),
+        "scheduler": research_ddim_scheduler(),
         "feature_extractor": _tiny_feature_extractor() if with_image_encoder else None,
         "image_encoder": modules.get("image_encoder"),
     }

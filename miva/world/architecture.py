@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..tiny import TINY_WORDS, tiny_tokenizer
+from ..tiny import TINY_WORDS, research_ddim_scheduler, tiny_tokenizer
 from .scenes import WORLD_WORDS
 
 __all__ = ["FRAME_SIZE", "MAX_FRAMES", "build_components", "world_tokenizer"]
@@ -90,23 +90,6 @@ def _text_encoder(tokenizer):
     )
 
 
-def _scheduler():
-    from diffusers import DDIMScheduler
-
-    # SD1.5's training schedule and the research sampler's settings.
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        clip_sample=False,
-        set_alpha_to_one=False,
-        prediction_type="epsilon",
-        timestep_spacing="leading",
-    )
-
-
 def build_components(seed: int = 0) -> dict:
     """Freshly initialised components (seeded; the global RNG is restored):
     ``dict(unet, motion_adapter, vae, text_encoder, tokenizer, scheduler)``; ``unet`` is 2-D."""
@@ -121,4 +104,4 @@ def build_components(seed: int = 0) -> dict:
         }.items():
             torch.manual_seed(seed)
             modules[name] = build()
-    return {**modules, "tokenizer": tokenizer, "scheduler": _scheduler()}
+    return {**modules, "tokenizer": tokenizer, "scheduler": research_ddim_scheduler()}
