@@ -208,7 +208,7 @@ def test_enable_xformers_keeps_processors_and_adapters(pipe, monkeypatch):
                 module.set_processor(XFormersAttnProcessor(attention_op=attention_op))
 
     monkeypatch.setattr(AnimateDiffPipeline, "enable_xformers_memory_efficient_attention", stock_switch)
-    monkeypatch.setattr("miva.pipelines.pipeline_miva.check_xformers_usable", lambda device: None)
+    monkeypatch.setattr("miva.pipelines.processor_swaps.check_xformers_usable", lambda device: None)
     before = dict(pipe.unet.attn_processors)
     state = {k: v.clone() for k, v in pipe.unet.state_dict().items() if ".adapters.w." in k}
     op = object()

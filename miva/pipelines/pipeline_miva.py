@@ -20,21 +20,14 @@ from diffusers import (
     UNet2DConditionModel,
     UNetMotionModel,
 )
-from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import USE_PEFT_BACKEND, BaseOutput, replace_example_docstring
+from diffusers.utils import BaseOutput, replace_example_docstring
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-from ..attention_processors import (
-    MIVACrossAttnProcessor,
-    MIVATemporalAttnProcessor,
-    install_miva_processors,
-    set_miva_attention_backend,
-)
-from ..attention_processors.attention_utils import check_xformers_usable
-from ..attention_processors.base import MIVAProcessorBase
+from ..attention_processors import install_miva_processors
 from ..guards import check_float
 from ..loaders import MIVALoaderMixin
+from .adapter_verbs import LoRACompatibleAdapterVerbs
 from .ca_maps import CAMapStore, resolve_ca_map_resolutions
 from .inputs import (
     SamplingOptions,
@@ -45,6 +38,7 @@ from .inputs import (
     preprocess_image,
 )
 from .latent_init import adain_last, adain_step, build_initial_latents, cil_analytic_noise_std, scale_timesteps
+from .processor_swaps import ProcessorSwapsMixin
 from .prompts import build_interpolated_prompt_embeds, build_prompt_embeds, check_interpolation_inputs, unet_text
 
 EXAMPLE_DOC_STRING = """
@@ -89,7 +83,7 @@ class MIVAPipelineOutput(BaseOutput):
     ca_maps: dict[str, torch.Tensor] | None = None
 
 
-class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
+class MIVAPipeline(LoRACompatibleAdapterVerbs, ProcessorSwapsMixin, AnimateDiffPipeline, MIVALoaderMixin):
     r"""Image-to-video with MIVA adapters on `UNetMotionModel` (SD1.5 UNet + AnimateDiff `MotionAdapter`).
 
     Takes the same components as `AnimateDiffPipeline` (a 2-D UNet is converted with the motion adapter) and installs
@@ -128,74 +122,6 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
         if self.unet is not None:  # optional, as in diffusers (e.g. a text-only pipeline for `encode_prompt`)
             install_miva_processors(self.unet)
 
-    # --------------------------------------------------------------- adapter verbs shared with diffusers' LoRA
-    # diffusers' LoRA verbs of the same names come first in the MRO; these route each name to its owner: MIVA
-    # adapters to `MIVALoaderMixin`, LoRA adapters (`load_lora_weights`) to diffusers.
-    def _lora_adapter_names(self) -> list[str]:
-        if not USE_PEFT_BACKEND:  # diffusers LoRA needs PEFT; without it there are only MIVA adapters
-            return []
-        listed = AnimateDiffPipeline.get_list_adapters(self)
-        return list(dict.fromkeys(name for names in listed.values() for name in names))
-
-    def _split_adapter_names(self, adapter_names, verb: str) -> tuple[list[str], list[str], list[int], list[int]]:
-        """`(miva names, lora names, their positions)`; unknown names raise naming both kinds."""
-        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        miva = MIVALoaderMixin.get_list_adapters(self)
-        lora = self._lora_adapter_names()
-        unknown = [n for n in names if n not in miva and n not in lora]
-        if unknown:
-            raise ValueError(f"pipe.{verb}: unknown adapter {unknown[0]!r}; MIVA adapters: {miva}, diffusers LoRA "
-                             f"adapters: {lora}")
-        miva_at = [i for i, n in enumerate(names) if n in miva]
-        lora_at = [i for i, n in enumerate(names) if n not in miva]
-        return [names[i] for i in miva_at], [names[i] for i in lora_at], miva_at, lora_at
-
-    def set_adapters(self, adapter_names, adapter_weights=None, parallel_mode: str | None = None, *,
-                     weights=None) -> None:
-        """Activate adapters by name, MIVA and diffusers LoRA mixed, with one weight each (default 1;
-        `adapter_weights` is diffusers' name, `weights` the MIVA one).
-
-        MIVA names become the active MIVA adapters, in this order (the order of per-adapter prompts), with
-        `parallel_mode` if given; LoRA names go to diffusers' `set_adapters` with their weights. A kind that the
-        call does not name keeps its state, except that `set_adapters([])` deactivates every MIVA adapter.
-        """
-        if weights is not None and adapter_weights is not None:
-            raise ValueError("pipe.set_adapters: give adapter_weights or weights, not both")
-        weights = adapter_weights if weights is None else weights
-        miva, lora, miva_at, lora_at = self._split_adapter_names(adapter_names, "set_adapters")
-        count = len(miva) + len(lora)
-        if isinstance(weights, (list, tuple)):
-            if len(weights) != count:
-                raise ValueError(f"pipe.set_adapters: adapter_weights has {len(weights)} entries for {count} adapters")
-            miva_weights, lora_weights = [weights[i] for i in miva_at], [weights[i] for i in lora_at]
-        else:
-            miva_weights = lora_weights = weights
-        if lora:
-            AnimateDiffPipeline.set_adapters(self, lora, lora_weights)
-        if miva or not lora:
-            MIVALoaderMixin.set_adapters(self, miva, miva_weights, parallel_mode=parallel_mode)
-
-    def get_active_adapters(self) -> list[str]:
-        """The active adapters: the MIVA ones in order, then diffusers' active LoRA adapters."""
-        lora = AnimateDiffPipeline.get_active_adapters(self) if self._lora_adapter_names() else []
-        return MIVALoaderMixin.get_active_adapters(self) + list(lora)
-
-    def get_list_adapters(self) -> dict[str, list[str]]:
-        """diffusers' `{component: [LoRA adapter names]}`, with the MIVA adapters under `"miva"` when any."""
-        listed = dict(AnimateDiffPipeline.get_list_adapters(self)) if USE_PEFT_BACKEND else {}
-        miva = MIVALoaderMixin.get_list_adapters(self)
-        if miva:
-            listed["miva"] = miva
-        return listed
-
-    def delete_adapters(self, adapter_names) -> None:
-        """Delete adapters by name, MIVA and diffusers LoRA mixed."""
-        miva, lora, _, _ = self._split_adapter_names(adapter_names, "delete_adapters")
-        if miva:
-            MIVALoaderMixin.delete_adapters(self, miva)
-        if lora:
-            AnimateDiffPipeline.delete_adapters(self, lora)
-
     # ------------------------------------------------------------------------------- saving / loading the pipeline
     def save_pretrained(self, save_directory, *args, **kwargs):
         """diffusers' `save_pretrained` (and `push_to_hub=True`) with the UNet saved stock; the loaded MIVA adapters
@@ -225,65 +151,6 @@ class MIVAPipeline(AnimateDiffPipeline, MIVALoaderMixin):
         folder = find_pipeline_adapters(source)
         if folder is not None:
             load_pipeline_adapters(self, folder)
-
-    # ------------------------------------------------------------------------- diffusers calls that swap processors
-    def _with_stock_processors(self, run: Callable[[], Any], temporal_only: bool = False):
-        """Run a diffusers method with stock processors on our layers (IP-Adapter processors put back where we wrap
-        them), then re-install ours, keeping their adapters."""
-        install_miva_processors(self.unet)
-        current = self.unet.attn_processors
-        swapped = {}
-        for name, proc in current.items():
-            if isinstance(proc, MIVAProcessorBase) and (
-                not temporal_only or isinstance(proc, MIVATemporalAttnProcessor)
-            ):
-                ip_adapter = getattr(proc, "ip_adapter", None)
-                swapped[name] = ip_adapter if ip_adapter is not None else AttnProcessor2_0()
-        self.unet.set_attn_processor({**current, **swapped})
-        try:
-            return run()
-        finally:
-            after = self.unet.attn_processors
-            for name, proc in self.unet.miva_context.processors.items():
-                if (
-                    name in swapped
-                    and isinstance(proc, MIVACrossAttnProcessor)
-                    and not hasattr(after.get(name), "to_k_ip")
-                ):
-                    proc.ip_adapter = None
-            install_miva_processors(self.unet)
-
-    def enable_free_noise(self, *args, **kwargs) -> None:
-        self._with_stock_processors(lambda: super(MIVAPipeline, self).enable_free_noise(*args, **kwargs), True)
-
-    def disable_free_noise(self) -> None:
-        self._with_stock_processors(lambda: super(MIVAPipeline, self).disable_free_noise(), True)
-
-    def load_ip_adapter(self, *args, **kwargs) -> None:
-        self._with_stock_processors(lambda: super(MIVAPipeline, self).load_ip_adapter(*args, **kwargs))
-
-    def unload_ip_adapter(self) -> None:
-        self._with_stock_processors(lambda: super(MIVAPipeline, self).unload_ip_adapter())
-
-    def set_ip_adapter_scale(self, scale) -> None:
-        self._with_stock_processors(lambda: super(MIVAPipeline, self).set_ip_adapter_scale(scale))
-
-    def fuse_qkv_projections(self, unet: bool = True, vae: bool = True) -> None:
-        super().fuse_qkv_projections(unet=unet, vae=vae)
-        install_miva_processors(self.unet)
-
-    def enable_xformers_memory_efficient_attention(self, attention_op: Callable | None = None) -> None:
-        """diffusers' xformers switch (VAE and any other attention), then our processors back on the UNet with their
-        adapters, their attention routed through xformers. Raises `ValueError` off CUDA."""
-        check_xformers_usable(self._execution_device)
-        super().enable_xformers_memory_efficient_attention(attention_op)
-        install_miva_processors(self.unet)
-        set_miva_attention_backend(self.unet, "xformers", attention_op)
-
-    def disable_xformers_memory_efficient_attention(self) -> None:
-        super().disable_xformers_memory_efficient_attention()
-        install_miva_processors(self.unet)
-        set_miva_attention_backend(self.unet, "sdpa")
 
     # -------------------------------------------------------------------------------------------------- image
     def preprocess_image(self, image, height: int, width: int) -> torch.Tensor:

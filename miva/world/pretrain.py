@@ -1,6 +1,6 @@
 """Pretrain the MotionWorld base: one seeded command, resumable, CPU-friendly.
 
-    python -m miva.world.pretrain --out miva/world/weights/base            # the shipped recipe (2 CPU cores: ~1 h)
+    python -m miva.world.pretrain --out miva/world/weights/base            # the shipped recipe (2 CPU cores: 80 min)
     python -m miva.world.pretrain --out /tmp/w --vae-steps 2 --unet-steps 2 # smoke run
 
 Two phases, each a pure function of ``--seed`` and the step counter (every step draws its scenes, motions, noise and
