@@ -138,6 +138,38 @@ def test_pretrain_smoke_resumes_exactly_and_loads_as_a_stock_pipeline(tmp_path):
     assert "2 steps, batch 1 clips of 4 frames" in card.text
 
 
+def test_pretrain_init_from_continues_the_unet_and_keeps_the_autoencoder(tmp_path):
+    from diffusers import AnimateDiffPipeline
+    from huggingface_hub import ModelCard
+
+    from miva.world.pretrain import PretrainRecipe, pretrain
+
+    small = dict(vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=1, frames=4, warmup=1, checkpoint_every=1)
+    first = pretrain(tmp_path / "first", PretrainRecipe(**small), log=lambda *_: None)
+    lines = []
+    second = pretrain(
+        tmp_path / "second",
+        PretrainRecipe(**{**small, "unet_steps": 3, "seed": 1, "unet_lr": 1e-3, "init_from": str(first)}),
+        log=lines.append,
+    )
+    assert not any(line.startswith("vae step") for line in lines)  # the autoencoder is not trained again
+    assert sum(line.startswith("unet step") for line in lines) == 1 and "unet step 3/3" in lines[-3]
+    pipe_a, pipe_b = AnimateDiffPipeline.from_pretrained(first), AnimateDiffPipeline.from_pretrained(second)
+    for key, value in pipe_a.vae.state_dict().items():
+        torch.testing.assert_close(pipe_b.vae.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    assert pipe_b.vae.config.scaling_factor == pipe_a.vae.config.scaling_factor
+    changed = [k for k, v in pipe_a.unet.state_dict().items() if not torch.equal(pipe_b.unet.state_dict()[k], v)]
+    assert changed, "the UNet did not train in the second stage"
+    first_record = json.loads((first / "pretrain_log.json").read_text())
+    record = json.loads((second / "pretrain_log.json").read_text())
+    assert record["stages"] == [first_record] and record["vae_seconds"] == 0.0
+    assert record["vae_scaling_factor"] == first_record["vae_scaling_factor"]
+    assert record["command"].startswith("python -m miva.world.pretrain --out <folder> --init-from <earlier stage>")
+    assert "--seed 1 --unet-steps 3 --unet-lr 0.001" in record["command"]
+    card = ModelCard.load(second / "README.md").text
+    assert "Earlier stages" in card and first_record["command"] in card and "autoencoder 2 steps" in card
+
+
 # ------------------------------------------------------------------------------------------------ shipped model
 @needs_weights
 def test_shipped_weights_are_small_fp16_and_load_offline():

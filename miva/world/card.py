@@ -47,9 +47,29 @@ The folder is an ordinary diffusers folder: `AnimateDiffPipeline.from_pretrained
    seeds; held-out scenes have odd seeds).
 
 Time: autoencoder {vae_min:.1f} min, UNet {unet_min:.1f} min on {machine}.
-
+{stages}
 Text encoder: randomly initialised and frozen (its embeddings still tell prompts apart; the UNet learns to read them).
 """
+
+
+def _stages_text(record: dict) -> str:
+    """The earlier stages of a base continued with ``--init-from`` (oldest first), and the total time."""
+    stages = record.get("stages", [])
+    if not stages:
+        return ""
+    lines = ["", "This stage continued an earlier base (`--init-from`): autoencoder and text encoder kept, UNet trained",
+             "further from its EMA weights with a fresh optimizer, EMA and learning-rate cycle. Earlier stages:", ""]
+    total = record["vae_seconds"] + record["unet_seconds"]
+    for stage in stages:
+        r = stage["recipe"]
+        total += stage["vae_seconds"] + stage["unet_seconds"]
+        lines.append(
+            f"- `{stage['command']}`: autoencoder {0 if r.get('init_from') else r['vae_steps']} steps "
+            f"({stage['vae_seconds'] / 60:.1f} min), UNet {r['unet_steps']} steps at lr {r['unet_lr']} "
+            f"({stage['unet_seconds'] / 60:.1f} min) on {stage['machine']}."
+        )
+    lines += ["", f"Total pretraining time, all stages: {total / 60:.1f} min.", ""]
+    return "\n".join(lines)
 
 
 def write_base_card(folder: str | Path) -> Path:
@@ -70,6 +90,7 @@ def write_base_card(folder: str | Path) -> Path:
         tags=["miva", "animatediff", "motionworld", "image-to-video", "synthetic-data"],
     )
     body = _BODY.format(
+        stages=_stages_text(record),
         max_frames=MAX_FRAMES,
         params=params,
         size_mb=size / 2**20,

@@ -2,6 +2,8 @@
 
     python -m miva.world.pretrain --out miva/world/weights/base            # the shipped recipe (2 CPU cores: 80 min)
     python -m miva.world.pretrain --out /tmp/w --vae-steps 2 --unet-steps 2 # smoke run
+    python -m miva.world.pretrain --out new --init-from old --seed 1 --unet-steps 1600 --unet-lr 3e-4
+                                                                            # a further UNet stage (warm restart)
 
 Two phases, each a pure function of ``--seed`` and the step counter (every step draws its scenes, motions, noise and
 timesteps from its own generator), so a run resumed from its last checkpoint ends with the same weights:
@@ -13,6 +15,11 @@ timesteps from its own generator), so a run resumed from its last checkpoint end
    endless fresh training scenes under GENERIC motion (:func:`~miva.world.motions.sample_generic_motion`: any
    direction, speed, zoom, turn, sums, static) with prompts that describe the scene, never the motion (10% empty,
    for classifier-free guidance). An EMA of the weights is what ships.
+
+``--init-from FOLDER`` continues a finished base: the autoencoder (and its ``scaling_factor``) and text encoder are
+kept, and the UNet trains ``--unet-steps`` more from the folder's (EMA) weights with a fresh optimizer, EMA and
+learning-rate cycle (a warm restart); give it another ``--seed`` so that it does not repeat the earlier stage's
+batches. The log keeps the earlier stages (``pretrain_log.json`` ``"stages"``).
 
 The result is an ordinary diffusers pipeline folder (``model_index.json`` of ``AnimateDiffPipeline``: 2-D ``unet`` +
 ``motion_adapter``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``; fp16 safetensors), plus
@@ -59,6 +66,7 @@ class PretrainRecipe(argparse.Namespace):
     ema_decay = 0.999
     prompt_dropout = 0.1
     checkpoint_every = 200
+    init_from = None  # a finished base folder to continue (see the module docstring)
 
 
 def _rng(seed: int, phase: int, step: int) -> np.random.Generator:
@@ -114,6 +122,22 @@ def _load_checkpoint(path: Path) -> dict | None:
     if not path.is_file():
         return None
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_components(folder: Path) -> dict:
+    """A finished base folder's components in float32 (``unet`` 2-D, as :func:`build_components` returns them)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    fp32 = {"torch_dtype": torch.float32}
+    return {
+        "unet": UNet2DConditionModel.from_pretrained(folder / "unet", **fp32),
+        "motion_adapter": MotionAdapter.from_pretrained(folder / "motion_adapter", **fp32),
+        "vae": AutoencoderKL.from_pretrained(folder / "vae", **fp32),
+        "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32),
+        "tokenizer": CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        "scheduler": DDIMScheduler.from_pretrained(folder / "scheduler"),
+    }
 
 
 def _train_vae(vae, recipe, work: Path, log) -> float:
@@ -214,6 +238,15 @@ def _train_unet(components, recipe, work: Path, log) -> float:
     return seconds + time.perf_counter() - start
 
 
+def _command(recipe) -> str:
+    keys = ["seed", "unet_steps"] if recipe.init_from else ["seed", "vae_steps", "unet_steps"]
+    keys += [k for k in ("unet_lr", "warmup") if getattr(recipe, k) != getattr(PretrainRecipe, k)]
+    init = " --init-from <earlier stage>" if recipe.init_from else ""
+    return "python -m miva.world.pretrain --out <folder>" + init + "".join(
+        f" --{k.replace('_', '-')} {getattr(recipe, k)}" for k in keys
+    )
+
+
 def _write_pipeline_folder(components: dict, out: Path) -> None:
     """Save as an ordinary diffusers folder (fp16 safetensors) with an ``AnimateDiffPipeline`` model index."""
     import diffusers
@@ -260,12 +293,21 @@ def pretrain(out: str | Path, recipe: PretrainRecipe | None = None, work: str | 
     work = Path(work) if work else out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
-    components = build_components(recipe.seed)
+    earlier = None
+    if recipe.init_from:
+        init_from = Path(recipe.init_from)
+        earlier = json.loads((init_from / "pretrain_log.json").read_text(encoding="utf-8"))
+        components = _load_components(init_from)
+        factor, vae_seconds = float(components["vae"].config.scaling_factor), 0.0
+        log(f"continuing {init_from}: autoencoder and text encoder kept, UNet trains {recipe.unet_steps} more steps")
+    else:
+        components = build_components(recipe.seed)
     components["text_encoder"].eval().requires_grad_(False)
-    vae_seconds = _train_vae(components["vae"], recipe, work, log)
-    components["vae"].requires_grad_(False)
-    factor = _set_scaling_factor(components["vae"], recipe.seed)
-    log(f"vae scaling_factor {factor:.4f}")
+    if earlier is None:
+        vae_seconds = _train_vae(components["vae"], recipe, work, log)
+        factor = _set_scaling_factor(components["vae"], recipe.seed)
+        log(f"vae scaling_factor {factor:.4f}")
+    components["vae"].eval().requires_grad_(False)
     unet_seconds = _train_unet(components, recipe, work, log)
     _write_pipeline_folder(components, out)
     record = {
@@ -282,9 +324,11 @@ def pretrain(out: str | Path, recipe: PretrainRecipe | None = None, work: str | 
             "vae": sum(p.numel() for p in components["vae"].parameters()),
             "text_encoder": sum(p.numel() for p in components["text_encoder"].parameters()),
         },
-        "command": "python -m miva.world.pretrain --out <folder>"
-        + "".join(f" --{k.replace('_', '-')} {getattr(recipe, k)}" for k in ("seed", "vae_steps", "unet_steps")),
+        "command": _command(recipe),
     }
+    if earlier is not None:
+        record["recipe"]["init_from"] = "<the base of the earlier stage>"
+        record["stages"] = [*earlier.pop("stages", []), earlier]
     (out / "pretrain_log.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     write_base_card(out)
     shutil.rmtree(work, ignore_errors=True)
@@ -296,8 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m miva.world.pretrain", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output pipeline folder")
     parser.add_argument("--work", help="checkpoint folder (default <out>.work); an existing one is resumed")
-    for key in ("seed", "vae_steps", "unet_steps", "unet_batch", "frames", "checkpoint_every"):
+    parser.add_argument("--init-from", help="a finished base folder: train its UNet further (a warm restart)")
+    for key in ("seed", "vae_steps", "unet_steps", "unet_batch", "frames", "checkpoint_every", "warmup"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=getattr(PretrainRecipe, key))
+    parser.add_argument("--unet-lr", type=float, default=PretrainRecipe.unet_lr)
     args = parser.parse_args(argv)
     recipe = PretrainRecipe(**{k: v for k, v in vars(args).items() if k not in ("out", "work")})
     pretrain(args.out, recipe, args.work)
