@@ -7,17 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from miva.world import BASE_PATH
+from miva.world import BASE_PATH, base_fingerprint
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "motion_world" / "fewshot.py"
 
 
-@pytest.mark.skipif(not (BASE_PATH / "model_index.json").is_file(), reason="the MotionWorld weights are not built")
-def test_one_tiny_row_end_to_end_then_cached(tmp_path, capsys, monkeypatch):
+def _load_script(monkeypatch):
     spec = importlib.util.spec_from_file_location("motion_world_fewshot", SCRIPT)
     fewshot = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, fewshot)  # dataclasses look their module up there
     spec.loader.exec_module(fewshot)
+    return fewshot
+
+
+@pytest.mark.skipif(not (BASE_PATH / "model_index.json").is_file(), reason="the MotionWorld weights are not built")
+def test_one_tiny_row_end_to_end_then_cached(tmp_path, capsys, monkeypatch):
+    fewshot = _load_script(monkeypatch)
     assert len({row.id for row in fewshot.ROWS}) == len(fewshot.ROWS)
     args = ["--rows", "fewshot/right/10clips", "--cache", str(tmp_path), "--steps", "2", "--scenes", "2",
             "--eval-steps", "2", "--max-clips", "2"]
@@ -25,10 +30,33 @@ def test_one_tiny_row_end_to_end_then_cached(tmp_path, capsys, monkeypatch):
     assert result["row"] == "fewshot/right/10clips" and len(result["videos"]) == 2
     summary = result["summary"]
     assert summary["train_seconds"] > 0 and summary["adapter_bytes"] > 0 and summary["psnr"] > 0
-    cached = json.loads((tmp_path / "rows" / "fewshot__right__10clips.json").read_text())
-    assert cached["summary"] == summary and (tmp_path / "adapters" / "right-2c-full" / "adapter").is_dir()
+    cache = tmp_path / f"base-{base_fingerprint()}"  # results of one base are never mixed with another's
+    cached = json.loads((cache / "rows" / "fewshot__right__10clips.json").read_text())
+    assert cached["summary"] == summary and (cache / "adapters" / "right-2c-full" / "adapter").is_dir()
     capsys.readouterr()
     [again] = fewshot.main(args)  # served from the cache: no training, no sampling
     assert again == cached and "== fewshot" not in capsys.readouterr().out
     with pytest.raises(SystemExit):
         fewshot.main(["--rows", "no/such/row", "--cache", str(tmp_path)])
+
+
+@pytest.mark.skipif(not (BASE_PATH / "model_index.json").is_file(), reason="the MotionWorld weights are not built")
+def test_a_shipped_adapter_serves_its_row_only_for_the_same_recipe_and_base(tmp_path, monkeypatch):
+    fewshot = _load_script(monkeypatch)
+    folder = tmp_path / "right"
+    folder.mkdir()
+    (folder / "miva_adapter.safetensors").write_bytes(b"x" * 10)
+    monkeypatch.setattr(fewshot, "shipped_adapters", lambda: {"right": folder})
+    record = {"motion": "right", "seconds": 12.5, "clips": 10, "steps": 600, "base": base_fingerprint()}
+
+    def served(spec, steps=600, **changes):
+        (folder / "training.json").write_text(json.dumps({**record, **changes}))
+        return fewshot._shipped_equivalent(spec, steps)
+
+    right = fewshot.AdapterSpec("right")
+    assert served(right) == (folder, {"seconds": 12.5, "steps": 600, "clips": 10, "bytes": 10})
+    assert served(right, base="000000000000") is None  # trained on another base
+    assert served(right, steps=300) is None and served(right, clips=3) is None
+    assert served(fewshot.AdapterSpec("right", variant="ca_only")) is None
+    assert served(fewshot.AdapterSpec("right", oa_bin=0)) is None
+    assert served(fewshot.AdapterSpec("down")) is None  # not shipped

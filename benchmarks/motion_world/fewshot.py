@@ -7,7 +7,9 @@
 Each adapter is trained with miva's own trainer (`miva.training.train.train`, what `miva train --config` runs) on
 MotionWorld clips written by `miva.world.adapters`, and every row animates the same held-out scenes (never seen in
 training) with `MIVAPipeline` and scores them with `miva.world.metrics`. Results are cached per row (and trained
-adapters per recipe) under `--cache`, so a cut-off run continues where it stopped.
+adapters per recipe) under `--cache/base-<fingerprint>` (`miva.world.base_fingerprint`: results of another base are
+never mixed in), so a cut-off run continues where it stopped. A shipped adapter trained with the same recipe on the
+same base (its `training.json`) serves its few-shot row instead of a second training.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installing
 
-from miva.world.adapters import WORLD_PARTS, train_world_adapter  # noqa: E402
+from miva.world import base_fingerprint, shipped_adapters  # noqa: E402
+from miva.world.adapters import SHIPPED, WORLD_PARTS, train_world_adapter  # noqa: E402
 from miva.world.motions import get_motion  # noqa: E402
 
 # Adapter variants: overrides of the research recipe (cross-frame "first" + MotionLoRA + CA-LoRA).
@@ -109,8 +112,26 @@ def _bases_library(cache: Path) -> Path:
     return path
 
 
+def _shipped_equivalent(spec: AdapterSpec, steps: int) -> tuple[Path, dict] | None:
+    """The shipped adapter trained with ``spec``'s recipe (``steps``, 10 clips, all parts) on the current base."""
+    if spec.variant != "full" or spec.oa_bin is not None or SHIPPED.get(spec.motion) != spec.motion:
+        return None
+    folder = shipped_adapters().get(spec.motion)
+    if folder is None or not (folder / "training.json").is_file():
+        return None
+    record = json.loads((folder / "training.json").read_text())
+    same = record.get("steps") == steps and record.get("clips") == spec.clips and record.get("base") == base_fingerprint()
+    if not same:
+        return None
+    size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    return folder, {"seconds": record["seconds"], "steps": steps, "clips": spec.clips, "bytes": size}
+
+
 def trained_adapter(spec: AdapterSpec, cache: Path, steps: int, log=print) -> tuple[Path, dict]:
-    """The native adapter folder of ``spec`` (trained now unless cached) and its training record."""
+    """The native adapter folder of ``spec`` (trained now unless cached or shipped) and its training record."""
+    shipped = _shipped_equivalent(spec, steps)
+    if shipped is not None:
+        return shipped
     folder = cache / "adapters" / spec.key
     record_path = folder / "training.json"
     if record_path.is_file():
@@ -192,7 +213,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--max-clips", type=int, help="cap the clips per adapter (smoke runs)")
     parser.add_argument("--table", action="store_true", help="only print the table of the cached rows")
     args = parser.parse_args(argv)
-    cache = Path(args.cache)
+    cache = Path(args.cache) / f"base-{base_fingerprint()}"
     chosen = [r for r in ROWS if not args.rows or any(r.id == p or r.id.startswith(p + "/") or r.id.startswith(p)
                                                       for p in args.rows)]
     if not chosen:

@@ -36,6 +36,7 @@ __all__ = [
     "resolve_model_path",
     "scene_image",
     "shipped_adapters",
+    "base_fingerprint",
 ]
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -69,6 +70,19 @@ def load_pipeline(dtype=None, scheduler=None):
     if scheduler is not None:
         pipe.scheduler = scheduler
     return pipe
+
+
+def base_fingerprint(folder: str | Path | None = None) -> str:
+    """The first 12 hex digits of the SHA-256 of a base's UNet and motion-module weights (default: the shipped base).
+    Adapters and benchmark results record it: they are only valid for the base they were trained on."""
+    import hashlib
+
+    folder = Path(folder) if folder else BASE_PATH
+    digest = hashlib.sha256()
+    for part in ("unet", "motion_adapter"):
+        for file in sorted((folder / part).glob("*.safetensors")):
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def shipped_adapters() -> dict[str, Path]:

@@ -17,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from . import ADAPTERS_PATH, WORLD_ID
+from . import ADAPTERS_PATH, WORLD_ID, base_fingerprint
 from .data import write_world_clips
 
 __all__ = ["SHIPPED", "train_world_adapter", "world_train_config"]
@@ -105,8 +105,10 @@ def train_world_adapter(
     return {"adapter": Path(adapter), "seconds": seconds, "config": config}
 
 
-def ship(log=print) -> None:
-    """Retrain the shipped adapters into ``miva/world/weights/adapters/<name>`` (with a sample GIF each)."""
+def ship(log=print, steps: int = 600) -> None:
+    """Retrain the shipped adapters into ``miva/world/weights/adapters/<name>`` (with a sample GIF each); their
+    ``training.json`` records the recipe's steps and clips and the base they were trained on
+    (:func:`~miva.world.base_fingerprint`)."""
     from .samples import write_adapter_sample
 
     ADAPTERS_PATH.mkdir(parents=True, exist_ok=True)
@@ -116,17 +118,16 @@ def ship(log=print) -> None:
         if record.is_file():  # trained by an earlier, interrupted `--ship`
             result = {"adapter": work / "adapter", **json.loads(record.read_text())}
         else:
-            result = train_world_adapter(motion, work, adapter_name=name, log=log)
+            result = train_world_adapter(motion, work, adapter_name=name, log=log, steps=steps)
             record.write_text(json.dumps({"seconds": result["seconds"]}), encoding="utf-8")
         target = ADAPTERS_PATH / name
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(result["adapter"], target)
         shutil.copy2(work / "train_config.yaml", target / "train_config.yaml")
-        (target / "training.json").write_text(
-            json.dumps({"motion": motion, "seconds": round(result["seconds"], 1), "clips": 10}, indent=2) + "\n",
-            encoding="utf-8",
-        )
+        record = {"motion": motion, "seconds": round(result["seconds"], 1), "clips": 10, "steps": steps,
+                  "base": base_fingerprint()}
+        (target / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         write_adapter_sample(target, name, motion)
         shutil.rmtree(work, ignore_errors=True)
 
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ship", action="store_true", help="rebuild the shipped adapters")
     args = parser.parse_args(argv)
     if args.ship:
-        ship()
+        ship(steps=args.steps)
         return 0
     if not args.motion or not args.out:
         parser.error("--motion and --out are required (or --ship)")
