@@ -70,6 +70,7 @@ class Row:
     fuse: bool = False
     per_adapter_prompts: bool = False
     target_scale: float = 1.0  # the target's expected strength (e.g. 0.5 + 0.5 of two motions)
+    sampling: tuple[tuple[str, object], ...] = ()  # extra `pipe(...)` arguments, e.g. the research latent init
     notes: str = field(default="", compare=False)
 
 
@@ -95,6 +96,11 @@ def _rows() -> list[Row]:
         Row("orthogonal/right+down/weights_1", "right+down", ortho, (1.0, 1.0), mode="weights"),
     ]
     rows += [Row(f"ablation/right/{v}", "right", (AdapterSpec("right", variant=v),)) for v in VARIANTS if v != "full"]
+    cinemo_dct = (("first_frame_cond_type", "cinemo"), ("use_dct_init", True))  # REFERENCE.md section 7
+    rows += [
+        Row("sampling/right/base_cinemo_dct", "right", sampling=cinemo_dct),
+        Row("sampling/right/10clips_cinemo_dct", "right", (right,), sampling=cinemo_dct),
+    ]
     return rows
 
 
@@ -165,7 +171,7 @@ def run_row(row: Row, cache: Path, *, steps: int, scenes: int, eval_steps: int, 
     trained = [trained_adapter(spec, cache, steps, log) for spec in specs]
     pipe = load_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    call = {"num_inference_steps": eval_steps}
+    call = {"num_inference_steps": eval_steps, **dict(row.sampling)}
     if trained:
         names = [f"a{i}" for i in range(len(trained))]
         pipe.load_adapters([str(path) for path, _ in trained], adapter_names=names,

@@ -54,19 +54,21 @@ def resolve_model_path(path):
     return path
 
 
-def load_pipeline(dtype=None, scheduler=None):
-    """The shipped MotionWorld base as a :class:`~miva.MIVAPipeline` (stock ``from_pretrained``, offline, float32 by
-    default: the weights are stored in fp16). 64x64 frames, up to 24 of them."""
+def load_pipeline(dtype=None, scheduler=None, path=None):
+    """The shipped MotionWorld base (or the base folder ``path``, e.g. a new pretraining run) as a
+    :class:`~miva.MIVAPipeline` (stock ``from_pretrained``, offline, float32 by default: the weights are stored in
+    fp16). 64x64 frames, up to 24 of them."""
     import torch
 
     from ..pipelines.pipeline_miva import MIVAPipeline
 
-    if not (BASE_PATH / "model_index.json").is_file():
+    folder = Path(path) if path else BASE_PATH
+    if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(
-            f"the MotionWorld base is missing from {BASE_PATH}; rebuild it with "
+            f"no MotionWorld base in {folder}; rebuild the shipped one with "
             f"`python -m miva.world.pretrain --out {BASE_PATH}`"
         )
-    pipe = MIVAPipeline.from_pretrained(BASE_PATH, dtype=dtype or torch.float32)
+    pipe = MIVAPipeline.from_pretrained(folder, dtype=dtype or torch.float32)
     if scheduler is not None:
         pipe.scheduler = scheduler
     return pipe

@@ -96,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weight", action="append", type=float, default=[], help="adapter weights")
     parser.add_argument("--scenes", type=int, default=20)
     parser.add_argument("--steps", type=int, default=SAMPLING["num_inference_steps"])
+    parser.add_argument("--base", help="a base folder other than the shipped one (e.g. a new pretraining run)")
     parser.add_argument("--out", help="write the summary JSON here")
     args = parser.parse_args(argv)
-    pipe = load_pipeline()
+    pipe = load_pipeline(path=args.base)
     pipe.set_progress_bar_config(disable=True)
     if args.adapter:
         shipped = shipped_adapters()
