@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .architecture import FRAME_SIZE, build_components
+from .architecture import FRAME_SIZE, build_components, world_tokenizer
 from .card import write_base_card
 from .motions import sample_generic_motion
 from .scenes import make_scene, render_clip, render_frame
@@ -127,7 +127,7 @@ def _load_checkpoint(path: Path) -> dict | None:
 def _load_components(folder: Path) -> dict:
     """A finished base folder's components in float32 (``unet`` 2-D, as :func:`build_components` returns them)."""
     from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
     fp32 = {"torch_dtype": torch.float32}
     return {
@@ -135,7 +135,7 @@ def _load_components(folder: Path) -> dict:
         "motion_adapter": MotionAdapter.from_pretrained(folder / "motion_adapter", **fp32),
         "vae": AutoencoderKL.from_pretrained(folder / "vae", **fp32),
         "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32),
-        "tokenizer": CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        "tokenizer": world_tokenizer(),  # the in-memory one the folder was saved from
         "scheduler": DDIMScheduler.from_pretrained(folder / "scheduler"),
     }
 
@@ -277,6 +277,10 @@ def _write_pipeline_folder(components: dict, out: Path) -> None:
         "vae": ["diffusers", "AutoencoderKL"],
     }
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    for config in tmp.glob("*/config.json"):  # a continued stage's modules remember the folder they came from
+        values = json.loads(config.read_text(encoding="utf-8"))
+        if values.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     for name in ("pretrain_log.json", "README.md"):
         if (out / name).exists() and not (tmp / name).exists():
             shutil.copy2(out / name, tmp / name)
