@@ -141,12 +141,13 @@ class CompiledSide:
                 "break_reasons": []}
 
 
+@torch.no_grad()
 def run(args) -> dict:
-    """Measure every variant of `args.variants` (default `COMPILE_VARIANTS`); returns the JSON-able result."""
+    """Measure every variant of `args.variants` (default `COMPILE_VARIANTS`) without autograd, as in the pipeline;
+    returns the JSON-able result."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
     # Stock and every MIVA UNet compile the same `UNetMotionModel.forward`; room for all of them, never a silent
     # fall-back to eager at the limit.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
