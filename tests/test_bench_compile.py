@@ -81,3 +81,24 @@ def test_peak_table(bench, monkeypatch, name, dtype, peak):
     assert value == peak and source
     assert bench.peak_tflops(torch.device("cpu"), "float16")[0] is None
     assert bench.peak_tflops(torch.device("cuda"), dtype, override=100.0) == (100.0, "--peak-tflops")
+
+
+class _Breaks(torch.nn.Module):
+    def forward(self, x):
+        x = x.sin()
+        torch._dynamo.graph_break()
+        return x.cos()
+
+
+def test_counters_see_breaks_and_recompiles(bench, fresh_dynamo):
+    """The zeros above are not vacuous: a module with a graph break shows 2 graphs and 1 break at its compile, none
+    on the next call of the same shape, and a recompile on a new shape; `explain` names the break."""
+    side = bench.CompiledSide(_Breaks(), backend="eager", mode=None)
+    side(torch.randn(3))
+    side(torch.randn(3))
+    record = side.record()
+    assert (record["graphs"], record["graph_breaks"], record["recompiles"], record["broke"]) == (2, 1, 0, True)
+    side(torch.randn(5, 2))
+    assert side.record()["recompiles"] > 0
+    (reason,) = bench.break_reasons(_Breaks(), ((torch.randn(3),), {}))
+    assert "graph_break" in reason and __file__ in reason
