@@ -108,7 +108,7 @@ def break_reasons(unet, call) -> list[str]:
     for reason in explanation.break_reasons:
         frame = reason.user_stack[-1] if reason.user_stack else None
         where = f" at {frame.filename}:{frame.lineno} ({frame.name})" if frame else ""
-        out.append(f"{reason.reason}{where}")
+        out.append(f"{reason.reason.strip().splitlines()[0]}{where}")  # the headline; the rest is hints
     return out
 
 
