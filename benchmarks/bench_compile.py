@@ -26,6 +26,7 @@ import argparse
 import copy
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -189,7 +190,7 @@ def run(args) -> dict:
                "stock_dynamo": stock_compiled.record(), "miva_dynamo": sides["MIVA compiled"].record()}
         for side in ("stock compiled", "MIVA compiled"):
             row[f"{side.replace(' ', '_').lower()}_peak_gib"] = peak_memory_gib(bind(sides[side], first), device)
-        row["mfu"] = mfu_rows(row, peak)
+        row["mfu"] = mfu_rows(row, peak, cpu_clock=device.type == "cpu")
         rows.append(row)
         print_row(row)
         ours = sides = None  # free this variant's UNet before the next one is built
@@ -222,17 +223,30 @@ def explain_breaks(rows: list[dict], stock, call) -> None:
                 print(f"{row['variant']}: {side} breaks: {reason}", flush=True)
 
 
-def mfu_rows(row: dict, peak: float | None) -> list[dict]:
-    """Achieved TFLOP/s and MFU (None without a peak) of the four sides of one variant, from its fastest times."""
+def mfu_rows(row: dict, peak: float | None, cpu_clock: bool) -> list[dict]:
+    """Achieved TFLOP/s (per fastest wall second) and MFU (None without a peak) of the four sides of one variant;
+    with `cpu_clock` also TFLOP per CPU-second of the process (fastest; all threads), which other processes on a
+    shared CPU do not dilute."""
     out = []
-    for side, flops, summary, key in (("stock eager", row["stock_flops"], row["eager"], "stock_s_per_step"),
-                                      ("MIVA eager", row["miva_flops"], row["eager"], "miva_s_per_step"),
-                                      ("stock compiled", row["stock_flops"], row["compiled"], "stock_s_per_step"),
-                                      ("MIVA compiled", row["miva_flops"], row["compiled"], "miva_s_per_step")):
-        tflops = flops / summary[key] / 1e12
-        out.append({"side": side, "gflop": flops / 1e9, "s_per_step": summary[key], "tflops": tflops,
-                    "mfu": tflops / peak if peak else None})
+    for side, flops, summary, key in (("stock eager", row["stock_flops"], row["eager"], "stock"),
+                                      ("MIVA eager", row["miva_flops"], row["eager"], "miva"),
+                                      ("stock compiled", row["stock_flops"], row["compiled"], "stock"),
+                                      ("MIVA compiled", row["miva_flops"], row["compiled"], "miva")):
+        seconds = summary[f"{key}_s_per_step"]
+        tflops = flops / seconds / 1e12
+        per_cpu_s = flops / min(summary[f"{key}_cpu_times_s"]) / 1e12 if cpu_clock else None
+        out.append({"side": side, "gflop": flops / 1e9, "s_per_step": seconds, "tflops": tflops,
+                    "tflop_per_cpu_s": per_cpu_s, "mfu": tflops / peak if peak else None})
     return out
+
+
+def compile_speedup(row: dict, side: str, cpu_clock: bool) -> float:
+    """Eager over compiled time of `side` ("stock" / "miva"): the quotient of the fastest wall times, or on a CPU the
+    median over rounds of the CPU-time quotient (eager and compiled ran in the same round)."""
+    eager, compiled = row["eager"], row["compiled"]
+    if not cpu_clock:
+        return eager[f"{side}_s_per_step"] / compiled[f"{side}_s_per_step"]
+    return statistics.median(e / c for e, c in zip(eager[f"{side}_cpu_times_s"], compiled[f"{side}_cpu_times_s"]))
 
 
 def print_row(row: dict) -> None:
@@ -259,19 +273,21 @@ def markdown(result: dict) -> str:
         eager, compiled, s, m = row["eager"], row["compiled"], row["stock_dynamo"], row["miva_dynamo"]
         lines.append(f"| {row['variant']} | {compiled['stock_s_per_step']:.4f} | {compiled['miva_s_per_step']:.4f} | "
                      f"{compiled['ratio']:.3f}x | {eager['ratio']:.3f}x | "
-                     f"{eager['stock_s_per_step'] / compiled['stock_s_per_step']:.2f}x, "
-                     f"{eager['miva_s_per_step'] / compiled['miva_s_per_step']:.2f}x | {s['graphs']}/{m['graphs']} | "
+                     f"{compile_speedup(row, 'stock', cpu):.2f}x, {compile_speedup(row, 'miva', cpu):.2f}x | "
+                     f"{s['graphs']}/{m['graphs']} | "
                      f"{s['graph_breaks'] + s['step_graph_breaks']}/{m['graph_breaks'] + m['step_graph_breaks']} | "
                      f"{s['recompiles']}/{m['recompiles']} | {s['compile_s']:.0f}/{m['compile_s']:.0f} |")
     peak = result["peak_tflops"]
     lines += ["", f"MFU: peak {f'{peak:.1f} TFLOP/s' if peak else 'n/a'} ({result['peak_source']}); FLOPs counted "
               "once in eager (FlopCounterMode) and used for the compiled call too.", "",
-              "| variant | side | GFLOP/step | s/step | TFLOP/s | MFU |", "|---|---|---|---|---|---|"]
+              f"| variant | side | GFLOP/step | s/step | TFLOP/s |{' TFLOP/CPU-s |' if cpu else ''} MFU |",
+             f"|---|---|---|---|---|{'---|' if cpu else ''}---|"]
     for row in result["rows"]:
         for m in row["mfu"]:
             mfu = f"{100 * m['mfu']:.1f}%" if m["mfu"] is not None else "n/a"
+            per_cpu_s = f" {m['tflop_per_cpu_s']:.3f} |" if cpu else ""
             lines.append(f"| {row['variant']} | {m['side']} | {m['gflop']:.2f} | {m['s_per_step']:.4f} | "
-                         f"{m['tflops']:.3f} | {mfu} |")
+                         f"{m['tflops']:.3f} |{per_cpu_s} {mfu} |")
     reasons = [(row["variant"], side, r) for row in result["rows"] for side in ("stock", "miva")
                for r in row[f"{side}_dynamo"]["break_reasons"]]
     if reasons:
