@@ -12,7 +12,8 @@ graphs and graph breaks at its first call (the compile) and new graphs and break
 Times and ratios as in `bench_pipeline.py` (s/step: fastest wall time; ratio: wall on CUDA, median CPU-time ratio
 on a CPU). MFU = FLOPs of one UNet call (counted once in eager by `torch.utils.flop_counter.FlopCounterMode`: the
 model FLOPs, also for the compiled call) / s/step / the device's dense fp16/bf16 peak from `PEAK_DENSE_TFLOPS`;
-on a CPU, an unknown GPU or fp32 the achieved TFLOP/s are reported and MFU is "n/a" with the reason.
+on a CPU, an unknown GPU or fp32 the achieved TFLOP/s are reported and MFU is "n/a" with the reason (on a CPU also
+TFLOP per CPU-second of the process, and eager/compiled speedups from CPU time, which other jobs do not dilute).
 
     python benchmarks/bench_compile.py --size tiny --repeats 3                    # CPU
     python benchmarks/bench_compile.py --size sd15 --device cuda --dtype float16  # 16x320x512, CFG
