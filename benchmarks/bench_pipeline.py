@@ -208,8 +208,9 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_common_arguments(parser: argparse.ArgumentParser, variants) -> None:
+    """The model, shape, device and A/B arguments shared by the step benchmarks (`--variants`: a subset of
+    `variants`)."""
     parser.add_argument("--size", choices=SIZES, default="small")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -219,22 +220,40 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--variants", nargs="*", default=None, help=f"subset of {list(VARIANTS)}")
+    parser.add_argument("--variants", nargs="*", default=None, help=f"subset of {list(variants)}")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+
+
+def parse_common(parser: argparse.ArgumentParser, variants, argv=None) -> argparse.Namespace:
+    """Parse `argv`, check `--variants` against `variants` and fill the size's default frames/height/width."""
     args = parser.parse_args(argv)
-    unknown = [v for v in args.variants or [] if v not in VARIANTS]
+    unknown = [v for v in args.variants or [] if v not in variants]
     if unknown:
-        parser.error(f"--variants {unknown} not in {list(VARIANTS)}")
+        parser.error(f"--variants {unknown} not in {list(variants)}")
     defaults = DEFAULT_SHAPES[args.size]
     args.frames, args.height, args.width = (v or d for v, d in zip((args.frames, args.height, args.width), defaults))
-    result = run(args)
-    print(markdown(result))
+    return args
+
+
+def write_result(result: dict, args: argparse.Namespace, prefix: str) -> Path:
+    """Write `result` to `<out>/<prefix>_<size>_<device>_<dtype>[_<frames>x<height>x<width>].json` (the shape
+    suffix only when it is not the size's default)."""
     Path(args.out).mkdir(parents=True, exist_ok=True)
     shape = (args.frames, args.height, args.width)
-    suffix = "" if shape == defaults else f"_{args.frames}x{args.height}x{args.width}"
-    path = Path(args.out) / f"pipeline_{args.size}_{args.device.split(':')[0]}_{args.dtype}{suffix}.json"
+    suffix = "" if shape == DEFAULT_SHAPES[args.size] else f"_{args.frames}x{args.height}x{args.width}"
+    path = Path(args.out) / f"{prefix}_{args.size}_{args.device.split(':')[0]}_{args.dtype}{suffix}.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")
+    return path
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_arguments(parser, VARIANTS)
+    args = parse_common(parser, VARIANTS, argv)
+    result = run(args)
+    print(markdown(result))
+    write_result(result, args, "pipeline")
     return result
 
 
