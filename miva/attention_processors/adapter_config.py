@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..guards import MAX_RANK, read_json_object
+from .parts import CROSS, has_part_at
 from .positional import PE_MODES, PE_STYLES, normalize_pe_mode
 
 SA_MODES = ("first", "prev", "first_prev")
@@ -149,7 +150,8 @@ class MIVAAdapterConfig:
     # Derived facts the processors ask for.
     @property
     def has_cross_attention_part(self) -> bool:
-        return self.use_ca_lora or self.ca_mode == "implicit" or self.q_downsample
+        """Whether a part of this adapter sits at spatial cross-attention (`parts.ADAPTER_PARTS`)."""
+        return has_part_at(self, CROSS)
 
     @property
     def spatiotemporal_key(self) -> tuple:

@@ -45,8 +45,3 @@ class MIVAProcessorBase(nn.Module):
     def remove_adapter(self, name: str) -> None:
         if name in self.adapters:
             del self.adapters[name]
-
-
-def needs_base(weights: list[float]) -> bool:
-    """The frozen base branch matters only when the adapter weights do not sum to one."""
-    return abs(1.0 - sum(weights)) > 1e-12

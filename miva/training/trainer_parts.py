@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention_processors import get_miva_adapter_modules
+from ..attention_processors.parts import part_of
 from ..loaders.base_models import load_motion_adapter
 from .train_config import TrainConfig
 
@@ -90,30 +91,17 @@ def load_components(config: TrainConfig) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ what trains
-def _part_of(module: nn.Module, param_name: str) -> str:
-    from ..attention_processors.cross_attention import CrossAttnAdapter
-    from ..attention_processors.self_attention import CrossFrameAdapter
-    from ..attention_processors.temporal_attention import TemporalAdapter
-
-    if isinstance(module, CrossFrameAdapter):
-        return "adaptive_weight" if param_name.startswith("weight_module.") else "i2v"
-    if isinstance(module, TemporalAdapter):
-        return "motion_embed" if param_name == "motion_embed" else "motion_lora"
-    if isinstance(module, CrossAttnAdapter):
-        return "implicit" if param_name.startswith("implicit_prompt.") else "ca_lora"
-    raise TypeError(f"unknown MIVA adapter module {type(module).__name__}")
-
-
 def adapter_parameter_parts(unet: nn.Module, adapter_name: str) -> dict[str, tuple[str, nn.Parameter]]:
     """`{unet parameter name: (part, parameter)}` for every parameter of adapter `adapter_name`.
 
-    Names are the UNet's own (`<layer>.processor.adapters.<name>.<part>`), parts those of `TRAINABLE_PARTS`.
+    Names are the UNet's own (`<layer>.processor.adapters.<name>.<part>`), parts those of `TRAINABLE_PARTS`, as
+    declared in `attention_processors.parts` (the module's `part_kind` and the parameter's attribute).
     """
     out = {}
     for layer, module in get_miva_adapter_modules(unet, adapter_name).items():
         prefix = f"{layer}.adapters.{adapter_name}."
         for name, param in module.named_parameters():
-            out[prefix + name] = (_part_of(module, name), param)
+            out[prefix + name] = (part_of(module.part_kind, name), param)
     return out
 
 
