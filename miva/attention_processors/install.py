@@ -10,7 +10,7 @@ from torch import nn
 from ..guards import check_float
 from .adapter_config import MIVAAdapterConfig
 from .attention_utils import check_attention_backend, check_supported_attention
-from .base import MIVAProcessorBase
+from .base import MIVAProcessorBase, remove_adapter_everywhere
 from .composition import check_not_fused, check_parallel_mode
 from .context import MIVAContext, register_context_hooks
 from .cross_attention import MIVACrossAttnProcessor
@@ -146,10 +146,7 @@ def delete_miva_adapter(unet: nn.Module, name: str) -> None:
     if name not in context.configs:
         raise ValueError(f"no adapter named {name!r}; loaded adapters: {list(context.configs)}")
     check_not_fused(context, "delete_adapters", [name])
-    for processor in context.processors.values():
-        processor.remove_adapter(name)
-    del context.configs[name]
-    context.active = [(n, w) for n, w in context.active if n != name]
+    remove_adapter_everywhere(context, name)
 
 
 def set_miva_adapters(unet: nn.Module, names: str | list[str], weights: float | list[float] | None = None,
