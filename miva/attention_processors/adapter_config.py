@@ -154,6 +154,11 @@ class MIVAAdapterConfig:
         return has_part_at(self, CROSS)
 
     @property
+    def first_frame_scale_kind(self) -> str:
+        """`"float"`, `"linear"` or `"adaptive"`: the kind of `sa_first_frame_scale` (`parse_first_frame_scale`)."""
+        return parse_first_frame_scale(self.sa_first_frame_scale)[0]
+
+    @property
     def spatiotemporal_key(self) -> tuple:
         """What adapters active together must agree on (they share one query layout)."""
         if not self.q_downsample:

@@ -83,10 +83,7 @@ class AdapterPart:
 
 
 def _adaptive_first_prev(config: MIVAAdapterConfig) -> bool:
-    from .adapter_config import parse_first_frame_scale
-
-    return (config.use_i2v and config.sa_mode == "first_prev"
-            and parse_first_frame_scale(config.sa_first_frame_scale)[0] == "adaptive")
+    return config.use_i2v and config.sa_mode == "first_prev" and config.first_frame_scale_kind == "adaptive"
 
 
 ADAPTER_PARTS: tuple[AdapterPart, ...] = (

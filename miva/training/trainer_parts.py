@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Sampler
 
 from ..attention_processors import get_miva_adapter_modules
 from ..attention_processors.parts import part_of
@@ -19,6 +20,7 @@ from .train_config import TrainConfig
 
 __all__ = [
     "LearnedToken",
+    "SeededShuffleSampler",
     "adapter_parameter_parts",
     "checkpoint_motion_modules",
     "encode_frames",
@@ -224,6 +226,25 @@ def check_prompts_contain(tokenizer, prompts: Iterable[str], word: str) -> None:
             f"word_to_learn={word!r} does not appear (as a separate word) in the prompt(s) {missing}; "
             "put it in `prompt` or in the clips' .txt sidecars"
         )
+
+
+# ---------------------------------------------------------------------------------------------- data order
+class SeededShuffleSampler(Sampler[int]):
+    """A fresh permutation of `range(length)` per epoch, a pure function of `(seed, epoch)` (call `set_epoch`)."""
+
+    def __init__(self, length: int, seed: int):
+        self.length, self.seed, self.epoch = int(length), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        state = np.random.SeedSequence([self.seed % 2**64, 0x5348, self.epoch]).generate_state(1, np.uint64)[0]
+        order = torch.Generator().manual_seed(int(state % 2**63))
+        return iter(torch.randperm(self.length, generator=order).tolist())
+
+    def __len__(self) -> int:
+        return self.length
 
 
 # ------------------------------------------------------------------------------------------------- objective
