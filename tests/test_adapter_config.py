@@ -162,3 +162,43 @@ def test_derived_facts():
     assert MIVAAdapterConfig(ca_pe_mode="rope_3d").spatiotemporal_key == (False,)
     key = MIVAAdapterConfig(q_downsample=True, q_downsample_ratio=2, ca_pe_mode="naive").spatiotemporal_key
     assert key == (True, 2, "nearest", "naive", "standard")
+
+
+# ------------------------------------------------------------------------------------- the parts declaration
+FULL = dict(use_i2v=True, i2v_train_q=True, sa_mode="first_prev", sa_first_frame_scale="adaptive_0.5",
+            use_motion_lora=True, use_motion_embed=True, use_ca_lora=True, use_q_lora=True, q_downsample=True)
+
+
+def test_parts_declaration_is_the_one_answer():
+    from miva.attention_processors import parts
+    from miva.loaders.model_card import component_tags
+
+    assert parts.TRAINABLE_PARTS == ("i2v", "adaptive_weight", "motion_lora", "motion_embed", "ca_lora", "implicit")
+    full = MIVAAdapterConfig(**FULL)
+    assert parts.adapter_parts(full) == ["i2v", "adaptive_weight", "motion_lora", "motion_embed", "ca_lora"]
+    assert parts.adapter_parts(MIVAAdapterConfig(**{**FULL, "ca_mode": "implicit", "sa_mode": "first"})) == [
+        "i2v", "motion_lora", "motion_embed", "implicit"]
+    assert component_tags(full) == ["cross-frame-first_prev", "motion-lora", "motion-embedding", "ca-lora",
+                                    "spatiotemporal-query"]
+    none = MIVAAdapterConfig(use_i2v=False, use_motion_lora=False)
+    assert parts.adapter_parts(none) == [] and component_tags(none) == []
+    assert not any(parts.has_part_at(none, kind) for kind in (parts.SELF, parts.CROSS, parts.TEMPORAL))
+    assert MIVAAdapterConfig(use_i2v=False, use_motion_lora=False, q_downsample=True).has_cross_attention_part
+    assert set(parts.FUSE_TARGETS) == {"to_q_lora", "to_k_lora", "to_v_lora", "to_out_lora", "to_out_bias"}
+    for part in parts.ADAPTER_PARTS:
+        assert isinstance(getattr(MIVAAdapterConfig(), part.flag), (bool, str, float))  # a real config field
+
+
+def test_every_adapter_parameter_belongs_to_a_declared_part(unet_motion):
+    """Each parameter of every adapter module maps to exactly the declared part; each enabled part has parameters."""
+    from miva.attention_processors import add_miva_adapter, get_miva_adapter_modules, parts
+
+    for extra in ({}, {"ca_mode": "implicit"}, {"ca_out_lora_bias": True}):
+        name = f"full{len(extra)}{'i' if 'ca_mode' in extra else ''}"
+        config = MIVAAdapterConfig(**{**FULL, **extra})
+        add_miva_adapter(unet_motion, name, config)
+        found = set()
+        for module in get_miva_adapter_modules(unet_motion, name).values():
+            for parameter, _ in module.named_parameters():
+                found.add(parts.part_of(module.part_kind, parameter))
+        assert found == set(parts.adapter_parts(config))

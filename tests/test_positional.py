@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from miva.attention_processors import positional as pe
+from miva.attention_processors import positional_tables as tables
 from miva.attention_processors.positional import (
     PE_MODES,
     apply_rotary,
@@ -52,6 +53,25 @@ def test_normalize_pe_mode():
         normalize_pe_mode(3)
     with pytest.raises(ValueError, match="pe_style"):
         encode_query_input(torch.zeros(1, 1, 2, 2, 8), "naive", "textbook")
+
+
+def test_registry_is_the_one_list_of_modes(monkeypatch):
+    """Modes, normalisation, K/V use, channel checks and the adapter config all derive from `PE_REGISTRY`: a new
+    mode is one entry."""
+    from miva.attention_processors.adapter_config import CA_PE_MODES, MIVAAdapterConfig
+
+    assert PE_MODES == tuple(pe.PE_REGISTRY) and CA_PE_MODES == PE_MODES
+    for name, spec in pe.PE_REGISTRY.items():
+        assert spec.name == name and (spec.encode_input or spec.encode_output or spec.encode_kv)
+    double = pe.PEMode("double", encode_input=lambda x, style: 2 * x.reshape(x.shape[0], -1, x.shape[-1]),
+                       channel_multiple=4, channel_rule="a multiple of 4 channels")
+    monkeypatch.setitem(pe.PE_REGISTRY, "double", double)
+    assert MIVAAdapterConfig(q_downsample=True, ca_pe_mode="double").ca_pe_mode == "double"
+    x = _randn(1, 2, 3, 3, 8)
+    assert torch.equal(encode_query_input(x, "double"), 2 * x.reshape(1, 18, 8))
+    with pytest.raises(ValueError, match="ca_pe_mode='double' needs a multiple of 4 channels, got channels=6"):
+        encode_query_input(_randn(1, 2, 3, 3, 6), "double")
+    assert not pe_uses_kv("double")
 
 
 def test_pe_uses_kv():
@@ -353,22 +373,22 @@ def test_tiled_kv_without_pe_keeps_attention(style):
 
 
 def test_half_precision_and_cache(monkeypatch):
-    monkeypatch.setattr(pe, "_TABLE_CACHE", {})
+    monkeypatch.setattr(tables, "_TABLE_CACHE", {})
     x = _randn(1, 2, 3, 4, 16, dtype=torch.bfloat16)
     for mode in PE_MODES:
         assert encode_query_input(x, mode, "standard").dtype == torch.bfloat16
-    n_tables = len(pe._TABLE_CACHE)
+    n_tables = len(tables._TABLE_CACHE)
     assert n_tables > 0
     for mode in PE_MODES:  # second pass: all hits
         encode_query_input(x, mode, "standard")
-    assert len(pe._TABLE_CACHE) == n_tables
-    for size in range(pe._CACHE_MAX_ENTRIES + 5):  # bounded
+    assert len(tables._TABLE_CACHE) == n_tables
+    for size in range(tables._CACHE_MAX_ENTRIES + 5):  # bounded
         encode_query_input(torch.zeros(1, 1, 1, size + 1, 8), "naive", "standard")
-    assert len(pe._TABLE_CACHE) <= pe._CACHE_MAX_ENTRIES
+    assert len(tables._TABLE_CACHE) <= tables._CACHE_MAX_ENTRIES
 
 
 def test_inference_mode_table_reused_with_grad():
-    pe._TABLE_CACHE.clear()
+    tables._TABLE_CACHE.clear()
     x = _randn(1, 2, 2, 2, 8)
     with torch.inference_mode():
         encode_query_input(x, "rope_1d", "standard")

@@ -504,3 +504,29 @@ def test_find_checkpoint_and_prune(tmp_path):
         ckpt.find_checkpoint(tmp_path, "checkpoint-7")
     assert ckpt.prune_checkpoints(tmp_path, 1) == [tmp_path / "checkpoint-5", tmp_path / "checkpoint-30"]
     assert [p.name for _, p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-200"]
+
+
+def test_checkpoint_tensors_use_the_adapter_file_format_and_old_keys_still_load(unet_motion, randomize_adapter):
+    """One format for `adapter_state.safetensors` and `miva_adapter.safetensors`; checkpoints written with the UNet's
+    parameter names (`<layer>.processor.adapters.<name>.<part>`, before the formats were one) load exactly."""
+    from miva.attention_processors import add_miva_adapter
+    from miva.loaders import adapter_state_dict
+    from miva.tiny import tiny_unet_motion
+
+    config = MIVAAdapterConfig(use_ca_lora=True, use_motion_embed=True)
+    add_miva_adapter(unet_motion, "miva", config)
+    randomize_adapter(unet_motion, "miva")
+    native = adapter_state_dict(unet_motion, "miva")
+    saved = ckpt.checkpoint_adapter_state(unet_motion, "miva")
+    assert set(saved) == set(native) and all(torch.equal(saved[k], native[k]) for k in native)
+    legacy = {k: v.clone() for k, v in unet_motion.state_dict().items() if ".adapters.miva." in k}
+    assert len(legacy) == len(native) and not set(legacy) & set(native)
+    for state in (saved, legacy):
+        other = tiny_unet_motion(seed=0)
+        add_miva_adapter(other, "miva", config)
+        ckpt.load_adapter_state(other, "miva", state)
+        loaded = adapter_state_dict(other, "miva")
+        assert all(torch.equal(loaded[k], native[k]) for k in native)
+    legacy.pop(next(iter(legacy)))
+    with pytest.raises(ValueError, match=r"adapter 'miva': missing key '.*' \(this UNet expects shape"):
+        ckpt.load_adapter_state(other, "miva", legacy)

@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..guards import MAX_RANK, read_json_object
+from .parts import CROSS, has_part_at
+from .positional import PE_MODES, PE_STYLES, normalize_pe_mode
 
 SA_MODES = ("first", "prev", "first_prev")
 CA_MODES = ("lora", "implicit")
 Q_DOWNSAMPLE_MODES = ("nearest", "avg")
-PE_STYLES = ("standard", "research")
-CA_PE_MODES = ("naive", "temporal", "temporal_sine", "rope_1d", "rope_3d", "ropeQ_3d", "ropeQK_1d", "ropeQKV_1d")
+CA_PE_MODES = PE_MODES  # the registry's modes (`positional.PE_REGISTRY`), under the config field's name
+# `None`, "null", "none" mean no positional encoding; anything else must be a registered mode.
+normalize_ca_pe_mode = normalize_pe_mode
 
 
 def _check_choice(name: str, value: Any, valid: tuple) -> None:
@@ -40,14 +43,6 @@ def _check_positive(name: str, value: Any, kind: type = int) -> None:
     if kind is int and name.endswith("rank") and value > MAX_RANK:
         raise ValueError(f"{name}={value!r} is absurdly large: ranks are at most {MAX_RANK} (attention widths are "
                          "at most 1280 in SD1.5)")
-
-
-def normalize_ca_pe_mode(mode: str | None) -> str | None:
-    """`None`, `"null"` and `"none"` mean no positional encoding; anything else must be a known mode."""
-    if mode is None or (isinstance(mode, str) and mode.lower() in ("null", "none", "")):
-        return None
-    _check_choice("ca_pe_mode", mode, CA_PE_MODES)
-    return mode
 
 
 def parse_first_frame_scale(value: float | str) -> tuple[str, float]:
@@ -155,7 +150,13 @@ class MIVAAdapterConfig:
     # Derived facts the processors ask for.
     @property
     def has_cross_attention_part(self) -> bool:
-        return self.use_ca_lora or self.ca_mode == "implicit" or self.q_downsample
+        """Whether a part of this adapter sits at spatial cross-attention (`parts.ADAPTER_PARTS`)."""
+        return has_part_at(self, CROSS)
+
+    @property
+    def first_frame_scale_kind(self) -> str:
+        """`"float"`, `"linear"` or `"adaptive"`: the kind of `sa_first_frame_scale` (`parse_first_frame_scale`)."""
+        return parse_first_frame_scale(self.sa_first_frame_scale)[0]
 
     @property
     def spatiotemporal_key(self) -> tuple:

@@ -47,6 +47,11 @@ class MIVAProcessorBase(nn.Module):
             del self.adapters[name]
 
 
-def needs_base(weights: list[float]) -> bool:
-    """The frozen base branch matters only when the adapter weights do not sum to one."""
-    return abs(1.0 - sum(weights)) > 1e-12
+def remove_adapter_everywhere(context: MIVAContext, name: str) -> None:
+    """Remove adapter `name`'s modules from every processor sharing `context`, its config and its activation; the
+    one removal primitive (`delete_miva_adapter` checks first, `loaders.adapter_state.discard_adapter` undoes a
+    half-built load). No error when there is nothing to remove."""
+    for processor in context.processors.values():
+        processor.remove_adapter(name)
+    context.configs.pop(name, None)
+    context.active = [(n, w) for n, w in context.active if n != name]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-PARALLEL_MODES = ("residual", "weights")
+from .composition import PARALLEL_MODES  # noqa: F401  (the modes live in composition.py; kept importable here)
 
 
 @dataclass

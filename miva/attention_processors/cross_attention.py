@@ -8,8 +8,10 @@ from torch import nn
 
 from .adapter_config import MIVAAdapterConfig
 from .attention_utils import attention_probs, finish_output, prepare_mask
-from .base import MIVAProcessorBase, needs_base
+from .base import MIVAProcessorBase
+from .composition import add_share, check_not_fused, merges_deltas, mix_residual, replace_share, weighted_sum
 from .lora import LoRADelta, linear_bias, linear_with_deltas, linear_without_bias, weights_readable
+from .parts import CA_LORA_PART, CROSS, IMPLICIT_PART, check_same_query_layout, has_part_at
 from .positional import encode_key_value, encode_query_input, encode_query_output, pe_uses_kv
 from .split_inference import row_window
 
@@ -34,11 +36,13 @@ class CrossAttnAdapter(nn.Module):
     """One adapter's part at one spatial `attn2`: LoRA deltas on K/V/O (+Q) or an implicit prompt, and how it
     builds its (spatiotemporal) queries. The out delta reads the attention output (standard placement)."""
 
+    part_kind = CROSS
+
     def __init__(self, attn, config: MIVAAdapterConfig):
         super().__init__()
-        self.implicit = config.ca_mode == "implicit"
+        self.implicit = IMPLICIT_PART.enabled(config)
         self.stq = config.spatiotemporal_key
-        self.has_lora = config.use_ca_lora and not self.implicit
+        self.has_lora = CA_LORA_PART.enabled(config)
         self.has_q_lora = self.has_lora and config.use_q_lora
         rank, alpha = config.ca_lora_rank, config.ca_lora_scale
         if self.has_lora:
@@ -144,12 +148,14 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
     weights do not sum to 1. `"weights"`: w_i-scaled deltas, one softmax over the adapters' prompts.
     """
 
+    part_kind = CROSS
+
     def __init__(self, context, layer_name: str = ""):
         super().__init__(context, layer_name)
         self.ip_adapter = None  # diffusers' IPAdapterAttnProcessor2_0 (its to_k_ip / to_v_ip) after load_ip_adapter
 
     def build_adapter(self, attn, name, config):
-        return CrossAttnAdapter(attn, config) if config.has_cross_attention_part else None
+        return CrossAttnAdapter(attn, config) if has_part_at(config, CROSS) else None
 
     # ---------------------------------------------------------------------------------------------- entry point
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
@@ -187,10 +193,8 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         """[main prompt, adapter 0's prompt, ...] each (batch*frames, T, D)."""
         if not self.context.adapter_prompts:
             return [text]
-        if self.context.fused:
-            raise ValueError(f"{self.layer_name}: per-adapter prompts cannot be used while adapters {self.context.fused}"
-                             " are fused (each adapter's K/V delta applies to a different prompt); call "
-                             "pipe.unfuse_adapters() first")
+        check_not_fused(self.context, f"{self.layer_name}: per-adapter prompts (each adapter's K/V delta applies to "
+                        "a different prompt)")
         chunks = 1 + len(self.context.active)
         if text.shape[1] % chunks:
             raise ValueError(f"{self.layer_name}: {text.shape[1]} text tokens cannot hold the main prompt and "
@@ -198,12 +202,9 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         return list(text.chunk(chunks, dim=1))
 
     def _stq(self, active) -> SpatiotemporalQuery | None:
-        keys = {self.adapters[name].stq for _, name, _ in active}
-        if len(keys) > 1:
-            names = [name for _, name, _ in active]
-            raise ValueError(f"active adapters {names} disagree on spatiotemporal Q / positional encoding "
-                             f"(q_downsample, ratio, mode, ca_pe_mode, pe_style): {sorted(map(str, keys))}")
-        key = keys.pop()
+        keys = {name: self.adapters[name].stq for _, name, _ in active}
+        check_same_query_layout(keys)
+        key = next(iter(keys.values()))
         return SpatiotemporalQuery(key) if key[0] else None
 
     # ------------------------------------------------------------------------------------------ adapter paths
@@ -234,19 +235,16 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
             key, value = attn.to_k(prompts[0]), attn.to_v(prompts[0])
             return attn.to_out[0](self.attend(query, key, value, attn.heads))
 
-        if ctx.parallel_mode == "weights":
+        if merges_deltas(ctx.parallel_mode):
             # The merged attention is one branch; implicit prompts replace shares of it.
             y = plan.upsample(self._weights_branch(attn, plan, attention)) if attention else base()
             for f, w in implicit:
-                y = y * (1.0 - w) + f * w  # exactly f at w = 1 (no trace of the text left)
+                y = replace_share(y, f, w)
             return y
         y = plan.upsample(self._residual_branches(attn, plan, attention)) if attention else 0.0
         for f, w in implicit:
-            y = y + w * f
-        weights = [w for _, w, _ in branches]
-        if needs_base(weights):
-            y = y + (1.0 - sum(weights)) * base()
-        return y
+            y = add_share(y, f, w)
+        return mix_residual(y, [w for _, w, _ in branches], base)
 
     def _residual_branches(self, attn, plan, attention):
         """sum_i w_i (W_O a_i + b + dO_i(a_i)), every adapter on its own prompt; one SDPA call for all branches."""
@@ -280,7 +278,7 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         # W_O is linear: mix the attention outputs first and project once, W_O (sum_i w_i a_i) + (sum_i w_i) b.
         parts = a.chunk(n)
         weights = [w for _, w, _ in attention]
-        y = attn.to_out[0](sum(a_i * w for a_i, w in zip(parts, weights)))
+        y = attn.to_out[0](weighted_sum(parts, weights))
         if sum(weights) != 1.0:
             bias = linear_bias(attn.to_out[0], a)
             if bias is not None:

@@ -18,12 +18,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .composition import FUSED_MODE, check_fusable_mode, check_not_fused
 from .install import _attention_modules, get_miva_context
 from .lora import LoRADelta
-
-# Adapter attribute -> the projection of the diffusers `Attention` its delta belongs to.
-_DELTA_TARGETS = {"to_q_lora": "to_q", "to_k_lora": "to_k", "to_v_lora": "to_v", "to_out_lora": "to_out"}
-_FLAGS = ("has_lora", "has_q_lora")
+from .parts import CA_LORA_PART, FUSE_TARGETS, FUSED_FLAGS, IMPLICIT_PART
 
 
 @dataclass
@@ -32,7 +30,7 @@ class FuseState:
 
     backups: list[tuple[nn.Module, str, torch.Tensor]] = field(default_factory=list)  # (Linear, "weight"/"bias", copy)
     flags: list[tuple[nn.Module, str, bool]] = field(default_factory=list)  # (adapter module, flag, old value)
-    parallel_mode: str = "weights"  # the mode in use before fusing (fused adapters always compose as "weights")
+    parallel_mode: str = FUSED_MODE  # the mode in use before fusing (fused adapters always compose as FUSED_MODE)
     active_before: list[tuple[str, float]] | None = None  # weights before `fuse_adapters(lora_scale=...)` scaled them
 
 
@@ -59,14 +57,9 @@ def _check_fusable(context, names: list[str]) -> None:
     configs = {name: context.configs[name] for name in names}
     # An adapter's own `prompt` (what `miva train` records) matters only when a call uses per-adapter prompts
     # (`batch_prompt`); that call is refused while fused (the pipeline's input check, `_split_prompts`).
-    if context.parallel_mode == "residual" and len(context.active) > 1:
-        raise ValueError(
-            f"parallel_mode='residual' with {len(context.active)} active adapters cannot be fused: fusing implements "
-            "'weights' (summed w_i-scaled deltas, one attention). Use pipe.set_adapters(names, weights, parallel_mode='weights') first, or "
-            "run unfused"
-        )
-    q_lora = [n for n, c in configs.items() if c.use_ca_lora and c.ca_mode == "lora" and c.use_q_lora]
-    implicit = [n for n, _ in context.active if context.configs[n].ca_mode == "implicit"]
+    check_fusable_mode(context.parallel_mode, len(context.active))
+    q_lora = [n for n, c in configs.items() if CA_LORA_PART.enabled(c) and c.use_q_lora]
+    implicit = [n for n, _ in context.active if IMPLICIT_PART.enabled(context.configs[n])]
     if q_lora and implicit:
         raise ValueError(
             f"adapters {q_lora} (use_q_lora) cannot be fused while implicit-prompt adapters {implicit} are active: "
@@ -86,8 +79,7 @@ def fuse_miva_adapters(unet: nn.Module, names: str | list[str] | None = None) ->
     `parallel_mode="residual"` with more than one active adapter.
     """
     context = get_miva_context(unet)
-    if context.fused:
-        raise ValueError(f"adapters {context.fused} are already fused; call pipe.unfuse_adapters() first")
+    check_not_fused(context, "fuse_adapters")
     if not context.enabled:
         raise ValueError("adapters are disabled (context.enabled=False); enable them before fusing")
     active = dict(context.active)
@@ -120,19 +112,18 @@ def fuse_miva_adapters(unet: nn.Module, names: str | list[str] | None = None) ->
                 if adapter is None or not getattr(adapter, "has_lora", False):
                     continue
                 weight = active[name]
-                for attribute, target in _DELTA_TARGETS.items():
-                    lora = getattr(adapter, attribute, None)
-                    if isinstance(lora, LoRADelta):
-                        accumulate(_projection(attn, target), "weight", weight * lora.delta_weight().float())
-                out_bias = getattr(adapter, "to_out_bias", None)
-                if out_bias is not None:
-                    if _projection(attn, "to_out").bias is None:
-                        raise ValueError(
-                            f"{layer_name}: adapter {name!r} has an out-delta bias but to_out[0] has no "
-                            "bias to fuse it into"
-                        )
-                    accumulate(_projection(attn, "to_out"), "bias", weight * out_bias.float())
-                for flag in _FLAGS:
+                for attribute, (target, kind) in FUSE_TARGETS.items():  # the fusable parts' tensors (parts.py)
+                    member = getattr(adapter, attribute, None)
+                    if kind == "weight" and isinstance(member, LoRADelta):
+                        accumulate(_projection(attn, target), "weight", weight * member.delta_weight().float())
+                    elif kind == "bias" and member is not None:
+                        if _projection(attn, target).bias is None:
+                            raise ValueError(
+                                f"{layer_name}: adapter {name!r} has an out-delta bias but to_out[0] has no "
+                                "bias to fuse it into"
+                            )
+                        accumulate(_projection(attn, target), "bias", weight * member.float())
+                for flag in FUSED_FLAGS:
                     if getattr(adapter, flag, False):
                         state.flags.append((adapter, flag, True))
         for linear, kind, delta in deltas.values():
@@ -143,7 +134,7 @@ def fuse_miva_adapters(unet: nn.Module, names: str | list[str] | None = None) ->
         setattr(adapter, flag, False)
     context.fuse_state = state
     context.fused = [(name, float(active[name])) for name in names]
-    context.parallel_mode = "weights"
+    context.parallel_mode = FUSED_MODE
     return list(context.fused)
 
 

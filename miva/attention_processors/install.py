@@ -10,9 +10,11 @@ from torch import nn
 from ..guards import check_float
 from .adapter_config import MIVAAdapterConfig
 from .attention_utils import check_attention_backend, check_supported_attention
-from .base import MIVAProcessorBase
-from .context import PARALLEL_MODES, MIVAContext, register_context_hooks
+from .base import MIVAProcessorBase, remove_adapter_everywhere
+from .composition import check_not_fused, check_parallel_mode
+from .context import MIVAContext, register_context_hooks
 from .cross_attention import MIVACrossAttnProcessor
+from .parts import check_same_query_layout
 from .self_attention import MIVASelfAttnProcessor
 from .temporal_attention import MIVATemporalAttnProcessor
 
@@ -143,12 +145,8 @@ def delete_miva_adapter(unet: nn.Module, name: str) -> None:
     context = get_miva_context(unet)
     if name not in context.configs:
         raise ValueError(f"no adapter named {name!r}; loaded adapters: {list(context.configs)}")
-    if name in dict(context.fused):
-        raise ValueError(f"adapter {name!r} is fused into the base weights; call pipe.unfuse_adapters() first")
-    for processor in context.processors.values():
-        processor.remove_adapter(name)
-    del context.configs[name]
-    context.active = [(n, w) for n, w in context.active if n != name]
+    check_not_fused(context, "delete_adapters", [name])
+    remove_adapter_everywhere(context, name)
 
 
 def set_miva_adapters(unet: nn.Module, names: str | list[str], weights: float | list[float] | None = None,
@@ -175,12 +173,9 @@ def set_miva_adapters(unet: nn.Module, names: str | list[str], weights: float | 
         raise ValueError(f"unknown adapter {unknown[0]!r}; loaded adapters: {list(context.configs)}")
     if len(set(names)) != len(names):
         raise ValueError(f"adapter names must be distinct, got {names}")
-    keys = {context.configs[n].spatiotemporal_key for n in names if context.configs[n].has_cross_attention_part}
-    if len(keys) > 1:
-        raise ValueError(f"adapters {names} disagree on spatiotemporal Q / positional encoding (q_downsample, "
-                         f"q_downsample_ratio, q_downsample_mode, ca_pe_mode, pe_style) and cannot be active together")
-    if context.fused:
-        raise ValueError("adapters are fused into the base weights; call pipe.unfuse_adapters() first")
+    check_same_query_layout({n: context.configs[n].spatiotemporal_key for n in names
+                             if context.configs[n].has_cross_attention_part})
+    check_not_fused(context, "set_adapters")
     if parallel_mode is not None:
         set_parallel_mode(unet, parallel_mode)
     context.active = list(zip(names, weights))
@@ -189,12 +184,10 @@ def set_miva_adapters(unet: nn.Module, names: str | list[str], weights: float | 
 
 
 def set_parallel_mode(unet: nn.Module, parallel_mode: str) -> None:
-    if parallel_mode not in PARALLEL_MODES:
-        raise ValueError(f"parallel_mode={parallel_mode!r} is not one of {list(PARALLEL_MODES)}")
+    check_parallel_mode(parallel_mode)
     context = get_miva_context(unet)
-    if context.fused and parallel_mode != context.parallel_mode:
-        raise ValueError(f"parallel_mode={parallel_mode!r}: adapters {context.fused} are fused ('weights' "
-                         "semantics); call pipe.unfuse_adapters() first")
+    if parallel_mode != context.parallel_mode:
+        check_not_fused(context, f"parallel_mode={parallel_mode!r}")
     context.parallel_mode = parallel_mode
 
 

@@ -12,6 +12,7 @@ from .adapter_config import MIVAAdapterConfig, parse_first_frame_scale
 from .attention_utils import finish_output, prepare_mask, project_out
 from .base import MIVAProcessorBase
 from .lora import compute_dtype, weights_readable
+from .parts import SELF, has_part_at
 from .split_inference import carried_reference_kv, row_window
 
 
@@ -22,6 +23,8 @@ class CrossFrameAdapter(nn.Module):
     optional trainable copy of attn1's `to_q`, and for `sa_first_frame_scale="adaptive_<T>"` a `weight_module`
     (`Linear(temb_channels, 2)`) giving the first-frame weight `s = softmax(W SiLU(temb) / T)[0]`.
     """
+
+    part_kind = SELF
 
     def __init__(self, attn, config: MIVAAdapterConfig, temb_channels: int):
         super().__init__()
@@ -65,8 +68,10 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
     both with values `[s V_first; (1 - s) V_prev]` under one softmax (`"first_prev"`).
     """
 
+    part_kind = SELF
+
     def build_adapter(self, attn, name, config):
-        if not config.use_i2v:
+        if not has_part_at(config, SELF):
             return None
         return CrossFrameAdapter(attn, config, self.context.temb_channels)
 

@@ -7,8 +7,10 @@ from torch import nn
 
 from .adapter_config import MIVAAdapterConfig
 from .attention_utils import finish_output, prepare_mask
-from .base import MIVAProcessorBase, needs_base
+from .base import MIVAProcessorBase
+from .composition import merges_deltas, weighted_sum, with_base_branch
 from .lora import LoRADelta, linear_with_deltas
+from .parts import MOTION_EMBED_PART, MOTION_LORA_PART, TEMPORAL, has_part_at
 
 
 class TemporalAdapter(nn.Module):
@@ -19,16 +21,18 @@ class TemporalAdapter(nn.Module):
     new adapter is a no-op (the research code draws N(0, 1)).
     """
 
+    part_kind = TEMPORAL
+
     def __init__(self, attn, config: MIVAAdapterConfig, max_frames: int):
         super().__init__()
         rank, alpha = config.motion_lora_rank, config.motion_lora_scale
-        self.has_lora = config.use_motion_lora
+        self.has_lora = MOTION_LORA_PART.enabled(config)
         if self.has_lora:
             self.to_q_lora = LoRADelta(attn.to_q.in_features, attn.to_q.out_features, rank, alpha)
             self.to_k_lora = LoRADelta(attn.to_k.in_features, attn.to_k.out_features, rank, alpha)
             self.to_v_lora = LoRADelta(attn.to_v.in_features, attn.to_v.out_features, rank, alpha)
             self.to_out_lora = LoRADelta(attn.to_out[0].in_features, attn.to_out[0].out_features, rank, alpha)
-        self.motion_embed = nn.Parameter(torch.zeros(max_frames, attn.to_q.in_features)) if config.use_motion_embed else None
+        self.motion_embed = nn.Parameter(torch.zeros(max_frames, attn.to_q.in_features)) if MOTION_EMBED_PART.enabled(config) else None
 
     @property
     def inert(self) -> bool:
@@ -59,8 +63,10 @@ class MIVATemporalAttnProcessor(MIVAProcessorBase):
     attention.
     """
 
+    part_kind = TEMPORAL
+
     def build_adapter(self, attn, name, config):
-        if not (config.use_motion_lora or config.use_motion_embed):
+        if not has_part_at(config, TEMPORAL):
             return None
         return TemporalAdapter(attn, config, self.context.max_frames)
 
@@ -75,7 +81,7 @@ class MIVATemporalAttnProcessor(MIVAProcessorBase):
         if not active:
             out = self.attend(attn.to_q(hidden_states), attn.to_k(kv_source), attn.to_v(kv_source), attn.heads, mask)
             out = attn.to_out[1](attn.to_out[0](out))
-        elif self.context.parallel_mode == "weights":
+        elif merges_deltas(self.context.parallel_mode):
             out = self._weights(attn, hidden_states, encoder_hidden_states, mask, active)
         else:
             out = self._residual(attn, hidden_states, encoder_hidden_states, mask, active)
@@ -98,10 +104,7 @@ class MIVATemporalAttnProcessor(MIVAProcessorBase):
         (no adapter) only when the weights do not sum to 1. One SDPA call for all branches; since W_O is linear, the
         attention outputs are mixed first and projected once, `W_O (sum_j c_j a_j) + b + sum_i w_i dO_i(a_i)`
         (c = the branch weights, the base's being 1 - sum_i w_i)."""
-        weights = [w for _, _, w in active]
-        branches = [(self.adapters[name], w) for _, name, w in active]
-        if needs_base(weights):
-            branches.insert(0, (None, 1.0 - sum(weights)))
+        branches = with_base_branch([(self.adapters[name], w) for _, name, w in active], [w for _, _, w in active])
         single = len(branches) == 1
         shared = None  # Q/K/V of the un-embedded input, computed once for every branch that uses it
         qs, ks, vs = [], [], []
@@ -134,7 +137,7 @@ class MIVATemporalAttnProcessor(MIVAProcessorBase):
         if mask is not None:
             mask = mask.repeat(n, 1, 1, 1)
         parts = self.attend(torch.cat(qs), torch.cat(ks), torch.cat(vs), attn.heads, mask).chunk(n)
-        mixed = sum(a_j * c_j for a_j, (_, c_j) in zip(parts, branches))
+        mixed = weighted_sum(parts, [c_j for _, c_j in branches])
         out = attn.to_out[0](mixed)  # the bias enters with weight sum_j c_j = 1
         for a_j, (adapter, w) in zip(parts, branches):
             if adapter is not None and adapter.has_lora:

@@ -10,9 +10,10 @@ from .adapter_io import (
     push_miva_adapter_to_hub,
     save_miva_adapter,
 )
+from .convert import convert_research_checkpoint
 from .loader_mixin import MIVALoaderMixin, remove_miva_processors
 from .model_card import miva_model_card
-from .research import convert_research_checkpoint, convert_research_state_dict, remap_research_keys_for_index
+from .research import convert_research_state_dict, remap_research_keys_for_index
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",

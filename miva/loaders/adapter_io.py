@@ -22,8 +22,9 @@ A native adapter is a folder (or Hub repo) with
   complete adapter) and `adapter_name`;
 - `README.md`: the model card (`model_card.py`), and `sample.gif` when a sample was given.
 
-Loading is strict: every expected key present with the right shape, nothing unexpected. It is all-or-nothing: on any
-error the half-built adapter is removed and the UNet (and text encoder) are as before.
+The tensor format and the strict loader are `adapter_state.py` (shared with training checkpoints). Loading is strict:
+every expected key present with the right shape, nothing unexpected. It is all-or-nothing: on any error the
+half-built adapter is removed and the UNet (and text encoder) are as before.
 """
 
 from __future__ import annotations
@@ -39,15 +40,11 @@ from pathlib import Path
 import torch
 from huggingface_hub import create_repo, upload_folder
 
-from ..attention_processors import (
-    MIVAAdapterConfig,
-    add_miva_adapter,
-    get_miva_adapter_modules,
-    get_miva_context,
-    install_miva_processors,
-)
+from ..attention_processors import MIVAAdapterConfig, add_miva_adapter, get_miva_context, install_miva_processors
 from ..guards import check_finite_tensor
+from .adapter_state import adapter_state_dict, discard_adapter, load_adapter_state
 from .model_card import miva_model_card
+from .research import base_weights_from_unet, convert_research_state_dict, fill_mid_block_motion
 from .sources import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, SAMPLE_NAME, AdapterSource, resolve_source
 
 logger = logging.getLogger(__name__)
@@ -67,34 +64,6 @@ __all__ = [
     "save_miva_adapter",
     "write_adapter_folder",
 ]
-
-
-def _layer_prefix(layer_name: str) -> str:
-    return layer_name[: -len(".processor")] if layer_name.endswith(".processor") else layer_name
-
-
-def adapter_state_dict(unet, name: str) -> dict[str, torch.Tensor]:
-    """Adapter `name`'s tensors under native keys (`<layer>.<part>`), detached, sharing storage with the modules."""
-    context = get_miva_context(unet)
-    if name not in context.configs:
-        raise ValueError(f"no adapter named {name!r}; loaded adapters: {list(context.configs)}")
-    out = {}
-    for layer, module in get_miva_adapter_modules(unet, name).items():
-        prefix = _layer_prefix(layer)
-        for key, tensor in module.state_dict().items():
-            out[f"{prefix}.{key}"] = tensor
-    return out
-
-
-def discard_adapter(unet, name: str) -> None:
-    """Remove every trace of adapter `name`, even a half-built one (no error when there is none)."""
-    context = getattr(unet, "miva_context", None)
-    if context is None:
-        return
-    for processor in context.processors.values():
-        processor.remove_adapter(name)
-    context.configs.pop(name, None)
-    context.active = [(n, w) for n, w in context.active if n != name]
 
 
 # ------------------------------------------------------------------------------------------- text embeddings
@@ -304,8 +273,6 @@ def prepare_adapter(unet, source: AdapterSource) -> PreparedAdapter:
     if source.kind == "native":
         config, tensors = source.config, source.tensors
     else:
-        from .research import base_weights_from_unet, convert_research_state_dict, fill_mid_block_motion
-
         base = {**base_weights_from_unet(unet), **source.base}
         max_frames = int(getattr(unet.config, "motion_max_seq_length", None) or 32)
         try:
@@ -329,33 +296,6 @@ def prepare_adapter(unet, source: AdapterSource) -> PreparedAdapter:
     return PreparedAdapter(config, unet_tensors, text, source.origin, source.default_name)
 
 
-def _check_state(name: str, expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> None:
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    if missing:
-        key = missing[0]
-        extra = f"; the file has {len(unexpected)} unexpected keys, e.g. {unexpected[0]!r}" if unexpected else ""
-        raise ValueError(
-            f"adapter {name!r}: missing key {key!r} (this UNet expects shape "
-            f"{tuple(expected[key].shape)}); {len(missing)} missing in all{extra}"
-        )
-    if unexpected:
-        key = unexpected[0]
-        raise ValueError(
-            f"adapter {name!r}: unexpected key {key!r} of shape {tuple(tensors[key].shape)} (no such "
-            f"adapter part in this UNet); {len(unexpected)} unexpected in all"
-        )
-    for key, target in expected.items():
-        if tuple(tensors[key].shape) != tuple(target.shape):
-            raise ValueError(
-                f"adapter {name!r}: key {key!r} has shape {tuple(tensors[key].shape)} in the file but "
-                f"this UNet expects {tuple(target.shape)} (an adapter for a base model of another width?)"
-            )
-        if not tensors[key].is_floating_point():
-            raise ValueError(f"adapter {name!r}: key {key!r} has dtype {tensors[key].dtype}, expected floating point")
-        check_finite_tensor(f"adapter {name!r}: key {key!r}", tensors[key])
-
-
 def load_prepared_adapter(unet, name: str, config: MIVAAdapterConfig, tensors: dict[str, torch.Tensor]) -> None:
     """Create adapter `name` from `config` and fill it from `tensors` strictly (exact key set and shapes).
 
@@ -369,11 +309,7 @@ def load_prepared_adapter(unet, name: str, config: MIVAAdapterConfig, tensors: d
         )
     try:
         add_miva_adapter(unet, name, config)
-        expected = adapter_state_dict(unet, name)
-        _check_state(name, expected, tensors)
-        with torch.no_grad():
-            for key, target in expected.items():
-                target.copy_(tensors[key])
+        load_adapter_state(unet, name, tensors)
     except BaseException:
         discard_adapter(unet, name)
         raise

@@ -15,6 +15,8 @@ from ..attention_processors import (
     install_miva_processors,
     set_miva_adapters,
 )
+from ..attention_processors.composition import check_not_fused
+from ..attention_processors.parts import check_same_query_layout
 from .adapter_io import (
     apply_text_embeddings,
     check_text_embeddings,
@@ -156,16 +158,8 @@ class MIVALoaderMixin:
                 f"an adapter named {taken[0]!r} already exists; loaded adapters: {list(context.configs)} "
                 "(pass adapter_names=[...] or delete_adapters first)"
             )
-        layouts = {}
-        for name, item in zip(names, prepared):
-            if item.config.has_cross_attention_part:
-                layouts.setdefault(item.config.spatiotemporal_key, []).append(name)
-        if len(layouts) > 1:
-            detail = "; ".join(f"{adapters}: {key}" for key, adapters in layouts.items())
-            raise ValueError(
-                "adapters loaded together must agree on spatiotemporal Q and its positional encoding "
-                f"(q_downsample, q_downsample_ratio, q_downsample_mode, ca_pe_mode, pe_style): {detail}"
-            )
+        check_same_query_layout({name: item.config.spatiotemporal_key for name, item in zip(names, prepared)
+                                 if item.config.has_cross_attention_part})
 
     # ------------------------------------------------------------------------------------------- activation
     def set_adapters(
@@ -232,9 +226,7 @@ class MIVALoaderMixin:
         """Remove the named adapters; all or nothing (an unknown or fused name removes none)."""
         names = _name_list("adapter_names", adapter_names)
         context = get_miva_context(self.unet)
-        fused = [n for n, _ in context.fused if n in names]
-        if fused:
-            raise ValueError(f"adapters {fused} are fused into the base weights; call pipe.unfuse_adapters() first")
+        check_not_fused(context, "delete_adapters", names)
         with adapter_transaction(self.unet):
             for name in names:
                 delete_miva_adapter(self.unet, name)

@@ -6,6 +6,9 @@ import os
 import re
 
 from ..attention_processors.adapter_config import MIVAAdapterConfig
+from ..attention_processors.parts import component_lines, component_tags
+
+__all__ = ["BASE_TAGS", "component_tags", "is_hub_id", "miva_model_card"]
 
 BASE_TAGS = ["miva", "animatediff", "image-to-video", "diffusers"]
 TINY_MODELS = "miva.tiny"  # what `--tiny` runs record as base model and motion adapter (offline test models)
@@ -20,49 +23,8 @@ def is_hub_id(value: str | None) -> bool:
             and bool(_REPO_ID.match(value)))
 
 
-def component_tags(config: MIVAAdapterConfig) -> list[str]:
-    """Tags naming what the adapter contains."""
-    tags = []
-    if config.use_i2v:
-        tags.append(f"cross-frame-{config.sa_mode}")
-    if config.use_motion_lora:
-        tags.append("motion-lora")
-    if config.use_motion_embed:
-        tags.append("motion-embedding")
-    if config.ca_mode == "implicit":
-        tags.append("implicit-prompt")
-    elif config.use_ca_lora:
-        tags.append("ca-lora")
-    if config.q_downsample:
-        tags.append("spatiotemporal-query")
-    return tags
-
-
 def _components_text(config: MIVAAdapterConfig) -> list[str]:
-    rows = []
-    if config.use_i2v:
-        rows.append(
-            f"- cross-frame (I2V) branch at spatial self-attention: `sa_mode={config.sa_mode!r}`, "
-            f"`sa_first_frame_scale={config.sa_first_frame_scale!r}`, own W_Q: {config.i2v_train_q}"
-        )
-    if config.use_motion_lora:
-        rows.append(
-            f"- MotionLoRA at temporal attention: rank {config.motion_lora_rank}, alpha {config.motion_lora_scale}"
-        )
-    if config.use_motion_embed:
-        rows.append("- motion embedding (one `(frames, channels)` table per temporal attention)")
-    if config.ca_mode == "implicit":
-        rows.append(f"- implicit prompt at cross-attention: rank {config.implicit_rank}")
-    elif config.use_ca_lora:
-        rows.append(
-            f"- CA-LoRA at cross-attention: rank {config.ca_lora_rank}, alpha {config.ca_lora_scale}, "
-            f"Q-LoRA: {config.use_q_lora}"
-        )
-    if config.q_downsample:
-        rows.append(
-            f"- spatiotemporal query: ratio {config.q_downsample_ratio} ({config.q_downsample_mode}), "
-            f"`ca_pe_mode={config.ca_pe_mode!r}`, `pe_style={config.pe_style!r}`"
-        )
+    rows = component_lines(config)
     if config.word_to_learn:
         rows.append(f"- learned token `{config.word_to_learn}` (its text embedding ships in the adapter file)")
     return rows or ["- (no trainable parts)"]

@@ -44,96 +44,30 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from ..attention_processors.adapter_config import MIVAAdapterConfig
+from ..attention_processors.parts import LORA_DELTAS, MOTION_EMBED_PART, MOTION_LORA_PART
+from .research_keys import ResearchKey, needed_base_key, parse_research_key, remap_research_keys_for_index
+
+__all__ = [
+    "ResearchKey",
+    "base_weights_from_unet",
+    "convert_research_state_dict",
+    "fill_mid_block_motion",
+    "needed_base_key",
+    "parse_research_key",
+    "remap_research_keys_for_index",
+]
 
 logger = logging.getLogger(__name__)
-
-_CA = re.compile(
-    r"^(?P<layer>.+\.attn2)\.processor\.(?P<proj>to_(?:q|k|v|out))_loras?(?:\.(?P<idx>\d+))?\.(?P<w>down|up)\.weight$"
-)
-_MOTION = re.compile(
-    r"^(?P<mm>.+\.motion_modules\.\d+)\.temporal_transformer\.transformer_blocks\.(?P<t>\d+)\.attention_blocks\."
-    r"(?P<k>\d+)\.(?:processor\.)?(?:processors\.(?P<idx>\d+)\.)?"
-    r"(?P<part>to_(?:q|k|v|out)_lora\.(?:down|up)\.weight|motion_embed(?:\.weight)?)$"
-)
-_I2V = re.compile(
-    r"^(?P<block>.+\.transformer_blocks\.\d+)\.i2v_adapters?(?:\.(?P<idx>\d+))?\.(?:processor\.)?"
-    r"(?:processors\.(?P<idx2>\d+)\.)?(?P<part>.+)$"
-)
-_WEIGHT_MODULE = re.compile(r"^(?P<block>.+\.transformer_blocks\.\d+)\.attn1\.processor\.(?P<part>weight_module\..+)$")
-_I2V_PARTS = (
-    "to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias",
-    "to_q_lora.down.weight", "to_q_lora.up.weight", "to_out_lora.down.weight", "to_out_lora.up.weight",
-    "weight_module.weight", "weight_module.bias",
-)  # fmt: skip
-_BASE_KEY = re.compile(r"\.(?:attn2\.to_out\.0\.(?:weight|bias)|attn1\.to_[qkv]\.weight)$")
-_ADAPTER_MARKERS = ("_lora", "i2v_adapter", "motion_embed", "weight_module")
-
-
-@dataclass(frozen=True)
-class ResearchKey:
-    kind: str  # "ca", "motion", "i2v"
-    layer: str  # native attention layer path, e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
-    part: str  # part within the research layer, e.g. "to_k_lora.down.weight", "to_out.0.weight", "motion_embed"
-    index: int | None  # multi-adapter index, None for a single-adapter checkpoint
-
-
-def needed_base_key(key: str) -> bool:
-    """Whether a (research or diffusers) UNet key is a base weight the conversion reads: spatial attn2 `to_out.0`
-    (CA out-LoRA) and spatial attn1 `to_q/k/v` (I2V checks)."""
-    return bool(_BASE_KEY.search(key)) and "motion_modules" not in key
 
 
 def base_weights_from_unet(unet) -> dict[str, torch.Tensor]:
     """The base weights :func:`convert_research_state_dict` may need, from a diffusers `UNetMotionModel`."""
     return {k: v for k, v in unet.state_dict().items() if needed_base_key(k) and ".processor." not in k}
-
-
-def parse_research_key(key: str) -> ResearchKey | None:
-    """Map one research key; None for base weights; `ValueError` for adapter state we do not know."""
-    if not any(marker in key for marker in _ADAPTER_MARKERS):
-        return None
-    if m := _CA.match(key):
-        idx = m["idx"]
-        return ResearchKey("ca", m["layer"], f"{m['proj']}_lora.{m['w']}.weight", None if idx is None else int(idx))
-    if m := _MOTION.match(key):
-        part = "motion_embed" if m["part"].startswith("motion_embed") else m["part"]
-        layer = f"{m['mm']}.transformer_blocks.{m['t']}.attn{int(m['k']) + 1}"
-        return ResearchKey("motion", layer, part, None if m["idx"] is None else int(m["idx"]))
-    if (m := _I2V.match(key)) and m["part"] in _I2V_PARTS:
-        idx = m["idx"] if m["idx"] is not None else m["idx2"]
-        return ResearchKey("i2v", f"{m['block']}.attn1", m["part"], None if idx is None else int(idx))
-    if m := _WEIGHT_MODULE.match(key):
-        return ResearchKey("i2v", f"{m['block']}.attn1", m["part"], None)
-    raise ValueError(
-        f"unsupported research adapter key {key!r}: miva imports CA-LoRA ('...attn2.processor.to_k_lora."
-        "down.weight'), MotionLoRA / motion embedding ('...attention_blocks.K.processor.to_q_lora...') and "
-        "the I2V adapter ('...i2v_adapter.to_out.0.weight')"
-    )
-
-
-def remap_research_keys_for_index(state_dict: Mapping[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
-    """The research inference's renaming of adapter checkpoint `index` in a multi-adapter model (REFERENCE §4):
-    `i2v_adapter.` -> `i2v_adapters.{i}.`; in keys with `processor` but neither `_ip` nor `attn2` (the motion LoRAs)
-    `processor.` -> `processor.processors.{i}.`; in `attn2` keys `to_k_lora.` / `to_v_lora.` / `to_out_lora.` ->
-    `to_k_loras.{i}.` / ... (`to_q_lora` is not renamed)."""
-    out = {}
-    for key, value in state_dict.items():
-        new = key.replace("i2v_adapter.", f"i2v_adapters.{index}.")
-        if "processor" in new and "_ip" not in new and "attn2" not in new:
-            new = new.replace("processor.", f"processor.processors.{index}.")
-        if "attn2" in new:
-            for proj in ("to_k", "to_v", "to_out"):
-                new = new.replace(f"{proj}_lora.", f"{proj}_loras.{index}.")
-        out[new] = value
-    return out
 
 
 # ------------------------------------------------------------------------------------------------- conversion
@@ -409,48 +343,12 @@ def convert_research_state_dict(
     return dataclasses.replace(cfg, **updates), native
 
 
-def convert_research_checkpoint(
-    sources,
-    out_dir,
-    config: MIVAAdapterConfig | dict | None = None,
-    *,
-    unet=None,
-    adapter_index: int | None = None,
-    adapter_name: str = "adapter",
-) -> Path:
-    """Write a research checkpoint as a native adapter folder (what `miva convert` does); returns the folder.
-
-    `sources`: a research split dict (`adapter_i2v_path` / `adapter_lora_path` / `ca_lora_path`), a research
-    `.pt`, or a research full-UNet `.safetensors`. `unet` (a `UNetMotionModel`) gives the base weights split
-    checkpoints need for the CA out-LoRA and, when given, the result is test-loaded into it (strictly, then removed).
-    """
-    from .adapter_io import load_prepared_adapter, write_adapter_folder
-    from .sources import resolve_source
-
-    source = resolve_source(sources, config=config)
-    if source.kind != "research":
-        raise ValueError(f"{source.origin} is already a native MIVA adapter; nothing to convert")
-    base = {**(base_weights_from_unet(unet) if unet is not None else {}), **source.base}
-    max_frames = int(getattr(unet.config, "motion_max_seq_length", 32)) if unet is not None else 32
-    index = source.adapter_index if adapter_index is None else adapter_index
-    cfg, native = convert_research_state_dict(
-        source.tensors, base=base, config=source.config, adapter_index=index, max_frames=max_frames
-    )
-    if unet is not None:
-        from .adapter_io import discard_adapter
-
-        fill_mid_block_motion(unet, cfg, native)
-        probe = "_miva_convert_probe"
-        load_prepared_adapter(unet, probe, cfg, native)
-        discard_adapter(unet, probe)
-    return write_adapter_folder(out_dir, cfg, native, adapter_name=adapter_name)
-
-
 def fill_mid_block_motion(unet, config: MIVAAdapterConfig, native: dict[str, torch.Tensor]) -> list[str]:
     """Zero MotionLoRA / motion-embedding entries for the UNet's mid-block motion module, which the research model
     (AnimateDiff v3 layout, REFERENCE §1) does not have: a zero delta there is "no adapter", as in the research model.
     Only layers with no entry at all are filled; returns their names."""
-    if not (config.use_motion_lora or config.use_motion_embed):
+    lora, embed = MOTION_LORA_PART.enabled(config), MOTION_EMBED_PART.enabled(config)
+    if not (lora or embed):
         return []
     max_frames = int(getattr(unet.config, "motion_max_seq_length", None) or 32)
     filled = []
@@ -459,17 +357,13 @@ def fill_mid_block_motion(unet, config: MIVAAdapterConfig, native: dict[str, tor
         if not layer.startswith("mid_block.motion_modules.") or any(k.startswith(layer + ".") for k in native):
             continue
         attn = unet.get_submodule(layer)
-        if config.use_motion_lora:
+        if lora:
             rank = config.motion_lora_rank
-            for proj, linear in (
-                ("to_q", attn.to_q),
-                ("to_k", attn.to_k),
-                ("to_v", attn.to_v),
-                ("to_out", attn.to_out[0]),
-            ):
-                native[f"{layer}.{proj}_lora.down.weight"] = torch.zeros(rank, linear.in_features)
-                native[f"{layer}.{proj}_lora.up.weight"] = torch.zeros(linear.out_features, rank)
-        if config.use_motion_embed:
+            for delta, proj in LORA_DELTAS.items():
+                linear = attn.to_out[0] if proj == "to_out" else getattr(attn, proj)
+                native[f"{layer}.{delta}.down.weight"] = torch.zeros(rank, linear.in_features)
+                native[f"{layer}.{delta}.up.weight"] = torch.zeros(linear.out_features, rank)
+        if embed:
             native[f"{layer}.motion_embed"] = torch.zeros(max_frames, attn.to_q.in_features)
         filled.append(layer)
     return filled

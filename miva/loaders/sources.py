@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from ..attention_processors.adapter_config import MIVAAdapterConfig
+from .research_keys import RESEARCH_ADAPTER_MARKERS, needed_base_key
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ HUB_KWARGS = ("revision", "subfolder", "cache_dir", "token", "local_files_only",
 RESEARCH_PATH_KEYS = ("adapter_i2v_path", "adapter_lora_path", "ca_lora_path")
 RESEARCH_DICT_KEYS = (*RESEARCH_PATH_KEYS, "config", "adapter_index")
 # Substrings that mark a research UNet key as adapter state (everything else is the frozen base).
-RESEARCH_ADAPTER_MARKERS = ("_lora", "i2v_adapter", "motion_embed", "weight_module")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -297,8 +297,6 @@ def _resolve_file(path: Path, config: MIVAAdapterConfig | None) -> AdapterSource
         return AdapterSource("native", tensors, native_config, os.fspath(path), name)
     research_layout = any(m in key for key in keys for m in (".processor.", "i2v_adapter", "temporal_transformer"))
     if research_layout and any(marker in key for key in keys for marker in RESEARCH_ADAPTER_MARKERS):
-        from .research import needed_base_key
-
         tensors, _ = read_safetensors(
             path, keys=lambda k: any(m in k for m in RESEARCH_ADAPTER_MARKERS) or needed_base_key(k)
         )

@@ -4,7 +4,9 @@ A checkpoint is `<output_dir>/checkpoint-<step>/`, written by `accelerator.save_
 `checkpoint-<step>.tmp/` and renamed when complete (so a killed run never leaves a half-written checkpoint under
 the final name). Our accelerate save/load hooks replace the full-UNet `model.safetensors` with the adapter's own
 tensors (`adapter_state.safetensors`, plus `learned_embeds.safetensors` for a learned word): a few MB instead of
-the whole 1.3B-parameter UNet, since everything else is frozen and rebuilt from the base model on resume.
+the whole 1.3B-parameter UNet, since everything else is frozen and rebuilt from the base model on resume. The tensors
+use the one adapter format of `miva_adapter.safetensors` (`loaders.adapter_state`), read back by its strict loader;
+checkpoints written with the older keys (`<layer>.processor.adapters.<name>.<part>`) still resume.
 `trainer_state.json` records the global step and what was trained.
 """
 
@@ -20,6 +22,7 @@ from torch import nn
 
 from ..atomic import atomic_write_text, remove_folder, replace_folder, sweep_leftovers
 from ..guards import read_json_object
+from ..loaders.adapter_state import adapter_state_dict, load_adapter_state
 
 __all__ = [
     "ADAPTER_STATE_FILE",
@@ -28,6 +31,7 @@ __all__ = [
     "LOG_FILE",
     "TRAINER_STATE_FILE",
     "adapter_state_dict",
+    "checkpoint_adapter_state",
     "find_checkpoint",
     "checkpoint_problem",
     "list_checkpoints",
@@ -127,41 +131,10 @@ def commit_folder(tmp: Path, final: Path) -> None:
     replace_folder(tmp, final)
 
 
-def adapter_state_dict(unet: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
-    """Every tensor of adapter `adapter_name` in `unet.state_dict()` (trained or not), as contiguous CPU copies."""
-    marker = f".adapters.{adapter_name}."
-    return {k: v.detach().cpu().contiguous().clone() for k, v in unet.state_dict().items() if marker in k}
-
-
-def load_adapter_state(unet: nn.Module, adapter_name: str, state: dict[str, torch.Tensor]) -> None:
-    """Copy `state` (from `adapter_state_dict`) into adapter `adapter_name` of `unet`, in place, exactly.
-
-    Raises `ValueError` naming the first missing or unexpected key, or a key whose shape differs (both shapes).
-    """
-    current = adapter_state_dict_refs(unet, adapter_name)
-    missing = sorted(set(current) - set(state))
-    unexpected = sorted(set(state) - set(current))
-    if missing or unexpected:
-        key = (missing or unexpected)[0]
-        kind = "missing from the checkpoint" if missing else "in the checkpoint but not in the adapter"
-        raise ValueError(
-            f"adapter {adapter_name!r}: key {key!r} is {kind} ({len(missing)} missing, "
-            f"{len(unexpected)} unexpected); was the checkpoint trained with another adapter config?"
-        )
-    with torch.no_grad():
-        for key, target in current.items():
-            if target.shape != state[key].shape:
-                raise ValueError(
-                    f"adapter {adapter_name!r}: key {key!r} has shape {tuple(state[key].shape)} in the "
-                    f"checkpoint but {tuple(target.shape)} in the adapter"
-                )
-            target.copy_(state[key].to(device=target.device, dtype=target.dtype))
-
-
-def adapter_state_dict_refs(unet: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
-    """Like `adapter_state_dict`, but the live tensors (no copy)."""
-    marker = f".adapters.{adapter_name}."
-    return {k: v for k, v in unet.state_dict(keep_vars=True).items() if marker in k}
+def checkpoint_adapter_state(unet: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
+    """Adapter `adapter_name`'s tensors in the one adapter format (`loaders.adapter_state`, the keys of
+    `miva_adapter.safetensors`), as contiguous CPU copies for `adapter_state.safetensors`."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in adapter_state_dict(unet, adapter_name).items()}
 
 
 class CheckpointMixin:
@@ -178,7 +151,7 @@ class CheckpointMixin:
         weights.clear()
         if self.accelerator.is_main_process:
             save_file(
-                adapter_state_dict(self.unet, self.config.adapter_name),
+                checkpoint_adapter_state(self.unet, self.config.adapter_name),
                 str(Path(output_dir) / ADAPTER_STATE_FILE),
             )
             if self.learned_token:

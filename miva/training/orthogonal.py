@@ -32,6 +32,7 @@ from torch import nn
 
 from miva.attention_processors import LoRADelta, MIVACrossAttnProcessor, MIVATemporalAttnProcessor
 from miva.attention_processors.install import get_miva_context, processor_kind
+from miva.attention_processors.parts import LORA_DELTAS
 
 __all__ = [
     "apply_orthogonal_bins",
@@ -42,9 +43,9 @@ __all__ = [
     "research_key_to_layer_key",
 ]
 
-DELTA_NAMES = ("to_q_lora", "to_k_lora", "to_v_lora", "to_out_lora")
+DELTA_NAMES = tuple(LORA_DELTAS)
 LIBRARY_FORMAT = "miva-oa-bases"
-_PROJECTIONS = {"to_q_lora": "to_q", "to_k_lora": "to_k", "to_v_lora": "to_v", "to_out_lora": "to_out"}
+_PROJECTIONS = LORA_DELTAS  # delta -> its projection (declared in attention_processors.parts)
 
 
 # ------------------------------------------------------------------------------------------------- layer keys

@@ -20,16 +20,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from ..attention_processors import add_miva_adapter, install_miva_processors, set_miva_adapters
 from . import checkpointing as ckpt
-from .checkpointing import LOG_FILE
+from .checkpointing import LOG_FILE  # noqa: F401  (public name)
+from .outputs import ADAPTER_FOLDER, FULL_UNET_FILE, TrainerOutputsMixin  # noqa: F401  (public names)
 from .train_config import TrainConfig
 from .trainer_parts import (
     LearnedToken,
+    SeededShuffleSampler,
     check_prompts_contain,
     checkpoint_motion_modules,
     encode_frames,
@@ -40,33 +41,10 @@ from .trainer_parts import (
     step_generator,
     to_unet_motion,
 )
-from .validation import run_validation
 
 __all__ = ["MIVATrainer", "SeededShuffleSampler", "main", "train"]
 
-ADAPTER_FOLDER = "adapter"
-FULL_UNET_FILE = "model.safetensors"
-
-
-class SeededShuffleSampler(Sampler[int]):
-    """A fresh permutation of `range(length)` per epoch, a pure function of `(seed, epoch)` (call `set_epoch`)."""
-
-    def __init__(self, length: int, seed: int):
-        self.length, self.seed, self.epoch = int(length), int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self):
-        state = np.random.SeedSequence([self.seed % 2**64, 0x5348, self.epoch]).generate_state(1, np.uint64)[0]
-        order = torch.Generator().manual_seed(int(state % 2**63))
-        return iter(torch.randperm(self.length, generator=order).tolist())
-
-    def __len__(self) -> int:
-        return self.length
-
-
-class MIVATrainer(ckpt.CheckpointMixin):
+class MIVATrainer(ckpt.CheckpointMixin, TrainerOutputsMixin):
     """One training run. `MIVATrainer(config).train()` returns the saved adapter folder (or full UNet file).
 
     `components` may hold ready base components (`unet` (2-D + `motion_adapter`, or a `UNetMotionModel`), `vae`,
@@ -377,82 +355,6 @@ class MIVATrainer(ckpt.CheckpointMixin):
         path = self.save_final()
         acc.end_training()
         return path
-
-    def _log_step(self, epoch: int, loss: float, seconds: float, lr: float) -> None:
-        self.accelerator.log({"loss": loss, "lr": lr}, step=self.global_step)
-        if self.accelerator.is_main_process:
-            record = dict(step=self.global_step, epoch=epoch, loss=loss, lr=lr, step_time=seconds)
-            with open(self.output_dir / LOG_FILE, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-
-    # ------------------------------------------------------------------------------------- validation, saving
-    def validate(self) -> list[Path]:
-        """Validation GIFs for the current step (main process; the others wait)."""
-        acc = self.accelerator
-        gifs = []
-        if acc.is_main_process:
-            gifs = run_validation(self)
-            self.last_gif = gifs[-1] if gifs else self.last_gif
-        self.last_gif_step = self.global_step
-        acc.wait_for_everyone()
-        return gifs
-
-    def final_path(self) -> Path:
-        return self.output_dir / (ADAPTER_FOLDER if self.config.split_ckpt else FULL_UNET_FILE)
-
-    def save_final(self) -> Path:
-        """Native adapter folder (`split_ckpt`) or the whole UNet in one safetensors file; push when asked."""
-        acc, config = self.accelerator, self.config
-        acc.wait_for_everyone()
-        path = self.final_path()
-        if acc.is_main_process:
-            text_encoder = self.text_encoder if self.learned_token else None
-            if config.split_ckpt:
-                from ..loaders.adapter_io import save_miva_adapter
-
-                path = Path(
-                    save_miva_adapter(
-                        self.unet,
-                        config.adapter_name,
-                        path,
-                        text_encoder=text_encoder,
-                        tokenizer=self.tokenizer if text_encoder is not None else None,
-                        sample_gif=self.last_gif,
-                        base_model=config.adapter.base_model,
-                    )
-                )
-            else:
-                self._save_full_unet(path)
-            self.logger.info(f"saved {path}")
-            if config.push_to_hub:
-                from ..loaders.adapter_io import push_miva_adapter_to_hub
-
-                push_miva_adapter_to_hub(
-                    self.unet,
-                    config.adapter_name,
-                    config.hub_model_id,
-                    private=config.hub_private,
-                    sample_gif=self.last_gif,
-                    text_encoder=text_encoder,
-                    tokenizer=self.tokenizer if text_encoder else None,
-                    base_model=config.adapter.base_model,
-                    commit_message=f"MIVA adapter {config.adapter_name}, step {self.global_step}",
-                )
-                self.logger.info(f"pushed adapter {config.adapter_name!r} to {config.hub_model_id}")
-        acc.wait_for_everyone()
-        return path
-
-    def _save_full_unet(self, path: Path) -> None:
-        """Research 'full' format: the whole UNet state dict (base in the training weight dtype, adapter float32),
-        with `adapter_config.json` and the learned word (`learned_embeds.safetensors`) beside it."""
-        from safetensors.torch import save_file
-
-        state = {k: v.detach().cpu().contiguous() for k, v in self.unet.state_dict().items()}
-        save_file(state, str(path), metadata={"format": "pt", "adapter_name": self.config.adapter_name})
-        self.config.adapter.save_pretrained(path.parent)
-        if self.learned_token:
-            save_file(self.learned_token.state_dict(), str(path.parent / ckpt.EMBEDS_FILE))
-
 
 def train(config: TrainConfig, components: dict | None = None) -> Path:
     """Train one MIVA adapter as `config` says; returns the adapter folder (or the full UNet file)."""

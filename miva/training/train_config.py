@@ -27,13 +27,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..attention_processors.adapter_config import MIVAAdapterConfig, parse_first_frame_scale
+from ..attention_processors.adapter_config import MIVAAdapterConfig
+from ..attention_processors.parts import TRAINABLE_PARTS, adapter_parts
 
 __all__ = ["TRAINABLE_PARTS", "TrainConfig", "ValidationConfig", "adapter_parts", "apply_overrides"]
 
-# What can be trained, in terms of adapter parts (DESIGN.md §3.9). "i2v" is the cross-frame branch's `to_out` (and its
-# own `to_q` copy when `i2v_train_q`); "adaptive_weight" the `sa_first_frame_scale="adaptive_<T>"` weight module.
-TRAINABLE_PARTS = ("i2v", "adaptive_weight", "motion_lora", "motion_embed", "ca_lora", "implicit")
+# What can be trained, in terms of adapter parts (DESIGN.md §3.9), and which of them an adapter has: declared once in
+# `attention_processors.parts` ("i2v" is the cross-frame branch's `to_out` (and its own `to_q` copy when
+# `i2v_train_q`); "adaptive_weight" the `sa_first_frame_scale="adaptive_<T>"` weight module).
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TRACKERS = (
     "auto",
@@ -48,24 +49,6 @@ TRACKERS = (
     "dvclive",
     "swanlab",
 )
-
-
-def adapter_parts(config: MIVAAdapterConfig) -> list[str]:
-    """The trainable parts `config` has, in `TRAINABLE_PARTS` order (the default `trainable_modules`)."""
-    parts = []
-    if config.use_i2v:
-        parts.append("i2v")
-        if parse_first_frame_scale(config.sa_first_frame_scale)[0] == "adaptive" and config.sa_mode == "first_prev":
-            parts.append("adaptive_weight")
-    if config.use_motion_lora:
-        parts.append("motion_lora")
-    if config.use_motion_embed:
-        parts.append("motion_embed")
-    if config.ca_mode == "implicit":
-        parts.append("implicit")
-    elif config.use_ca_lora:
-        parts.append("ca_lora")
-    return parts
 
 
 def _unknown_key_error(section: str, key: str, valid: list[str]) -> ValueError:

@@ -11,13 +11,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Sampler
 
 from ..attention_processors import get_miva_adapter_modules
+from ..attention_processors.parts import part_of
 from ..loaders.base_models import load_motion_adapter
 from .train_config import TrainConfig
 
 __all__ = [
     "LearnedToken",
+    "SeededShuffleSampler",
     "adapter_parameter_parts",
     "checkpoint_motion_modules",
     "encode_frames",
@@ -90,30 +93,17 @@ def load_components(config: TrainConfig) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ what trains
-def _part_of(module: nn.Module, param_name: str) -> str:
-    from ..attention_processors.cross_attention import CrossAttnAdapter
-    from ..attention_processors.self_attention import CrossFrameAdapter
-    from ..attention_processors.temporal_attention import TemporalAdapter
-
-    if isinstance(module, CrossFrameAdapter):
-        return "adaptive_weight" if param_name.startswith("weight_module.") else "i2v"
-    if isinstance(module, TemporalAdapter):
-        return "motion_embed" if param_name == "motion_embed" else "motion_lora"
-    if isinstance(module, CrossAttnAdapter):
-        return "implicit" if param_name.startswith("implicit_prompt.") else "ca_lora"
-    raise TypeError(f"unknown MIVA adapter module {type(module).__name__}")
-
-
 def adapter_parameter_parts(unet: nn.Module, adapter_name: str) -> dict[str, tuple[str, nn.Parameter]]:
     """`{unet parameter name: (part, parameter)}` for every parameter of adapter `adapter_name`.
 
-    Names are the UNet's own (`<layer>.processor.adapters.<name>.<part>`), parts those of `TRAINABLE_PARTS`.
+    Names are the UNet's own (`<layer>.processor.adapters.<name>.<part>`), parts those of `TRAINABLE_PARTS`, as
+    declared in `attention_processors.parts` (the module's `part_kind` and the parameter's attribute).
     """
     out = {}
     for layer, module in get_miva_adapter_modules(unet, adapter_name).items():
         prefix = f"{layer}.adapters.{adapter_name}."
         for name, param in module.named_parameters():
-            out[prefix + name] = (_part_of(module, name), param)
+            out[prefix + name] = (part_of(module.part_kind, name), param)
     return out
 
 
@@ -236,6 +226,25 @@ def check_prompts_contain(tokenizer, prompts: Iterable[str], word: str) -> None:
             f"word_to_learn={word!r} does not appear (as a separate word) in the prompt(s) {missing}; "
             "put it in `prompt` or in the clips' .txt sidecars"
         )
+
+
+# ---------------------------------------------------------------------------------------------- data order
+class SeededShuffleSampler(Sampler[int]):
+    """A fresh permutation of `range(length)` per epoch, a pure function of `(seed, epoch)` (call `set_epoch`)."""
+
+    def __init__(self, length: int, seed: int):
+        self.length, self.seed, self.epoch = int(length), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        state = np.random.SeedSequence([self.seed % 2**64, 0x5348, self.epoch]).generate_state(1, np.uint64)[0]
+        order = torch.Generator().manual_seed(int(state % 2**63))
+        return iter(torch.randperm(self.length, generator=order).tolist())
+
+    def __len__(self) -> int:
+        return self.length
 
 
 # ------------------------------------------------------------------------------------------------- objective
