@@ -210,7 +210,7 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         ctx, state = self.context, self.context.call_state()
         stq = self._stq(active)
         frames = state.frames(num_frames, self.layer_name) if stq is not None else num_frames
-        if stq is not None and row_window(state, self.layer_name, x.shape[0], frames) is not None:
+        if stq is not None and row_window(state, self.layer_name, rows=x.shape[0], frames=frames) is not None:
             raise ValueError(f"{self.layer_name}: spatiotemporal Q (q_downsample) attends over all frames of a video at "
                              f"once, but FreeNoise split inference hands this layer {x.shape[0]} rows at a time; run "
                              "without enable_free_noise_split_inference() or with an adapter without q_downsample")

@@ -84,14 +84,15 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
         if active:
             state = self.context.call_state()
             frames = state.frames(num_frames, self.layer_name)
-            window = row_window(state, self.layer_name, hidden_states.shape[0], frames)
+            window = row_window(state, self.layer_name, rows=hidden_states.shape[0], frames=frames)
             if window is None and hidden_states.shape[0] % frames:
                 raise ValueError(f"{self.layer_name}: batch {hidden_states.shape[0]} is not a multiple of "
                                  f"num_frames={frames}")
-            out = out + self._branches(hidden_states, query, key, value, active, frames, attn.heads, window, state)
+            out = out + self._branches(hidden_states, query, key, value, active=active, frames=frames,
+                                       heads=attn.heads, window=window, state=state)
         return finish_output(attn, out, residual)
 
-    def _branches(self, x, query, key, value, active, frames, heads, window, state):
+    def _branches(self, x, query, key, value, *, active, frames, heads, window, state):
         """Sum of `w_i * to_out_i(a_i)` over the active cross-frame branches, one SDPA call per K/V layout.
         `window`: the `(start, stop)` rows of the batch this call sees under split inference (None: all); `state`:
         the call's `CallState`."""
@@ -166,7 +167,7 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
         if window[0] == 0:  # a forward's first chunk: nothing carried from the previous forward
             caches[self.layer_name] = {}
         cache = caches.setdefault(self.layer_name, {})
-        return carried_reference_kv(cache, key, value, frames, window)
+        return carried_reference_kv(cache, key, value, frames=frames, window=window)
 
     def _attend_group_chunk(self, adapter, queries, value, *, frames, heads, state, window, references):
         """`_attend_group` for the rows `window` of the batch (split inference), on the carried `references`."""

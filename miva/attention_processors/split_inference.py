@@ -14,7 +14,7 @@ import torch
 from .context import CallState
 
 
-def row_window(state: CallState, layer_name: str, rows: int, frames: int) -> tuple[int, int] | None:
+def row_window(state: CallState, layer_name: str, *, rows: int, frames: int) -> tuple[int, int] | None:
     """`(start, stop)` of the rows a spatial layer sees in this call when split inference chunks the batch, or None
     when it sees the whole `(batch*frames)` batch (or runs outside a UNet forward, where nothing is chunked)."""
     timestep = state.forward.timestep
@@ -28,7 +28,7 @@ def row_window(state: CallState, layer_name: str, rows: int, frames: int) -> tup
 
 
 def carried_reference_kv(cache: dict[int, tuple[torch.Tensor, torch.Tensor]], key: torch.Tensor,
-                         value: torch.Tensor, frames: int, window: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+                         value: torch.Tensor, *, frames: int, window: tuple[int, int]) -> tuple[torch.Tensor, ...]:
     """Keys/values of each row's reference frames for the rows `[start, stop)` of the batch.
 
     `key`, `value`: `(stop - start, h*w, C)`, this chunk's. `cache` holds (global row -> (key, value) rows) from
