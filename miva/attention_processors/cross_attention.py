@@ -139,9 +139,9 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
 
     `encoder_hidden_states` is `(batch*frames, T*(1+P), D)`: the main prompt's T tokens, then one prompt per active
     adapter when the call's state says so (`CallState.adapter_prompts`; P = number of active adapters). With no
-    active adapter this equals diffusers' `AttnProcessor2_0` exactly. `"residual"`: `y_base + sum_i w_i (y_i - y_base)`, the N
-    branches batched into one SDPA call and `y_base` (frozen, main prompt, ordinary queries) computed only when the
-    weights do not sum to 1. `"weights"`: w_i-scaled deltas, one softmax over the adapters' prompts.
+    active adapter this equals diffusers' `AttnProcessor2_0` exactly. `"residual"`: `y_base + sum_i w_i (y_i -
+    y_base)`, the N branches batched into one SDPA call and `y_base` (frozen, main prompt, ordinary queries)
+    computed only when the weights do not sum to 1. `"weights"`: w_i-scaled deltas, one softmax over the adapters' prompts.
     """
 
     def __init__(self, context, layer_name: str = ""):

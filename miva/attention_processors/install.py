@@ -52,8 +52,9 @@ def install_miva_processors(unet: nn.Module, parallel_mode: str | None = None,
     layer of `unet` and return the shared `MIVAContext` (`unet.miva_context`).
 
     Called once per UNet (`MIVAPipeline.__init__`, or the first adapter on a bare UNet); after diffusers replaced
-    processors, `miva.pipelines.processor_swaps.restore_miva_processors` calls it again. Idempotent, and safe after diffusers calls that replaced processors (`fuse_qkv_projections`, `load_ip_adapter`,
-    xformers, ...): the processors created the first time, with their adapters, are put back. An IP-Adapter
+    processors, `miva.pipelines.processor_swaps.restore_miva_processors` calls it again. Idempotent, and safe
+    after diffusers calls that replaced processors (`fuse_qkv_projections`, `load_ip_adapter`, xformers, ...): the
+    processors created the first time, with their adapters, are put back. An IP-Adapter
     processor found on a cross-attention layer is kept inside ours. `attention_backend` ("sdpa" or "xformers"),
     when given, is passed to `set_miva_attention_backend`.
     """
