@@ -33,6 +33,7 @@ from miva.attention_processors import (  # noqa: E402
     MIVACrossAttnProcessor,
     MIVASelfAttnProcessor,
     MIVATemporalAttnProcessor,
+    miva_call,
 )
 
 LEVELS = {0: (320, 40, 64), 1: (640, 20, 32), 2: (1280, 10, 16)}
@@ -70,22 +71,22 @@ def timed(fn, device) -> float:
 
 
 def build_case(case: str, channels: int, size: tuple[int, int], frames: int, batch: int, device, dtype):
-    """(attn, MIVA processor) for `case`, adapters randomised and active with equal weights summing to 1."""
+    """(attn, MIVA processor, call values) for `case`, adapters randomised and active with equal weights summing to
+    1; the call values (for `miva_call`) are what the UNet's hooks would record."""
     kind, fields, layout, count, mode = CASES[case]
     cross = layout == "cross"
     attn = Attention(channels, cross_attention_dim=768 if cross else None, heads=8, dim_head=channels // 8,
                      out_bias=True).to(device, dtype).eval()
-    attn.miva_spatial_size = size
-    context = MIVAContext(num_frames=frames, temb_channels=1280, parallel_mode=mode)
-    context.timestep = torch.full((batch,), 500, device=device)
-    context.temb = torch.randn(batch, 1280).to(device, dtype)
+    context = MIVAContext(temb_channels=1280, parallel_mode=mode)
+    values = dict(num_frames=frames, spatial_sizes={case: size}, timestep=torch.full((batch,), 500, device=device),
+                  temb=torch.randn(batch, 1280).to(device, dtype))
     processor = kind(context, layer_name=case)
     names = [f"a{i}" for i in range(count)]
     for name in names:
         processor.add_adapter(attn, name, MIVAAdapterConfig(**fields))
     randomise_adapters(processor)
     context.active = [(name, 1.0 / count) for name in names]
-    return attn, processor
+    return attn, processor, values
 
 
 def main(argv=None) -> dict:
@@ -113,7 +114,7 @@ def main(argv=None) -> dict:
     for case, (_, _, layout, _, _) in CASES.items():
         if args.cases and case not in args.cases:
             continue
-        attn, processor = build_case(case, channels, (h, w), frames, batch, device, dtype)
+        attn, processor, values = build_case(case, channels, (h, w), frames, batch, device, dtype)
         x = temporal if layout == "temporal" else spatial
         ehs = text if layout == "cross" else None
         stock = AttnProcessor2_0()
@@ -124,11 +125,12 @@ def main(argv=None) -> dict:
         def stock_fn(attn=attn, stock=stock, x=x, ehs=ehs):
             return stock(attn, x, ehs)
 
-        ours_fn(), stock_fn()
         a, b = [], []
-        for _ in range(args.repeats):
-            a.append(timed(stock_fn, device))
-            b.append(timed(ours_fn, device))
+        with miva_call(processor.context, **values):  # one call state for the case, as one pipeline call would
+            ours_fn(), stock_fn()
+            for _ in range(args.repeats):
+                a.append(timed(stock_fn, device))
+                b.append(timed(ours_fn, device))
         row = {"case": case, "stock_ms": 1e3 * min(a), "miva_ms": 1e3 * min(b), "ratio": min(b) / min(a),
                "median_pair_ratio": statistics.median(y / x for x, y in zip(a, b)), "stock_s": a, "miva_s": b}
         rows.append(row)

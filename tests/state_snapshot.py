@@ -41,7 +41,7 @@ def take_snapshot(pipe) -> dict:
             "parallel_mode": context.parallel_mode,
             "enabled": context.enabled,
             "fused": list(context.fused),
-            "adapter_prompts": context.adapter_prompts,
+            "open_calls": len(context.calls),  # a failed call must close its call state (`miva_call`)
             "banks": {layer: list(proc.adapters) for layer, proc in context.processors.items()},
         }
     return snap

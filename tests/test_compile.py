@@ -1,6 +1,6 @@
 """torch.compile: the UNet with MIVA processors and active adapters traces into one graph and matches eager.
 
-The hooks that feed `MIVAContext` sit on submodules (never on the UNet itself, whose hooks dynamo does not inline),
+The hooks that feed the per-call state (`CallState`) sit on submodules (never on the UNet itself, whose hooks dynamo does not inline),
 and the processors branch only on Python values (weights, shapes, modes), never on tensor values. Checked on the
 tiny UNet (8x8 latents, 4 frames) in two traces of ~25 s each: one adapter with the cross-frame branch
 (`first_prev`, adaptive weight), MotionLoRA, motion embedding and CA-LoRA with Q-LoRA (autograd path, through
@@ -15,8 +15,8 @@ from miva.attention_processors import (
     MIVAAdapterConfig,
     add_miva_adapter,
     get_miva_adapter_modules,
-    get_miva_context,
     install_miva_processors,
+    miva_call,
     set_miva_adapters,
 )
 from miva.tiny import tiny_unet_motion
@@ -77,7 +77,6 @@ def test_fullgraph_compile_matches_eager_with_two_residual_adapters_and_prompts(
     adapters, each on its own prompt, with weights that need the base branch; equal to eager."""
     unet = _unet(["stq_a", "stq_b"])
     set_miva_adapters(unet, ["stq_a", "stq_b"], [0.6, 0.3], parallel_mode="residual")
-    get_miva_context(unet).adapter_prompts = True
     sample, timestep, text = _inputs(prompts=3)
     graphs = []
 
@@ -87,8 +86,9 @@ def test_fullgraph_compile_matches_eager_with_two_residual_adapters_and_prompts(
 
     compiled = torch.compile(unet, fullgraph=True, backend=backend)
     with torch.no_grad():
-        eager = unet(sample, timestep, encoder_hidden_states=text).sample
-        out = compiled(sample, timestep, encoder_hidden_states=text).sample
+        with miva_call(unet, adapter_prompts=True):  # the call state (its hooks' writes included) traces in-graph
+            eager = unet(sample, timestep, encoder_hidden_states=text).sample
+            out = compiled(sample, timestep, encoder_hidden_states=text).sample
         set_miva_adapters(unet, [])
         base = unet(sample, timestep, encoder_hidden_states=text[:, :TOKENS]).sample
     assert len(graphs) == 1

@@ -7,11 +7,11 @@ explicit references built from its weights; a module-scoped tiny `UNetMotionMode
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import activate, add_standalone_adapter, run_processor, standalone_processor
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from miva.attention_processors import (
     MIVAAdapterConfig,
-    MIVAContext,
     MIVACrossAttnProcessor,
     add_miva_adapter,
     get_miva_adapter_modules,
@@ -37,14 +37,12 @@ def _attn(seed=0):
     ).eval()
 
 
-def _processor(attn, config=None, weight=1.0, seed=1):
-    """A processor with its own context; with `config`, adapter "a" is added, randomised and active."""
-    context = MIVAContext()
-    processor = MIVACrossAttnProcessor(context, layer_name="test.attn2.processor")
+def _processor(attn, config=None, weight=1.0, seed=1, **context_fields):
+    """A processor with its own context (`context_fields`, e.g. `parallel_mode`); with `config`, adapter "a" is
+    added, randomised and active."""
+    processor = standalone_processor(MIVACrossAttnProcessor, attn, config, weight=weight,
+                                     layer_name="test.attn2.processor", **context_fields)
     if config is not None:
-        processor.add_adapter(attn, "a", config)
-        context.configs["a"] = config
-        context.active = [("a", weight)]
         generator = _gen(seed)
         with torch.no_grad():
             for p in processor.adapters["a"].parameters():
@@ -84,9 +82,7 @@ def test_no_adapter_equals_stock_processor():
     # A freshly added adapter (zero-initialised CA-LoRA and Q-LoRA) is a no-op too.
     fresh = _processor(attn)
     config = MIVAAdapterConfig(use_ca_lora=True, use_q_lora=True, ca_lora_rank=4, **CA_ONLY)
-    fresh.add_adapter(attn, "a", config)
-    fresh.context.configs["a"] = config
-    fresh.context.active = [("a", 1.0)]
+    add_standalone_adapter(fresh, attn, config)
     torch.testing.assert_close(fresh(attn, x, text), expected, atol=1e-6, rtol=0)
 
 
@@ -113,8 +109,7 @@ def test_ca_lora_formula(use_q_lora, parallel_mode):
     in both parallel modes)."""
     attn = _attn()
     config = MIVAAdapterConfig(use_ca_lora=True, use_q_lora=use_q_lora, ca_lora_rank=4, ca_lora_scale=2.0, **CA_ONLY)
-    processor = _processor(attn, config)
-    processor.context.parallel_mode = parallel_mode
+    processor = _processor(attn, config, parallel_mode=parallel_mode)
     adapter = processor.adapters["a"]
     assert hasattr(adapter, "to_q_lora") == use_q_lora
     x = torch.randn(4, 12, QUERY_DIM, generator=_gen(3))
@@ -139,7 +134,6 @@ def test_ca_lora_formula(use_q_lora, parallel_mode):
 def test_stq_r1_without_pe_equals_ordinary_cross_attention():
     attn = _attn()
     videos, frames, size = 2, 3, (3, 4)
-    attn.miva_spatial_size = size
     x = torch.randn(videos * frames, 12, QUERY_DIM, generator=_gen(5))
     text = _video_text(videos, frames)
     plain_config = MIVAAdapterConfig(use_ca_lora=True, use_q_lora=True, ca_lora_rank=4, **CA_ONLY)
@@ -147,11 +141,13 @@ def test_stq_r1_without_pe_equals_ordinary_cross_attention():
         use_ca_lora=True, use_q_lora=True, ca_lora_rank=4, q_downsample=True, q_downsample_ratio=1, **CA_ONLY
     )
     plain, stq = _processor(attn, plain_config, seed=7), _processor(attn, stq_config, seed=7)
-    torch.testing.assert_close(stq(attn, x, text, num_frames=frames), plain(attn, x, text), atol=1e-6, rtol=0)
+    torch.testing.assert_close(run_processor(stq, attn, x, text, size=size, num_frames=frames), plain(attn, x, text),
+                               atol=1e-6, rtol=0)
     # An STQ-only adapter (no LoRA) at r = 1 is exactly the stock cross-attention.
     stq_only = _processor(attn, MIVAAdapterConfig(q_downsample=True, q_downsample_ratio=1, **CA_ONLY))
     torch.testing.assert_close(
-        stq_only(attn, x, text, num_frames=frames), AttnProcessor2_0()(attn, x, text), atol=1e-6, rtol=0
+        run_processor(stq_only, attn, x, text, size=size, num_frames=frames), AttnProcessor2_0()(attn, x, text),
+        atol=1e-6, rtol=0,
     )
 
 
@@ -198,7 +194,6 @@ def test_stq_equals_cross_attention_of_the_kept_pixels(size, ratio, frames):
     ordinary cross-attention output of the pixel that represents its block (nearest) or of the block mean (avg)."""
     h, w = size
     attn = _attn()
-    attn.miva_spatial_size = size
     videos = 2
     x = torch.randn(videos * frames, h * w, QUERY_DIM, generator=_gen(8))
     text = _video_text(videos, frames)
@@ -215,7 +210,7 @@ def test_stq_equals_cross_attention_of_the_kept_pixels(size, ratio, frames):
                 MIVAAdapterConfig(q_downsample=True, q_downsample_ratio=ratio, q_downsample_mode=mode, **common),
                 seed=9,
             )
-            out = stq(attn, x, text, num_frames=frames)
+            out = run_processor(stq, attn, x, text, size=size, num_frames=frames)
             assert out.shape == x.shape
             kept = grid[:, ::ratio, ::ratio] if mode == "nearest" else _block_means(grid, ratio)
             coarse = plain(attn, kept.reshape(videos * frames, hq * wq, QUERY_DIM), text)
@@ -237,8 +232,8 @@ def test_stq_needs_the_level_size():
 @pytest.mark.parametrize("parallel_mode", ["residual", "weights"])
 def test_implicit_prompt_formula_ignores_text(parallel_mode):
     attn = _attn()
-    processor = _processor(attn, MIVAAdapterConfig(ca_mode="implicit", implicit_rank=6, **CA_ONLY))
-    processor.context.parallel_mode = parallel_mode
+    processor = _processor(attn, MIVAAdapterConfig(ca_mode="implicit", implicit_rank=6, **CA_ONLY),
+                           parallel_mode=parallel_mode)
     implicit = processor.adapters["a"].implicit_prompt
     assert not hasattr(processor.adapters["a"], "to_k_lora")
     x = torch.randn(4, 10, QUERY_DIM, generator=_gen(3))
@@ -253,9 +248,9 @@ def test_implicit_prompt_formula_ignores_text(parallel_mode):
         torch.testing.assert_close(processor(attn, x, other_text), out, atol=0, rtol=0)
         # Weight 0: the base cross-attention, which does read the text; 0.5: halfway.
         stock = AttnProcessor2_0()(attn, x, text)
-        processor.context.active = [("a", 0.0)]
+        activate(processor, [("a", 0.0)])
         torch.testing.assert_close(processor(attn, x, text), stock, atol=1e-6, rtol=0)
-        processor.context.active = [("a", 0.5)]
+        activate(processor, [("a", 0.5)])
         torch.testing.assert_close(processor(attn, x, text), 0.5 * stock + 0.5 * expected, atol=1e-5, rtol=1e-5)
 
 
@@ -264,8 +259,7 @@ def test_fresh_implicit_prompt_outputs_zero():
     attn = _attn()
     config = MIVAAdapterConfig(ca_mode="implicit", **CA_ONLY)
     processor = _processor(attn)
-    processor.add_adapter(attn, "a", config)
-    processor.context.configs["a"], processor.context.active = config, [("a", 1.0)]
+    add_standalone_adapter(processor, attn, config)
     out = processor(attn, torch.randn(2, 6, QUERY_DIM), torch.randn(2, TEXT_TOKENS, TEXT_DIM))
     assert torch.count_nonzero(out) == 0
 

@@ -269,7 +269,7 @@ def test_carried_reference_frames_equal_those_of_the_whole_batch(chunk):
     cache, parts = {}, []
     for start in range(0, 12, chunk):
         stop = min(start + chunk, 12)
-        parts.append(carried_reference_kv(cache, key[start:stop], value[start:stop], frames, (start, stop)))
+        parts.append(carried_reference_kv(cache, key[start:stop], value[start:stop], frames=frames, window=(start, stop)))
     for i, expected in enumerate((key[first], value[first], key[prev], value[prev])):
         torch.testing.assert_close(torch.cat([p[i] for p in parts]), expected, atol=0, rtol=0)
     assert set(cache) <= {0, 6, 11}  # only frame-0 rows and the last row are kept

@@ -19,6 +19,7 @@ from miva.attention_processors import (
     get_miva_adapter_modules,
     get_miva_context,
     install_miva_processors,
+    miva_call,
     set_miva_adapters,
     set_parallel_mode,
 )
@@ -96,14 +97,25 @@ def test_no_adapter_and_fresh_adapter_equal_stock(inputs, stock_output):
     add_miva_adapter(unet, "fresh", MIVAAdapterConfig(**FULL))
     set_miva_adapters(unet, ["fresh"])
     torch.testing.assert_close(_run(unet, inputs), stock_output, atol=1e-6, rtol=0)
-    # The hooks saw this call.
-    assert context.num_frames == FRAMES
-    assert context.timestep.tolist() == [500, 200]
-    assert context.temb.shape == (VIDEOS, 128)
-    level0 = unet.down_blocks[0].attentions[0].transformer_blocks[0]
-    level1 = unet.down_blocks[1].attentions[0].transformer_blocks[0]
-    assert level0.attn1.miva_spatial_size == SIZE and level0.attn2.miva_spatial_size == SIZE
-    assert level1.attn2.miva_spatial_size == (4, 5)
+    # The hooks recorded this call's values in its call state (here a bare forward outside any `miva_call`).
+    values = context.call_state().forward
+    assert values.num_frames == FRAMES
+    assert values.timestep.tolist() == [500, 200]
+    assert values.temb.shape == (VIDEOS, 128)
+    level0 = "down_blocks.0.attentions.0.transformer_blocks.0"
+    level1 = "down_blocks.1.attentions.0.transformer_blocks.0"
+    assert values.spatial_sizes[f"{level0}.attn1.processor"] == SIZE
+    assert values.spatial_sizes[f"{level0}.attn2.processor"] == SIZE
+    assert values.spatial_sizes[f"{level1}.attn2.processor"] == (4, 5)
+    assert len(values.spatial_sizes) == 22  # every spatial attn1 / attn2
+    # Nothing is attached to diffusers' modules.
+    assert not [name for name, module in unet.named_modules() if any(k.startswith("miva") for k in vars(module))
+                and module is not unet]
+    # A call opened with `miva_call` gets its own state; the bare forwards' state is untouched by it.
+    with miva_call(unet) as state:
+        _run(unet, (inputs[0][:1, :, :4], inputs[1][:1], inputs[2][:4]))
+        assert context.call_state() is state and state.forward.num_frames == 4
+    assert context.call_state() is not state and values.num_frames == FRAMES
     # Non-zero adapter weights change the output; disabling the adapters brings the stock output back.
     _randomise(unet, "fresh")
     adapted = _run(unet, inputs)
@@ -137,6 +149,22 @@ def test_install_is_idempotent(adapted_unet, inputs):
     assert context.hook_handles == hooks  # no second set of hooks
     assert all("w" in p.adapters for p in after.values())
     torch.testing.assert_close(_run(unet, inputs), expected, atol=0, rtol=0)
+
+
+def test_calls_nest_each_with_its_own_state(adapted_unet, inputs):
+    """One UNet serving a call inside another: each sees its own per-call values, and the outer one's are back
+    when the inner one ends."""
+    unet, expected = adapted_unet
+    context = get_miva_context(unet)
+    with miva_call(unet, adapter_weights=[0.0]) as outer:
+        base = _run(unet, inputs)
+        with miva_call(unet, adapter_weights=[1.0]) as inner:
+            torch.testing.assert_close(_run(unet, inputs), expected, atol=0, rtol=0)
+            assert context.call_state() is inner
+        assert context.call_state() is outer
+        torch.testing.assert_close(_run(unet, inputs), base, atol=0, rtol=0)
+    assert context.calls == [] and context.active == [("w", 1.0)]
+    assert (expected - base).abs().max() > 1e-3
 
 
 def test_reinstall_after_diffusers_replaced_every_processor(inputs, stock_output):

@@ -16,6 +16,7 @@ from miva.attention_processors import (
     get_miva_adapter_modules,
     get_miva_context,
     install_miva_processors,
+    miva_call,
     set_miva_adapters,
     set_parallel_mode,
     unfuse_miva_adapters,
@@ -59,15 +60,19 @@ def unet():
 @pytest.fixture(autouse=True)
 def reset(unet):
     yield
-    context = get_miva_context(unet)
     unfuse_miva_adapters(unet)
     set_miva_adapters(unet, [], parallel_mode="residual")
-    context.adapter_prompts = False
+    CALL.clear()
+
+
+# What a pipeline call would put in its call state (`miva_call`) for the layer calls of `run`: `adapter_prompts`,
+# `adapter_weights`, and the level sizes the UNet's hooks would record (`spatial_sizes`).
+CALL = {}
 
 
 def use(unet, names, weights, mode="residual", prompts=False):
     set_miva_adapters(unet, names, weights, parallel_mode=mode)
-    get_miva_context(unet).adapter_prompts = prompts
+    CALL["adapter_prompts"] = prompts
 
 
 def layer(unet, kind):
@@ -173,12 +178,14 @@ def prompts(count, seed=1):
 
 @torch.no_grad()
 def run(attn, x, text=None):
-    return attn(x, text, num_frames=FRAMES) if text is not None else attn(x, num_frames=FRAMES)
+    with miva_call(attn.processor.context, **CALL):
+        return attn(x, text, num_frames=FRAMES) if text is not None else attn(x, num_frames=FRAMES)
 
 
 @torch.no_grad()
 def run_with_weights(attn, x, text, weights):
-    return attn(x, text, num_frames=FRAMES, adapter_weights=weights)
+    with miva_call(attn.processor.context, **CALL):
+        return attn(x, text, num_frames=FRAMES, adapter_weights=weights)
 
 
 @torch.no_grad()
@@ -308,7 +315,7 @@ def test_spatiotemporal_adapters_compose(unet):
     """STQ (r=2, rope_3d): "weights" at [1] and [1, 0] equal the adapter alone (regression: the deltas were lost
     there), and "residual" [0.5, 0.5] is the average of the single-adapter outputs."""
     attn, x = layer(unet, "cross"), inputs("cross", seed=7)
-    attn.miva_spatial_size = (SIZE, SIZE)  # normally recorded by the Transformer2DModel pre-hook
+    CALL["spatial_sizes"] = {attn.processor.layer_name: (SIZE, SIZE)}  # normally recorded by the UNet's hooks
     main, p1, p2 = prompts(3, seed=8)
     y1 = run_kind(unet, "cross", x, ["s1"], [1.0], "residual", [main, p1])
     y2 = run_kind(unet, "cross", x, ["s2"], [1.0], "residual", [main, p2])
@@ -378,9 +385,10 @@ def test_guidance_conditional_half_equals_no_guidance(unet, names, batch, mode):
     sample = torch.randn(batch, 4, FRAMES_UNET, 8, 8, generator=generator)
     use(unet, names, [0.6, 0.3, 0.4][:n], mode, prompts=True)
     with torch.no_grad():
-        guided = unet(torch.cat([sample, sample]), 500, unet_text(uncond + cond)).sample
-        plain_cond = unet(sample, 500, unet_text(cond)).sample
-        plain_uncond = unet(sample, 500, unet_text(uncond)).sample
+        with miva_call(unet, **CALL):
+            guided = unet(torch.cat([sample, sample]), 500, unet_text(uncond + cond)).sample
+            plain_cond = unet(sample, 500, unet_text(cond)).sample
+            plain_uncond = unet(sample, 500, unet_text(uncond)).sample
         use(unet, [], [])
         base = unet(sample, 500, unet_text([c[:1] for c in cond])).sample
     assert (plain_cond - base).abs().max() > 1e-3  # the adapters matter
@@ -388,7 +396,7 @@ def test_guidance_conditional_half_equals_no_guidance(unet, names, batch, mode):
     torch.testing.assert_close(guided[:batch], plain_uncond, atol=ATOL, rtol=0)
     if batch == 2:  # a video's result does not depend on the other videos of the batch
         use(unet, names, [0.6, 0.3, 0.4][:n], mode, prompts=True)
-        with torch.no_grad():
+        with torch.no_grad(), miva_call(unet, **CALL):
             single = unet(sample[1:], 500, unet_text(cond[1:])).sample
         torch.testing.assert_close(single, plain_cond[1:], atol=ATOL, rtol=0)
 
@@ -459,7 +467,7 @@ def test_fuse_refusals(unet):
     with pytest.raises(ValueError, match="parallel_mode='residual' with 2 active adapters.*'weights'"):
         fuse_miva_adapters(unet)
     use(unet, ["a", "b"], [0.5, 0.5], "weights", prompts=True)
-    with pytest.raises(ValueError, match="per-adapter prompts cannot be fused: each adapter's K/V delta"):
+    with miva_call(unet, **CALL), pytest.raises(ValueError, match="per-adapter prompts cannot be fused: each adapter"):
         fuse_miva_adapters(unet)
     use(unet, ["pa", "pb"], [0.5, 0.5], "weights")  # own prompts (as `miva train` records) but none in use
     unfused = unet_call(unet, seed=3)
@@ -492,13 +500,14 @@ def test_while_fused_state_changes_are_refused(unet):
     with pytest.raises(ValueError, match=match):  # per-call weights
         run_with_weights(attn, x, main, [0.5, 0.4])
     context = get_miva_context(unet)
-    context.active = [("a", 0.5), ("b", 0.4)]  # what a pipeline's adapter_weights= does for one call
+    CALL["adapter_weights"] = [0.5, 0.4]  # what a pipeline's adapter_weights= does for one call
     with pytest.raises(ValueError, match=match):
         run(attn, x, main)
+    del CALL["adapter_weights"]
     context.active = [("a", 0.7)]
     with pytest.raises(ValueError, match="changes the fused adapters"):
         run(attn, x, main)
     context.active = [("a", 0.7), ("b", 0.4)]
-    context.adapter_prompts = True
+    CALL["adapter_prompts"] = True
     with pytest.raises(ValueError, match=r"per-adapter prompts \(.*\): adapters .* are fused"):
         run(attn, x, torch.cat([main, p1, p2], dim=1))

@@ -219,7 +219,7 @@ def test_per_adapter_prompts(adapter_pipe, image, guidance, names):
         assert all(torch.equal(uncond[:, i], uncond[:, 0]) for i in range(1, 1 + len(names)))
     torch.testing.assert_close(same, base, atol=1e-5, rtol=1e-5)  # own prompt == main prompt: same video
     assert (other - base).abs().max() > 1e-3
-    assert context.adapter_prompts is False and context.attention_store is None
+    assert context.calls == [] and context.call_state().adapter_prompts is False  # the call's state ended with it
 
 
 def test_adapter_weights_apply_for_one_call(adapter_pipe, image):
@@ -243,7 +243,8 @@ def test_call_state_is_restored_after_an_error(adapter_pipe, image):
     seen = {}
 
     def fail(p, i, t, tensors):
-        seen.update(prompts=context.adapter_prompts, active=list(context.active), store=context.attention_store)
+        state = context.call_state()
+        seen.update(prompts=state.adapter_prompts, weights=state.adapter_weights, store=state.attention_store)
         raise RuntimeError("stop")
 
     with pytest.raises(RuntimeError, match="stop"):
@@ -255,8 +256,8 @@ def test_call_state_is_restored_after_an_error(adapter_pipe, image):
             ca_map_resolutions="all",
             callback_on_step_end=fail,
         )
-    assert seen["prompts"] is True and seen["active"] == [("a", 1.0), ("b", 0.0)] and seen["store"] is not None
-    assert context.adapter_prompts is False and context.attention_store is None
+    assert seen["prompts"] is True and seen["weights"] == (1.0, 0.0) and seen["store"] is not None
+    assert context.calls == [] and context.call_state().attention_store is None
     assert context.active == [("a", 0.5), ("b", 0.5)]
 
 

@@ -7,9 +7,10 @@ the spatial transformer passes them: `(videos*frames, h*w, channels)`, frame the
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import add_standalone_adapter, call_values, run_processor, standalone_processor
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from miva.attention_processors import MIVAAdapterConfig, MIVAContext, MIVASelfAttnProcessor
+from miva.attention_processors import MIVAAdapterConfig, MIVASelfAttnProcessor
 
 HEADS, DIM, TEMB = 4, 32, 16
 VIDEOS, FRAMES, TOKENS = 2, 6, 5
@@ -27,12 +28,9 @@ def _attn(seed=0):
 
 def _processor(attn, config=None, weight=1.0, seed=1):
     """A processor with its own context; with `config`, adapter "a" is added, randomised and active."""
-    context = MIVAContext(temb_channels=TEMB)
-    processor = MIVASelfAttnProcessor(context, layer_name="test.attn1.processor")
+    processor = standalone_processor(MIVASelfAttnProcessor, attn, config, weight=weight,
+                                     layer_name="test.attn1.processor", temb_channels=TEMB)
     if config is not None:
-        processor.add_adapter(attn, "a", config)
-        context.configs["a"] = config
-        context.active = [("a", weight)]
         generator = _gen(seed)
         with torch.no_grad():
             adapter = processor.adapters["a"]
@@ -74,10 +72,11 @@ def _reference_branch(attn, adapter, x, frames, mode, s=None):
     return out
 
 
-def _branch(processor, attn, x, frames=FRAMES):
-    """Processor output minus the frozen self-attention: the adapter branch alone."""
+def _branch(processor, attn, x, frames=FRAMES, call=None):
+    """Processor output minus the frozen self-attention: the adapter branch alone. `call`: per-call values the UNet's
+    hooks would record (`timestep`, `temb`)."""
     with torch.no_grad():
-        return processor(attn, x, num_frames=frames) - AttnProcessor2_0()(attn, x)
+        return run_processor(processor, attn, x, num_frames=frames, call=call) - AttnProcessor2_0()(attn, x)
 
 
 # ------------------------------------------------------------------------------------------------ stock equality
@@ -90,8 +89,7 @@ def test_no_adapter_and_fresh_adapter_equal_stock():
     torch.testing.assert_close(_processor(attn)(attn, x), expected, atol=1e-6, rtol=0)
     processor = _processor(attn)
     config = MIVAAdapterConfig(sa_mode="first_prev", i2v_train_q=True, **SA_ONLY)
-    processor.add_adapter(attn, "a", config)
-    processor.context.configs["a"], processor.context.active = config, [("a", 1.0)]
+    add_standalone_adapter(processor, attn, config)
     assert torch.count_nonzero(processor.adapters["a"].to_out.weight) == 0  # zero-init: a new adapter is a no-op
     torch.testing.assert_close(processor(attn, x, num_frames=FRAMES), expected, atol=1e-6, rtol=0)
 
@@ -144,9 +142,11 @@ def test_frames_from_context_when_not_passed():
     attn = _attn()
     processor = _processor(attn, MIVAAdapterConfig(sa_mode="prev", **SA_ONLY))
     x = _inputs()
-    processor.context.num_frames = FRAMES
     with torch.no_grad():
-        torch.testing.assert_close(processor(attn, x), processor(attn, x, num_frames=FRAMES), atol=0, rtol=0)
+        from_unet = run_processor(processor, attn, x, call=dict(num_frames=FRAMES))  # as the UNet's hooks record it
+        torch.testing.assert_close(from_unet, processor(attn, x, num_frames=FRAMES), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="num_frames is unknown"):  # never a silent single frame
+        processor(attn, x)
     with pytest.raises(ValueError, match=r"batch 12 is not a multiple of num_frames=5"):
         processor(attn, x, num_frames=5)
 
@@ -160,13 +160,14 @@ def test_linear_scale_uses_the_timestep():
     x = _inputs()
     with pytest.raises(RuntimeError, match="needs the timestep"):
         processor(attn, x, num_frames=FRAMES)
-    processor.context.timestep = torch.tensor([250, 900])
-    s = processor.adapters["a"].first_frame_weight(processor.context, FRAMES)
+    timestep = dict(timestep=torch.tensor([250, 900]))
+    with call_values(processor, **timestep) as state:
+        s = processor.adapters["a"].first_frame_weight(state, FRAMES)
     assert s.shape == (VIDEOS * FRAMES, 1, 1)
     torch.testing.assert_close(s.flatten(), torch.tensor([0.25] * FRAMES + [0.9] * FRAMES))
     with torch.no_grad():
         expected = _reference_branch(attn, processor.adapters["a"], x, FRAMES, "first_prev", s=[0.25, 0.9])
-        torch.testing.assert_close(_branch(processor, attn, x), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(_branch(processor, attn, x, call=timestep), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_adaptive_scale_responds_to_the_time_embedding():
@@ -180,19 +181,18 @@ def test_adaptive_scale_responds_to_the_time_embedding():
     with pytest.raises(RuntimeError, match="needs the time embedding"):
         processor(attn, x, num_frames=FRAMES)
     temb = torch.randn(VIDEOS, TEMB, generator=_gen(20))
-    processor.context.temb = temb
-    with torch.no_grad():
+    with torch.no_grad(), call_values(processor, temb=temb) as state:
         logits = F.silu(temb) @ adapter.weight_module.weight.T + adapter.weight_module.bias
         s = (logits / 0.2).softmax(dim=-1)[:, 0]
         assert torch.all((s > 0) & (s < 1)) and abs(float(s[0] - s[1])) > 1e-3
-        got = adapter.first_frame_weight(processor.context, FRAMES)
+        got = adapter.first_frame_weight(state, FRAMES)
         torch.testing.assert_close(got.flatten(), s.repeat_interleave(FRAMES), atol=1e-6, rtol=1e-6)
-        branch = _branch(processor, attn, x)
+        branch = _branch(processor, attn, x, call=dict(temb=temb))
         torch.testing.assert_close(
             branch, _reference_branch(attn, adapter, x, FRAMES, "first_prev", s=s), atol=1e-5, rtol=1e-5
         )
-        processor.context.temb = torch.randn(VIDEOS, TEMB, generator=_gen(21))
-        moved = (_branch(processor, attn, x) - branch).abs().amax(dim=(1, 2)).view(VIDEOS, FRAMES)
+        other = dict(temb=torch.randn(VIDEOS, TEMB, generator=_gen(21)))
+        moved = (_branch(processor, attn, x, call=other) - branch).abs().amax(dim=(1, 2)).view(VIDEOS, FRAMES)
     # Frames 0 and 1 (whose previous frame is frame 0) read [K0; K0] with values [s V0; (1-s) V0]: that is half
     # the plain output whatever s is. Every later frame mixes frame 0 and its predecessor by s.
     assert torch.all(moved[:, :2] <= 1e-6)

@@ -11,9 +11,10 @@ import math
 
 import pytest
 import torch
+from conftest import run_processor, standalone_processor
 from diffusers.models.attention_processor import Attention
 
-from miva.attention_processors import MIVAAdapterConfig, MIVAContext, MIVACrossAttnProcessor
+from miva.attention_processors import MIVAAdapterConfig, MIVACrossAttnProcessor
 
 HEADS, QUERY_DIM, TEXT_DIM, TEXT_TOKENS = 4, 32, 24, 7
 RANK, ALPHA = 4, 3.0
@@ -134,22 +135,18 @@ def _attn():
 @pytest.mark.parametrize("mode", MODES)
 def test_standard_stq_with_every_pe_mode_equals_the_written_out_reference(mode, size, ratio, randomize_adapter):
     attn = _attn()
-    attn.miva_spatial_size = size
     config = MIVAAdapterConfig(use_i2v=False, use_motion_lora=False, use_ca_lora=True, use_q_lora=True,
                                ca_lora_rank=RANK, ca_lora_scale=ALPHA, q_downsample=True, q_downsample_ratio=ratio,
                                ca_pe_mode=mode, pe_style="standard")
-    context = MIVAContext()
-    processor = MIVACrossAttnProcessor(context, layer_name="test.attn2.processor")
-    processor.add_adapter(attn, "a", config)
-    context.configs["a"], context.active = config, [("a", 1.0)]
+    processor = standalone_processor(MIVACrossAttnProcessor, attn, config, layer_name="test.attn2.processor")
     randomize_adapter(processor, "a", seed=3)
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(VIDEOS * FRAMES, size[0] * size[1], QUERY_DIM, generator=generator)
     text = torch.randn(VIDEOS, TEXT_TOKENS, TEXT_DIM, generator=generator).repeat_interleave(FRAMES, dim=0)
     with torch.no_grad():
-        out = processor(attn, x, text, num_frames=FRAMES)
-        context.num_frames = FRAMES  # inside the UNet the frame count comes from the context (hooks)
-        from_context = processor(attn, x, text)
+        out = run_processor(processor, attn, x, text, size=size, num_frames=FRAMES)
+        # Inside the UNet the frame count comes from the call state (recorded by the hooks).
+        from_context = run_processor(processor, attn, x, text, size=size, call=dict(num_frames=FRAMES))
     expected = reference(attn, processor.adapters["a"], x, text, size, ratio, mode)
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(from_context, out, atol=0, rtol=0)

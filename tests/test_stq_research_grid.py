@@ -9,9 +9,10 @@ same processor at ratio 1 on the kept pixels; only the grid is under test here.
 
 import pytest
 import torch
+from conftest import run_processor, standalone_processor
 from diffusers.models.attention_processor import Attention
 
-from miva.attention_processors import MIVAAdapterConfig, MIVAContext, MIVACrossAttnProcessor
+from miva.attention_processors import MIVAAdapterConfig, MIVACrossAttnProcessor
 from miva.attention_processors.adapter_config import CA_PE_MODES
 
 HEADS, DIM, TEXT_DIM, TOKENS, VIDEOS, FRAMES = 4, 32, 24, 5, 2, 3
@@ -19,11 +20,7 @@ MAX_DIFF = {}  # (size, ratio) -> largest |miva - reference| over the PE modes (
 
 
 def _processor(attn, config):
-    context = MIVAContext()
-    processor = MIVACrossAttnProcessor(context, layer_name="t.attn2.processor")
-    processor.add_adapter(attn, "a", config)
-    context.configs["a"] = config
-    context.active = [("a", 1.0)]
+    processor = standalone_processor(MIVACrossAttnProcessor, attn, config, layer_name="t.attn2.processor")
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in processor.adapters["a"].parameters():
@@ -53,12 +50,10 @@ def test_research_style_stq_uses_the_research_grid(size, ratio):
         common = dict(use_i2v=False, use_motion_lora=False, use_ca_lora=True, use_q_lora=True, ca_lora_rank=4,
                       q_downsample=True, ca_pe_mode=pe_mode, pe_style="research")
         with torch.no_grad():
-            attn.miva_spatial_size = size
-            out = _processor(attn, MIVAAdapterConfig(q_downsample_ratio=ratio, **common))(attn, x, text,
-                                                                                          num_frames=FRAMES)
-            attn.miva_spatial_size = (hq, wq)
-            coarse = _processor(attn, MIVAAdapterConfig(q_downsample_ratio=1, **common))(
-                attn, kept.reshape(-1, hq * wq, DIM), text, num_frames=FRAMES)
+            out = run_processor(_processor(attn, MIVAAdapterConfig(q_downsample_ratio=ratio, **common)), attn, x,
+                                text, size=size, num_frames=FRAMES)
+            coarse = run_processor(_processor(attn, MIVAAdapterConfig(q_downsample_ratio=1, **common)), attn,
+                                   kept.reshape(-1, hq * wq, DIM), text, size=(hq, wq), num_frames=FRAMES)
         expected = coarse.view(-1, hq, wq, DIM)[:, back_rows][:, :, back_cols].reshape(x.shape)
         assert out.shape == x.shape
         worst = max(worst, (out - expected).abs().max().item())
@@ -69,9 +64,8 @@ def test_research_style_stq_uses_the_research_grid(size, ratio):
 
 def test_research_grid_refuses_a_ratio_that_empties_the_level():
     attn = Attention(query_dim=DIM, cross_attention_dim=TEXT_DIM, heads=HEADS, dim_head=DIM // HEADS).eval()
-    attn.miva_spatial_size = (5, 8)
     config = MIVAAdapterConfig(use_i2v=False, use_motion_lora=False, use_ca_lora=True, q_downsample=True,
                                q_downsample_ratio=8, pe_style="research")
     x, text = torch.randn(2, 40, DIM), torch.randn(2, TOKENS, TEXT_DIM)
     with pytest.raises(ValueError, match=r"q_downsample_ratio=8 leaves no query rows at the 5x8 latent level"):
-        _processor(attn, config)(attn, x, text, num_frames=2)
+        run_processor(_processor(attn, config), attn, x, text, size=(5, 8), num_frames=2)

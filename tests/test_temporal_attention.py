@@ -5,9 +5,10 @@ Inputs are laid out as the motion modules pass them: `(batch*pixels, frames, cha
 
 import pytest
 import torch
+from conftest import activate, add_standalone_adapter, standalone_processor
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from miva.attention_processors import MIVAAdapterConfig, MIVAContext, MIVATemporalAttnProcessor
+from miva.attention_processors import MIVAAdapterConfig, MIVATemporalAttnProcessor
 
 HEADS, DIM, MAX_FRAMES, PIXELS = 4, 32, 16, 6
 MOTION_ONLY = dict(use_i2v=False)
@@ -24,12 +25,10 @@ def _attn(seed=0):
 
 def _processor(attn, config=None, weight=1.0, seed=1, parallel_mode="residual"):
     """A processor with its own context; with `config`, adapter "a" is added, randomised and active."""
-    context = MIVAContext(max_frames=MAX_FRAMES, parallel_mode=parallel_mode)
-    processor = MIVATemporalAttnProcessor(context, layer_name="down_blocks.0.motion_modules.0.attn1.processor")
+    processor = standalone_processor(MIVATemporalAttnProcessor, attn, config, weight=weight,
+                                     layer_name="down_blocks.0.motion_modules.0.attn1.processor",
+                                     max_frames=MAX_FRAMES, parallel_mode=parallel_mode)
     if config is not None:
-        processor.add_adapter(attn, "a", config)
-        context.configs["a"] = config
-        context.active = [("a", weight)]
         generator = _gen(seed)
         with torch.no_grad():
             for p in processor.adapters["a"].parameters():
@@ -80,8 +79,7 @@ def test_no_adapter_and_fresh_adapter_equal_stock():
     torch.testing.assert_close(_processor(attn)(attn, x), expected, atol=1e-6, rtol=0)
     processor = _processor(attn)
     config = MIVAAdapterConfig(use_motion_lora=True, use_motion_embed=True, motion_lora_rank=4, **MOTION_ONLY)
-    processor.add_adapter(attn, "a", config)
-    processor.context.configs["a"], processor.context.active = config, [("a", 1.0)]
+    add_standalone_adapter(processor, attn, config)
     adapter = processor.adapters["a"]
     assert adapter.motion_embed.shape == (MAX_FRAMES, DIM) and torch.count_nonzero(adapter.motion_embed) == 0
     torch.testing.assert_close(processor(attn, x), expected, atol=1e-6, rtol=0)
@@ -135,14 +133,14 @@ def test_single_adapter_weight(parallel_mode):
     with torch.no_grad():
         full = processor(attn, x)
         torch.testing.assert_close(full, _reference(attn, adapter, x), atol=1e-5, rtol=1e-5)
-        processor.context.active = [("a", 0.4)]
+        activate(processor, [("a", 0.4)])
         stock = AttnProcessor2_0()(attn, x)
         if parallel_mode == "residual":
             expected = stock + 0.4 * (full - stock)
         else:
             expected = _reference(attn, adapter, x, weight=0.4)
         torch.testing.assert_close(processor(attn, x), expected, atol=1e-5, rtol=1e-5)
-        processor.context.active = [("a", 0.0)]
+        activate(processor, [("a", 0.0)])
         torch.testing.assert_close(processor(attn, x), stock, atol=1e-6, rtol=0)
 
 

@@ -162,7 +162,7 @@ def test_processors_route_attention_through_the_context_backend(monkeypatch):
 
     def spy(query, key, value, heads, attention_mask=None, backend="sdpa", attention_op=None):
         seen.append((backend, attention_op))
-        return real(query, key, value, heads, attention_mask)
+        return real(query, key, value, heads, attention_mask=attention_mask)
 
     monkeypatch.setattr(base, "attend", spy)
     unet = tiny_unet_motion(seed=0)

@@ -1,7 +1,8 @@
-"""The three MIVA attention processors and the functions that install them and manage their adapters."""
+"""The three MIVA attention processors, the functions that install them and manage their adapters, and the
+per-call state they read (`miva_call`, `CallState`)."""
 
 from .adapter_config import MIVAAdapterConfig
-from .context import MIVAContext
+from .context import CallState, MIVAContext, miva_call
 from .cross_attention import MIVACrossAttnProcessor
 from .fusing import fuse_miva_adapters, unfuse_miva_adapters
 from .install import (
@@ -20,6 +21,7 @@ from .self_attention import MIVASelfAttnProcessor
 from .temporal_attention import MIVATemporalAttnProcessor
 
 __all__ = [
+    "CallState",
     "LoRADelta",
     "MIVAAdapterConfig",
     "MIVAContext",
@@ -32,6 +34,7 @@ __all__ = [
     "fuse_miva_adapters",
     "get_miva_adapter_modules",
     "get_miva_context",
+    "miva_call",
     "install_miva_processors",
     "set_miva_adapters",
     "set_miva_attention_backend",

@@ -14,7 +14,7 @@ ATTENTION_BACKENDS = ("sdpa", "xformers")
 XFORMERS_MAX_BATCH = 65535
 
 
-def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int,
+def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int, *,
            attention_mask: torch.Tensor | None = None, backend: str = "sdpa",
            attention_op: Callable | None = None) -> torch.Tensor:
     """Multi-head attention on token tensors.
@@ -25,7 +25,7 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: i
     without a mask; everything else (CPU tensors, masks) runs PyTorch SDPA, which computes the same function.
     """
     if backend == "xformers" and query.is_cuda and attention_mask is None:
-        return xformers_attention(query, key, value, heads, attention_op)
+        return xformers_attention(query, key, value, heads, attention_op=attention_op)
     batch, _, channels = query.shape
     head_dim = channels // heads
     q = query.view(batch, -1, heads, head_dim).transpose(1, 2)
@@ -35,7 +35,7 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: i
     return out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
 
 
-def xformers_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int,
+def xformers_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int, *,
                        attention_op: Callable | None = None, attention_fn: Callable | None = None,
                        max_batch: int = XFORMERS_MAX_BATCH) -> torch.Tensor:
     """`attend` through xformers: (batch, tokens, channels) tensors in its (batch, tokens, heads, head_dim) layout,

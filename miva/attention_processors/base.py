@@ -30,7 +30,8 @@ class MIVAProcessorBase(nn.Module):
                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`attention_utils.attend` on the context's backend: (batch, q_tokens, C) x (batch, kv_tokens, C)."""
         ctx = self.context
-        return attend(query, key, value, heads, attention_mask, ctx.attention_backend, ctx.attention_op)
+        return attend(query, key, value, heads, attention_mask=attention_mask, backend=ctx.attention_backend,
+                      attention_op=ctx.attention_op)
 
     def build_adapter(self, attn, name: str, config: MIVAAdapterConfig) -> nn.Module | None:
         """Return the module holding `config`'s part for this layer, or None when the adapter has none here."""

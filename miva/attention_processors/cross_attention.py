@@ -142,10 +142,10 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
     """Replaces the processor of every spatial `attn2` (text cross-attention). Input `(batch*frames, h*w, C)`.
 
     `encoder_hidden_states` is `(batch*frames, T*(1+P), D)`: the main prompt's T tokens, then one prompt per active
-    adapter when the pipeline sets `context.adapter_prompts` (P = number of active adapters). With no active adapter
-    this equals diffusers' `AttnProcessor2_0` exactly. `"residual"`: `y_base + sum_i w_i (y_i - y_base)`, the N
-    branches batched into one SDPA call and `y_base` (frozen, main prompt, ordinary queries) computed only when the
-    weights do not sum to 1. `"weights"`: w_i-scaled deltas, one softmax over the adapters' prompts.
+    adapter when the call's state says so (`CallState.adapter_prompts`; P = number of active adapters). With no
+    active adapter this equals diffusers' `AttnProcessor2_0` exactly. `"residual"`: `y_base + sum_i w_i (y_i -
+    y_base)`, the N branches batched into one SDPA call and `y_base` (frozen, main prompt, ordinary queries)
+    computed only when the weights do not sum to 1. `"weights"`: w_i-scaled deltas, one softmax over the adapters' prompts.
     """
 
     part_kind = CROSS
@@ -168,30 +168,29 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
             encoder_hidden_states = hidden_states
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        ctx = self.context
-        active = ctx.active_adapters(self.adapters, adapter_weights)
-        if active and not ctx.adapter_prompts:
+        state = self.context.call_state()
+        active = self.context.active_adapters(self.adapters, adapter_weights)
+        if active and not state.adapter_prompts:
             active = [entry for entry in active if not self.adapters[entry[1]].inert]
-        prompts = self._split_prompts(encoder_hidden_states)
-        frames = num_frames or ctx.num_frames or 1
+        prompts = self._split_prompts(encoder_hidden_states, state.adapter_prompts)
         query = attn.to_q(hidden_states)
 
         if not active:
             mask = prepare_mask(attn, attention_mask, prompts[0].shape[1], hidden_states.shape[0])
             key, value = attn.to_k(prompts[0]), attn.to_v(prompts[0])
-            self._store_maps(attn, query, key, frames=frames)
+            self._store_maps(attn, query, key, frames=num_frames)
             out = attn.to_out[0](self.attend(query, key, value, attn.heads, mask))
         else:
             if attention_mask is not None:
                 raise ValueError(f"{self.layer_name}: attention masks are not supported with active MIVA adapters")
-            out = self._adapted(attn, hidden_states, query, prompts, active, frames)
+            out = self._adapted(attn, hidden_states, query, prompts, active, num_frames)
         if ip_states is not None and self.ip_adapter is not None:
             out = out + self._ip_adapter_output(attn, query, ip_states)
         return finish_output(attn, attn.to_out[1](out), residual)
 
-    def _split_prompts(self, text: torch.Tensor) -> list[torch.Tensor]:
+    def _split_prompts(self, text: torch.Tensor, adapter_prompts: bool) -> list[torch.Tensor]:
         """[main prompt, adapter 0's prompt, ...] each (batch*frames, T, D)."""
-        if not self.context.adapter_prompts:
+        if not adapter_prompts:
             return [text]
         check_not_fused(self.context, f"{self.layer_name}: per-adapter prompts (each adapter's K/V delta applies to "
                         "a different prompt)")
@@ -208,14 +207,15 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         return SpatiotemporalQuery(key) if key[0] else None
 
     # ------------------------------------------------------------------------------------------ adapter paths
-    def _adapted(self, attn, x, query, prompts, active, frames):
-        ctx = self.context
+    def _adapted(self, attn, x, query, prompts, active, num_frames):
+        ctx, state = self.context, self.context.call_state()
         stq = self._stq(active)
-        if stq is not None and row_window(ctx, self.layer_name, x.shape[0], frames) is not None:
+        frames = state.frames(num_frames, self.layer_name) if stq is not None else num_frames
+        if stq is not None and row_window(state, self.layer_name, rows=x.shape[0], frames=frames) is not None:
             raise ValueError(f"{self.layer_name}: spatiotemporal Q (q_downsample) attends over all frames of a video at "
                              f"once, but FreeNoise split inference hands this layer {x.shape[0]} rows at a time; run "
                              "without enable_free_noise_split_inference() or with an adapter without q_downsample")
-        size = getattr(attn, "miva_spatial_size", None) if stq else None
+        size = state.spatial_size(self.layer_name) if stq else None
         if stq and size is None:
             raise RuntimeError(f"{self.layer_name}: spatiotemporal Q needs the level size; run the whole UNet so the "
                                "MIVA hooks can record it")
@@ -223,10 +223,10 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         # One (per-video) text tensor per prompt chunk, shared by the adapters that read it (identity matters below).
         chunks = {}
         for i, _, _ in active:
-            j = 1 + i if ctx.adapter_prompts else 0
+            j = 1 + i if state.adapter_prompts else 0
             if j not in chunks:
                 chunks[j] = plan.per_video(prompts[j])
-        texts = [chunks[1 + i if ctx.adapter_prompts else 0] for i, _, _ in active]
+        texts = [chunks[1 + i if state.adapter_prompts else 0] for i, _, _ in active]
         branches = [(self.adapters[n], w, t) for (_, n, w), t in zip(active, texts)]
         attention = [b for b in branches if not b[0].implicit]
         implicit = [(adapter.implicit_prompt(query), w) for adapter, w, _ in branches if adapter.implicit]
@@ -321,14 +321,17 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         return linear_without_bias(attn.to_out[0], total)
 
     def _store_maps(self, attn, query, key, plan=None, frames=None):
-        store = self.context.attention_store
+        """Hand the softmax maps to the call's CA-map store when it wants this layer. `frames`: the processor's
+        `num_frames` argument (None: the UNet's)."""
+        state = self.context.call_state()
+        store = state.attention_store
         if store is None or not store.wants(self.layer_name):
             return
         text_tokens = getattr(store, "text_tokens", None) or key.shape[1]
         probs = attention_probs(query, key[:, :text_tokens], attn.heads)
         if plan is None or plan.stq is None:
-            size = getattr(attn, "miva_spatial_size", None)
-            frames = frames if plan is None else plan.frames
+            size = state.spatial_size(self.layer_name)
+            frames = state.frames(frames if plan is None else plan.frames, self.layer_name)
             store.add(self.layer_name, probs, num_frames=frames, size=size, spatiotemporal=False)
         else:
             store.add(self.layer_name, probs, num_frames=plan.frames, size=plan.grid, spatiotemporal=True)

@@ -48,7 +48,7 @@ def _projection(attn: nn.Module, target: str) -> nn.Linear:
 
 def _check_fusable(context, names: list[str]) -> None:
     """Raise `ValueError` for every composition that merged weights cannot reproduce."""
-    if context.adapter_prompts:
+    if context.call_state().adapter_prompts:
         raise ValueError(
             "per-adapter prompts cannot be fused: each adapter's K/V delta applies to a different prompt, but a "
             "fused W_K/W_V applies every delta to every prompt. Call the pipeline without batch_prompt (one shared "

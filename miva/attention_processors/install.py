@@ -53,8 +53,10 @@ def install_miva_processors(unet: nn.Module, parallel_mode: str | None = None,
     """Put `MIVASelfAttnProcessor`, `MIVACrossAttnProcessor` and `MIVATemporalAttnProcessor` on every matching
     layer of `unet` and return the shared `MIVAContext` (`unet.miva_context`).
 
-    Idempotent, and safe after diffusers calls that replaced processors (`fuse_qkv_projections`, `load_ip_adapter`,
-    xformers, ...): the processors created the first time, with their adapters, are put back. An IP-Adapter
+    Called once per UNet (`MIVAPipeline.__init__`, or the first adapter on a bare UNet); after diffusers replaced
+    processors, `miva.pipelines.processor_swaps.restore_miva_processors` calls it again. Idempotent, and safe
+    after diffusers calls that replaced processors (`fuse_qkv_projections`, `load_ip_adapter`, xformers, ...): the
+    processors created the first time, with their adapters, are put back. An IP-Adapter
     processor found on a cross-attention layer is kept inside ours. `attention_backend` ("sdpa" or "xformers"),
     when given, is passed to `set_miva_attention_backend`.
     """
@@ -67,7 +69,10 @@ def install_miva_processors(unet: nn.Module, parallel_mode: str | None = None,
         )
         unet.miva_context = context
         # diffusers' UNetMotionModel.set_default_attn_processor refuses processors outside its own list; this UNet
-        # answers with ours (below). An instance attribute, removed again by `remove_miva_processors`.
+        # answers with `processor_swaps.set_default_attn_processor`. An instance attribute, removed again by
+        # `remove_miva_processors`.
+        from ..pipelines.processor_swaps import set_default_attn_processor
+
         unet.set_default_attn_processor = types.MethodType(set_default_attn_processor, unet)
     if parallel_mode is not None:
         set_parallel_mode(unet, parallel_mode)
@@ -101,25 +106,15 @@ def install_miva_processors(unet: nn.Module, parallel_mode: str | None = None,
     return context
 
 
-def set_default_attn_processor(unet: nn.Module) -> None:
-    """`unet.set_default_attn_processor()` on a MIVA UNet: diffusers' `AttnProcessor` on every layer, as on a stock
-    UNet, and the MIVA adapters inactive (kept, weights and all) until `set_miva_adapters` or
-    `enable_miva_adapters` (`pipe.set_adapters` / `pipe.enable_adapters`) put the MIVA processors back."""
-    from diffusers.models.attention_processor import AttnProcessor  # lazy: `import miva.config` stays light
-
-    context = get_miva_context(unet)
-    context.enabled = False
-    context.default_processors = True
-    unet.set_attn_processor(AttnProcessor())
-
-
 def enable_miva_adapters(unet: nn.Module) -> None:
     """Run the active adapters again (after `disable`, or after `set_default_attn_processor`)."""
     context = get_miva_context(unet)
     context.enabled = True
     if context.default_processors:
+        from ..pipelines.processor_swaps import restore_miva_processors
+
         context.default_processors = False
-        install_miva_processors(unet)
+        restore_miva_processors(unet)
 
 
 def add_miva_adapter(unet: nn.Module, name: str, config: MIVAAdapterConfig) -> None:

@@ -11,6 +11,7 @@ from torch import nn
 from .adapter_config import MIVAAdapterConfig, parse_first_frame_scale
 from .attention_utils import finish_output, prepare_mask, project_out
 from .base import MIVAProcessorBase
+from .context import CallState
 from .lora import compute_dtype, weights_readable
 from .parts import SELF, has_part_at
 from .split_inference import carried_reference_kv, row_window
@@ -44,18 +45,20 @@ class CrossFrameAdapter(nn.Module):
             return (self.sa_mode, "adaptive", name)
         return (self.sa_mode, self.scale_kind, self.scale_value)
 
-    def first_frame_weight(self, context, num_frames: int) -> float | torch.Tensor:
-        """`s` of `first_prev`: a float, or a per-row tensor (batch*frames, 1, 1)."""
+    def first_frame_weight(self, state: CallState, num_frames: int) -> float | torch.Tensor:
+        """`s` of `first_prev`: a float, or a per-row tensor (batch*frames, 1, 1) from the call's timestep or time
+        embedding (`state.forward`)."""
         if self.scale_kind == "float":
             return self.scale_value
+        values = state.forward
         if self.scale_kind == "linear":
-            if context.timestep is None:
+            if values.timestep is None:
                 raise RuntimeError("sa_first_frame_scale='linear' needs the timestep: call the UNet, not the layer")
-            s = context.timestep.float() / 1000.0
+            s = values.timestep.float() / 1000.0
         else:
-            if context.temb is None:
+            if values.temb is None:
                 raise RuntimeError("sa_first_frame_scale='adaptive' needs the time embedding: call the UNet")
-            logits = self.weight_module(F.silu(context.temb.to(compute_dtype(self.weight_module))))
+            logits = self.weight_module(F.silu(values.temb.to(compute_dtype(self.weight_module))))
             s = (logits / self.scale_value).softmax(dim=-1)[:, 0]
         return s.repeat_interleave(num_frames)[:, None, None]
 
@@ -84,19 +87,22 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
         out = project_out(attn, self.attend(query, key, value, attn.heads, mask))
         active = self.context.active_adapters(self.adapters, adapter_weights)
         if active:
-            frames = num_frames or self.context.num_frames
-            window = row_window(self.context, self.layer_name, hidden_states.shape[0], frames) if frames else None
-            if frames is None or (window is None and hidden_states.shape[0] % frames):
+            state = self.context.call_state()
+            frames = state.frames(num_frames, self.layer_name)
+            window = row_window(state, self.layer_name, rows=hidden_states.shape[0], frames=frames)
+            if window is None and hidden_states.shape[0] % frames:
                 raise ValueError(f"{self.layer_name}: batch {hidden_states.shape[0]} is not a multiple of "
                                  f"num_frames={frames}")
-            out = out + self._branches(hidden_states, query, key, value, active, frames, attn.heads, window)
+            out = out + self._branches(hidden_states, query, key, value, active=active, frames=frames,
+                                       heads=attn.heads, window=window, state=state)
         return finish_output(attn, out, residual)
 
-    def _branches(self, x, query, key, value, active, frames, heads, window=None):
+    def _branches(self, x, query, key, value, *, active, frames, heads, window, state):
         """Sum of `w_i * to_out_i(a_i)` over the active cross-frame branches, one SDPA call per K/V layout.
-        `window`: the `(start, stop)` rows of the batch this call sees under split inference (None: all)."""
+        `window`: the `(start, stop)` rows of the batch this call sees under split inference (None: all); `state`:
+        the call's `CallState`."""
         # Under split inference: each row's reference frames' keys/values, once for all groups of this call.
-        references = self._carried_references(key, value, frames, window) if window is not None else None
+        references = self._carried_references(key, value, frames, window, state) if window is not None else None
         groups: dict[tuple, list] = {}
         for _, name, weight in active:
             adapter = self.adapters[name]
@@ -115,7 +121,8 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
                 else:
                     index_of.append(len(queries))
                     queries.append(adapter.to_q(x))
-            outputs = self._attend_group(adapters[0], queries, key, value, frames, heads, window, references)
+            outputs = self._attend_group(adapters[0], queries, key, value, frames=frames, heads=heads, state=state,
+                                         window=window, references=references)
             for qi, output in enumerate(outputs):
                 readers = [member for member, i in zip(members, index_of) if i == qi]
                 if len(readers) == 1 or not all(weights_readable(a.to_out) for a, _ in readers):
@@ -128,10 +135,11 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
                     total = total + F.linear(output, weight, bias)
         return total
 
-    def _attend_group(self, adapter, queries, key, value, frames, heads, window=None, references=None):
+    def _attend_group(self, adapter, queries, key, value, *, frames, heads, state, window=None, references=None):
         """Attend each query set (batch*frames, hw, C) to the group's cross-frame keys/values; one SDPA call."""
         if window is not None:
-            return self._attend_group_chunk(adapter, queries, value, frames, heads, window, references)
+            return self._attend_group_chunk(adapter, queries, value, frames=frames, heads=heads, state=state,
+                                            window=window, references=references)
         bf, hw, channels = key.shape
         batch, n = bf // frames, len(queries)
         k = key.view(batch, frames, hw, channels)
@@ -146,7 +154,7 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
         if adapter.sa_mode == "prev":
             k_all, v_all = k_prev, v_prev
         else:
-            s = adapter.first_frame_weight(self.context, frames)
+            s = adapter.first_frame_weight(state, frames)
             k_first = k[:, :1].expand(batch, frames, hw, channels).reshape(bf, hw, channels)
             v_first = v[:, :1].expand(batch, frames, hw, channels).reshape(bf, hw, channels)
             if torch.is_tensor(s):
@@ -157,15 +165,16 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
         out = self.attend(q, k_all, v_all, heads)
         return list(out.chunk(n, dim=1)) if n > 1 else [out]
 
-    def _carried_references(self, key, value, frames, window):
+    def _carried_references(self, key, value, frames, window, state):
         """`(k_first, v_first, k_prev, v_prev)` of the rows `window` (split inference), each (rows, hw, C), with the
         reference frames carried over from earlier chunks (`split_inference.carried_reference_kv`)."""
+        caches = state.forward.reference_cache
         if window[0] == 0:  # a forward's first chunk: nothing carried from the previous forward
-            self.context.reference_cache[self.layer_name] = {}
-        cache = self.context.reference_cache.setdefault(self.layer_name, {})
-        return carried_reference_kv(cache, key, value, frames, window)
+            caches[self.layer_name] = {}
+        cache = caches.setdefault(self.layer_name, {})
+        return carried_reference_kv(cache, key, value, frames=frames, window=window)
 
-    def _attend_group_chunk(self, adapter, queries, value, frames, heads, window, references):
+    def _attend_group_chunk(self, adapter, queries, value, *, frames, heads, state, window, references):
         """`_attend_group` for the rows `window` of the batch (split inference), on the carried `references`."""
         k_first, v_first, k_prev, v_prev = references
         if adapter.sa_mode == "first":
@@ -173,7 +182,7 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
         elif adapter.sa_mode == "prev":
             k_all, v_all = k_prev, v_prev
         else:
-            s = adapter.first_frame_weight(self.context, frames)
+            s = adapter.first_frame_weight(state, frames)
             if torch.is_tensor(s):
                 s = s[window[0]:window[1]].to(value.dtype)
             k_all = torch.cat([k_first, k_prev], dim=1)

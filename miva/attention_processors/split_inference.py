@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import torch
 
-from .context import MIVAContext
+from .context import CallState
 
 
-def row_window(context: MIVAContext, layer_name: str, rows: int, frames: int) -> tuple[int, int] | None:
+def row_window(state: CallState, layer_name: str, *, rows: int, frames: int) -> tuple[int, int] | None:
     """`(start, stop)` of the rows a spatial layer sees in this call when split inference chunks the batch, or None
     when it sees the whole `(batch*frames)` batch (or runs outside a UNet forward, where nothing is chunked)."""
-    timestep = context.timestep
+    timestep = state.forward.timestep
     if timestep is None or rows == timestep.shape[0] * frames:
         return None
-    window = context.row_windows.get(layer_name)
+    window = state.forward.row_windows.get(layer_name)
     if window is None or window[1] - window[0] != rows:
         raise ValueError(f"{layer_name}: batch {rows} is neither the whole batch ({timestep.shape[0]} videos x "
                          f"{frames} frames) nor a chunk recorded by the MIVA hooks; run the whole UNet")
@@ -28,7 +28,7 @@ def row_window(context: MIVAContext, layer_name: str, rows: int, frames: int) ->
 
 
 def carried_reference_kv(cache: dict[int, tuple[torch.Tensor, torch.Tensor]], key: torch.Tensor,
-                         value: torch.Tensor, frames: int, window: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+                         value: torch.Tensor, *, frames: int, window: tuple[int, int]) -> tuple[torch.Tensor, ...]:
     """Keys/values of each row's reference frames for the rows `[start, stop)` of the batch.
 
     `key`, `value`: `(stop - start, h*w, C)`, this chunk's. `cache` holds (global row -> (key, value) rows) from

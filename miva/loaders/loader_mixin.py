@@ -55,9 +55,6 @@ def remove_miva_processors(unet) -> None:
     if stock:
         unet.set_attn_processor({**current, **stock})
     remove_context_hooks(context)
-    for module in unet.modules():
-        if "miva_spatial_size" in vars(module):
-            del module.miva_spatial_size
     del unet.miva_context
     if "set_default_attn_processor" in vars(unet):  # our instance-level answer (install_miva_processors)
         del unet.set_default_attn_processor
@@ -77,7 +74,7 @@ class MIVALoaderMixin:
 
     @property
     def miva_context(self):
-        return install_miva_processors(self.unet)
+        return get_miva_context(self.unet)
 
     def _text_parts(self):
         return getattr(self, "text_encoder", None), getattr(self, "tokenizer", None)
@@ -128,7 +125,7 @@ class MIVALoaderMixin:
             raise ValueError(f"adapter_names has {len(adapter_names)} entries but there are {len(sources)} sources")
         if isinstance(weights, (list, tuple)) and len(weights) != len(sources):
             raise ValueError(f"weights has {len(weights)} entries but there are {len(sources)} sources")
-        context = install_miva_processors(self.unet)
+        context = install_miva_processors(self.unet)  # no-op unless the adapters were unloaded (the first adapter)
         prepared = [prepare_adapter(self.unet, resolve_source(s, config=config, **hub_kwargs)) for s in sources]
         names = list(adapter_names) if adapter_names is not None else [p.default_name for p in prepared]
         self._check_new_adapters(context, names, prepared)

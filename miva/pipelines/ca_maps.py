@@ -75,7 +75,7 @@ def resolve_ca_map_resolutions(unet, ca_map_resolutions) -> dict[str, str]:
 
 
 class CAMapStore:
-    """Collects cross-attention maps; set as `unet.miva_context.attention_store` for one pipeline call.
+    """Collects cross-attention maps; the `attention_store` of one pipeline call's `CallState` (`miva_call`).
 
     The MIVA cross-attention processor calls `wants(layer_name)` and `add(...)`; `maps()` returns the means.
 

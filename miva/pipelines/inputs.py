@@ -23,7 +23,7 @@ MAX_VIDEOS = 256
 MAX_GUIDANCE = 1000.0  # beyond this the guided noise overflows into NaN frames
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SamplingOptions:
     """How the initial latents are built and refined (REFERENCE.md §7); field names are the seed's keys."""
 
@@ -193,3 +193,46 @@ def preprocess_image(image, height: int, width: int) -> torch.Tensor:
             x = x[..., top : top + height, left : left + width]
         out.append(VaeImageProcessor.normalize(x))
     return torch.cat(out)
+
+
+def check_miva_inputs(pipe, options: SamplingOptions, *, num_frames, height, width, batch_prompt, adapter_weights,
+                      decode_chunk_size) -> None:
+    """The MIVA options of `MIVAPipeline.__call__` against the pipeline's state (its UNet's frame limit and active
+    adapters, FreeNoise, the scheduler): `ValueError` naming the argument for every invalid one."""
+    from diffusers import DDIMScheduler
+
+    options.validate()
+    if height % 8 or width % 8:
+        raise ValueError(f"height={height} and width={width} must both be divisible by 8")
+    context = pipe.unet.miva_context
+    if not isinstance(num_frames, int) or num_frames < 2:
+        raise ValueError(f"num_frames={num_frames!r} must be an int >= 2 (frame 0 is the input image)")
+    if num_frames > context.max_frames and not pipe.free_noise_enabled:
+        raise ValueError(
+            f"num_frames={num_frames} exceeds the motion module's maximum of {context.max_frames} "
+            "(motion_max_seq_length); use fewer frames or pipe.enable_free_noise()"
+        )
+    if options.cil_ratio != 1 and not isinstance(pipe.scheduler, DDIMScheduler):
+        raise ValueError(
+            f"cil_ratio={options.cil_ratio!r} needs a DDIMScheduler (it steps by timestep value), "
+            f"got {type(pipe.scheduler).__name__}; use cil_ratio=1"
+        )
+    active = [name for name, _ in context.active]
+    for arg, value in (("batch_prompt", batch_prompt), ("adapter_weights", adapter_weights)):
+        if value is not None and (not isinstance(value, (list, tuple)) or len(value) != len(active)):
+            raise ValueError(
+                f"{arg}={value!r} must be a list with one entry per active adapter, in order "
+                f"{active} ({len(active)} entries)"
+            )
+    if batch_prompt is not None and not all(p is None or isinstance(p, (str, dict)) for p in batch_prompt):
+        raise ValueError(f"batch_prompt={batch_prompt!r} entries must be strings, {{frame: text}} dicts "
+                         "(FreeNoise prompt interpolation) or None")
+    for i, weight in enumerate(adapter_weights or []):
+        check_float(f"adapter_weights[{i}]", weight)  # NaN / inf would poison every frame
+    fused = [name for name, _ in context.fused]
+    if batch_prompt and fused:
+        raise ValueError(f"batch_prompt (one prompt per adapter) cannot be used while adapters {fused} are fused "
+                         "(each adapter's K/V delta applies to a different prompt); call pipe.unfuse_adapters() "
+                         "first, or leave batch_prompt out")
+    if not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:
+        raise ValueError(f"decode_chunk_size={decode_chunk_size!r} must be a positive int")

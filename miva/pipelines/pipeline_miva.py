@@ -2,30 +2,20 @@
 
 Sampling follows the research pipeline (REFERENCE.md §7): frame 0 is the clean VAE latent of the input image at
 every step and is never stepped; the UNet sees all frames, `scheduler.step` updates frames 1..F-1 only. Initial
-latents, CIL and AdaIN come from `latent_init.py`; prompt assembly from `prompts.py`; CA maps from `ca_maps.py`.
+latents, CIL and AdaIN come from `latent_init.py`; prompt assembly from `prompts.py`; CA maps from `ca_maps.py`;
+checks from `inputs.py`. The MIVA processors read this call's values from one `CallState` (`miva_call`).
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import PIL.Image
 import torch
-from diffusers import (
-    AnimateDiffPipeline,
-    AutoencoderKL,
-    DDIMScheduler,
-    MotionAdapter,
-    UNet2DConditionModel,
-    UNetMotionModel,
-)
+from diffusers import AnimateDiffPipeline, AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput, replace_example_docstring
+from diffusers.utils import replace_example_docstring
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-from ..attention_processors import install_miva_processors
-from ..guards import check_float
+from ..attention_processors import install_miva_processors, miva_call
 from ..loaders import MIVALoaderMixin
 from .adapter_verbs import LoRACompatibleAdapterVerbs
 from .ca_maps import CAMapStore, resolve_ca_map_resolutions
@@ -34,12 +24,16 @@ from .inputs import (
     check_call_arguments,
     check_finite_result,
     check_latents,
+    check_miva_inputs,
     check_scaled_timesteps,
     preprocess_image,
 )
 from .latent_init import adain_last, adain_step, build_initial_latents, cil_analytic_noise_std, scale_timesteps
-from .processor_swaps import ProcessorSwapsMixin
-from .prompts import build_interpolated_prompt_embeds, build_prompt_embeds, check_interpolation_inputs, unet_text
+from .output import MIVAPipelineOutput
+from .processor_swaps import ProcessorSwapsMixin, restore_miva_processors
+from .prompts import check_interpolation_inputs, encode_call_prompts
+
+__all__ = ["MIVAPipeline", "MIVAPipelineOutput"]
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -68,21 +62,6 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-@dataclass
-class MIVAPipelineOutput(BaseOutput):
-    """Output of `MIVAPipeline`.
-
-    Args:
-        frames: like `AnimateDiffPipelineOutput.frames`: a list (per video) of PIL lists, np `(B, F, H, W, 3)`,
-            pt `(B, F, 3, H, W)`, or the latents `(B, C, F, h, w)` for `output_type="latent"`.
-        ca_maps: with `ca_map_resolutions`, `level -> (B, F, h, w, 77)` mean cross-attention maps (see
-            `miva.pipelines.ca_maps`), else None.
-    """
-
-    frames: torch.Tensor | np.ndarray | list[list[PIL.Image.Image]]
-    ca_maps: dict[str, torch.Tensor] | None = None
-
-
 class MIVAPipeline(LoRACompatibleAdapterVerbs, ProcessorSwapsMixin, AnimateDiffPipeline, MIVALoaderMixin):
     r"""Image-to-video with MIVA adapters on `UNetMotionModel` (SD1.5 UNet + AnimateDiff `MotionAdapter`).
 
@@ -91,10 +70,8 @@ class MIVAPipeline(LoRACompatibleAdapterVerbs, ProcessorSwapsMixin, AnimateDiffP
     `set_adapters` / `delete_adapters` / `get_active_adapters` / `get_list_adapters` take both kinds of names), IP-Adapter,
     textual inversion, callbacks, the progress bar, `output_type` and `decode_chunk_size`.
 
-    diffusers methods that replace attention processors are wrapped so that ours (with their adapters) are put back:
-    `enable_free_noise` / `disable_free_noise`, `load_ip_adapter` / `unload_ip_adapter` / `set_ip_adapter_scale`,
-    `fuse_qkv_projections`, `enable_xformers_memory_efficient_attention`. After `fuse_qkv_projections` our layers
-    keep using unfused projections; after the xformers switch (CUDA only) they attend through xformers.
+    diffusers methods that replace attention processors put ours (with their adapters) back (`processor_swaps.py`
+    lists them); after `fuse_qkv_projections` our layers keep using unfused projections.
 
     `MIVAPipeline.from_pipe(animatediff_pipe)` shares every component with the original, as diffusers' `from_pipe`
     does, the UNet included: the MIVA processors are installed on that shared UNet, so MIVA adapters loaded into
@@ -123,20 +100,6 @@ class MIVAPipeline(LoRACompatibleAdapterVerbs, ProcessorSwapsMixin, AnimateDiffP
             install_miva_processors(self.unet)
 
     # ------------------------------------------------------------------------------- saving / loading the pipeline
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """diffusers' `save_pretrained` (and `push_to_hub=True`) with the UNet saved stock; the loaded MIVA adapters
-        go beside it into `miva_adapters/` (native folders plus which are active, their weights and the composition
-        mode) and come back with `MIVAPipeline.from_pretrained(folder)` or `custom_pipeline`. Fused adapters are
-        refused (unfuse first). See `miva.loaders.pipeline_adapters`."""
-        from ..loaders.pipeline_adapters import save_pipeline_adapters
-
-        text_encoder, tokenizer = self._text_parts()
-        save_pipeline_adapters(self.unet, save_directory, text_encoder=text_encoder, tokenizer=tokenizer,
-                               base_model=self._base_model_id())  # first: push_to_hub uploads the whole folder
-        return self._with_stock_processors(
-            lambda: super(MIVAPipeline, self).save_pretrained(save_directory, *args, **kwargs)
-        )
-
     def register_to_config(self, **kwargs):
         """diffusers calls this with `_name_or_path` at the end of `from_pretrained` (also for `custom_pipeline`,
         which never calls our `from_pretrained`): load the folder's saved MIVA adapters then, unless the UNet
@@ -165,49 +128,8 @@ class MIVAPipeline(LoRACompatibleAdapterVerbs, ProcessorSwapsMixin, AnimateDiffP
         latents = posterior.sample(generator[: len(pixels)] if isinstance(generator, list) else generator)
         return (latents * self.vae.config.scaling_factor).unsqueeze(2)
 
-    # -------------------------------------------------------------------------------------------------- checks
-    def check_miva_inputs(
-        self, options: SamplingOptions, num_frames, height, width, batch_prompt, adapter_weights, decode_chunk_size
-    ) -> None:
-        """Raise `ValueError` naming the argument for every invalid MIVA option."""
-        options.validate()
-        if height % 8 or width % 8:
-            raise ValueError(f"height={height} and width={width} must both be divisible by 8")
-        max_frames = self.unet.miva_context.max_frames
-        if not isinstance(num_frames, int) or num_frames < 2:
-            raise ValueError(f"num_frames={num_frames!r} must be an int >= 2 (frame 0 is the input image)")
-        if num_frames > max_frames and not self.free_noise_enabled:
-            raise ValueError(
-                f"num_frames={num_frames} exceeds the motion module's maximum of {max_frames} "
-                "(motion_max_seq_length); use fewer frames or pipe.enable_free_noise()"
-            )
-        if options.cil_ratio != 1 and not isinstance(self.scheduler, DDIMScheduler):
-            raise ValueError(
-                f"cil_ratio={options.cil_ratio!r} needs a DDIMScheduler (it steps by timestep value), "
-                f"got {type(self.scheduler).__name__}; use cil_ratio=1"
-            )
-        active = [name for name, _ in self.unet.miva_context.active]
-        for arg, value in (("batch_prompt", batch_prompt), ("adapter_weights", adapter_weights)):
-            if value is not None and (not isinstance(value, (list, tuple)) or len(value) != len(active)):
-                raise ValueError(
-                    f"{arg}={value!r} must be a list with one entry per active adapter, in order "
-                    f"{active} ({len(active)} entries)"
-                )
-        if batch_prompt is not None and not all(p is None or isinstance(p, (str, dict)) for p in batch_prompt):
-            raise ValueError(f"batch_prompt={batch_prompt!r} entries must be strings, {{frame: text}} dicts "
-                             "(FreeNoise prompt interpolation) or None")
-        for i, weight in enumerate(adapter_weights or []):
-            check_float(f"adapter_weights[{i}]", weight)  # NaN / inf would poison every frame
-        fused = [name for name, _ in self.unet.miva_context.fused]
-        if batch_prompt and fused:
-            raise ValueError(f"batch_prompt (one prompt per adapter) cannot be used while adapters {fused} are fused "
-                             "(each adapter's K/V delta applies to a different prompt); call pipe.unfuse_adapters() "
-                             "first, or leave batch_prompt out")
-        if not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:
-            raise ValueError(f"decode_chunk_size={decode_chunk_size!r} must be a positive int")
-
     # ----------------------------------------------------------------------------------------------- sampling
-    def prepare_initial_latents(self, options: SamplingOptions, image_latents, noise, first_timestep: int):
+    def prepare_initial_latents(self, options: SamplingOptions, *, image_latents, noise, first_timestep: int):
         """`z_T` `(B, C, F, h, w)` from the frame-0 latents `(B, C, 1, h, w)` and the noise (`latent_init`); with
         `cil_analytic` the noise is first scaled by CIL's analytic std at `first_timestep`."""
         if options.cil_analytic:
@@ -228,7 +150,7 @@ class MIVAPipeline(LoRACompatibleAdapterVerbs, ProcessorSwapsMixin, AnimateDiffP
         return torch.cat([image_latents.to(latents.dtype), latents[:, :, 1:]], dim=2)
 
     def _denoise(
-        self, latents, image_latents, timesteps, text, cond_kwargs, step_kwargs, adain, callback, inputs, uncond
+        self, latents, *, image_latents, timesteps, text, uncond, cond_kwargs, step_kwargs, adain, callback, inputs
     ):
         """One pass of the denoising loop over `timesteps` (already CIL-scaled): the UNet sees every frame (frame 0
         clean), the scheduler steps frames 1..F-1, frame 0 is put back; AdaIN "on" and the step-end callback
@@ -349,46 +271,31 @@ class MIVAPipeline(LoRACompatibleAdapterVerbs, ProcessorSwapsMixin, AnimateDiffP
                     f"{name}=None: this MIVAPipeline was built without a {name}; it can encode prompts "
                     f"(encode_prompt) but not animate. Build it with a {name}"
                 )
-        context = install_miva_processors(self.unet)  # idempotent; undoes processor swaps made behind our back
+        restore_miva_processors(self.unet)  # undoes processor swaps made on the UNet behind the pipeline's back
         options = SamplingOptions(
-            use_adain_norm,
-            shared_noise_ratio,
-            first_frame_cond_type,
-            use_dct_init,
-            dct_cutoff_ratio,
-            dct_cutoff_shape,
-            cil_ratio,
-            cil_analytic,
+            use_adain_norm=use_adain_norm,
+            shared_noise_ratio=shared_noise_ratio,
+            first_frame_cond_type=first_frame_cond_type,
+            use_dct_init=use_dct_init,
+            dct_cutoff_ratio=dct_cutoff_ratio,
+            dct_cutoff_shape=dct_cutoff_shape,
+            cil_ratio=cil_ratio,
+            cil_analytic=cil_analytic,
         )
         check_call_arguments(
-            height=height,
-            width=width,
-            num_inference_steps=num_inference_steps,
-            num_videos_per_prompt=num_videos_per_prompt,
-            guidance_scale=guidance_scale,
-            eta=eta,
-            output_type=output_type,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            generator=generator,
-            clip_skip=clip_skip,
-            cross_attention_kwargs=cross_attention_kwargs,
+            height=height, width=width, num_inference_steps=num_inference_steps,
+            num_videos_per_prompt=num_videos_per_prompt, guidance_scale=guidance_scale, eta=eta,
+            output_type=output_type, prompt=prompt, negative_prompt=negative_prompt, generator=generator,
+            clip_skip=clip_skip, cross_attention_kwargs=cross_attention_kwargs,
             text_layers=getattr(getattr(self.text_encoder, "config", None), "num_hidden_layers", None),
         )
-        self.check_miva_inputs(options, num_frames, height, width, batch_prompt, adapter_weights, decode_chunk_size)
+        check_miva_inputs(self, options, num_frames=num_frames, height=height, width=width, batch_prompt=batch_prompt,
+                          adapter_weights=adapter_weights, decode_chunk_size=decode_chunk_size)
         if prompt is None and prompt_embeds is None:
             prompt = ""
-        self.check_inputs(
-            prompt,
-            height,
-            width,
-            None,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            ip_adapter_image,
-            ip_adapter_image_embeds,
-            callback_on_step_end_tensor_inputs,
+        self.check_inputs(  # diffusers' own checks (positional: its signature)
+            prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds, ip_adapter_image,
+            ip_adapter_image_embeds, callback_on_step_end_tensor_inputs,
         )
         self._guidance_scale, self._clip_skip = guidance_scale, clip_skip
         self._cross_attention_kwargs, self._interrupt = cross_attention_kwargs, False
@@ -396,7 +303,8 @@ class MIVAPipeline(LoRACompatibleAdapterVerbs, ProcessorSwapsMixin, AnimateDiffP
         pixels = self.preprocess_image(image, height, width)
         interpolate = isinstance(prompt, dict) or any(isinstance(p, dict) for p in batch_prompt or ())
         if interpolate:
-            check_interpolation_inputs(self, prompt, prompt_embeds, negative_prompt_embeds, word_to_replace, text_emb_dir)
+            check_interpolation_inputs(self, prompt, prompt_embeds=prompt_embeds, text_emb_dir=text_emb_dir,
+                                       negative_prompt_embeds=negative_prompt_embeds, word_to_replace=word_to_replace)
         prompts = None if prompt is None else ([prompt] if isinstance(prompt, (str, dict)) else list(prompt))
         n_prompts = len(prompts) if prompts is not None else prompt_embeds.shape[0]
         if len(pixels) != n_prompts and 1 not in (len(pixels), n_prompts):
@@ -410,31 +318,23 @@ class MIVAPipeline(LoRACompatibleAdapterVerbs, ProcessorSwapsMixin, AnimateDiffP
         total = batch * num_videos_per_prompt
         ca_layers = resolve_ca_map_resolutions(self.unet, ca_map_resolutions)
 
-        lora_scale = cross_attention_kwargs.get("scale") if cross_attention_kwargs else None
-        adapter_prompts = [context.configs[name].prompt for name, _ in context.active] if batch_prompt else None
-        common = dict(
+        embeds, text, uncond = encode_call_prompts(
+            self,
+            prompts,
+            batch=batch,
+            num_videos_per_prompt=num_videos_per_prompt,
+            num_frames=num_frames,
+            interpolate=interpolate,
             device=device,
-            do_classifier_free_guidance=self.do_classifier_free_guidance,
             negative_prompt=negative_prompt,
             batch_prompt=batch_prompt,
-            adapter_default_prompts=adapter_prompts,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            word_to_replace=word_to_replace,
+            text_emb_dir=text_emb_dir,
             clip_skip=clip_skip,
-            lora_scale=lora_scale,
+            cross_attention_kwargs=cross_attention_kwargs,
         )
-        if interpolate:  # FreeNoise: {frame: text} prompts, one text block per frame
-            embeds = build_interpolated_prompt_embeds(self, prompts[0], num_frames=num_frames, **common)
-        else:
-            embeds = build_prompt_embeds(
-                self,
-                prompts,
-                batch_size=batch,
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_prompt_embeds,
-                word_to_replace=word_to_replace,
-                text_emb_dir=text_emb_dir,
-                **common,
-            )
-        text, uncond = unet_text(embeds, batch, num_videos_per_prompt, num_frames)
         added_cond_kwargs = None
         if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
             added_cond_kwargs = {
@@ -454,16 +354,14 @@ class MIVAPipeline(LoRACompatibleAdapterVerbs, ProcessorSwapsMixin, AnimateDiffP
         noise = self.prepare_latents(
             total, self.unet.config.in_channels, num_frames, height, width, text.dtype, device, generator, latents
         )
-        latents = self.prepare_initial_latents(options, image_latents, noise, int(timesteps[0]))
+        latents = self.prepare_initial_latents(options, image_latents=image_latents, noise=noise,
+                                               first_timestep=int(timesteps[0]))
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         store = CAMapStore(ca_layers, text_tokens=embeds.text_tokens) if ca_layers else None
-        saved = (list(context.active), context.adapter_prompts, context.attention_store)
-        try:
-            if adapter_weights is not None:
-                context.active = [(name, float(w)) for (name, _), w in zip(context.active, adapter_weights)]
-            context.adapter_prompts = bool(batch_prompt)
-            context.attention_store = store
+        # This call's values for the MIVA processors, in one place for its duration (`miva_call`).
+        with miva_call(self.unet, adapter_weights=adapter_weights, adapter_prompts=bool(batch_prompt),
+                       attention_store=store):
             iterations = self._free_init_num_iters if self.free_init_enabled else 1
             for iteration in range(iterations):
                 if self.free_init_enabled:
@@ -475,19 +373,10 @@ class MIVAPipeline(LoRACompatibleAdapterVerbs, ProcessorSwapsMixin, AnimateDiffP
                     if store is not None:
                         store.reset()  # keep the maps of the final pass
                 latents, text = self._denoise(
-                    latents,
-                    image_latents,
-                    timesteps,
-                    text,
-                    added_cond_kwargs,
-                    extra_step_kwargs,
-                    options.use_adain_norm,
-                    callback_on_step_end,
-                    callback_on_step_end_tensor_inputs,
-                    uncond,
+                    latents, image_latents=image_latents, timesteps=timesteps, text=text, uncond=uncond,
+                    cond_kwargs=added_cond_kwargs, step_kwargs=extra_step_kwargs, adain=options.use_adain_norm,
+                    callback=callback_on_step_end, inputs=callback_on_step_end_tensor_inputs,
                 )
-        finally:
-            context.active, context.adapter_prompts, context.attention_store = saved
         if options.use_adain_norm == "last":
             latents = adain_last(latents)
         check_finite_result(latents)

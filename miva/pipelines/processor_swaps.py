@@ -1,8 +1,17 @@
-"""diffusers verbs that replace attention processors, wrapped so that the MIVA processors (and adapters) survive.
+"""The one place that knows which diffusers calls replace attention processors, and puts the MIVA ones back.
 
-`enable_free_noise`, `load_ip_adapter`, `fuse_qkv_projections`, xformers...: each runs diffusers' own method with
-stock processors on our layers where it needs them, then re-installs ours (`install_miva_processors`), keeping every
-adapter. The one place that knows which diffusers calls swap processors.
+The MIVA processors are installed once (`MIVAPipeline.__init__`, or the first adapter on a bare UNet) and kept, with
+their adapters, in `unet.miva_context.processors`. diffusers calls that replace processors:
+- pipeline verbs, wrapped here (`ProcessorSwapsMixin`): `enable_free_noise` / `disable_free_noise` (rebuild motion
+  blocks; need stock processors there), `load_ip_adapter` / `unload_ip_adapter` / `set_ip_adapter_scale` (re-create
+  every processor), `fuse_qkv_projections` and the xformers switch (replace every processor), `save_pretrained`
+  (saves the UNet stock);
+- UNet verbs a user may call directly (`unet.set_attn_processor`, `unet._load_ip_adapter_weights`,
+  `unet.fuse_qkv_projections`): diffusers gives no hook for them, so `MIVAPipeline.__call__` calls
+  `restore_miva_processors` once before sampling;
+- `unet.set_default_attn_processor()`: answered by `set_default_attn_processor` below (diffusers' own refuses
+  processors outside its list); `enable_miva_adapters` / `set_miva_adapters` put ours back.
+Every put-back goes through `restore_miva_processors`.
 """
 
 from __future__ import annotations
@@ -10,18 +19,37 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+from torch import nn
 
 from ..attention_processors import (
+    MIVAContext,
     MIVACrossAttnProcessor,
     MIVATemporalAttnProcessor,
+    get_miva_context,
     install_miva_processors,
     set_miva_attention_backend,
 )
 from ..attention_processors.attention_utils import check_xformers_usable
 from ..attention_processors.base import MIVAProcessorBase
 
-__all__ = ["ProcessorSwapsMixin"]
+__all__ = ["ProcessorSwapsMixin", "restore_miva_processors", "set_default_attn_processor"]
+
+
+def restore_miva_processors(unet: nn.Module) -> MIVAContext:
+    """Put the UNet's own MIVA processors (with their adapters) back on every layer where diffusers replaced them;
+    a no-op when they are all there (`install_miva_processors` is idempotent). Returns `unet.miva_context`."""
+    return install_miva_processors(unet)
+
+
+def set_default_attn_processor(unet: nn.Module) -> None:
+    """`unet.set_default_attn_processor()` on a MIVA UNet: diffusers' `AttnProcessor` on every layer, as on a stock
+    UNet, and the MIVA adapters inactive (kept, weights and all) until `set_miva_adapters` or
+    `enable_miva_adapters` (`pipe.set_adapters` / `pipe.enable_adapters`) put the MIVA processors back."""
+    context = get_miva_context(unet)
+    context.enabled = False
+    context.default_processors = True
+    unet.set_attn_processor(AttnProcessor())
 
 
 class ProcessorSwapsMixin:
@@ -29,8 +57,8 @@ class ProcessorSwapsMixin:
 
     def _with_stock_processors(self, run: Callable[[], Any], temporal_only: bool = False):
         """Run a diffusers method with stock processors on our layers (IP-Adapter processors put back where we wrap
-        them), then re-install ours, keeping their adapters."""
-        install_miva_processors(self.unet)
+        them), then put ours back, keeping their adapters."""
+        restore_miva_processors(self.unet)  # a swap made behind our back must not leak into the one below
         current = self.unet.attn_processors
         swapped = {}
         for name, proc in current.items():
@@ -51,7 +79,7 @@ class ProcessorSwapsMixin:
                     and not hasattr(after.get(name), "to_k_ip")
                 ):
                     proc.ip_adapter = None
-            install_miva_processors(self.unet)
+            restore_miva_processors(self.unet)
 
     def enable_free_noise(self, *args, **kwargs) -> None:
         self._with_stock_processors(lambda: super(ProcessorSwapsMixin, self).enable_free_noise(*args, **kwargs), True)
@@ -70,17 +98,31 @@ class ProcessorSwapsMixin:
 
     def fuse_qkv_projections(self, unet: bool = True, vae: bool = True) -> None:
         super().fuse_qkv_projections(unet=unet, vae=vae)
-        install_miva_processors(self.unet)
+        restore_miva_processors(self.unet)
 
     def enable_xformers_memory_efficient_attention(self, attention_op: Callable | None = None) -> None:
         """diffusers' xformers switch (VAE and any other attention), then our processors back on the UNet with their
         adapters, their attention routed through xformers. Raises `ValueError` off CUDA."""
         check_xformers_usable(self._execution_device)
         super().enable_xformers_memory_efficient_attention(attention_op)
-        install_miva_processors(self.unet)
+        restore_miva_processors(self.unet)
         set_miva_attention_backend(self.unet, "xformers", attention_op)
 
     def disable_xformers_memory_efficient_attention(self) -> None:
         super().disable_xformers_memory_efficient_attention()
-        install_miva_processors(self.unet)
+        restore_miva_processors(self.unet)
         set_miva_attention_backend(self.unet, "sdpa")
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """diffusers' `save_pretrained` (and `push_to_hub=True`) with the UNet saved stock; the loaded MIVA adapters
+        go beside it into `miva_adapters/` (native folders plus which are active, their weights and the composition
+        mode) and come back with `MIVAPipeline.from_pretrained(folder)` or `custom_pipeline`. Fused adapters are
+        refused (unfuse first). See `miva.loaders.pipeline_adapters`."""
+        from ..loaders.pipeline_adapters import save_pipeline_adapters
+
+        text_encoder, tokenizer = self._text_parts()
+        save_pipeline_adapters(self.unet, save_directory, text_encoder=text_encoder, tokenizer=tokenizer,
+                               base_model=self._base_model_id())  # first: push_to_hub uploads the whole folder
+        return self._with_stock_processors(
+            lambda: super(ProcessorSwapsMixin, self).save_pretrained(save_directory, *args, **kwargs)
+        )

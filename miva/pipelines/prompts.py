@@ -294,7 +294,8 @@ def build_interpolated_prompt_embeds(
     return PromptEmbeds(cond=cond, uncond=uncond, text_tokens=text_tokens, per_frame=True)
 
 
-def check_interpolation_inputs(pipe, prompt, prompt_embeds, negative_prompt_embeds, word_to_replace, text_emb_dir):
+def check_interpolation_inputs(pipe, prompt, *, prompt_embeds, negative_prompt_embeds, word_to_replace,
+                               text_emb_dir) -> None:
     """Raise `ValueError` for a `{frame: text}` prompt (main or per-adapter) that cannot be interpolated."""
     if not pipe.free_noise_enabled:
         raise ValueError(
@@ -323,3 +324,42 @@ def unet_text(embeds: PromptEmbeds, batch: int, videos_per_prompt: int, num_fram
     uncond = embeds.uncond.repeat_interleave(videos_per_prompt, dim=0) if embeds.uncond is not None else None
     text = torch.cat([uncond, cond]) if uncond is not None else cond
     return text.repeat_interleave(num_frames, dim=0), uncond
+
+
+def encode_call_prompts(pipe, prompts: list | None, *, batch: int, num_videos_per_prompt: int, num_frames: int,
+                        interpolate: bool, device, negative_prompt=None, batch_prompt=None, prompt_embeds=None,
+                        negative_prompt_embeds=None, word_to_replace=None, text_emb_dir=None, clip_skip=None,
+                        cross_attention_kwargs=None) -> tuple[PromptEmbeds, Tensor, Tensor | None]:
+    """The text conditioning of one `MIVAPipeline` call: `(embeds, text, uncond)`, `text` the UNet's
+    `encoder_hidden_states` `(batch*videos [*2 under CFG] * num_frames, T * (1 + P), D)` (`unet_text`).
+
+    `interpolate`: FreeNoise `{frame: text}` prompts (one text block per frame); per-adapter prompts default to
+    each active adapter's config prompt when `batch_prompt` is given.
+    """
+    context = pipe.unet.miva_context
+    lora_scale = cross_attention_kwargs.get("scale") if cross_attention_kwargs else None
+    adapter_prompts = [context.configs[name].prompt for name, _ in context.active] if batch_prompt else None
+    common = dict(
+        device=device,
+        do_classifier_free_guidance=pipe.do_classifier_free_guidance,
+        negative_prompt=negative_prompt,
+        batch_prompt=batch_prompt,
+        adapter_default_prompts=adapter_prompts,
+        clip_skip=clip_skip,
+        lora_scale=lora_scale,
+    )
+    if interpolate:
+        embeds = build_interpolated_prompt_embeds(pipe, prompts[0], num_frames=num_frames, **common)
+    else:
+        embeds = build_prompt_embeds(
+            pipe,
+            prompts,
+            batch_size=batch,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            word_to_replace=word_to_replace,
+            text_emb_dir=text_emb_dir,
+            **common,
+        )
+    text, uncond = unet_text(embeds, batch, num_videos_per_prompt, num_frames)
+    return embeds, text, uncond

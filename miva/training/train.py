@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ..attention_processors import add_miva_adapter, install_miva_processors, set_miva_adapters
+from ..attention_processors import add_miva_adapter, install_miva_processors, miva_call, set_miva_adapters
 from . import checkpointing as ckpt
 from .checkpointing import LOG_FILE  # noqa: F401  (public name)
 from .outputs import ADAPTER_FOLDER, FULL_UNET_FILE, TrainerOutputsMixin  # noqa: F401  (public names)
@@ -313,7 +313,7 @@ class MIVATrainer(ckpt.CheckpointMixin, TrainerOutputsMixin):
             start = skip if epoch == first_epoch else 0
             loader = skip_first_batches(self.dataloader, start) if start else self.dataloader
             for index, batch in enumerate(loader, start=start):
-                with acc.accumulate(*self.models):
+                with acc.accumulate(*self.models), miva_call(self.unet):  # per-step state, through backward
                     generator = step_generator(config.seed, epoch * batches + index, acc.process_index, acc.device)
                     with acc.autocast():
                         latents = encode_frames(self.vae, batch["pixel_values"], generator)

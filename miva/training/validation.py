@@ -38,7 +38,8 @@ def run_validation(trainer: MIVATrainer) -> list[Path]:
     """Animate the validation images with the adapter being trained; GIFs go to `<output_dir>/validation/`.
 
     Runs in eval mode under `no_grad` (and the run's autocast), with a generator seeded by `validation.seed` (default
-    the training seed). The MIVA context (active adapters, prompt layout, CA store) is restored afterwards.
+    the training seed). The adapter settings (active adapters, enabled, composition mode) are restored afterwards;
+    the pipeline's per-call values (prompt layout, CA store) end with each call (`miva_call`).
     """
     from diffusers.utils import export_to_gif
 
@@ -48,13 +49,7 @@ def run_validation(trainer: MIVATrainer) -> list[Path]:
     settings = config.validation
     unet = trainer.unet
     context = unet.miva_context
-    saved = (
-        list(context.active),
-        context.enabled,
-        context.parallel_mode,
-        context.adapter_prompts,
-        context.attention_store,
-    )
+    saved = (list(context.active), context.enabled, context.parallel_mode)
     folder = Path(config.output_dir) / VALIDATION_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     pipe = MIVAPipeline(
@@ -92,8 +87,6 @@ def run_validation(trainer: MIVATrainer) -> list[Path]:
                 gifs.append(path)
     finally:
         unet.train()
-        (context.active, context.enabled, context.parallel_mode, context.adapter_prompts, context.attention_store) = (
-            saved
-        )
+        context.active, context.enabled, context.parallel_mode = saved
     trainer.logger.info(f"validation GIFs: {[str(g) for g in gifs]}")
     return gifs
