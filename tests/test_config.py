@@ -10,8 +10,7 @@ import pytest
 
 from miva.attention_processors import add_miva_adapter, get_miva_adapter_modules, install_miva_processors
 from miva.commands.video_io import hist_match_frames
-from miva.config import DDIM_KWARGS, ConfigError, MIVAConfig, load_config
-from miva.config_train import DDPM_KWARGS
+from miva.config import DDIM_KWARGS, DDPM_KWARGS, ConfigError, MIVAConfig, load_config
 from miva.tiny import tiny_unet_motion
 
 ROOT = Path(__file__).resolve().parents[1]
