@@ -38,24 +38,41 @@ RESEARCH_ALIASES = {
 class ConfigError(ValueError):
     """A bad config key or value; the message is one line and starts with the key path.
 
-    Raised by :func:`fail` it also keeps `path`, `value` and `problem`, so the same rule can be shown in the
-    keyword form of the Python API (:meth:`as_keyword`)."""
+    Raised by :func:`fail` or :func:`missing` it also keeps `path`, `value` and `problem`, so one rule can be shown
+    in the keyword form of the Python API (:meth:`as_keyword`) or for the YAML key that feeds a field
+    (:meth:`renamed`)."""
 
     def __init__(self, message: str, *, path: str | None = None, value: Any = None, problem: str | None = None):
         super().__init__(" ".join(str(message).split()))
         self.path, self.value, self.problem = path, value, problem
 
+    def renamed(self, path: str) -> ConfigError:
+        """The same error for key path `path` (`"<path>: <value!r> <problem>"` / `"<path>: required ..."`)."""
+        if self.problem is None:
+            return self
+        if self.value is _MISSING:
+            return missing(path, self.problem)
+        return fail(path, self.value, self.problem)
+
     def as_keyword(self) -> ConfigError:
         """The same error with the subject written `name=value` (a keyword argument) instead of `path: value`."""
         if self.problem is None:
             return self
-        return ConfigError(f"{self.path}={self.value!r} {self.problem}", path=self.path, value=self.value,
-                           problem=self.problem)
+        subject = f"{self.path} is required" if self.value is _MISSING else f"{self.path}={self.value!r}"
+        return ConfigError(f"{subject} {self.problem}", path=self.path, value=self.value, problem=self.problem)
+
+
+_MISSING = object()
 
 
 def fail(path: str, value: Any, problem: str) -> ConfigError:
     """The error of one rule: `"<path>: <value!r> <problem>"` (see :meth:`ConfigError.as_keyword`)."""
     return ConfigError(f"{path}: {value!r} {problem}", path=path, value=value, problem=problem)
+
+
+def missing(path: str, problem: str) -> ConfigError:
+    """A required key is unset: `"<path>: required <problem>"` (keyword form `"<path> is required <problem>"`)."""
+    return ConfigError(f"{path}: required {problem}", path=path, value=_MISSING, problem=problem)
 
 
 suggest = did_you_mean  # the one "did you mean" (miva.guards), under its config name

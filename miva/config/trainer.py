@@ -40,6 +40,7 @@ from .fields import (
     key,
     list_of,
     local_path,
+    missing,
     multiple_of_8,
     number,
     one_or_list,
@@ -154,8 +155,8 @@ class ValidationConfig:
     )
     prompt: str | None = key(None, optional(string), "Prompt; default: the training prompt.")
     num_frames: int | None = key(None, optional(integer(1)), "Frames; default: the training num_frames.")
-    height: int | None = key(None, optional(integer(1)), "Height; default: the training height.")
-    width: int | None = key(None, optional(integer(1)), "Width; default: the training width.")
+    height: int | None = key(None, optional(multiple_of_8), "Height; default: the training height.")
+    width: int | None = key(None, optional(multiple_of_8), "Width; default: the training width.")
     num_inference_steps: int = key(25, integer(1), "Denoising steps.")
     guidance_scale: float = key(1.0, number(0.0), "CFG scale (the research examples use 1).")
     seed: int | None = key(None, optional(integer(0)), "Generator seed; default: the training seed.")
@@ -283,9 +284,9 @@ class TrainConfig:
         if not self.tiny:
             for name in ("pretrained_model_path", "motion_module_path"):
                 if not getattr(self, name):
-                    raise ConfigError(f"{name} is required (a local diffusers folder or a Hub id) unless tiny: true")
+                    raise missing(name, "(a local diffusers folder or a Hub id) unless tiny: true").as_keyword()
         if self.video_root is None and not self.tiny:
-            raise ConfigError("video_root is required: a folder of clips or a list of clip paths")
+            raise missing("video_root", "(a folder of clips or a list of clip paths)").as_keyword()
         self._validate_parts()
         if self.lr_scheduler == "constant" and self.lr_warmup_steps:
             raise ConfigError(f"lr_warmup_steps={self.lr_warmup_steps} has no effect with lr_scheduler='constant'; "

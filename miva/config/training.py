@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fields import ConfigError, boolean, fail, fed_values, fixed, key, list_of, optional, path_value, string
+from .fields import ConfigError, boolean, fed_values, fixed, key, list_of, optional, path_value, string
 from .trainer import TRAINABLE_PARTS, TrainConfig, adapter_parts
 
 DDPM_KWARGS = (
@@ -156,8 +156,6 @@ def to_train_config(config, tiny: bool = False):
     roots = [kwargs["video_root"]] if isinstance(kwargs["video_root"], str) else kwargs["video_root"] or []
     if tiny and not all(os.path.exists(r) for r in roots or ["<none>"]):
         kwargs["video_root"] = None  # placeholders under --tiny: the trainer writes synthetic clips
-    elif kwargs["video_root"] is None:
-        raise ConfigError("train_data.video_root: required (a folder of clips or a list of clip paths)")
     items = []
     if v.image_path is not None and (not tiny or Path(v.image_path).exists()):
         items = [item for item in config.inputs(must_exist=not tiny) if Path(item.image).is_file()]
@@ -182,6 +180,6 @@ def to_train_config(config, tiny: bool = False):
     try:
         return TrainConfig(**kwargs)
     except ConfigError as e:  # a rule of the trainer's fields: name the YAML key that feeds the field
-        if e.path is not None and e.path in fed:
-            raise fail(fed[e.path][0], e.value, e.problem) from None
+        if e.path in fed:
+            raise e.renamed(fed[e.path][0]) from None
         raise
