@@ -159,7 +159,7 @@ def to_train_config(config, tiny: bool = False):
     items = []
     if v.image_path is not None and (not tiny or Path(v.image_path).exists()):
         items = [item for item in config.inputs(must_exist=not tiny) if Path(item.image).is_file()]
-    sampling = {k: val for k, val in config.pipeline_kwargs(include_adapters=False).items() if k not in _VALIDATION_OWN}
+    sampling = config.pipeline_kwargs(include_adapters=False)  # the validation videos sample as `miva infer` does
     kwargs.update(
         tiny=tiny,
         adapter=adapter,
@@ -168,12 +168,8 @@ def to_train_config(config, tiny: bool = False):
         validation=dict(
             image=[item.image for item in items] or None,
             prompt=(items[0].prompt or None) if items else None,
-            num_frames=v.video_length,
-            height=v.height,
-            width=v.width,
-            num_inference_steps=v.num_inference_steps,
-            guidance_scale=v.guidance_scale,
             seed=config.global_seed,
+            **{name: sampling.pop(name) for name in _VALIDATION_OWN},  # ValidationConfig's own fields
             pipeline_kwargs=sampling,
         ),
     )
