@@ -78,7 +78,7 @@ def missing(path: str, problem: str) -> ConfigError:
 suggest = did_you_mean  # the one "did you mean" (miva.guards), under its config name
 
 
-def key(default: Any = None, check: Check | None = None, help: str = "", feeds: str | tuple = (), factory=None,
+def key(default: Any = None, check: Check | None = None, help: str = "", *, feeds: str | tuple = (), factory=None,
         convert: Callable | None = None, per_adapter: bool = False):
     """A section field: its default (or `factory`), its check, what it means (`help`) and the target fields it
     sets (`feeds`: `"Target.field"` or a tuple of them; `convert` maps the value for them; `per_adapter`: a list
