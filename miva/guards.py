@@ -8,6 +8,7 @@ the input from the message alone. They return the value (normalised where said) 
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import numbers
@@ -21,11 +22,24 @@ __all__ = [
     "check_finite_tensor",
     "check_float",
     "check_int",
+    "did_you_mean",
     "read_json_object",
 ]
 
 # Ranks far beyond any attention width only reach the allocator; SD1.5's widest layer has 1280 channels.
 MAX_RANK = 4096
+
+
+def did_you_mean(word: Any, options, *, cutoff: float = 0.6) -> str:
+    """`"; did you mean 'x'?"` for the option closest to `word` (a case slip first, then difflib), or `""`.
+
+    The one "did you mean" of miva: config keys and values, adapter config fields, PE modes, trainer settings.
+    """
+    names = [str(o) for o in options]
+    by_case = {n.lower(): n for n in names}
+    close = [by_case[str(word).lower()]] if str(word).lower() in by_case and str(word) not in names else []
+    close = close or difflib.get_close_matches(str(word), names, n=1, cutoff=cutoff)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _show(value: Any) -> str:

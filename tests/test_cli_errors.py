@@ -36,7 +36,8 @@ CASES = {
                                "miva train: error: learning_rate: -1 must be a finite number > 0.0"),
     "--set max_train_steps=abc": (["train", "--config", TRAIN, "--tiny", "--set", "max_train_steps=abc"],
                                   "miva train: error: max_train_steps: 'abc' must be an integer >= 1"),
-    "YAML syntax error": (["train", "--config", "{tmp}/bad.yaml"], "miva train: error: while parsing a flow"),
+    "YAML syntax error": (["train", "--config", "{tmp}/bad.yaml"],
+                          "miva train: error: {tmp}/bad.yaml: not valid YAML: while parsing a flow"),
     "corrupt checkpoint": (["infer", "--config", INFER, "--tiny", "--set",
                             "unet_checkpoint_path={tmp}/corrupt.safetensors"], "miva infer: error: "),
 }
@@ -52,6 +53,7 @@ def test_user_errors_are_one_line(case, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(_files(tmp_path))
     argv, start = CASES[case]
     argv = [a.format(tmp=tmp_path) for a in argv]
+    start = start.format(tmp=tmp_path)
     assert main(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     errors = [line for line in lines if line.startswith("miva ")]

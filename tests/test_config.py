@@ -10,8 +10,7 @@ import pytest
 
 from miva.attention_processors import add_miva_adapter, get_miva_adapter_modules, install_miva_processors
 from miva.commands.video_io import hist_match_frames
-from miva.config import DDIM_KWARGS, ConfigError, MIVAConfig, load_config
-from miva.config_train import DDPM_KWARGS
+from miva.config import DDIM_KWARGS, DDPM_KWARGS, ConfigError, MIVAConfig, load_config
 from miva.tiny import tiny_unet_motion
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -345,3 +344,45 @@ def test_config_import_stays_light():
     code = "import sys, miva.config; print('diffusers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_keys_feed_their_targets_by_declaration():
+    """`feeds` declarations name real fields; the seed layout's training keys are the trainer's own declarations."""
+    import dataclasses
+
+    from miva import MIVAAdapterConfig
+    from miva.config import TrainConfig, TrainingKeys
+    from miva.config.fields import fed_values
+
+    config = MIVAConfig()
+    for target, cls in (("MIVAAdapterConfig", MIVAAdapterConfig), ("TrainConfig", TrainConfig)):
+        fed = fed_values(config, target)
+        assert fed and set(fed) <= {f.name for f in dataclasses.fields(cls)}, target
+    trainer = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for f in dataclasses.fields(TrainingKeys):
+        if f.metadata["feeds"]:
+            assert f.metadata["feeds"] == (f"TrainConfig.{f.name}",)
+            assert f.default == trainer[f.name].default, f.name  # one default, declared once
+
+
+def test_one_suggestion_helper_and_one_override_parser():
+    from miva.config import apply_overrides, suggest
+    from miva.guards import did_you_mean
+
+    assert suggest is did_you_mean and did_you_mean("ROPE_3D", ["rope_3d", "rope_1d"]) == "; did you mean 'rope_3d'?"
+    assert did_you_mean("zzz", ["rope_3d"]) == ""
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=[1, 2]", "d=null", "e=a, b"]) == {
+        "a": {"b": 1, "c": [1, 2]}, "d": None, "e": "a, b"}
+    with pytest.raises(ConfigError, match=r"^--set 'x': an override looks like key.path=value"):
+        apply_overrides({}, ["x"])
+
+
+def test_train_layout_is_decided_from_the_two_schemas():
+    from miva.config import TrainConfig, train_layout
+
+    assert train_layout(TrainConfig(tiny=True).to_dict()) == "trainer"
+    assert train_layout({"adapter": {"use_ca_lora": True}, "max_train_steps": 2}) == "trainer"
+    assert train_layout({"train_data": {"prompt": "p"}, "max_train_steps": 2}) == "seed"
+    assert train_layout({"max_train_steps": 2}) == "seed"  # keys both have: the seed layout (it names unknown keys)
+    for name in ("train", "train_orthogonal", "train_textual_inversion"):
+        assert train_layout(load_config(ROOT / "examples" / "configs" / f"{name}.yaml").to_dict()) == "seed"

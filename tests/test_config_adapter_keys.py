@@ -5,8 +5,7 @@ import pytest
 
 from miva.attention_processors import MIVAAdapterConfig
 from miva.commands.common import load_config_adapters
-from miva.config import load_config
-from miva.config_fields import ConfigError
+from miva.config import ConfigError, load_config
 from miva.pipelines import MIVAPipeline
 from miva.tiny import tiny_components
 

@@ -5,8 +5,7 @@ import json
 
 import pytest
 
-from miva.config import load_config
-from miva.config_fields import ConfigError
+from miva.config import ConfigError, load_config
 from miva.training.train import LOG_FILE, train
 from miva.training.train_config import TrainConfig
 

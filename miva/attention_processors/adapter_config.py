@@ -7,14 +7,13 @@ onto this dataclass key by key.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..guards import MAX_RANK, read_json_object
+from ..guards import MAX_RANK, did_you_mean, read_json_object
 from .parts import CROSS, has_part_at
 from .positional import PE_MODES, PE_STYLES, normalize_pe_mode
 
@@ -28,10 +27,7 @@ normalize_ca_pe_mode = normalize_pe_mode
 
 def _check_choice(name: str, value: Any, valid: tuple) -> None:
     if value not in valid:
-        hint = ""
-        if isinstance(value, str):
-            close = difflib.get_close_matches(value, [str(v) for v in valid], n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(value, valid) if isinstance(value, str) else ""
         raise ValueError(f"{name}={value!r} is not one of {list(valid)}{hint}")
 
 
@@ -179,9 +175,7 @@ class MIVAAdapterConfig:
         unknown = [k for k in data if k not in valid]
         if unknown:
             key = unknown[0]
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown MIVAAdapterConfig field {key!r}{hint}")
+            raise ValueError(f"unknown MIVAAdapterConfig field {key!r}{did_you_mean(key, valid)}")
         return cls(**data)
 
     def to_json_string(self) -> str:

@@ -29,13 +29,13 @@ where the mode does nothing there) and its channel constraint. `PE_MODES`, `norm
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 
+from ..guards import did_you_mean
 from .positional_tables import (
     PE_STYLES,
     apply_rotary,
@@ -231,14 +231,8 @@ def normalize_pe_mode(mode: str | None) -> str | None:
             return mode
     valid = [None, "null", *PE_MODES]
     message = f"ca_pe_mode={mode!r} is not one of {valid}"
-    if isinstance(mode, str):
-        lowered = {m.lower(): m for m in PE_MODES}
-        if mode.lower() in lowered:  # case slips such as "ROPE_3D" or "ropeqk_1d"
-            close = [lowered[mode.lower()]]
-        else:
-            close = difflib.get_close_matches(mode, PE_MODES, n=1, cutoff=0.5)
-        if close:
-            message += f"; did you mean {close[0]!r}?"
+    if isinstance(mode, str):  # case slips such as "ROPE_3D" or "ropeqk_1d" first
+        message += did_you_mean(mode, PE_MODES, cutoff=0.5)
     raise ValueError(message)
 
 

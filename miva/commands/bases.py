@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def create_bases(config, out: str | None = None, seed: int | None = None, tiny: bool = False) -> str:
     """Write the bases library for `config`'s UNet (tiny with `tiny`): one basis per LoRA layer any adapter can have
     (`miva.training.orthogonal.layer_dims`); returns its path."""
-    from ..config_fields import ConfigError
+    from ..config import ConfigError
     from ..training.orthogonal import create_bases_library
     from .convert import base_unet
 

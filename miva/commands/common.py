@@ -46,7 +46,7 @@ def build_pipeline(config, tiny: bool = False, device=None, dtype=None, progress
     `progress`: diffusers' progress bar over the denoising steps."""
     import torch
 
-    from ..config_fields import ConfigError
+    from ..config import ConfigError
     from ..pipelines.pipeline_miva import MIVAPipeline
 
     if tiny:
@@ -115,7 +115,7 @@ def load_config_adapters(pipe, config, tiny: bool = False) -> list[str]:
 def check_adapter_against_config(pipe, spec, keys: list[tuple[str, str]]) -> None:
     """A key the YAML sets must agree with the loaded adapter's own config (a native adapter brings its settings);
     otherwise one `ConfigError` line naming each key and both values. The adapter is removed again first."""
-    from ..config_fields import ConfigError
+    from ..config import ConfigError
 
     loaded = pipe.unet.miva_context.configs[spec.name]
     clashes = [f"{path}: YAML {getattr(spec.config, field)!r}, adapter {getattr(loaded, field)!r}"
@@ -134,7 +134,7 @@ def _known_word(tokenizer, word: str) -> bool:
 def load_learned_words(pipe, config) -> list[str]:
     """Make every `word_to_replace` known to the tokenizer: words an adapter shipped are kept; the others are read
     from `config.learned_embeds_path()` (`{word: (dim,)}` safetensors, research layout). Returns the words loaded."""
-    from ..config_fields import ConfigError
+    from ..config import ConfigError
 
     words = config.validation_data.word_to_replace
     words = [words] if isinstance(words, str) else list(words or [])

@@ -47,7 +47,7 @@ def base_unet(config, tiny: bool):
 
 def convert_config(config, out_dir: str, tiny: bool = False) -> list[str]:
     """Convert every adapter of `config` that has a checkpoint; returns the written folders."""
-    from ..config_fields import ConfigError
+    from ..config import ConfigError
     from ..loaders import convert_research_checkpoint
 
     specs = [spec for spec in config.adapter_sources(tiny) if spec.source is not None]

@@ -42,7 +42,7 @@ def write_text_embeddings(tokenizer, text_encoder, prompts: list[str], folder: s
     state) and save it as `<folder>/<prompt>.pt` (`void.pt` for ""); returns the paths."""
     import torch
 
-    from ..config_fields import ConfigError
+    from ..config import ConfigError
     from ..pipelines.prompts import VOID_EMBEDDING
 
     os.makedirs(folder, exist_ok=True)
@@ -67,7 +67,7 @@ def write_text_embeddings(tokenizer, text_encoder, prompts: list[str], folder: s
 
 def text_parts(config, tiny: bool):
     """`(tokenizer, text_encoder)` of `pretrained_model_path` (or `miva.tiny`, as `miva infer --tiny` uses)."""
-    from ..config_fields import ConfigError
+    from ..config import ConfigError
 
     if tiny:
         from ..tiny import tiny_components

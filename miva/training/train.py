@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import logging
 
-    from ..commands import train as train_command
+    from . import command as train_command
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     parser = argparse.ArgumentParser(prog="python -m miva.training.train", description=train_command.HELP)

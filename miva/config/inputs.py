@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config_fields import ConfigError
+from .fields import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 NEWLAMP_IMAGES = tuple(f"{i}.png" for i in range(1, 21))

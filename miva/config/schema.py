@@ -11,7 +11,8 @@ Layout (the research config README, `docs/config.md` has the full table)::
     noise_scheduler_kwargs: {...DDIMScheduler arguments...}
 
 Every key is checked when loading: unknown keys and bad values raise :class:`ConfigError`, one line naming the key
-path and the closest valid key or value. The methods map keys to where they act: `adapter_configs()`
+path and the closest valid key or value. Keys declare the target fields they set (`feeds`, see `fields`); the
+methods map them onto their targets: `adapter_configs()`
 (`MIVAAdapterConfig` per adapter), `adapter_sources()` (what `load_adapters` gets), `pipeline_kwargs()`
 (`MIVAPipeline.__call__`), `scheduler()`, `train_config()` (`TrainConfig`), `ip_adapter_kwargs()`.
 """
@@ -24,10 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .attention_processors.adapter_config import MIVAAdapterConfig
-from .config_fields import (
+from ..attention_processors.adapter_config import MIVAAdapterConfig
+from .fields import (
     ConfigError,
+    apply_overrides,
     boolean,
+    explicit_keys,
+    fed_values,
     integer,
     key,
     one_or_list,
@@ -37,9 +41,10 @@ from .config_fields import (
     section,
     section_to_dict,
     string,
+    word,
 )
-from .config_inputs import InputItem, resolve_inputs
-from .config_sections import (
+from .inputs import InputItem, resolve_inputs
+from .sections import (
     ADAPTER_PATH_KEYS,
     DDIM_KWARGS,
     TrainData,
@@ -47,9 +52,12 @@ from .config_sections import (
     ValidationData,
     check_scheduler_kwargs,
 )
-from .config_train import TrainingKeys, to_train_config
+from .trainer import both_or_neither
+from .training import DDPM_KWARGS, TrainingKeys, to_train_config
 
 __all__ = ["DDIM_KWARGS", "AdapterSpec", "ConfigError", "InputItem", "MIVAConfig", "load_config", "resolve_inputs"]
+# `MIVAPipeline.__call__` arguments about the adapters (left out by `pipeline_kwargs(include_adapters=False)`).
+ADAPTER_CALL_ARGS = ("adapter_weights", "batch_prompt", "word_to_replace", "text_emb_dir", "ca_map_resolutions")
 
 
 @dataclass
@@ -65,30 +73,39 @@ class AdapterSpec:
 class MIVAConfig(TrainingKeys):
     """A whole config in the seed's layout. Build it with :func:`load_config`."""
 
-    output_dir: str = key("outputs", string, "results", "miva infer / TrainConfig.output_dir")
-    pretrained_model_path: str | None = key(None, path_value, "SD1.5 Hub id or folder", "MIVAPipeline.from_pretrained")
-    motion_module_path: str | None = key(None, path_value, "Hub id, folder or .ckpt", "MotionAdapter")
-    use_ip_adapter: bool = key(False, boolean, "", "MIVAPipeline.load_ip_adapter")
-    ip_ckpt: str | None = key(None, path_value, "IP-Adapter weights file", "load_ip_adapter(weight_name)")
-    image_encoder_path: str | None = key(None, path_value, "CLIP image encoder folder", "MIVAPipeline.image_encoder")
-    textemb_checkpoint_path: str | None = key(
-        None, path_value, "learned_embeds.safetensors", "MIVAPipeline.load_textual_inversion"
+    output_dir: str = key("outputs", string, "results", feeds="TrainConfig.output_dir")
+    pretrained_model_path: str | None = key(
+        None, path_value, "SD1.5 Hub id or folder", feeds="TrainConfig.pretrained_model_path"
     )
-    global_seed: int = key(42, integer(0), "", "generator seed / TrainConfig.seed")
-    load_from_adapter_ckpt: bool = key(False, boolean, "split checkpoints instead of full UNets", "adapter_sources()")
-    unet_checkpoint_path: str | list | None = key(None, optional(one_or_list(path_value)), "", "load_adapters")
-    adapter_i2v_path: str | list | None = key(None, optional(one_or_list(path_value)), "", "load_adapters")
-    adapter_lora_path: str | list | None = key(None, optional(one_or_list(path_value)), "", "load_adapters")
-    ca_lora_path: str | list | None = key(None, optional(one_or_list(path_value)), "", "load_adapters")
-    adapter_names: list[str] | None = key(None, optional(one_or_list(string)), "miva", "load_adapters(adapter_names)")
-    word_to_learn: str | None = key(None, optional(string), "", "TrainConfig.word_to_learn")
-    initializer_token: str | None = key(None, optional(string), "", "TrainConfig.initializer_token")
+    motion_module_path: str | None = key(
+        None, path_value, "Hub id, folder or .ckpt", feeds="TrainConfig.motion_module_path"
+    )
+    use_ip_adapter: bool = key(False, boolean, "MIVAPipeline.load_ip_adapter")
+    ip_ckpt: str | None = key(None, path_value, "IP-Adapter weights file")
+    image_encoder_path: str | None = key(None, path_value, "CLIP image encoder folder")
+    textemb_checkpoint_path: str | None = key(None, path_value, "learned_embeds.safetensors")
+    global_seed: int = key(42, integer(0), "generator seed", feeds="TrainConfig.seed")
+    load_from_adapter_ckpt: bool = key(False, boolean, "split checkpoints instead of full UNets")
+    unet_checkpoint_path: str | list | None = key(None, optional(one_or_list(path_value)), "one per adapter")
+    adapter_i2v_path: str | list | None = key(None, optional(one_or_list(path_value)), "one per adapter")
+    adapter_lora_path: str | list | None = key(None, optional(one_or_list(path_value)), "one per adapter")
+    ca_lora_path: str | list | None = key(None, optional(one_or_list(path_value)), "one per adapter")
+    adapter_names: list[str] | None = key(None, optional(one_or_list(string)), "default miva / miva0, miva1, ...")
+    word_to_learn: str | None = key(
+        None, optional(word), "", feeds=("TrainConfig.word_to_learn", "MIVAAdapterConfig.word_to_learn")
+    )
+    initializer_token: str | None = key(None, optional(word), "", feeds="TrainConfig.initializer_token")
     unet_additional_kwargs: UNetAdditionalKwargs = key(
         None, section(UNetAdditionalKwargs), factory=UNetAdditionalKwargs
     )
     validation_data: ValidationData = key(None, section(ValidationData), factory=ValidationData)
     noise_scheduler_kwargs: dict = key(
-        None, check_scheduler_kwargs, "DDIMScheduler arguments", "scheduler()", factory=dict
+        None,
+        check_scheduler_kwargs,
+        "DDIMScheduler arguments (scheduler()); the DDPM ones also train",
+        feeds="TrainConfig.noise_scheduler_kwargs",
+        convert=lambda kwargs: {k: v for k, v in kwargs.items() if k in DDPM_KWARGS},
+        factory=dict,
     )
     train_data: TrainData = key(None, section(TrainData), factory=TrainData)
 
@@ -106,12 +123,7 @@ class MIVAConfig(TrainingKeys):
                 f"validation_data.batch_prompt: multi_ca is true, so it must be a list of "
                 f"{self.num_adapters} prompts (one per adapter), got {v.batch_prompt!r}"
             )
-        if (self.word_to_learn is None) != (self.initializer_token is None):
-            missing = "initializer_token" if self.initializer_token is None else "word_to_learn"
-            raise ConfigError(
-                f"{missing}: required together with "
-                f"{'word_to_learn' if missing == 'initializer_token' else 'initializer_token'}"
-            )
+        both_or_neither(self.word_to_learn, self.initializer_token)
         if self.use_ip_adapter:
             for name in ("ip_ckpt", "image_encoder_path"):
                 if getattr(self, name) is None:
@@ -167,39 +179,21 @@ class MIVAConfig(TrainingKeys):
         return [float(w) for w in weights] if weights is not None else [1.0] * self.num_adapters
 
     def adapter_configs(self, tiny: bool = False) -> list[MIVAAdapterConfig]:
-        """One `MIVAAdapterConfig` per adapter (list-valued `ca_lora_rank` / `ca_lora_scale` split by adapter).
+        """One `MIVAAdapterConfig` per adapter: every key declaring `feeds="MIVAAdapterConfig.<field>"` sets that
+        field (a `per_adapter` list gives adapter i its entry i); computed here: the adapter's prompt (`multi_ca`),
+        `i2v_train_q` by default, and the base models.
 
         `tiny`: the model paths are placeholders, so `base_model` / `motion_adapter` are left unset.
         """
-        u, m, v = self.unet_additional_kwargs, self.unet_additional_kwargs.motion_module_kwargs, self.validation_data
-        ranks, scales = self._per_adapter(u.ca_lora_rank), self._per_adapter(u.ca_lora_scale)
-        prompts = v.batch_prompt if v.multi_ca else [None] * self.num_adapters
-        i2v_train_q = u.i2v_train_q
-        if i2v_train_q is None:
-            i2v_train_q = any("i2v" in t and "to_q" in t for t in self.trainable_modules or [])
+        fed = fed_values(self, "MIVAAdapterConfig")
+        prompts = self.validation_data.batch_prompt if self.validation_data.multi_ca else [None] * self.num_adapters
+        if fed["i2v_train_q"][1] is None:
+            wanted = any("i2v" in t and "to_q" in t for t in self.trainable_modules or [])
+            fed["i2v_train_q"] = (fed["i2v_train_q"][0], wanted, False)
         return [
             MIVAAdapterConfig(
-                use_i2v=u.use_i2v,
-                i2v_train_q=i2v_train_q,
-                sa_mode=u.sa_mode,
-                sa_first_frame_scale=u.sa_first_frame_scale,
-                use_motion_lora=u.use_motion_lora,
-                motion_lora_rank=m.lora_rank,
-                motion_lora_scale=m.lora_scale,
-                use_motion_embed=m.use_motion_embed,
-                use_ca_lora=u.use_ca_lora,
-                ca_mode="implicit" if u.use_simple_CA else "lora",
-                ca_lora_rank=ranks[i],
-                ca_lora_scale=scales[i],
-                use_q_lora=u.use_q_lora,
-                implicit_rank=u.implicit_rank,
-                q_downsample=u.q_downsample,
-                q_downsample_ratio=u.q_downsample_ratio,
-                q_downsample_mode=u.q_downsample_mode,
-                ca_pe_mode=u.ca_pe_mode,
-                pe_style=u.pe_style,
-                oa_bin_id=u.oa_bin_id,
-                word_to_learn=self.word_to_learn,
+                **{name: self._per_adapter(value)[i] if per_adapter else value
+                   for name, (_, value, per_adapter) in fed.items()},
                 prompt=prompts[i],
                 base_model=None if tiny else self.pretrained_model_path,
                 motion_adapter=None if tiny else self.motion_module_path,
@@ -210,18 +204,14 @@ class MIVAConfig(TrainingKeys):
     def explicit_adapter_keys(self) -> list[tuple[str, str]]:
         """`(YAML key path, MIVAAdapterConfig field)` for every adapter key the YAML (or `--set`) set explicitly;
         a loaded native adapter must agree with these (`miva.commands.common.check_adapter_against_config`)."""
-        import re
-
-        from .config_fields import explicit_keys
-
         found = []
-        for prefix, part in (("unet_additional_kwargs", self.unet_additional_kwargs),
-                             ("unet_additional_kwargs.motion_module_kwargs",
-                              self.unet_additional_kwargs.motion_module_kwargs)):
-            for f in dataclasses.fields(part):
-                match = re.match(r"MIVAAdapterConfig\.(\w+)", f.metadata.get("dest") or "")
-                if match and f.name in explicit_keys(part):
-                    found.append((f"{prefix}.{f.name}", match.group(1)))
+        for name, (path, _, _) in fed_values(self, "MIVAAdapterConfig").items():
+            *sections, leaf = path.split(".")
+            part = self
+            for section_name in sections:
+                part = getattr(part, section_name)
+            if sections and leaf in explicit_keys(part):  # header keys (word_to_learn) are not adapter settings
+                found.append((path, name))
         return found
 
     def adapter_sources(self, tiny: bool = False) -> list[AdapterSpec]:
@@ -253,32 +243,14 @@ class MIVAConfig(TrainingKeys):
 
     # ------------------------------------------------------------------------------------------- destinations
     def pipeline_kwargs(self, include_adapters: bool = True) -> dict[str, Any]:
-        """`MIVAPipeline.__call__` arguments (all but `image`, `prompt` and `generator`)."""
+        """`MIVAPipeline.__call__` arguments (all but `image`, `prompt` and `generator`): every key declaring
+        `feeds="MIVAPipeline.<argument>"`, plus the adapters' weights and prompts; `include_adapters=False` leaves
+        out the adapter arguments (`ADAPTER_CALL_ARGS`)."""
         v = self.validation_data
-        kwargs = dict(
-            num_frames=v.video_length,
-            height=v.height,
-            width=v.width,
-            num_inference_steps=v.num_inference_steps,
-            guidance_scale=v.guidance_scale,
-            negative_prompt=v.negative_prompt,
-            use_adain_norm=v.use_adain_norm,
-            shared_noise_ratio=v.shared_noise_ratio,
-            first_frame_cond_type=v.first_frame_cond_type,
-            use_dct_init=v.use_dct_init,
-            dct_cutoff_ratio=v.dct_cutoff_ratio,
-            dct_cutoff_shape=v.dct_cutoff_shape,
-            cil_ratio=v.cil_ratio,
-            cil_analytic=v.cil_analytic,
-        )
-        if include_adapters:
-            kwargs.update(
-                adapter_weights=self.adapter_weights(),
-                word_to_replace=v.word_to_replace,
-                text_emb_dir=v.text_emb_dir,
-                ca_map_resolutions=v.CA_Map_visualization_resolution,
-                batch_prompt=list(v.batch_prompt) if v.multi_ca else None,
-            )
+        kwargs = {name: value for name, (_, value, _) in fed_values(self, "MIVAPipeline").items()}
+        kwargs.update(adapter_weights=self.adapter_weights(), batch_prompt=list(v.batch_prompt) if v.multi_ca else None)
+        if not include_adapters:
+            kwargs = {k: value for k, value in kwargs.items() if k not in ADAPTER_CALL_ARGS}
         return kwargs
 
     def scheduler(self, base_config: dict | None = None):
@@ -330,31 +302,16 @@ class MIVAConfig(TrainingKeys):
 def load_config(path_or_dict: str | os.PathLike | dict, overrides: list[str] | None = None) -> MIVAConfig:
     """Read a config in the seed's layout (a YAML file or a mapping) and apply `key.path=value` overrides.
 
-    Overrides are OmegaConf dotlist items: values are YAML scalars or lists (`true`, `1e-4`, `[0.5,0.5]`, `null`).
-    Raises `ConfigError` (one line: key path, problem, closest valid key/value) or `FileNotFoundError`.
+    Overrides are OmegaConf dotlist items (`miva.config.fields.apply_overrides`): values are YAML scalars or lists
+    (`true`, `1e-4`, `[0.5,0.5]`, `null`). Raises `ConfigError` (one line: key path, problem, closest valid
+    key/value) or `FileNotFoundError`.
     """
-    import yaml
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from .layout import read_yaml
 
     if isinstance(path_or_dict, (str, os.PathLike)):
-        if not os.path.isfile(path_or_dict):
-            raise FileNotFoundError(f"config file not found: {os.fspath(path_or_dict)}")
-        try:
-            base = OmegaConf.load(path_or_dict)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{os.fspath(path_or_dict)}: not valid YAML: {e}") from None
+        data = read_yaml(path_or_dict)
     elif isinstance(path_or_dict, dict):
-        base = OmegaConf.create(path_or_dict)
+        data = path_or_dict
     else:
         raise ConfigError(f"config: expected a YAML path or a mapping, got {type(path_or_dict).__name__}")
-    for item in overrides or []:
-        if "=" not in item or not item.split("=", 1)[0].strip():
-            raise ConfigError(f"--set {item!r}: an override looks like key.path=value (e.g. validation_data.width=64)")
-    try:
-        if overrides:
-            base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
-        data = OmegaConf.to_container(base, resolve=True)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"config: {str(e).splitlines()[0]}") from None
-    return parse_section(MIVAConfig, data)
+    return parse_section(MIVAConfig, apply_overrides(data, overrides))

@@ -1,7 +1,8 @@
 """The sections of the research config layout (`miva.config`): `unet_additional_kwargs` (with
 `motion_module_kwargs`), `train_data`, `validation_data` and the checks of `noise_scheduler_kwargs`.
 
-Each field's metadata says what the key means (`help`) and where it acts (`dest`); `docs/config.md` is the table.
+Each field's metadata says what the key means (`help`) and which target field it sets (`feeds`, read by
+`miva.config.fields.fed_values`); `docs/config.md` is the table.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .attention_processors.adapter_config import (
+from ..attention_processors.adapter_config import (
     CA_PE_MODES,
     PE_STYLES,
     Q_DOWNSAMPLE_MODES,
@@ -17,15 +18,20 @@ from .attention_processors.adapter_config import (
     normalize_ca_pe_mode,
     parse_first_frame_scale,
 )
-from .config_fields import (
+from ..attention_processors.composition import DEFAULT_PARALLEL_MODE, PARALLEL_MODES
+from ..guards import MAX_RANK
+from ..pipelines.latent_init import ADAIN_MODES, DCT_CUTOFF_SHAPES, FIRST_FRAME_COND_TYPES
+from .fields import (
     ConfigError,
     boolean,
     choice,
     fixed,
+    frame_rate,
     integer,
     key,
     list_of,
     mapping,
+    multiple_of_8,
     number,
     one_or_list,
     optional,
@@ -33,9 +39,7 @@ from .config_fields import (
     section,
     string,
 )
-from .config_fields import suggest as _suggest
-from .guards import MAX_RANK
-from .pipelines.latent_init import ADAIN_MODES, DCT_CUTOFF_SHAPES, FIRST_FRAME_COND_TYPES
+from .fields import suggest as _suggest
 
 ADAPTER_PATH_KEYS = ("adapter_i2v_path", "adapter_lora_path", "ca_lora_path")
 DDIM_KWARGS = (
@@ -59,13 +63,6 @@ DDPM_ONLY_KWARGS = ("variance_type",)
 CA_MAP_LEVELS = ("low", "middle", "high")
 OUTPUT_FORMATS = ("gif", "mp4", "png", "images", "eval")
 _STRUCTURE = "miva builds the stock diffusers UNetMotionModel from the motion adapter checkpoint (motion_module_path)"
-
-
-def _multiple_of_8(path: str, value: Any) -> int:
-    integer(8, 8192)(path, value)
-    if value % 8:
-        raise ConfigError(f"{path}: {value} must be a multiple of 8 (the VAE downsamples by 8)")
-    return value
 
 
 def _ca_pe_mode(path: str, value: Any) -> str | None:
@@ -123,10 +120,10 @@ def check_scheduler_kwargs(path: str, value: Any) -> dict:
 class MotionModuleKwargs:
     """`unet_additional_kwargs.motion_module_kwargs`: MotionLoRA / motion embedding, plus AnimateDiff structure."""
 
-    use_motion_embed: bool = key(False, boolean, "Motion-Inversion embedding", "MIVAAdapterConfig.use_motion_embed")
-    lora_rank: int = key(32, integer(1, MAX_RANK), "MotionLoRA rank", "MIVAAdapterConfig.motion_lora_rank")
+    use_motion_embed: bool = key(False, boolean, "Motion-Inversion embedding", feeds="MIVAAdapterConfig.use_motion_embed")
+    lora_rank: int = key(32, integer(1, MAX_RANK), "MotionLoRA rank", feeds="MIVAAdapterConfig.motion_lora_rank")
     lora_scale: float | None = key(
-        1.0, optional(number(0.0, open_low=True)), "MotionLoRA network_alpha", "MIVAAdapterConfig.motion_lora_scale"
+        1.0, optional(number(0.0, open_low=True)), "MotionLoRA network_alpha", feeds="MIVAAdapterConfig.motion_lora_scale"
     )
     num_attention_heads: int = key(8, fixed([8], _STRUCTURE), "AnimateDiff structure")
     num_transformer_block: int = key(1, fixed([1], _STRUCTURE), "AnimateDiff structure")
@@ -175,17 +172,18 @@ class UNetAdditionalKwargs:
     )
     motion_module_kwargs: MotionModuleKwargs = key(None, section(MotionModuleKwargs), factory=MotionModuleKwargs)
     # Cross-attention: CA-LoRA, implicit prompt, spatiotemporal Q.
-    use_ca_lora: bool = key(False, boolean, "CA-LoRA on K/V/O", "MIVAAdapterConfig.use_ca_lora")
+    use_ca_lora: bool = key(False, boolean, "CA-LoRA on K/V/O", feeds="MIVAAdapterConfig.use_ca_lora")
     ca_lora_rank: int | list[int] = key(
-        32, one_or_list(integer(1, MAX_RANK)), "one per adapter", "MIVAAdapterConfig.ca_lora_rank"
+        32, one_or_list(integer(1, MAX_RANK)), "one per adapter", feeds="MIVAAdapterConfig.ca_lora_rank", per_adapter=True
     )
     ca_lora_scale: float | list[float] | None = key(
         1.0,
         one_or_list(optional(number(0.0, open_low=True))),
         "network_alpha, one per adapter",
-        "MIVAAdapterConfig.ca_lora_scale",
+        feeds="MIVAAdapterConfig.ca_lora_scale",
+        per_adapter=True,
     )
-    use_q_lora: bool = key(False, boolean, "CA-LoRA on Q too", "MIVAAdapterConfig.use_q_lora")
+    use_q_lora: bool = key(False, boolean, "CA-LoRA on Q too", feeds="MIVAAdapterConfig.use_q_lora")
     remove_WO: bool = key(
         False,
         fixed(
@@ -194,23 +192,24 @@ class UNetAdditionalKwargs:
             "without out-LoRA keys import with a zero out delta",
         ),
     )
-    use_simple_CA: bool = key(False, boolean, "implicit prompt", "MIVAAdapterConfig.ca_mode='implicit'")
-    implicit_rank: int = key(64, integer(1, MAX_RANK), "miva: implicit prompt rank", "MIVAAdapterConfig.implicit_rank")
-    q_downsample: bool = key(False, boolean, "spatiotemporal Q", "MIVAAdapterConfig.q_downsample")
-    q_downsample_ratio: int = key(4, integer(1, 64), "spatial stride r", "MIVAAdapterConfig.q_downsample_ratio")
-    q_downsample_mode: str = key("nearest", choice(Q_DOWNSAMPLE_MODES), "miva", "MIVAAdapterConfig.q_downsample_mode")
-    ca_pe_mode: str | None = key(None, _ca_pe_mode, "PE of the spatiotemporal Q", "MIVAAdapterConfig.ca_pe_mode")
+    use_simple_CA: bool = key(False, boolean, "implicit prompt", feeds="MIVAAdapterConfig.ca_mode",
+                                convert=lambda simple: "implicit" if simple else "lora")
+    implicit_rank: int = key(64, integer(1, MAX_RANK), "miva: implicit prompt rank", feeds="MIVAAdapterConfig.implicit_rank")
+    q_downsample: bool = key(False, boolean, "spatiotemporal Q", feeds="MIVAAdapterConfig.q_downsample")
+    q_downsample_ratio: int = key(4, integer(1, 64), "spatial stride r", feeds="MIVAAdapterConfig.q_downsample_ratio")
+    q_downsample_mode: str = key("nearest", choice(Q_DOWNSAMPLE_MODES), "miva", feeds="MIVAAdapterConfig.q_downsample_mode")
+    ca_pe_mode: str | None = key(None, _ca_pe_mode, "PE of the spatiotemporal Q", feeds="MIVAAdapterConfig.ca_pe_mode")
     pe_style: str = key(
-        "standard", choice(PE_STYLES), "miva; research imports use 'research'", "MIVAAdapterConfig.pe_style"
+        "standard", choice(PE_STYLES), "miva; research imports use 'research'", feeds="MIVAAdapterConfig.pe_style"
     )
     # Spatial self-attention: the cross-frame (I2V) branch.
-    use_i2v: bool = key(True, boolean, "miva: cross-frame branch", "MIVAAdapterConfig.use_i2v")
+    use_i2v: bool = key(True, boolean, "miva: cross-frame branch", feeds="MIVAAdapterConfig.use_i2v")
     i2v_train_q: bool | None = key(
-        None, optional(boolean), "miva; default: i2v_adapter.to_q in trainable_modules", "MIVAAdapterConfig.i2v_train_q"
+        None, optional(boolean), "miva; default: i2v_adapter.to_q in trainable_modules", feeds="MIVAAdapterConfig.i2v_train_q"
     )
-    sa_mode: str = key("first", choice(SA_MODES), "keys/values of the branch", "MIVAAdapterConfig.sa_mode")
+    sa_mode: str = key("first", choice(SA_MODES), "keys/values of the branch", feeds="MIVAAdapterConfig.sa_mode")
     sa_first_frame_scale: float | str = key(
-        0.5, _first_frame_scale, "first_prev weight", "MIVAAdapterConfig.sa_first_frame_scale"
+        0.5, _first_frame_scale, "first_prev weight", feeds="MIVAAdapterConfig.sa_first_frame_scale"
     )
     use_i2v_q_lora: bool = key(
         False,
@@ -228,71 +227,72 @@ class UNetAdditionalKwargs:
     )
     i2v_lora_rank: int = key(32, integer(1, MAX_RANK), "inert: the I2V LoRAs are off")
     i2v_lora_scale: float = key(1.0, fixed([1, 1.0], "research I2V LoRAs are imported with network_alpha 1"))
-    use_motion_lora: bool = key(True, boolean, "miva: MotionLoRA", "MIVAAdapterConfig.use_motion_lora")
+    use_motion_lora: bool = key(True, boolean, "miva: MotionLoRA", feeds="MIVAAdapterConfig.use_motion_lora")
     # Orthogonal adapters and multi-adapter settings.
-    oa_bin_id: int | None = key(None, optional(integer(0)), "bases bin", "MIVAAdapterConfig.oa_bin_id")
-    oa_bases_path: str | None = key(None, path_value, "bases library", "TrainConfig.oa_bases_path")
+    oa_bin_id: int | None = key(
+        None, optional(integer(0)), "bases bin", feeds=("MIVAAdapterConfig.oa_bin_id", "TrainConfig.oa_bin_id")
+    )
+    oa_bases_path: str | None = key(None, path_value, "bases library", feeds="TrainConfig.oa_bases_path")
     adapter_weights: list[float] | None = key(
         None,
         optional(one_or_list(number())),
-        "default [1] * adapters",
-        "set_adapters(weights) / MIVAPipeline(adapter_weights)",
+        "set_adapters(weights) / MIVAPipeline(adapter_weights); default [1] * adapters",
     )
-    parallel_mode: str = key("residual", choice(("residual", "weights")), "", "set_adapters(parallel_mode)")
+    parallel_mode: str = key(DEFAULT_PARALLEL_MODE, choice(PARALLEL_MODES), "set_adapters(parallel_mode)")
 
 
 @dataclass
 class TrainData:
     """`train_data`: the clips of the motion to learn."""
 
-    video_root: str | list[str] | None = key(None, optional(one_or_list(string)), "", "TrainConfig.video_root")
-    prompt: str | None = key(None, optional(string), "", "TrainConfig.prompt")
-    n_sample_frames: int = key(16, integer(2), "", "TrainConfig.num_frames")
-    width: int = key(512, _multiple_of_8, "", "TrainConfig.width")
-    height: int = key(320, _multiple_of_8, "", "TrainConfig.height")
+    video_root: str | list[str] | None = key(None, optional(one_or_list(string)), "", feeds="TrainConfig.video_root")
+    prompt: str | None = key(None, optional(string), "", feeds="TrainConfig.prompt")
+    n_sample_frames: int = key(16, integer(2), "", feeds="TrainConfig.num_frames")
+    width: int = key(512, multiple_of_8, "", feeds="TrainConfig.width")
+    height: int = key(320, multiple_of_8, "", feeds="TrainConfig.height")
     sample_frame_rate: int | list[int] = key(
-        4, one_or_list(integer(1)), "stride or [min, max]", "TrainConfig.sample_frame_rate"
+        4, frame_rate, "stride or [min, max]", feeds="TrainConfig.sample_frame_rate"
     )
-    random_flip: bool = key(True, boolean, "miva", "TrainConfig.random_flip")
+    random_flip: bool = key(True, boolean, "miva", feeds="TrainConfig.random_flip")
 
 
 @dataclass
 class ValidationData:
     """`validation_data`: inputs, outputs and sampling of inference (and of validation during training)."""
 
-    image_path: str | None = key(None, path_value, "folder of input images (or one image)", "miva infer")
-    prompt_path: str | list[str] | None = key(None, _image_selection, "image names, 'all' or 'newlamp'", "miva infer")
-    prompts: str | list[str] | None = key(None, optional(one_or_list(string)), "one per image", "MIVAPipeline(prompt)")
+    image_path: str | None = key(None, path_value, "folder of input images (or one image)")
+    prompt_path: str | list[str] | None = key(None, _image_selection, "image names, 'all' or 'newlamp'")
+    prompts: str | list[str] | None = key(None, optional(one_or_list(string)), "one per image (MIVAPipeline prompt)")
     batch_prompt: str | list[str] | None = key(
-        None, optional(one_or_list(string)), "", "MIVAPipeline(prompt / batch_prompt)"
+        None, optional(one_or_list(string)), "one prompt, or one per adapter with multi_ca"
     )
-    negative_prompt: str | None = key(None, optional(string), "miva", "MIVAPipeline(negative_prompt)")
-    video_length: int = key(16, integer(2), "", "MIVAPipeline(num_frames)")
-    width: int = key(512, _multiple_of_8, "", "MIVAPipeline(width)")
-    height: int = key(320, _multiple_of_8, "", "MIVAPipeline(height)")
-    num_inference_steps: int = key(50, integer(1), "", "MIVAPipeline(num_inference_steps)")
-    guidance_scale: float = key(7.5, number(0.0), "", "MIVAPipeline(guidance_scale)")
+    negative_prompt: str | None = key(None, optional(string), "miva", feeds="MIVAPipeline.negative_prompt")
+    video_length: int = key(16, integer(2), "", feeds="MIVAPipeline.num_frames")
+    width: int = key(512, multiple_of_8, "", feeds="MIVAPipeline.width")
+    height: int = key(320, multiple_of_8, "", feeds="MIVAPipeline.height")
+    num_inference_steps: int = key(50, integer(1), "", feeds="MIVAPipeline.num_inference_steps")
+    guidance_scale: float = key(7.5, number(0.0), "", feeds="MIVAPipeline.guidance_scale")
     use_adain_norm: str = key(
-        "off", choice(ADAIN_MODES, {True: "on", False: "off"}), "", "MIVAPipeline(use_adain_norm)"
+        "off", choice(ADAIN_MODES, {True: "on", False: "off"}), "", feeds="MIVAPipeline.use_adain_norm"
     )
-    shared_noise_ratio: float = key(0.0, number(0.0, 1.0), "", "MIVAPipeline(shared_noise_ratio)")
-    first_frame_cond_type: str = key("lamp", choice(FIRST_FRAME_COND_TYPES), "", "MIVAPipeline(first_frame_cond_type)")
-    use_dct_init: bool = key(False, boolean, "", "MIVAPipeline(use_dct_init)")
-    dct_cutoff_ratio: float = key(0.23, number(0.0, 1.0), "", "MIVAPipeline(dct_cutoff_ratio)")
-    dct_cutoff_shape: str = key("rect", choice(DCT_CUTOFF_SHAPES), "", "MIVAPipeline(dct_cutoff_shape)")
-    cil_ratio: float = key(1.0, number(0.0, open_low=True), "", "MIVAPipeline(cil_ratio)")
-    cil_analytic: bool = key(False, boolean, "", "MIVAPipeline(cil_analytic)")
-    multi_ca: bool = key(False, boolean, "per-adapter prompts", "MIVAPipeline(batch_prompt)")
-    text_emb_dir: str | None = key(None, path_value, "", "MIVAPipeline(text_emb_dir)")
+    shared_noise_ratio: float = key(0.0, number(0.0, 1.0), "", feeds="MIVAPipeline.shared_noise_ratio")
+    first_frame_cond_type: str = key("lamp", choice(FIRST_FRAME_COND_TYPES), "", feeds="MIVAPipeline.first_frame_cond_type")
+    use_dct_init: bool = key(False, boolean, "", feeds="MIVAPipeline.use_dct_init")
+    dct_cutoff_ratio: float = key(0.23, number(0.0, 1.0), "", feeds="MIVAPipeline.dct_cutoff_ratio")
+    dct_cutoff_shape: str = key("rect", choice(DCT_CUTOFF_SHAPES), "", feeds="MIVAPipeline.dct_cutoff_shape")
+    cil_ratio: float = key(1.0, number(0.0, open_low=True), "", feeds="MIVAPipeline.cil_ratio")
+    cil_analytic: bool = key(False, boolean, "", feeds="MIVAPipeline.cil_analytic")
+    multi_ca: bool = key(False, boolean, "per-adapter prompts (batch_prompt)")
+    text_emb_dir: str | None = key(None, path_value, "", feeds="MIVAPipeline.text_emb_dir")
     word_to_replace: str | list[str] | None = key(
-        None, optional(one_or_list(string)), "", "MIVAPipeline(word_to_replace)"
+        None, optional(one_or_list(string)), "", feeds="MIVAPipeline.word_to_replace"
     )
     CA_Map_visualization_resolution: str | list[str] | None = key(
-        None, _ca_maps, "", "MIVAPipeline(ca_map_resolutions)"
+        None, _ca_maps, "", feeds="MIVAPipeline.ca_map_resolutions"
     )
-    hist_match: bool = key(False, boolean, "match frames to frame 0", "miva infer (hist_match_frames)")
-    format: str = key("gif", choice(OUTPUT_FORMATS), "", "miva infer --format")
-    fps: int = key(8, integer(1), "miva", "miva infer")
+    hist_match: bool = key(False, boolean, "match frames to frame 0 (miva infer)")
+    format: str = key("gif", choice(OUTPUT_FORMATS), "miva infer output")
+    fps: int = key(8, integer(1), "miva infer output")
 
     def __post_init__(self) -> None:
         if self.use_dct_init and self.first_frame_cond_type != "cinemo":
