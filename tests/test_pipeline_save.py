@@ -86,7 +86,8 @@ def test_save_without_adapters_removes_stale_ones_and_refuses_fused(saved, tmp_p
     folder, _, _ = saved
     pipe = MIVAPipeline.from_pretrained(folder)
     pipe.fuse_adapters()
-    with pytest.raises(ValueError, match=r"fused into the UNet's weights; call pipe.unfuse_adapters\(\)"):
+    refused = r"save_pretrained: adapters .* are fused into the base weights; call pipe.unfuse_adapters\(\)"
+    with pytest.raises(ValueError, match=refused):
         pipe.save_pretrained(tmp_path / "fused")
     pipe.unfuse_adapters()
     pipe.unload_adapters()

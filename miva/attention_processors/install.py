@@ -71,8 +71,6 @@ def install_miva_processors(unet: nn.Module, parallel_mode: str | None = None,
         # diffusers' UNetMotionModel.set_default_attn_processor refuses processors outside its own list; this UNet
         # answers with `processor_swaps.set_default_attn_processor`. An instance attribute, removed again by
         # `remove_miva_processors`.
-        from ..pipelines.processor_swaps import set_default_attn_processor
-
         unet.set_default_attn_processor = types.MethodType(set_default_attn_processor, unet)
     if parallel_mode is not None:
         set_parallel_mode(unet, parallel_mode)
@@ -111,10 +109,26 @@ def enable_miva_adapters(unet: nn.Module) -> None:
     context = get_miva_context(unet)
     context.enabled = True
     if context.default_processors:
-        from ..pipelines.processor_swaps import restore_miva_processors
-
         context.default_processors = False
         restore_miva_processors(unet)
+
+
+def restore_miva_processors(unet: nn.Module) -> MIVAContext:
+    """Put the UNet's own MIVA processors (with their adapters) back on every layer where diffusers replaced them;
+    a no-op when they are all there (`install_miva_processors` is idempotent). Returns `unet.miva_context`."""
+    return install_miva_processors(unet)
+
+
+def set_default_attn_processor(unet: nn.Module) -> None:
+    """`unet.set_default_attn_processor()` on a MIVA UNet: diffusers' `AttnProcessor` on every layer, as on a stock
+    UNet, and the MIVA adapters inactive (kept, weights and all) until `set_miva_adapters` or
+    `enable_miva_adapters` (`pipe.set_adapters` / `pipe.enable_adapters`) put the MIVA processors back."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    context = get_miva_context(unet)
+    context.enabled = False
+    context.default_processors = True
+    unet.set_attn_processor(AttnProcessor())
 
 
 def add_miva_adapter(unet: nn.Module, name: str, config: MIVAAdapterConfig) -> None:

@@ -340,3 +340,19 @@ def apply_overrides(data: Mapping, overrides: list[str] | None) -> dict[str, Any
         return OmegaConf.to_container(base, resolve=True)
     except OmegaConfBaseException as e:
         raise ConfigError(f"config: {str(e).splitlines()[0]}") from None
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """The plain data of a YAML file (`${...}` interpolations are resolved after overrides, by `apply_overrides`).
+
+    Raises `FileNotFoundError` ("config file not found: ...") or `ConfigError` ("<path>: not valid YAML: ...").
+    """
+    import yaml
+    from omegaconf import OmegaConf
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {os.fspath(path)}")
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{os.fspath(path)}: not valid YAML: {e}") from None

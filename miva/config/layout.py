@@ -13,35 +13,17 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from typing import Any
 
-from .fields import ConfigError, apply_overrides
+from .fields import apply_overrides, parse_section, read_yaml
+from .schema import MIVAConfig
+from .trainer import TrainConfig
 
 __all__ = ["load_train_config", "read_yaml", "train_layout"]
-
-
-def read_yaml(path: str | os.PathLike) -> Any:
-    """The plain data of a YAML file (`${...}` interpolations are resolved after overrides, by `apply_overrides`).
-
-    Raises `FileNotFoundError` ("config file not found: ...") or `ConfigError` ("<path>: not valid YAML: ...").
-    """
-    import yaml
-    from omegaconf import OmegaConf
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {os.fspath(path)}")
-    try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{os.fspath(path)}: not valid YAML: {e}") from None
 
 
 def train_layout(data: Mapping) -> str:
     """`"trainer"` when the top-level keys of `data` are the trainer's own (`TrainConfig`): at least one key only it
     has and none only the seed's layout (`MIVAConfig`) has; else `"seed"` (whose loader names any unknown key)."""
-    from .schema import MIVAConfig
-    from .trainer import TrainConfig
-
     seed = {f.name for f in dataclasses.fields(MIVAConfig)}
     trainer = {f.name for f in dataclasses.fields(TrainConfig)}
     keys = set(data)
@@ -62,9 +44,6 @@ def load_train_config(
     placeholder paths and a missing `train_data.video_root` become synthetic clips). `resume`: `"latest"` or a
     checkpoint folder. No file at all (`None`) is an empty trainer-layout config. Returns `(config, layout)`.
     """
-    from .schema import MIVAConfig
-    from .trainer import TrainConfig
-
     if path_or_dict is None:
         data, layout = {}, "trainer"
     else:
@@ -75,8 +54,6 @@ def load_train_config(
         overrides = [*(overrides or []), f"resume_from_checkpoint={resume}"]
     data = apply_overrides(data, overrides)
     if layout == "seed":
-        from .fields import parse_section
-
         return parse_section(MIVAConfig, data).train_config(tiny=tiny), layout
     if tiny:
         data["tiny"] = True

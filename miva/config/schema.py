@@ -306,7 +306,7 @@ def load_config(path_or_dict: str | os.PathLike | dict, overrides: list[str] | N
     (`true`, `1e-4`, `[0.5,0.5]`, `null`). Raises `ConfigError` (one line: key path, problem, closest valid
     key/value) or `FileNotFoundError`.
     """
-    from .layout import read_yaml
+    from .fields import read_yaml
 
     if isinstance(path_or_dict, (str, os.PathLike)):
         data = read_yaml(path_or_dict)

@@ -351,8 +351,7 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
         """Read a YAML file (OmegaConf, so `${...}` interpolations work), then apply `key=value` overrides."""
-        from .fields import apply_overrides
-        from .layout import read_yaml
+        from .fields import apply_overrides, read_yaml
 
         return cls.from_dict(apply_overrides(read_yaml(path), overrides))
 

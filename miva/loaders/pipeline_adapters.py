@@ -20,6 +20,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ..attention_processors.composition import check_not_fused
 from .adapter_io import save_miva_adapter
 
 logger = logging.getLogger(__name__)
@@ -41,9 +42,8 @@ def save_pipeline_adapters(unet, save_directory, *, text_encoder=None, tokenizer
     target = Path(save_directory) / ADAPTERS_DIR
     context = getattr(unet, "miva_context", None)
     names = list(context.configs) if context is not None else []
-    if context is not None and context.fused:
-        raise ValueError(f"adapters {[n for n, _ in context.fused]} are fused into the UNet's weights; call "
-                         "pipe.unfuse_adapters() before pipe.save_pretrained(...) so the UNet is saved stock")
+    if context is not None:  # the UNet must be saved stock
+        check_not_fused(context, "save_pretrained")
     for name in names:
         _check_folder_name(name)
     if target.exists():

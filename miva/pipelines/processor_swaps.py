@@ -9,9 +9,11 @@ their adapters, in `unet.miva_context.processors`. diffusers calls that replace 
 - UNet verbs a user may call directly (`unet.set_attn_processor`, `unet._load_ip_adapter_weights`,
   `unet.fuse_qkv_projections`): diffusers gives no hook for them, so `MIVAPipeline.__call__` calls
   `restore_miva_processors` once before sampling;
-- `unet.set_default_attn_processor()`: answered by `set_default_attn_processor` below (diffusers' own refuses
+- `unet.set_default_attn_processor()`: answered by `set_default_attn_processor` (diffusers' own refuses
   processors outside its list); `enable_miva_adapters` / `set_miva_adapters` put ours back.
-Every put-back goes through `restore_miva_processors`.
+Every put-back goes through `restore_miva_processors`. Those two UNet-level functions live in
+`attention_processors/install.py` (the processors' layer needs them and must not import the pipelines' layer); they
+are re-exported here.
 """
 
 from __future__ import annotations
@@ -19,37 +21,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-from torch import nn
+from diffusers.models.attention_processor import AttnProcessor2_0
 
 from ..attention_processors import (
-    MIVAContext,
     MIVACrossAttnProcessor,
     MIVATemporalAttnProcessor,
-    get_miva_context,
-    install_miva_processors,
     set_miva_attention_backend,
 )
 from ..attention_processors.attention_utils import check_xformers_usable
 from ..attention_processors.base import MIVAProcessorBase
+from ..attention_processors.install import restore_miva_processors, set_default_attn_processor
 
 __all__ = ["ProcessorSwapsMixin", "restore_miva_processors", "set_default_attn_processor"]
-
-
-def restore_miva_processors(unet: nn.Module) -> MIVAContext:
-    """Put the UNet's own MIVA processors (with their adapters) back on every layer where diffusers replaced them;
-    a no-op when they are all there (`install_miva_processors` is idempotent). Returns `unet.miva_context`."""
-    return install_miva_processors(unet)
-
-
-def set_default_attn_processor(unet: nn.Module) -> None:
-    """`unet.set_default_attn_processor()` on a MIVA UNet: diffusers' `AttnProcessor` on every layer, as on a stock
-    UNet, and the MIVA adapters inactive (kept, weights and all) until `set_miva_adapters` or
-    `enable_miva_adapters` (`pipe.set_adapters` / `pipe.enable_adapters`) put the MIVA processors back."""
-    context = get_miva_context(unet)
-    context.enabled = False
-    context.default_processors = True
-    unet.set_attn_processor(AttnProcessor())
 
 
 class ProcessorSwapsMixin:

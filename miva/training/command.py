@@ -85,3 +85,15 @@ def run(args: argparse.Namespace) -> int:
     elif PartialState().is_main_process:  # once, not once per process under accelerate launch
         print(path)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m miva.training.train` / `accelerate launch -m miva.training.train`: the same as `miva train` (a
+    config in the research layout or in the TrainConfig layout, `--set`, `--tiny`, `--resume`)."""
+    import logging
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    parser = argparse.ArgumentParser(prog="python -m miva.training.train", description=HELP)
+    add_arguments(parser)
+    parser.set_defaults(command="train")
+    return run(parser.parse_args(argv))

@@ -362,20 +362,7 @@ def train(config: TrainConfig, components: dict | None = None) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
-    """`python -m miva.training.train` / `accelerate launch -m miva.training.train`: the same as `miva train` (a
-    config in the research layout or in the TrainConfig layout, `--set`, `--tiny`, `--resume`)."""
-    import argparse
-    import logging
+if __name__ == "__main__":  # `python -m miva.training.train` / `accelerate launch -m ...`: the CLI is training.command
+    from miva.training.command import main
 
-    from . import command as train_command
-
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = argparse.ArgumentParser(prog="python -m miva.training.train", description=train_command.HELP)
-    train_command.add_arguments(parser)
-    parser.set_defaults(command="train")
-    return train_command.run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
     sys.exit(main())
