@@ -120,9 +120,10 @@ def _bases_library(cache: Path) -> Path:
 
 def _shipped_equivalent(spec: AdapterSpec, steps: int) -> tuple[Path, dict] | None:
     """The shipped adapter trained with ``spec``'s recipe (``steps``, 10 clips, all parts) on the current base."""
-    if spec.variant != "full" or spec.oa_bin is not None or SHIPPED.get(spec.motion) != spec.motion:
+    names = [name for name, motion in SHIPPED.items() if motion == spec.motion]
+    if spec.variant != "full" or spec.oa_bin is not None or not names:
         return None
-    folder = shipped_adapters().get(spec.motion)
+    folder = shipped_adapters().get(names[0])
     if folder is None or not (folder / "training.json").is_file():
         return None
     record = json.loads((folder / "training.json").read_text())
