@@ -3,7 +3,8 @@
 Shapes: 16 frames of a 320x512 video, i.e. latents 40x64 at level 0 (C=320), 20x32 (640), 10x16 (1280); text
 77x768; CFG batch 2. Each MIVA processor runs on the same `Attention` module as the stock one, alternating A/B,
 without autograd (inference); times are the fastest of the repeats (other processes only slow runs down), the
-ratio their quotient.
+ratio their quotient. The FLOP ratio (matmuls and attention, counted by `torch.utils.flop_counter.FlopCounterMode`)
+is the floor a compute-bound kernel cannot beat: a time ratio near it leaves nothing to remove but arithmetic.
 
     python benchmarks/bench_processors.py --level 2            # CPU-friendly
     python benchmarks/bench_processors.py --level 0 --device cuda --dtype float16
@@ -70,6 +71,15 @@ def timed(fn, device) -> float:
     return time.perf_counter() - start
 
 
+def flops(fn) -> int:
+    """FLOPs of one call of `fn` (matmuls, batched matmuls and attention), as `FlopCounterMode` counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def build_case(case: str, channels: int, size: tuple[int, int], frames: int, batch: int, device, dtype):
     """(attn, MIVA processor, call values) for `case`, adapters randomised and active with equal weights summing to
     1; the call values (for `miva_call`) are what the UNet's hooks would record."""
@@ -109,7 +119,7 @@ def main(argv=None) -> dict:
     text = torch.randn(batch * frames, 77, 768, generator=generator).to(device, dtype)
     print(f"level {args.level}: C={channels}, latents {h}x{w}, {frames} frames, CFG batch {batch}, {args.dtype} on "
           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}\n")
-    print("| case | stock ms | MIVA ms | ratio |\n|---|---|---|---|")
+    print("| case | stock ms | MIVA ms | ratio | FLOP ratio |\n|---|---|---|---|---|")
     rows = []
     for case, (_, _, layout, _, _) in CASES.items():
         if args.cases and case not in args.cases:
@@ -128,13 +138,15 @@ def main(argv=None) -> dict:
         a, b = [], []
         with miva_call(processor.context, **values):  # one call state for the case, as one pipeline call would
             ours_fn(), stock_fn()
+            flop_ratio = flops(ours_fn) / flops(stock_fn)
             for _ in range(args.repeats):
                 a.append(timed(stock_fn, device))
                 b.append(timed(ours_fn, device))
         row = {"case": case, "stock_ms": 1e3 * min(a), "miva_ms": 1e3 * min(b), "ratio": min(b) / min(a),
-               "median_pair_ratio": statistics.median(y / x for x, y in zip(a, b)), "stock_s": a, "miva_s": b}
+               "median_pair_ratio": statistics.median(y / x for x, y in zip(a, b)), "flop_ratio": flop_ratio,
+               "stock_s": a, "miva_s": b}
         rows.append(row)
-        print(f"| {case} | {row['stock_ms']:.2f} | {row['miva_ms']:.2f} | {row['ratio']:.3f}x |", flush=True)
+        print(f"| {case} | {row['stock_ms']:.2f} | {row['miva_ms']:.2f} | {row['ratio']:.3f}x | {flop_ratio:.2f}x |", flush=True)
     result = {"level": args.level, "channels": channels, "grid": [h, w], "frames": frames, "device": str(device),
               "dtype": args.dtype, "repeats": args.repeats, "threads": torch.get_num_threads(),
               "load_average": os.getloadavg(), "torch": torch.__version__, "rows": rows}

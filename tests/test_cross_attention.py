@@ -19,7 +19,7 @@ from miva.attention_processors import (
     set_miva_adapters,
 )
 from miva.attention_processors.adapter_config import CA_PE_MODES, PE_STYLES
-from miva.attention_processors.cross_attention import SpatiotemporalQuery
+from miva.attention_processors.spatiotemporal_query import SpatiotemporalQuery
 from miva.tiny import tiny_unet_motion
 
 HEADS, QUERY_DIM, TEXT_DIM, TEXT_TOKENS = 4, 32, 24, 7

@@ -11,8 +11,9 @@ from .attention_utils import attention_probs, finish_output, prepare_mask
 from .base import MIVAProcessorBase
 from .composition import add_share, check_not_fused, merges_deltas, mix_residual, replace_share, weighted_sum
 from .lora import LoRADelta, linear_bias, linear_with_deltas, linear_without_bias, weights_readable
+from .lora_bank import StackedLoRA, stackable
 from .parts import CA_LORA_PART, CROSS, IMPLICIT_PART, check_same_query_layout, has_part_at
-from .positional import encode_key_value, encode_query_input, encode_query_output, pe_uses_kv
+from .spatiotemporal_query import QueryPlan, SpatiotemporalQuery
 from .split_inference import row_window
 
 
@@ -83,61 +84,6 @@ class CrossAttnAdapter(nn.Module):
         return weights_readable(self) and self.to_out_lora.weights_readable()
 
 
-class SpatiotemporalQuery:
-    """Query layout of the spatiotemporal-Q path: fold frames out of the batch, downsample space by `ratio`,
-    flatten to (batch, frames*h'*w', channels) in (frame, row, column) order, and back.
-
-    Two grids. `pe_style="research"` with nearest mode is the research one exactly (REFERENCE.md section 2):
-    `F.interpolate(nearest)` down to `(H // r, W // r)` and back up to `(H, W)`, so when r does not divide H or W
-    the kept rows are `floor(i * H / (H // r))` and each coarse cell covers a band of uneven width. Otherwise
-    (miva's standard grid) the grid is `ceil(H / r) x ceil(W / r)`: every r-th row and column (or r x r means),
-    each cell back to an r x r block cropped at the edge; it never collapses a small level (the research grid
-    is empty when r > H). Both agree whenever r divides H and W.
-    """
-
-    def __init__(self, key: tuple):
-        _, self.ratio, self.mode, self.pe_mode, self.pe_style = key
-        self.research_grid = self.pe_style == "research" and self.mode == "nearest"
-
-    def grid(self, size: tuple[int, int]) -> tuple[int, int]:
-        if self.research_grid:
-            h, w = size[0] // self.ratio, size[1] // self.ratio
-            if h == 0 or w == 0:
-                raise ValueError(f"q_downsample_ratio={self.ratio} leaves no query rows at the {size[0]}x{size[1]} "
-                                 f"latent level with pe_style='research' (grid H//r x W//r); use a ratio of at "
-                                 f"most {min(size)} or pe_style='standard'")
-            return h, w
-        return -(-size[0] // self.ratio), -(-size[1] // self.ratio)  # ceil: never collapses a small level
-
-    def downsample(self, x: torch.Tensor, frames: int, size: tuple[int, int]) -> torch.Tensor:
-        """(batch*frames, h*w, C) -> (batch, frames, h', w', C)."""
-        bf, _, channels = x.shape
-        h, w = size
-        x = x.view(bf // frames, frames, h, w, channels)
-        r = self.ratio
-        if r == 1:
-            return x
-        if self.research_grid:  # the research call, on (batch*frames, C, h, w): time is untouched
-            small = F.interpolate(x.reshape(bf, h, w, channels).permute(0, 3, 1, 2), size=self.grid(size),
-                                  mode="nearest")
-            return small.permute(0, 2, 3, 1).reshape(bf // frames, frames, *small.shape[-2:], channels)
-        if self.mode == "nearest":  # keep every r-th row and column
-            return x[:, :, ::r, ::r]
-        pooled = F.avg_pool2d(x.reshape(bf, h, w, channels).permute(0, 3, 1, 2), r, r, ceil_mode=True)
-        return pooled.permute(0, 2, 3, 1).reshape(bf // frames, frames, *pooled.shape[-2:], channels)
-
-    def upsample(self, y: torch.Tensor, frames: int, size: tuple[int, int]) -> torch.Tensor:
-        """(batch, frames*h'*w', C) -> (batch*frames, h*w, C): each coarse cell back over the pixels it stands for."""
-        h, w = size
-        hq, wq = self.grid(size)
-        y = y.reshape(-1, hq, wq, y.shape[-1])
-        if self.ratio > 1 and self.research_grid:
-            y = F.interpolate(y.permute(0, 3, 1, 2), size=(h, w), mode="nearest").permute(0, 2, 3, 1)
-        elif self.ratio > 1:
-            y = y.repeat_interleave(self.ratio, dim=1)[:, :h].repeat_interleave(self.ratio, dim=2)[:, :, :w]
-        return y.reshape(-1, h * w, y.shape[-1])
-
-
 class MIVACrossAttnProcessor(MIVAProcessorBase):
     """Replaces the processor of every spatial `attn2` (text cross-attention). Input `(batch*frames, h*w, C)`.
 
@@ -173,19 +119,21 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         if active and not state.adapter_prompts:
             active = [entry for entry in active if not self.adapters[entry[1]].inert]
         prompts = self._split_prompts(encoder_hidden_states, state.adapter_prompts)
-        query = attn.to_q(hidden_states)
+        # W_Q x at full resolution; the spatiotemporal-Q path projects its downsampled grid instead and needs this
+        # only for an implicit prompt, the base branch or IP-Adapter.
+        query = _Once(lambda: attn.to_q(hidden_states))
 
         if not active:
             mask = prepare_mask(attn, attention_mask, prompts[0].shape[1], hidden_states.shape[0])
             key, value = attn.to_k(prompts[0]), attn.to_v(prompts[0])
-            self._store_maps(attn, query, key, frames=num_frames)
-            out = attn.to_out[0](self.attend(query, key, value, attn.heads, mask))
+            self._store_maps(attn, query(), key, frames=num_frames)
+            out = attn.to_out[0](self.attend(query(), key, value, attn.heads, mask))
         else:
             if attention_mask is not None:
                 raise ValueError(f"{self.layer_name}: attention masks are not supported with active MIVA adapters")
             out = self._adapted(attn, hidden_states, query, prompts, active, num_frames)
         if ip_states is not None and self.ip_adapter is not None:
-            out = out + self._ip_adapter_output(attn, query, ip_states)
+            out = out + self._ip_adapter_output(attn, query(), ip_states)
         return finish_output(attn, attn.to_out[1](out), residual)
 
     def _split_prompts(self, text: torch.Tensor, adapter_prompts: bool) -> list[torch.Tensor]:
@@ -219,7 +167,7 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         if stq and size is None:
             raise RuntimeError(f"{self.layer_name}: spatiotemporal Q needs the level size; run the whole UNet so the "
                                "MIVA hooks can record it")
-        plan = _QueryPlan(attn, x, query, frames, stq, size)
+        plan = QueryPlan(attn, x, query, frames, stq, size)
         # One (per-video) text tensor per prompt chunk, shared by the adapters that read it (identity matters below).
         chunks = {}
         for i, _, _ in active:
@@ -229,11 +177,11 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         texts = [chunks[1 + i if state.adapter_prompts else 0] for i, _, _ in active]
         branches = [(self.adapters[n], w, t) for (_, n, w), t in zip(active, texts)]
         attention = [b for b in branches if not b[0].implicit]
-        implicit = [(adapter.implicit_prompt(query), w) for adapter, w, _ in branches if adapter.implicit]
+        implicit = [(adapter.implicit_prompt(query()), w) for adapter, w, _ in branches if adapter.implicit]
 
         def base():
             key, value = attn.to_k(prompts[0]), attn.to_v(prompts[0])
-            return attn.to_out[0](self.attend(query, key, value, attn.heads))
+            return attn.to_out[0](self.attend(query(), key, value, attn.heads))
 
         if merges_deltas(ctx.parallel_mode):
             # The merged attention is one branch; implicit prompts replace shares of it.
@@ -247,46 +195,64 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         return mix_residual(y, [w for _, w, _ in branches], base)
 
     def _residual_branches(self, attn, plan, attention):
-        """sum_i w_i (W_O a_i + b + dO_i(a_i)), every adapter on its own prompt; one SDPA call for all branches."""
-        qs, ks, vs = [], [], []
-        shared_kv = {}
+        """sum_i w_i (W_O a_i + b + dO_i(a_i)), every adapter on its own prompt.
+
+        The frozen K/V once per distinct prompt chunk (each branch adds its deltas); without Q-LoRAs the branches
+        share one query set and attend one by one (no copies of it), otherwise one SDPA call over the concatenated
+        branches. W_O is linear: the attention outputs are mixed first and projected once."""
+        if len(attention) == 1:
+            return self._single_branch(attn, plan, *attention[0])
+        ks, vs, shared_kv = [], [], {}
         for adapter, _, text in attention:
-            if len(attention) == 1 and adapter.has_lora:  # one branch: the deltas merge into W_K, W_V at inference
-                k = linear_with_deltas(attn.to_k, text, [(adapter.to_k_lora, 1.0)])
-                v = linear_with_deltas(attn.to_v, text, [(adapter.to_v_lora, 1.0)])
-            else:
-                if id(text) not in shared_kv:
-                    shared_kv[id(text)] = (attn.to_k(text), attn.to_v(text))
-                k, v = shared_kv[id(text)]
-                if adapter.has_lora:
-                    k, v = k + adapter.to_k_lora(text), v + adapter.to_v_lora(text)
+            if id(text) not in shared_kv:
+                shared_kv[id(text)] = (attn.to_k(text), attn.to_v(text))
+            k, v = shared_kv[id(text)]
+            if adapter.has_lora:
+                k, v = k + adapter.to_k_lora(text), v + adapter.to_v_lora(text)
             k, v = plan.finish_kv(k, v)
-            q = plan.q_plain + adapter.to_q_lora(plan.x_q) if adapter.has_q_lora else plan.q_plain
-            qs.append(plan.finish_query(q))
             ks.append(k)
             vs.append(v)
-        n = len(qs)
-        if n > 1:
-            a = self.attend(torch.cat(qs), torch.cat(ks), torch.cat(vs), attn.heads)
+        if any(adapter.has_q_lora for adapter, _, _ in attention):
+            qs = [plan.finish_query(plan.q_plain + adapter.to_q_lora(plan.x_q) if adapter.has_q_lora
+                                    else plan.q_plain) for adapter, _, _ in attention]
+            parts = self.attend(torch.cat(qs), torch.cat(ks), torch.cat(vs), attn.heads).chunk(len(attention))
         else:
-            a = self.attend(qs[0], ks[0], vs[0], attn.heads)
+            qs = [plan.finish_query(plan.q_plain)]
+            parts = [self.attend(qs[0], k, v, attn.heads) for k, v in zip(ks, vs)]
         self._store_maps(attn, qs[0], ks[0], plan)
-        if n == 1:  # one branch: the out delta merges into W_O at inference
-            adapter, w, _ = attention[0]
-            y = linear_with_deltas(attn.to_out[0], a, [(adapter, 1.0)] if adapter.has_lora else [])
-            return y if w == 1.0 else y * w
-        # W_O is linear: mix the attention outputs first and project once, W_O (sum_i w_i a_i) + (sum_i w_i) b.
-        parts = a.chunk(n)
         weights = [w for _, w, _ in attention]
         y = attn.to_out[0](weighted_sum(parts, weights))
         if sum(weights) != 1.0:
-            bias = linear_bias(attn.to_out[0], a)
+            bias = linear_bias(attn.to_out[0], parts[0])
             if bias is not None:
                 y = y + bias * (sum(weights) - 1.0)
+        out_deltas = [adapter.to_out_lora if adapter.has_lora else None for adapter, _, _ in attention]
+        if stackable(out_deltas):  # inference: the N out deltas in one matmul, their constant terms added
+            y = y + StackedLoRA(out_deltas, parts[0]).mix(parts, weights)
+            for adapter, w, _ in attention:
+                bias = adapter.delta_bias() if adapter.has_lora else None
+                if bias is not None:
+                    y = y + bias.to(y.dtype) * w
+            return y
         for (adapter, w, _), a_i in zip(attention, parts):
             if adapter.has_lora:
                 y = y + adapter(a_i) * w
         return y
+
+    def _single_branch(self, attn, plan, adapter, w, text):
+        """One adapter branch: its deltas merge into W_K, W_V, W_O at inference (`linear_with_deltas`)."""
+        if adapter.has_lora:
+            k = linear_with_deltas(attn.to_k, text, [(adapter.to_k_lora, 1.0)])
+            v = linear_with_deltas(attn.to_v, text, [(adapter.to_v_lora, 1.0)])
+        else:
+            k, v = attn.to_k(text), attn.to_v(text)
+        k, v = plan.finish_kv(k, v)
+        q = plan.q_plain + adapter.to_q_lora(plan.x_q) if adapter.has_q_lora else plan.q_plain
+        q = plan.finish_query(q)
+        a = self.attend(q, k, v, attn.heads)
+        self._store_maps(attn, q, k, plan)
+        y = linear_with_deltas(attn.to_out[0], a, [(adapter, 1.0)] if adapter.has_lora else [])
+        return y if w == 1.0 else y * w
 
     def _weights_branch(self, attn, plan, attention):
         """One attention with w_i-scaled deltas; with per-adapter prompts one softmax over all their tokens."""
@@ -337,32 +303,13 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
             store.add(self.layer_name, probs, num_frames=plan.frames, size=plan.grid, spatiotemporal=True)
 
 
-class _QueryPlan:
-    """The query side of one adapted cross-attention call: ordinary queries, or spatiotemporal ones
-    (downsampled, positionally encoded, (batch, frames*h'*w', C)) with the matching text rows (one per video)."""
+class _Once:
+    """A value computed on first use and kept: `_Once(fn)()` calls `fn` at most once."""
 
-    def __init__(self, attn, x, query, frames, stq: SpatiotemporalQuery | None, size):
-        self.attn, self.frames, self.stq, self.size = attn, frames, stq, size
-        if stq is None:
-            self.x_q, self.q_plain, self.grid = x, query, None
-        else:
-            self.grid = stq.grid(size)
-            self.x_q = encode_query_input(stq.downsample(x, frames, size), stq.pe_mode, stq.pe_style)
-            self.q_plain = attn.to_q(self.x_q)
+    def __init__(self, compute):
+        self.compute, self.value = compute, None
 
-    def per_video(self, text: torch.Tensor) -> torch.Tensor:
-        """Text rows are repeated per frame; the spatiotemporal path needs one per video."""
-        return text if self.stq is None else text[:: self.frames]
-
-    def finish_query(self, q: torch.Tensor) -> torch.Tensor:
-        if self.stq is None:
-            return q
-        return encode_query_output(q, self.x_q, (self.frames, *self.grid), self.stq.pe_mode, self.stq.pe_style)
-
-    def finish_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.stq is not None and pe_uses_kv(self.stq.pe_mode):
-            return encode_key_value(k, v, self.frames, self.stq.pe_mode, self.stq.pe_style)
-        return k, v
-
-    def upsample(self, y: torch.Tensor) -> torch.Tensor:
-        return y if self.stq is None else self.stq.upsample(y, self.frames, self.size)
+    def __call__(self):
+        if self.value is None:
+            self.value = self.compute()
+        return self.value

@@ -149,18 +149,13 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
             q = torch.cat([qi.reshape(batch, frames * hw, -1) for qi in queries], dim=1)
             out = self.attend(q, k[:, 0], v[:, 0], heads)
             return [o.reshape(bf, hw, -1) for o in out.chunk(n, dim=1)]
-        k_prev = torch.cat([k[:, :1], k[:, :-1]], dim=1).reshape(bf, hw, channels)
-        v_prev = torch.cat([v[:, :1], v[:, :-1]], dim=1).reshape(bf, hw, channels)
         if adapter.sa_mode == "prev":
-            k_all, v_all = k_prev, v_prev
+            k_all = torch.cat([k[:, :1], k[:, :-1]], dim=1).reshape(bf, hw, channels)
+            v_all = torch.cat([v[:, :1], v[:, :-1]], dim=1).reshape(bf, hw, channels)
         else:
             s = adapter.first_frame_weight(state, frames)
-            k_first = k[:, :1].expand(batch, frames, hw, channels).reshape(bf, hw, channels)
-            v_first = v[:, :1].expand(batch, frames, hw, channels).reshape(bf, hw, channels)
-            if torch.is_tensor(s):
-                s = s.to(value.dtype)
-            k_all = torch.cat([k_first, k_prev], dim=1)
-            v_all = torch.cat([v_first * s, v_prev * (1 - s)], dim=1)
+            s = s.to(value.dtype).view(batch, frames, 1, 1) if torch.is_tensor(s) else s
+            k_all, v_all = _first_prev_kv(k, v, s)
         q = torch.cat(queries, dim=1) if n > 1 else queries[0]
         out = self.attend(q, k_all, v_all, heads)
         return list(out.chunk(n, dim=1)) if n > 1 else [out]
@@ -190,3 +185,20 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
         n = len(queries)
         out = self.attend(torch.cat(queries, dim=1) if n > 1 else queries[0], k_all, v_all, heads)
         return list(out.chunk(n, dim=1)) if n > 1 else [out]
+
+
+def _first_prev_kv(k: torch.Tensor, v: torch.Tensor, s) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys `[k_first; k_prev]` and values `[s v_first; (1 - s) v_prev]` of `first_prev`, each written once into
+    one `(batch*frames, 2*hw, C)` tensor (no expanded copies or concatenations). `k`, `v`: `(batch, frames, hw, C)`;
+    `s`: a float or `(batch, frames, 1, 1)`. The previous frame of frame 0 is frame 0 itself."""
+    batch, frames, hw, channels = k.shape
+    k_all = k.new_empty(batch, frames, 2, hw, channels)
+    k_all[:, :, 0] = k[:, :1]
+    k_all[:, 1:, 1] = k[:, :-1]
+    k_all[:, :1, 1] = k[:, :1]
+    v_all = v.new_empty(batch, frames, 2, hw, channels)
+    rest = 1 - s
+    v_all[:, :, 0] = v[:, :1] * s
+    v_all[:, 1:, 1] = v[:, :-1] * (rest[:, 1:] if torch.is_tensor(rest) else rest)
+    v_all[:, :1, 1] = v[:, :1] * (rest[:, :1] if torch.is_tensor(rest) else rest)
+    return k_all.view(batch * frames, 2 * hw, channels), v_all.view(batch * frames, 2 * hw, channels)

@@ -10,7 +10,10 @@ from .attention_utils import finish_output, prepare_mask
 from .base import MIVAProcessorBase
 from .composition import merges_deltas, weighted_sum, with_base_branch
 from .lora import LoRADelta, linear_with_deltas
+from .lora_bank import StackedLoRA, stackable
 from .parts import MOTION_EMBED_PART, MOTION_LORA_PART, TEMPORAL, has_part_at
+
+_LORA_PARTS = ("to_q_lora", "to_k_lora", "to_v_lora", "to_out_lora")
 
 
 class TemporalAdapter(nn.Module):
@@ -106,6 +109,11 @@ class MIVATemporalAttnProcessor(MIVAProcessorBase):
         (c = the branch weights, the base's being 1 - sum_i w_i)."""
         branches = with_base_branch([(self.adapters[name], w) for _, name, w in active], [w for _, _, w in active])
         single = len(branches) == 1
+        if not single and all(adapter is None or adapter.motion_embed is None for adapter, _ in branches):
+            deltas = {part: [getattr(adapter, part) if adapter is not None and adapter.has_lora else None
+                             for adapter, _ in branches] for part in _LORA_PARTS}
+            if all(stackable(d) for d in deltas.values()):
+                return self._residual_stacked(attn, x, encoder_hidden_states, mask, branches, deltas)
         shared = None  # Q/K/V of the un-embedded input, computed once for every branch that uses it
         qs, ks, vs = [], [], []
         for adapter, _ in branches:
@@ -142,4 +150,22 @@ class MIVATemporalAttnProcessor(MIVAProcessorBase):
         for a_j, (adapter, w) in zip(parts, branches):
             if adapter is not None and adapter.has_lora:
                 out = out + adapter.to_out_lora(a_j) * w
+        return attn.to_out[1](out)
+
+    def _residual_stacked(self, attn, x, encoder_hidden_states, mask, branches, deltas):
+        """`_residual` at inference when every branch reads the same input (no motion embedding): the frozen Q/K/V
+        once, each branch's deltas stacked onto them in the `(N*batch, frames, C)` layout of the one batched
+        attention, the mixed output projected once and the N out deltas in one matmul (`lora_bank`)."""
+        kv_source = x if encoder_hidden_states is None else encoder_hidden_states
+        n = len(branches)
+        q = StackedLoRA(deltas["to_q_lora"], x).add_each(attn.to_q(x), x)
+        k = StackedLoRA(deltas["to_k_lora"], kv_source).add_each(attn.to_k(kv_source), kv_source)
+        v = StackedLoRA(deltas["to_v_lora"], kv_source).add_each(attn.to_v(kv_source), kv_source)
+        if mask is not None:
+            mask = mask.repeat(n, 1, 1, 1)
+        a = self.attend(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), attn.heads, mask)
+        parts = a.view(n, *x.shape[:-1], a.shape[-1]).unbind(0)
+        coefficients = [c_j for _, c_j in branches]
+        out = attn.to_out[0](weighted_sum(parts, coefficients))  # the bias enters with weight sum_j c_j = 1
+        out = out + StackedLoRA(deltas["to_out_lora"], a).mix(parts, coefficients)
         return attn.to_out[1](out)
