@@ -96,10 +96,11 @@ def _rows() -> list[Row]:
         Row("orthogonal/right+down/weights_1", "right+down", ortho, (1.0, 1.0), mode="weights"),
     ]
     rows += [Row(f"ablation/right/{v}", "right", (AdapterSpec("right", variant=v),)) for v in VARIANTS if v != "full"]
-    cinemo_dct = (("first_frame_cond_type", "cinemo"), ("use_dct_init", True))  # REFERENCE.md section 7
+    # Every row samples with the world's default, the research latent init (SAMPLING); these two use the plain one.
+    lamp = (("first_frame_cond_type", "lamp"), ("use_dct_init", False))
     rows += [
-        Row("sampling/right/base_cinemo_dct", "right", sampling=cinemo_dct),
-        Row("sampling/right/10clips_cinemo_dct", "right", (right,), sampling=cinemo_dct),
+        Row("sampling/right/base_lamp", "right", sampling=lamp),
+        Row("sampling/right/10clips_lamp", "right", (right,), sampling=lamp),
     ]
     return rows
 
