@@ -3,7 +3,7 @@
 Shapes: 16 frames of a 320x512 video, i.e. latents 40x64 at level 0 (C=320), 20x32 (640), 10x16 (1280); text
 77x768; CFG batch 2. Each MIVA processor runs on the same `Attention` module as the stock one, alternating A/B,
 without autograd (inference); times are the fastest of the repeats (other processes only slow runs down), the
-ratio their quotient. The FLOP ratio (matmuls and attention, counted by `torch.utils.flop_counter.FlopCounterMode`)
+ratio their quotient. The FLOP ratio (matmuls and attention, `bench_compile.count_flops`)
 is the floor a compute-bound kernel cannot beat: a time ratio near it leaves nothing to remove but arithmetic.
 
     python benchmarks/bench_processors.py --level 2            # CPU-friendly
@@ -26,6 +26,7 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_compile import count_flops  # noqa: E402
 from models import randomise_adapters  # noqa: E402
 
 from miva.attention_processors import (  # noqa: E402
@@ -71,15 +72,6 @@ def timed(fn, device) -> float:
     return time.perf_counter() - start
 
 
-def flops(fn) -> int:
-    """FLOPs of one call of `fn` (matmuls, batched matmuls and attention), as `FlopCounterMode` counts them."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
-
-
 def build_case(case: str, channels: int, size: tuple[int, int], frames: int, batch: int, device, dtype):
     """(attn, MIVA processor, call values) for `case`, adapters randomised and active with equal weights summing to
     1; the call values (for `miva_call`) are what the UNet's hooks would record."""
@@ -107,6 +99,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--cases", nargs="*", default=None, help=f"subset of {list(CASES)}")
+    parser.add_argument("--flops-only", action="store_true", help="only the FLOP ratios (no timing): the floors")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -138,7 +131,11 @@ def main(argv=None) -> dict:
         a, b = [], []
         with miva_call(processor.context, **values):  # one call state for the case, as one pipeline call would
             ours_fn(), stock_fn()
-            flop_ratio = flops(ours_fn) / flops(stock_fn)
+            flop_ratio = count_flops(ours_fn)[0] / count_flops(stock_fn)[0]
+            if args.flops_only:
+                print(f"| {case} | | | | {flop_ratio:.2f}x |", flush=True)
+                rows.append({"case": case, "flop_ratio": flop_ratio})
+                continue
             for _ in range(args.repeats):
                 a.append(timed(stock_fn, device))
                 b.append(timed(ours_fn, device))
