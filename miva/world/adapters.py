@@ -25,7 +25,7 @@ __all__ = ["SHIPPED", "train_world_adapter", "world_train_config"]
 # name -> motion of the adapters that ship in miva/world/weights/adapters/.
 SHIPPED = {"right": "right", "zoom_in": "zoom_in", "rotate_cw": "rotate_cw"}
 RESEARCH_PARTS = {"use_i2v": True, "sa_mode": "first", "use_motion_lora": True, "use_ca_lora": True}
-# Measured on the shipped base ("right", 8 held-out scenes): 400 steps, lr 1e-3, rank 8 -> 83 deg direction error;
+# Measured on base v1 ("right", 8 held-out scenes, plain init): 400 steps, lr 1e-3, rank 8 -> 83 deg direction error;
 # 600 steps, lr 3e-3, rank 16 with the cross-frame branch's own W_Q -> 49 deg.
 WORLD_PARTS = {**RESEARCH_PARTS, "i2v_train_q": True}
 
