@@ -31,8 +31,11 @@ def test_one_tiny_row_end_to_end_then_cached(tmp_path, capsys, monkeypatch):
     summary = result["summary"]
     assert summary["train_seconds"] > 0 and summary["adapter_bytes"] > 0 and summary["psnr"] > 0
     cache = tmp_path / f"base-{base_fingerprint()}"  # results of one base are never mixed with another's
-    cached = json.loads((cache / "rows" / "fewshot__right__10clips.json").read_text())
-    assert cached["summary"] == summary and (cache / "adapters" / "right-2c-full" / "adapter").is_dir()
+    # rows and adapters made under other settings than the table's are kept apart from it
+    rows = cache / f"rows-{fewshot.sampling_mark()}-steps2-scenes2-eval_steps2-max_clips2"
+    cached = json.loads((rows / "fewshot__right__10clips.json").read_text())
+    assert cached["summary"] == summary and (cache / "adapters" / "right-2c-full-2steps" / "adapter").is_dir()
+    assert cached["sampling"]["num_inference_steps"] == 2 and [p.name for p in cache.glob("rows*")] == [rows.name]
     capsys.readouterr()
     [again] = fewshot.main(args)  # served from the cache: no training, no sampling
     assert again == cached and "== fewshot" not in capsys.readouterr().out
@@ -59,4 +62,26 @@ def test_a_shipped_adapter_serves_its_row_only_for_the_same_recipe_and_base(tmp_
     assert served(right, steps=300) is None and served(right, clips=3) is None
     assert served(fewshot.AdapterSpec("right", variant="ca_only")) is None
     assert served(fewshot.AdapterSpec("right", oa_bin=0)) is None
+    assert served(fewshot.AdapterSpec("right", seed=1)) is None  # another training of the recipe
     assert served(fewshot.AdapterSpec("down")) is None  # not shipped
+
+
+def test_adapter_cache_keys_name_every_recipe_change(monkeypatch):
+    fewshot = _load_script(monkeypatch)
+    default = fewshot.RECIPE_STEPS
+    assert fewshot.AdapterSpec("right").key(default) == "right-10c-full"  # the names of earlier caches
+    keys = {
+        fewshot.AdapterSpec("right").key(default),
+        fewshot.AdapterSpec("right").key(default // 2),
+        fewshot.AdapterSpec("right", seed=1).key(default),
+        fewshot.AdapterSpec("right", clips=3).key(default),
+        fewshot.AdapterSpec("right", variant="ca_only").key(default),
+        fewshot.AdapterSpec("right", oa_bin=0).key(default),
+        fewshot.AdapterSpec("right+down").key(default),
+    }
+    assert len(keys) == 7
+    mark = fewshot.sampling_mark()
+    assert fewshot._rows_folder(dict(fewshot.DEFAULT_SETTINGS)) == f"rows-{mark}"
+    assert fewshot._rows_folder({**fewshot.DEFAULT_SETTINGS, "scenes": 2}) == f"rows-{mark}-scenes2"
+    other = {**fewshot.SAMPLING, "use_adain_norm": "on" if fewshot.SAMPLING.get("use_adain_norm") != "on" else "off"}
+    assert fewshot.sampling_mark(other) != mark  # rows sampled another way live in another folder

@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from miva.world import BASE_PATH, get_motion, make_scene, render_clip, shipped_adapters
-from miva.world.metrics import direction_spread, estimate_motion, evaluate_video, motion_class, psnr, ssim
+from miva.world.metrics import (
+    direction_spread,
+    drift_along,
+    estimate_motion,
+    evaluate_video,
+    motion_class,
+    psnr,
+    ssim,
+)
 from miva.world.motions import NAMED_MOTIONS, Motion, sample_generic_motion
 from miva.world.scenes import scene_seed
 
@@ -75,6 +83,9 @@ def test_ground_truth_videos_score_perfectly(name):
     assert row["speed_error"] < 0.05 and row["zoom_error"] < 0.002 and row["turn_error"] < 0.1
     if row["direction_error"] is not None:
         assert row["direction_error"] < 1.0
+        assert row["drift_along_target"] == pytest.approx(motion.speed, abs=0.05)
+    else:
+        assert row["drift_along_target"] is None
 
 
 def test_static_video_is_no_motion_and_scores_against_a_moving_target():
@@ -93,6 +104,11 @@ def test_known_shift_gives_its_direction():
     assert found.vx == pytest.approx(1.0, abs=0.05) and found.vy == pytest.approx(2.0, abs=0.05)
     assert found.direction == pytest.approx(math.degrees(math.atan2(2, 1)), abs=1.0)
     assert motion_class(found) == "down_right"
+    # along "right" it moves 1 px/frame, along "up" -2, along a diagonal the projection; no drift target: None
+    assert drift_along(found, get_motion("right")) == pytest.approx(1.0, abs=0.05)
+    assert drift_along(found, get_motion("up_fast")) == pytest.approx(-2.0, abs=0.05)
+    assert drift_along(found, get_motion("down_right")) == pytest.approx(3 / math.sqrt(2), abs=0.07)
+    assert drift_along(found, get_motion("zoom_in")) is None
 
 
 def test_psnr_ssim_reference_values():

@@ -15,6 +15,7 @@ same base (its `training.json`) serves its few-shot row instead of a second trai
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -26,7 +27,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installing
 
 from miva.world import base_fingerprint, shipped_adapters  # noqa: E402
-from miva.world.adapters import SHIPPED, WORLD_PARTS, train_world_adapter  # noqa: E402
+from miva.world.adapters import RECIPE_STEPS, SHIPPED, WORLD_PARTS, train_world_adapter  # noqa: E402
+from miva.world.evaluate import SAMPLING  # noqa: E402
 from miva.world.motions import get_motion  # noqa: E402
 
 # Adapter variants: overrides of the research recipe (cross-frame "first" + MotionLoRA + CA-LoRA).
@@ -53,11 +55,16 @@ class AdapterSpec:
     clips: int = 10
     variant: str = "full"
     oa_bin: int | None = None
+    seed: int = 0  # the training seed (noise, timesteps, clip order); the clips themselves stay the same
+    steps: int | None = None  # training steps; None: the run's --steps
 
-    @property
-    def key(self) -> str:
+    def key(self, steps: int) -> str:
+        """The cache folder name of this recipe trained for ``steps`` (defaults leave no mark, so that adapters
+        cached before a field existed keep their names)."""
         oa = f"-oa{self.oa_bin}" if self.oa_bin is not None else ""
-        return f"{self.motion.replace('+', '_')}-{self.clips}c-{self.variant}{oa}"
+        seed = f"-seed{self.seed}" if self.seed else ""
+        budget = f"-{steps}steps" if steps != RECIPE_STEPS else ""
+        return f"{self.motion.replace('+', '_')}-{self.clips}c-{self.variant}{oa}{seed}{budget}"
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,9 @@ def _rows() -> list[Row]:
         rows.append(Row(f"fewshot/{motion}/base", motion))
         rows.append(Row(f"fewshot/{motion}/10clips", motion, (AdapterSpec(motion),)))
     rows += [Row(f"clips/right/{n}", "right", (AdapterSpec("right", clips=n),)) for n in (1, 3, 30)]
+    # The same recipe with other training seeds: how far two trainings differ (the noise floor of every row).
+    rows += [Row(f"seeds/right/10clips_seed{s}", "right", (AdapterSpec("right", seed=s),)) for s in (1, 2)]
+    rows += [Row(f"budget/right/{n}steps", "right", (AdapterSpec("right", steps=n),)) for n in (300, 1200)]
     both = (right, down)
     rows += [
         Row("compose/right+down/residual_0.5", "right+down", both, (0.5, 0.5), target_scale=0.5),
@@ -96,11 +106,15 @@ def _rows() -> list[Row]:
         Row("orthogonal/right+down/weights_1", "right+down", ortho, (1.0, 1.0), mode="weights"),
     ]
     rows += [Row(f"ablation/right/{v}", "right", (AdapterSpec("right", variant=v),)) for v in VARIANTS if v != "full"]
-    # Every row samples with the world's default, the research latent init (SAMPLING); these two use the plain one.
+    # Every row samples with the world's default (SAMPLING: the research latent init and AdaIN "last"); these
+    # take one of the two away: the plain init ("lamp"), or no AdaIN.
     lamp = (("first_frame_cond_type", "lamp"), ("use_dct_init", False))
+    no_adain = (("use_adain_norm", "off"),)
     rows += [
         Row("sampling/right/base_lamp", "right", sampling=lamp),
         Row("sampling/right/10clips_lamp", "right", (right,), sampling=lamp),
+        Row("sampling/right/base_no_adain", "right", sampling=no_adain),
+        Row("sampling/right/10clips_no_adain", "right", (right,), sampling=no_adain),
     ]
     return rows
 
@@ -120,9 +134,10 @@ def _bases_library(cache: Path) -> Path:
 
 
 def _shipped_equivalent(spec: AdapterSpec, steps: int) -> tuple[Path, dict] | None:
-    """The shipped adapter trained with ``spec``'s recipe (``steps``, 10 clips, all parts) on the current base."""
+    """The shipped adapter trained with ``spec``'s recipe (``steps``, 10 clips, all parts, seed 0) on the current
+    base."""
     names = [name for name, motion in SHIPPED.items() if motion == spec.motion]
-    if spec.variant != "full" or spec.oa_bin is not None or not names:
+    if spec.variant != "full" or spec.oa_bin is not None or spec.seed or not names:
         return None
     folder = shipped_adapters().get(names[0])
     if folder is None or not (folder / "training.json").is_file():
@@ -136,26 +151,29 @@ def _shipped_equivalent(spec: AdapterSpec, steps: int) -> tuple[Path, dict] | No
 
 
 def trained_adapter(spec: AdapterSpec, cache: Path, steps: int, log=print) -> tuple[Path, dict]:
-    """The native adapter folder of ``spec`` (trained now unless cached or shipped) and its training record."""
+    """The native adapter folder of ``spec`` (trained now unless cached or shipped) and its training record.
+    ``steps`` is the run's budget, used unless ``spec`` sets its own."""
+    steps = spec.steps or steps
     shipped = _shipped_equivalent(spec, steps)
     if shipped is not None:
         return shipped
-    folder = cache / "adapters" / spec.key
+    key = spec.key(steps)
+    folder = cache / "adapters" / key
     record_path = folder / "training.json"
     if record_path.is_file():
         return folder / "adapter", json.loads(record_path.read_text())
     adapter = {**WORLD_PARTS, **VARIANTS[spec.variant]}
-    work = cache / "work" / spec.key
+    work = cache / "work" / key
     shutil.rmtree(work, ignore_errors=True)
-    result = train_world_adapter(spec.motion, work, adapter_name=spec.key.replace("-", "_").replace(".", "_"),
-                                 num_clips=spec.clips, adapter=adapter, steps=steps, log=log,
+    result = train_world_adapter(spec.motion, work, adapter_name=key.replace("-", "_").replace(".", "_"),
+                                 num_clips=spec.clips, adapter=adapter, steps=steps, seed=spec.seed, log=log,
                                  extra={"oa_bin_id": spec.oa_bin, "oa_bases_path": str(_bases_library(cache))}
                                  if spec.oa_bin is not None else None)
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(result["adapter"], tmp / "adapter")
     size = sum(p.stat().st_size for p in (tmp / "adapter").glob("*.safetensors"))
-    record = {"seconds": result["seconds"], "steps": steps, "clips": spec.clips, "bytes": size}
+    record = {"seconds": result["seconds"], "steps": steps, "clips": spec.clips, "seed": spec.seed, "bytes": size}
     (tmp / "training.json").write_text(json.dumps(record, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
@@ -187,7 +205,26 @@ def run_row(row: Row, cache: Path, *, steps: int, scenes: int, eval_steps: int, 
     summary["train_seconds"] = sum(r["seconds"] for _, r in trained) or None
     summary["adapter_bytes"] = sum(r["bytes"] for _, r in trained) or None
     summary["row_seconds"] = time.perf_counter() - start
-    return {"row": row.id, "target": target.describe(), "summary": summary, "videos": result["rows"]}
+    return {"row": row.id, "target": target.describe(), "sampling": {**SAMPLING, **call}, "summary": summary,
+            "videos": result["rows"]}
+
+
+DEFAULT_SETTINGS = {"steps": RECIPE_STEPS, "scenes": 20, "eval_steps": SAMPLING["num_inference_steps"],
+                    "max_clips": None}
+
+
+def sampling_mark(sampling: dict | None = None) -> str:
+    """A short fingerprint of the world's default sampling (:data:`miva.world.evaluate.SAMPLING`)."""
+    text = json.dumps(SAMPLING if sampling is None else sampling, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _rows_folder(settings: dict) -> str:
+    """``rows-<sampling mark>``, followed by the settings that differ from the defaults: rows sampled another way
+    (the world's default changed) or measured under other settings (a smoke run's 2 scenes) are never mixed into
+    the table."""
+    changed = [f"{name}{value}" for name, value in settings.items() if value != DEFAULT_SETTINGS[name]]
+    return "-".join(["rows", sampling_mark(), *changed])
 
 
 def _fmt(value, pattern="{:.2f}") -> str:
@@ -196,15 +233,17 @@ def _fmt(value, pattern="{:.2f}") -> str:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| row | target | class acc. | dir. err (deg) | speed (px/f) | zoom err | turn err (deg/f) | PSNR | SSIM "
-        "| train s | adapter KB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| row | target | class acc. | dir. err (deg) | mean dir (deg) | speed (px/f) | along target (px/f) | zoom err "
+        "| turn err (deg/f) | PSNR | SSIM | train s | adapter KB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         s = r["summary"]
         lines.append(
             f"| {r['row']} | {r['target']} | {_fmt(s['class_accuracy'], '{:.0%}')} | {_fmt(s['direction_error'], '{:.1f}')}"
-            f" | {_fmt(s['speed'])} | {_fmt(s['zoom_error'], '{:.4f}')} | {_fmt(s['turn_error'])} | {_fmt(s['psnr'])}"
+            f" | {_fmt(s['direction_spread']['mean'], '{:.0f}')} | {_fmt(s['speed'])}"
+            f" | {_fmt(s.get('drift_along_target'))}"  # rows cached before the field existed: n/a
+            f" | {_fmt(s['zoom_error'], '{:.4f}')} | {_fmt(s['turn_error'])} | {_fmt(s['psnr'])}"
             f" | {_fmt(s['ssim'], '{:.3f}')} | {_fmt(s['train_seconds'], '{:.0f}')}"
             f" | {_fmt(s['adapter_bytes'] and s['adapter_bytes'] / 1024, '{:.0f}')} |"
         )
@@ -215,20 +254,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", nargs="*", default=[], help="row ids or id prefixes (groups); default: all")
     parser.add_argument("--cache", default=str(HERE / "cache"), help="per-row results and trained adapters")
-    parser.add_argument("--steps", type=int, default=600, help="adapter training steps")
-    parser.add_argument("--scenes", type=int, default=20, help="held-out scenes per row")
-    parser.add_argument("--eval-steps", type=int, default=25, help="denoising steps per video")
+    parser.add_argument("--steps", type=int, default=DEFAULT_SETTINGS["steps"], help="adapter training steps")
+    parser.add_argument("--scenes", type=int, default=DEFAULT_SETTINGS["scenes"], help="held-out scenes per row")
+    parser.add_argument("--eval-steps", type=int, default=DEFAULT_SETTINGS["eval_steps"],
+                        help="denoising steps per video")
     parser.add_argument("--max-clips", type=int, help="cap the clips per adapter (smoke runs)")
     parser.add_argument("--table", action="store_true", help="only print the table of the cached rows")
     args = parser.parse_args(argv)
     cache = Path(args.cache) / f"base-{base_fingerprint()}"
+    settings = {"steps": args.steps, "scenes": args.scenes, "eval_steps": args.eval_steps, "max_clips": args.max_clips}
+    rows_dir = cache / _rows_folder(settings)
     chosen = [r for r in ROWS if not args.rows or any(r.id == p or r.id.startswith(p + "/") or r.id.startswith(p)
                                                       for p in args.rows)]
     if not chosen:
         parser.error(f"--rows {args.rows} match no row; rows: {', '.join(r.id for r in ROWS)}")
     results = []
     for row in chosen:
-        path = cache / "rows" / (row.id.replace("/", "__") + ".json")
+        path = rows_dir / (row.id.replace("/", "__") + ".json")
         if path.is_file():
             results.append(json.loads(path.read_text()))
             continue
@@ -237,8 +279,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"== {row.id}", flush=True)
         result = run_row(row, cache, steps=args.steps, scenes=args.scenes, eval_steps=args.eval_steps,
                          max_clips=args.max_clips)
-        result["settings"] = {"steps": args.steps, "scenes": args.scenes, "eval_steps": args.eval_steps,
-                              "max_clips": args.max_clips}
+        result["settings"] = settings
         path.parent.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".tmp").write_text(json.dumps(result, indent=2))
         path.with_suffix(".tmp").rename(path)

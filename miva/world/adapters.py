@@ -20,7 +20,7 @@ from pathlib import Path
 from . import ADAPTERS_PATH, WORLD_ID, base_fingerprint
 from .data import write_world_clips
 
-__all__ = ["SHIPPED", "train_world_adapter", "world_train_config"]
+__all__ = ["RECIPE_STEPS", "SHIPPED", "train_world_adapter", "world_train_config"]
 
 # name -> motion of the adapters that ship in miva/world/weights/adapters/.
 SHIPPED = {"right": "right", "zoom_in": "zoom_in", "rotate_cw": "rotate_cw"}
@@ -28,6 +28,7 @@ RESEARCH_PARTS = {"use_i2v": True, "sa_mode": "first", "use_motion_lora": True, 
 # Measured on base v1 ("right", 8 held-out scenes, plain init): 400 steps, lr 1e-3, rank 8 -> 83 deg direction error;
 # 600 steps, lr 3e-3, rank 16 with the cross-frame branch's own W_Q -> 49 deg.
 WORLD_PARTS = {**RESEARCH_PARTS, "i2v_train_q": True}
+RECIPE_STEPS = 600  # training steps of the recipe (batch 2: 120 passes over 10 clips)
 
 
 def world_train_config(
@@ -36,7 +37,7 @@ def world_train_config(
     *,
     adapter_name: str,
     adapter: dict | None = None,
-    steps: int = 600,
+    steps: int = RECIPE_STEPS,
     learning_rate: float = 3e-3,
     rank: int = 16,
     seed: int = 0,
@@ -105,7 +106,7 @@ def train_world_adapter(
     return {"adapter": Path(adapter), "seconds": seconds, "config": config}
 
 
-def ship(log=print, steps: int = 600) -> None:
+def ship(log=print, steps: int = RECIPE_STEPS) -> None:
     """Retrain the shipped adapters into ``miva/world/weights/adapters/<name>`` (with a sample GIF each); their
     ``training.json`` records the recipe's steps and clips and the base they were trained on
     (:func:`~miva.world.base_fingerprint`)."""
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--motion", help="motion name (e.g. right, zoom_in, rotate_cw, right+down)")
     parser.add_argument("--out", help="output folder")
     parser.add_argument("--clips", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=RECIPE_STEPS)
     parser.add_argument("--ship", action="store_true", help="rebuild the shipped adapters")
     args = parser.parse_args(argv)
     if args.ship:

@@ -24,11 +24,13 @@ from .scenes import make_scene, render_clip
 __all__ = ["SAMPLING", "animate_scene", "evaluate_pipeline", "summarise"]
 
 # How MotionWorld videos are sampled unless told otherwise: 8 frames of 64x64, 25 DDIM steps, no guidance, and the
-# research inference's latent init (REFERENCE.md section 7): the noised image latent for every frame ("cinemo") with
-# its low spatial frequencies kept (DCT low-pass) instead of pure noise for frames 1.. ("lamp"): the scene stays
-# coherent for more frames, which is what the motion metric reads (benchmarks/motion_world/README.md, sampling rows).
+# research inference's defaults (REFERENCE.md section 7): the noised image latent for every frame ("cinemo") with
+# its low spatial frequencies kept (DCT low-pass) instead of pure noise for frames 1.. ("lamp"), and AdaIN "last"
+# (each frame's latent mean and std matched to frame 0's once after the loop). Without them the later frames of
+# this small base drift in colour and contrast and lose the scene, and the motion read from them with it
+# (benchmarks/motion_world/README.md, sampling rows).
 SAMPLING = {"num_frames": 8, "num_inference_steps": 25, "guidance_scale": 1.0,
-            "first_frame_cond_type": "cinemo", "use_dct_init": True}
+            "first_frame_cond_type": "cinemo", "use_dct_init": True, "use_adain_norm": "last"}
 
 
 def animate_scene(pipe, index: int, seed: int = 0, split: str = "heldout", **call_kwargs) -> np.ndarray:
@@ -81,6 +83,7 @@ def summarise(rows: list[dict]) -> dict:
         "direction_error": _mean(r["direction_error"] for r in rows),
         "speed": _mean(r["speed"] for r in rows),
         "speed_error": _mean(r["speed_error"] for r in rows),
+        "drift_along_target": _mean(r["drift_along_target"] for r in rows),
         "zoom_error": _mean(r["zoom_error"] for r in rows),
         "turn_error": _mean(r["turn_error"] for r in rows),
         "psnr": _mean(r["psnr"] for r in rows),

@@ -27,6 +27,7 @@ from .scenes import Scene, render_clip
 __all__ = [
     "FrameMotion",
     "direction_spread",
+    "drift_along",
     "estimate_motion",
     "evaluate_video",
     "motion_class",
@@ -176,6 +177,15 @@ def motion_class(motion: Motion) -> str:
     return min(DIRECTIONS, key=lambda name: _angle_between(DIRECTIONS[name], motion.direction))
 
 
+def drift_along(found: Motion, target: Motion) -> float | None:
+    """The drift of ``found`` along the target's drift direction in px/frame (negative: the opposite way), i.e. how
+    fast a video moves the way it should; ``None`` when the target does not drift. Unlike ``speed`` it does not
+    count motion in other directions, so it measures an adapter's strength on a base that moves at random."""
+    if target.speed == 0:
+        return None
+    return (found.vx * target.vx + found.vy * target.vy) / target.speed
+
+
 def _angle_between(a: float, b: float) -> float:
     """Smallest absolute difference of two angles in degrees, in [0, 180]."""
     return abs((a - b + 180.0) % 360.0 - 180.0)
@@ -203,7 +213,8 @@ def evaluate_video(video, scene: Scene, target: Motion, image=None) -> dict:
     """Score a generated ``video`` of ``scene`` against the ground truth of ``target``.
 
     Returns a dict: ``class`` / ``target_class`` / ``class_correct``, ``direction_error`` (degrees, translation
-    targets only, else ``None``), ``speed`` / ``speed_error`` (px/frame at 64 px), ``zoom_error`` (log zoom per
+    targets only, else ``None``), ``speed`` / ``speed_error`` (px/frame at 64 px), ``drift_along_target``
+    (:func:`drift_along`), ``zoom_error`` (log zoom per
     frame), ``turn_error`` (degrees per frame), ``psnr`` / ``ssim`` of frames 1..F-1 against the ground truth,
     ``frame0_psnr`` against ``image`` (default: the ground truth's frame 0), and the fitted ``motion``.
     """
@@ -225,6 +236,7 @@ def evaluate_video(video, scene: Scene, target: Motion, image=None) -> dict:
         "direction_error": _angle_between(found.direction, target.direction) if translation else None,
         "speed": found.speed,
         "speed_error": abs(found.speed - target.speed),
+        "drift_along_target": drift_along(found, target),
         "zoom_error": abs(found.log_zoom - target.log_zoom),
         "turn_error": abs(found.degrees - target.degrees),
         "psnr": psnr(video[1:], truth[1:]) if frames > 1 else None,
