@@ -7,9 +7,11 @@
 Each adapter is trained with miva's own trainer (`miva.training.train.train`, what `miva train --config` runs) on
 MotionWorld clips written by `miva.world.adapters`, and every row animates the same held-out scenes (never seen in
 training) with `MIVAPipeline` and scores them with `miva.world.metrics`. Results are cached per row (and trained
-adapters per recipe) under `--cache/base-<fingerprint>` (`miva.world.base_fingerprint`: results of another base are
-never mixed in), so a cut-off run continues where it stopped. A shipped adapter trained with the same recipe on the
-same base (its `training.json`) serves its few-shot row instead of a second training.
+adapters per recipe, seed and step budget) under `--cache/base-<fingerprint>` (`miva.world.base_fingerprint`), rows
+in a folder named after the world's default sampling and any settings that differ from the defaults, so a cut-off
+run continues where it stopped and results of another base, sampling or smoke run are never mixed in. A shipped
+adapter trained with the same recipe on the same base (its `training.json`) serves its few-shot row instead of a
+second training.
 """
 
 from __future__ import annotations
