@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installi
 
 from miva.world import base_fingerprint, shipped_adapters  # noqa: E402
 from miva.world.adapters import RECIPE_STEPS, SHIPPED, WORLD_PARTS, train_world_adapter  # noqa: E402
-from miva.world.evaluate import SAMPLING  # noqa: E402
+from miva.world.evaluate import HELDOUT_SCENES, SAMPLING  # noqa: E402
 from miva.world.motions import get_motion  # noqa: E402
 
 # Adapter variants: overrides of the research recipe (cross-frame "first" + MotionLoRA + CA-LoRA).
@@ -92,6 +92,11 @@ def _rows() -> list[Row]:
     rows += [Row(f"clips/right/{n}", "right", (AdapterSpec("right", clips=n),)) for n in (1, 3, 30)]
     # The same recipe with other training seeds: how far two trainings differ (the noise floor of every row).
     rows += [Row(f"seeds/right/10clips_seed{s}", "right", (AdapterSpec("right", seed=s),)) for s in (1, 2)]
+    # The best ablation (cross-frame "prev") with the same seeds: is its lead over "first" more than that noise?
+    rows += [
+        Row(f"seeds/right/sa_prev_seed{s}", "right", (AdapterSpec("right", variant="sa_prev", seed=s),))
+        for s in (1, 2)
+    ]
     rows += [Row(f"budget/right/{n}steps", "right", (AdapterSpec("right", steps=n),)) for n in (300, 1200)]
     both = (right, down)
     rows += [
@@ -211,7 +216,7 @@ def run_row(row: Row, cache: Path, *, steps: int, scenes: int, eval_steps: int, 
             "videos": result["rows"]}
 
 
-DEFAULT_SETTINGS = {"steps": RECIPE_STEPS, "scenes": 20, "eval_steps": SAMPLING["num_inference_steps"],
+DEFAULT_SETTINGS = {"steps": RECIPE_STEPS, "scenes": HELDOUT_SCENES, "eval_steps": SAMPLING["num_inference_steps"],
                     "max_clips": None}
 
 

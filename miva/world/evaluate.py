@@ -29,6 +29,9 @@ __all__ = ["SAMPLING", "animate_scene", "evaluate_pipeline", "summarise"]
 # (each frame's latent mean and std matched to frame 0's once after the loop). Without them the later frames of
 # this small base drift in colour and contrast and lose the scene, and the motion read from them with it
 # (benchmarks/motion_world/README.md, sampling rows).
+# Held-out scenes ``0..HELDOUT_SCENES-1`` are what every reported number is measured on.
+HELDOUT_SCENES = 20
+
 SAMPLING = {"num_frames": 8, "num_inference_steps": 25, "guidance_scale": 1.0,
             "first_frame_cond_type": "cinemo", "use_dct_init": True, "use_adain_norm": "last"}
 
@@ -48,7 +51,7 @@ def animate_scene(pipe, index: int, seed: int = 0, split: str = "heldout", **cal
 
 
 def evaluate_pipeline(
-    pipe, target: str | Motion, scenes: int = 20, seed: int = 0, log=None, adapter_prompts: int = 0, **call_kwargs
+    pipe, target: str | Motion, scenes: int = HELDOUT_SCENES, seed: int = 0, log=None, adapter_prompts: int = 0, **call_kwargs
 ) -> dict:
     """Animate held-out scenes ``0..scenes-1`` and score each against ``target``; returns :func:`summarise` of
     the rows plus the rows themselves. ``adapter_prompts=N`` gives each of N active adapters the scene's prompt as
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--motion", required=True, help="target motion, e.g. right, zoom_in, right+down")
     parser.add_argument("--adapter", action="append", default=[], help="shipped adapter name or folder; repeatable")
     parser.add_argument("--weight", action="append", type=float, default=[], help="adapter weights")
-    parser.add_argument("--scenes", type=int, default=20)
+    parser.add_argument("--scenes", type=int, default=HELDOUT_SCENES)
     parser.add_argument("--steps", type=int, default=SAMPLING["num_inference_steps"])
     parser.add_argument("--base", help="a base folder other than the shipped one (e.g. a new pretraining run)")
     parser.add_argument("--out", help="write the summary JSON here")
