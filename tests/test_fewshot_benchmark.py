@@ -85,3 +85,15 @@ def test_adapter_cache_keys_name_every_recipe_change(monkeypatch):
     assert fewshot._rows_folder({**fewshot.DEFAULT_SETTINGS, "scenes": 2}) == f"rows-{mark}-scenes2"
     other = {**fewshot.SAMPLING, "use_adain_norm": "on" if fewshot.SAMPLING.get("use_adain_norm") != "on" else "off"}
     assert fewshot.sampling_mark(other) != mark  # rows sampled another way live in another folder
+
+
+@pytest.mark.skipif(not (BASE_PATH / "model_index.json").is_file(), reason="the MotionWorld weights are not built")
+def test_reference_rows_score_the_ground_truth_and_a_still_without_training(tmp_path, monkeypatch):
+    fewshot = _load_script(monkeypatch)
+    truth, still = fewshot.main(["--rows", "reference/right", "--cache", str(tmp_path), "--scenes", "1"])
+    assert [truth["row"], still["row"]] == ["reference/right/ground_truth", "reference/right/still"]
+    assert truth["summary"]["class_accuracy"] == 1.0 and truth["summary"]["direction_error"] < 1.0
+    assert truth["summary"]["train_seconds"] is None and truth["sampling"] is None  # nothing trained or sampled
+    assert still["summary"]["static_fraction"] == 1.0 and still["summary"]["direction_error"] is None
+    assert still["summary"]["psnr"] < truth["summary"]["psnr"]
+    assert not (tmp_path / f"base-{base_fingerprint()}" / "adapters").exists()

@@ -93,6 +93,7 @@ def test_static_video_is_no_motion_and_scores_against_a_moving_target():
     still = np.repeat(render_clip(scene, Motion(), 1), 8, axis=0)
     row = evaluate_video(still, scene, get_motion("right"))
     assert row["class"] == "static" and not row["class_correct"] and row["speed"] < 0.1
+    assert row["speed"] == 0.0 and row["direction_error"] is None  # no drift: no direction to be wrong about
     assert row["psnr"] < 30.0 and row["frame0_psnr"] == math.inf
 
 
@@ -221,6 +222,28 @@ def test_shipped_adapters_load_act_and_score_on_unseen_scenes():
     pipe.load_adapters([str(shipped_adapters()["right"])], adapter_names=["right"])
     result = evaluate_pipeline(pipe, "right", scenes=1, num_frames=4, num_inference_steps=4)
     assert math.isfinite(result["psnr"]) and 0 <= result["direction_error"] <= 180
+
+
+@needs_weights
+def test_reference_videos_bracket_the_metric():
+    """The target's ground truth through the shipped autoencoder moves exactly as the target, close to the truth;
+    frame 0 repeated is static, with no direction error and a lower PSNR."""
+    from miva.world import load_pipeline
+    from miva.world.evaluate import evaluate_pipeline, reference_video
+
+    pipe = load_pipeline()
+    truth = evaluate_pipeline(pipe, "right", scenes=2, reference="ground_truth")
+    assert truth["class_accuracy"] == 1.0 and truth["direction_error"] < 1.0
+    assert truth["drift_along_target"] == pytest.approx(2.0, abs=0.05)
+    assert 22.0 < truth["psnr"] < 35.0  # the autoencoder's loss, not a perfect copy
+    still = evaluate_pipeline(pipe, "right", scenes=2, reference="still", num_frames=6)
+    assert still["class_accuracy"] == 0.0 and still["static_fraction"] == 1.0
+    assert still["direction_error"] is None and still["psnr"] < truth["psnr"] - 5.0
+    video = reference_video(pipe, 0, get_motion("zoom_in"), "still", num_frames=3)
+    assert video.shape == (3, 64, 64, 3) and video.dtype == np.uint8
+    np.testing.assert_array_equal(video[0], video[2])
+    with pytest.raises(ValueError, match="reference must be one of ground_truth, still; got 'noise'"):
+        evaluate_pipeline(pipe, "right", scenes=1, reference="noise")
 
 
 @needs_weights

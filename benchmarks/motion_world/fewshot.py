@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installi
 
 from miva.world import base_fingerprint, shipped_adapters  # noqa: E402
 from miva.world.adapters import RECIPE_STEPS, SHIPPED, WORLD_PARTS, train_world_adapter  # noqa: E402
-from miva.world.evaluate import HELDOUT_SCENES, SAMPLING  # noqa: E402
+from miva.world.evaluate import HELDOUT_SCENES, REFERENCES, SAMPLING  # noqa: E402
 from miva.world.motions import get_motion  # noqa: E402
 
 # Adapter variants: overrides of the research recipe (cross-frame "first" + MotionLoRA + CA-LoRA).
@@ -80,6 +80,7 @@ class Row:
     per_adapter_prompts: bool = False
     target_scale: float = 1.0  # the target's expected strength (e.g. 0.5 + 0.5 of two motions)
     sampling: tuple[tuple[str, object], ...] = ()  # extra `pipe(...)` arguments, e.g. the research latent init
+    reference: str | None = None  # score a `miva.world.evaluate.REFERENCES` video instead of sampling
     notes: str = field(default="", compare=False)
 
 
@@ -87,6 +88,9 @@ def _rows() -> list[Row]:
     right, down = AdapterSpec("right"), AdapterSpec("down")
     rows = []
     for motion in ("right", "zoom_in", "rotate_cw"):
+        # The scale of every score: the ground truth through the base's autoencoder (the best possible) and frame 0
+        # repeated (no motion).
+        rows += [Row(f"reference/{motion}/{kind}", motion, reference=kind) for kind in REFERENCES]
         rows.append(Row(f"fewshot/{motion}/base", motion))
         rows.append(Row(f"fewshot/{motion}/10clips", motion, (AdapterSpec(motion),)))
     rows += [Row(f"clips/right/{n}", "right", (AdapterSpec("right", clips=n),)) for n in (1, 3, 30)]
@@ -207,12 +211,13 @@ def run_row(row: Row, cache: Path, *, steps: int, scenes: int, eval_steps: int, 
             pipe.fuse_adapters()
     target = get_motion(row.target).scaled(row.target_scale)
     prompts = len(trained) if row.per_adapter_prompts else 0
-    result = evaluate_pipeline(pipe, target, scenes=scenes, adapter_prompts=prompts, **call)
+    result = evaluate_pipeline(pipe, target, scenes=scenes, adapter_prompts=prompts, reference=row.reference, **call)
     summary = {k: v for k, v in result.items() if k != "rows"}
     summary["train_seconds"] = sum(r["seconds"] for _, r in trained) or None
     summary["adapter_bytes"] = sum(r["bytes"] for _, r in trained) or None
     summary["row_seconds"] = time.perf_counter() - start
-    return {"row": row.id, "target": target.describe(), "sampling": {**SAMPLING, **call}, "summary": summary,
+    sampling = None if row.reference else {**SAMPLING, **call}
+    return {"row": row.id, "target": target.describe(), "sampling": sampling, "summary": summary,
             "videos": result["rows"]}
 
 

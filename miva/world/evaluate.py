@@ -2,6 +2,7 @@
 
     python -m miva.world.evaluate --motion right --adapter right --scenes 20     # the shipped "right" adapter
     python -m miva.world.evaluate --motion right --scenes 20                     # the base alone
+    python -m miva.world.evaluate --motion right --reference ground_truth        # the best score possible
 
 Every video starts from frame 0 of a held-out scene (odd seeds: never seen in training), with that scene's prompt
 (which never names the motion), so the motion comes from the base and the active adapters only.
@@ -21,7 +22,7 @@ from .metrics import direction_spread, evaluate_video
 from .motions import Motion, get_motion
 from .scenes import make_scene, render_clip
 
-__all__ = ["SAMPLING", "animate_scene", "evaluate_pipeline", "summarise"]
+__all__ = ["HELDOUT_SCENES", "REFERENCES", "SAMPLING", "animate_scene", "evaluate_pipeline", "reference_video", "summarise"]
 
 # How MotionWorld videos are sampled unless told otherwise: 8 frames of 64x64, 25 DDIM steps, no guidance, and the
 # research inference's defaults (REFERENCE.md section 7): the noised image latent for every frame ("cinemo") with
@@ -50,19 +51,58 @@ def animate_scene(pipe, index: int, seed: int = 0, split: str = "heldout", **cal
     return np.clip(np.rint(np.asarray(frames) * 255.0), 0, 255).astype(np.uint8)
 
 
+# Videos that bracket the metric's scale on the same scenes, made without sampling: the target's ground truth
+# through the base's autoencoder (the best a model of this latent space can score) and frame 0 through it,
+# repeated (no motion at all).
+REFERENCES = ("ground_truth", "still")
+
+
+def reference_video(pipe, index: int, target: Motion, kind: str, num_frames: int = SAMPLING["num_frames"],
+                    split: str = "heldout") -> np.ndarray:
+    """A :data:`REFERENCES` video of scene ``index`` of ``split``: ``(F, 64, 64, 3)`` ``uint8``, encoded to the
+    mode of ``pipe.vae``'s latent distribution and decoded back."""
+    import torch
+
+    if kind not in REFERENCES:
+        raise ValueError(f"reference must be one of {', '.join(REFERENCES)}; got {kind!r}")
+    truth = render_clip(make_scene(split, index), target, num_frames, 64)
+    if kind == "still":
+        truth = np.repeat(truth[:1], num_frames, axis=0)
+    vae = pipe.vae
+    pixels = torch.from_numpy(truth).permute(0, 3, 1, 2).to(vae.device, vae.dtype) / 127.5 - 1.0  # (F, 3, 64, 64)
+    with torch.no_grad():
+        decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
+    decoded = ((decoded.float().clamp(-1, 1) + 1.0) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
+    return np.rint(decoded).astype(np.uint8)
+
+
 def evaluate_pipeline(
-    pipe, target: str | Motion, scenes: int = HELDOUT_SCENES, seed: int = 0, log=None, adapter_prompts: int = 0, **call_kwargs
+    pipe,
+    target: str | Motion,
+    scenes: int = HELDOUT_SCENES,
+    seed: int = 0,
+    log=None,
+    adapter_prompts: int = 0,
+    reference: str | None = None,
+    **call_kwargs,
 ) -> dict:
     """Animate held-out scenes ``0..scenes-1`` and score each against ``target``; returns :func:`summarise` of
     the rows plus the rows themselves. ``adapter_prompts=N`` gives each of N active adapters the scene's prompt as
-    its own prompt (``batch_prompt``)."""
+    its own prompt (``batch_prompt``). ``reference`` (one of :data:`REFERENCES`) scores :func:`reference_video`
+    instead of sampling."""
     motion = get_motion(target) if isinstance(target, str) else target
+    if reference is not None and reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {', '.join(REFERENCES)}; got {reference!r}")
     rows = []
     for index in range(scenes):
         start = time.perf_counter()
         if adapter_prompts:
             call_kwargs["batch_prompt"] = [make_scene("heldout", index).prompt] * adapter_prompts
-        video = animate_scene(pipe, index, seed=seed + index, **call_kwargs)
+        if reference is not None:
+            frames = call_kwargs.get("num_frames", SAMPLING["num_frames"])
+            video = reference_video(pipe, index, motion, reference, num_frames=frames)
+        else:
+            video = animate_scene(pipe, index, seed=seed + index, **call_kwargs)
         row = evaluate_video(video, make_scene("heldout", index), motion)
         row["scene"], row["seconds"] = index, time.perf_counter() - start
         rows.append(row)
@@ -107,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=HELDOUT_SCENES)
     parser.add_argument("--steps", type=int, default=SAMPLING["num_inference_steps"])
     parser.add_argument("--base", help="a base folder other than the shipped one (e.g. a new pretraining run)")
+    parser.add_argument("--reference", choices=REFERENCES,
+                        help="score the target's ground truth (or frame 0, still) through the base's autoencoder")
     parser.add_argument("--out", help="write the summary JSON here")
     args = parser.parse_args(argv)
     pipe = load_pipeline(path=args.base)
@@ -116,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         paths = [str(shipped.get(a, a)) for a in args.adapter]
         names = [f"a{i}" for i in range(len(paths))]
         pipe.load_adapters(paths, adapter_names=names, weights=args.weight or None)
-    result = evaluate_pipeline(pipe, args.motion, args.scenes, num_inference_steps=args.steps, log=print)
+    result = evaluate_pipeline(pipe, args.motion, args.scenes, num_inference_steps=args.steps, log=print,
+                               reference=args.reference)
     summary = {k: v for k, v in result.items() if k != "rows"}
     print(json.dumps(summary, indent=2))
     if args.out:

@@ -212,8 +212,8 @@ def ssim(a, b) -> float:
 def evaluate_video(video, scene: Scene, target: Motion, image=None) -> dict:
     """Score a generated ``video`` of ``scene`` against the ground truth of ``target``.
 
-    Returns a dict: ``class`` / ``target_class`` / ``class_correct``, ``direction_error`` (degrees, translation
-    targets only, else ``None``), ``speed`` / ``speed_error`` (px/frame at 64 px), ``drift_along_target``
+    Returns a dict: ``class`` / ``target_class`` / ``class_correct``, ``direction_error`` (degrees; translation
+    targets and drifting videos only, else ``None``), ``speed`` / ``speed_error`` (px/frame at 64 px), ``drift_along_target``
     (:func:`drift_along`), ``zoom_error`` (log zoom per
     frame), ``turn_error`` (degrees per frame), ``psnr`` / ``ssim`` of frames 1..F-1 against the ground truth,
     ``frame0_psnr`` against ``image`` (default: the ground truth's frame 0), and the fitted ``motion``.
@@ -233,7 +233,9 @@ def evaluate_video(video, scene: Scene, target: Motion, image=None) -> dict:
         "target_class": target_class,
         "class_correct": motion_class(found) == target_class,
         "direction": found.direction if found.speed > 0 else None,
-        "direction_error": _angle_between(found.direction, target.direction) if translation else None,
+        # A video with no drift at all has no direction to be wrong about (not the 0 deg of atan2(0, 0)).
+        "direction_error": _angle_between(found.direction, target.direction) if translation and found.speed > 0
+        else None,
         "speed": found.speed,
         "speed_error": abs(found.speed - target.speed),
         "drift_along_target": drift_along(found, target),
