@@ -102,6 +102,7 @@ def _rows() -> list[Row]:
         for s in (1, 2)
     ]
     rows += [Row(f"budget/right/{n}steps", "right", (AdapterSpec("right", steps=n),)) for n in (300, 1200)]
+    rows.append(Row("budget/zoom_in/1200steps", "zoom_in", (AdapterSpec("zoom_in", steps=1200),)))
     both = (right, down)
     rows += [
         Row("compose/right+down/residual_0.5", "right+down", both, (0.5, 0.5), target_scale=0.5),
