@@ -102,6 +102,7 @@ def _rows() -> list[Row]:
         for s in (1, 2)
     ]
     rows += [Row(f"budget/right/{n}steps", "right", (AdapterSpec("right", steps=n),)) for n in (300, 1200)]
+    rows.append(Row("budget/right/1200steps_seed1", "right", (AdapterSpec("right", steps=1200, seed=1),)))
     rows.append(Row("budget/zoom_in/1200steps", "zoom_in", (AdapterSpec("zoom_in", steps=1200),)))
     both = (right, down)
     rows += [
