@@ -92,7 +92,7 @@ def test_static_video_is_no_motion_and_scores_against_a_moving_target():
     scene = make_scene("heldout", 1)
     still = np.repeat(render_clip(scene, Motion(), 1), 8, axis=0)
     row = evaluate_video(still, scene, get_motion("right"))
-    assert row["class"] == "static" and not row["class_correct"] and row["speed"] < 0.1
+    assert row["class"] == "static" and not row["class_correct"]
     assert row["speed"] == 0.0 and row["direction_error"] is None  # no drift: no direction to be wrong about
     assert row["psnr"] < 30.0 and row["frame0_psnr"] == math.inf
 

@@ -22,7 +22,15 @@ from .metrics import direction_spread, evaluate_video
 from .motions import Motion, get_motion
 from .scenes import make_scene, render_clip
 
-__all__ = ["HELDOUT_SCENES", "REFERENCES", "SAMPLING", "animate_scene", "evaluate_pipeline", "reference_video", "summarise"]
+__all__ = [
+    "HELDOUT_SCENES",
+    "REFERENCES",
+    "SAMPLING",
+    "animate_scene",
+    "evaluate_pipeline",
+    "reference_video",
+    "summarise",
+]
 
 # How MotionWorld videos are sampled unless told otherwise: 8 frames of 64x64, 25 DDIM steps, no guidance, and the
 # research inference's defaults (REFERENCE.md section 7): the noised image latent for every frame ("cinemo") with
@@ -48,6 +56,11 @@ def animate_scene(pipe, index: int, seed: int = 0, split: str = "heldout", **cal
     kwargs = {**SAMPLING, "height": 64, "width": 64, **call_kwargs}
     kwargs.setdefault("prompt", scene.prompt)
     frames = pipe(image=image, generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).frames[0]
+    return _to_uint8(frames)
+
+
+def _to_uint8(frames) -> np.ndarray:
+    """``(F, H, W, 3)`` floats in [0, 1] -> ``uint8``, rounded as the metric's ground truth is."""
     return np.clip(np.rint(np.asarray(frames) * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -62,6 +75,7 @@ def reference_video(pipe, index: int, target: Motion, kind: str, num_frames: int
     """A :data:`REFERENCES` video of scene ``index`` of ``split``: ``(F, 64, 64, 3)`` ``uint8``, encoded to the
     mode of ``pipe.vae``'s latent distribution and decoded back."""
     import torch
+    from diffusers.image_processor import VaeImageProcessor
 
     if kind not in REFERENCES:
         raise ValueError(f"reference must be one of {', '.join(REFERENCES)}; got {kind!r}")
@@ -69,11 +83,10 @@ def reference_video(pipe, index: int, target: Motion, kind: str, num_frames: int
     if kind == "still":
         truth = np.repeat(truth[:1], num_frames, axis=0)
     vae = pipe.vae
-    pixels = torch.from_numpy(truth).permute(0, 3, 1, 2).to(vae.device, vae.dtype) / 127.5 - 1.0  # (F, 3, 64, 64)
+    pixels = torch.from_numpy(truth).permute(0, 3, 1, 2).to(vae.device, vae.dtype) / 255.0  # (F, 3, 64, 64)
     with torch.no_grad():
-        decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
-    decoded = ((decoded.float().clamp(-1, 1) + 1.0) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
-    return np.rint(decoded).astype(np.uint8)
+        decoded = vae.decode(vae.encode(VaeImageProcessor.normalize(pixels)).latent_dist.mode()).sample
+    return _to_uint8(VaeImageProcessor.denormalize(decoded.float()).permute(0, 2, 3, 1).cpu().numpy())
 
 
 def evaluate_pipeline(

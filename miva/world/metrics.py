@@ -213,10 +213,10 @@ def evaluate_video(video, scene: Scene, target: Motion, image=None) -> dict:
     """Score a generated ``video`` of ``scene`` against the ground truth of ``target``.
 
     Returns a dict: ``class`` / ``target_class`` / ``class_correct``, ``direction_error`` (degrees; translation
-    targets and drifting videos only, else ``None``), ``speed`` / ``speed_error`` (px/frame at 64 px), ``drift_along_target``
-    (:func:`drift_along`), ``zoom_error`` (log zoom per
-    frame), ``turn_error`` (degrees per frame), ``psnr`` / ``ssim`` of frames 1..F-1 against the ground truth,
-    ``frame0_psnr`` against ``image`` (default: the ground truth's frame 0), and the fitted ``motion``.
+    targets and drifting videos only, else ``None``), ``speed`` / ``speed_error`` (px/frame at 64 px),
+    ``drift_along_target`` (:func:`drift_along`), ``zoom_error`` (log zoom per frame), ``turn_error`` (degrees per
+    frame), ``psnr`` / ``ssim`` of frames 1..F-1 against the ground truth, ``frame0_psnr`` against ``image``
+    (default: the ground truth's frame 0), and the fitted ``motion``.
     """
     video = np.asarray(video)
     frames, height, width = video.shape[:3]
