@@ -229,7 +229,7 @@ def test_reference_videos_bracket_the_metric():
     """The target's ground truth through the shipped autoencoder moves exactly as the target, close to the truth;
     frame 0 repeated is static, with no direction error and a lower PSNR."""
     from miva.world import load_pipeline
-    from miva.world.evaluate import evaluate_pipeline, reference_video
+    from miva.world.evaluate import HELDOUT_SCENES, VALIDATION_SCENE, evaluate_pipeline, reference_video
 
     pipe = load_pipeline()
     truth = evaluate_pipeline(pipe, "right", scenes=2, reference="ground_truth")
@@ -244,6 +244,13 @@ def test_reference_videos_bracket_the_metric():
     np.testing.assert_array_equal(video[0], video[2])
     with pytest.raises(ValueError, match="reference must be one of ground_truth, still; got 'noise'"):
         evaluate_pipeline(pipe, "right", scenes=1, reference="noise")
+    # the validation scenes follow the reported ones, and are scored as themselves
+    validation = evaluate_pipeline(pipe, "right", scenes=1, reference="ground_truth", first_scene=VALIDATION_SCENE)
+    [row] = validation["rows"]
+    expected = evaluate_video(reference_video(pipe, VALIDATION_SCENE, get_motion("right"), "ground_truth"),
+                              make_scene("heldout", VALIDATION_SCENE), get_motion("right"))
+    assert row["scene"] == VALIDATION_SCENE == HELDOUT_SCENES and row["psnr"] == expected["psnr"]
+    assert row["psnr"] not in [r["psnr"] for r in truth["rows"]]
 
 
 @needs_weights

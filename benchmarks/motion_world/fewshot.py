@@ -29,7 +29,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installing
 
 from miva.world import base_fingerprint, shipped_adapters  # noqa: E402
-from miva.world.adapters import RECIPE_STEPS, SHIPPED, WORLD_PARTS, train_world_adapter  # noqa: E402
+from miva.world.adapters import (  # noqa: E402
+    RECIPE_STEPS,
+    SHIPPED,
+    WORLD_PARTS,
+    recipe_fingerprint,
+    saved_recipe_fingerprint,
+    train_world_adapter,
+    world_train_config,
+)
 from miva.world.evaluate import HELDOUT_SCENES, REFERENCES, SAMPLING  # noqa: E402
 from miva.world.motions import get_motion  # noqa: E402
 
@@ -104,6 +112,14 @@ def _rows() -> list[Row]:
     rows += [Row(f"budget/right/{n}steps", "right", (AdapterSpec("right", steps=n),)) for n in (300, 1200)]
     rows.append(Row("budget/right/1200steps_seed1", "right", (AdapterSpec("right", steps=1200, seed=1),)))
     rows.append(Row("budget/zoom_in/1200steps", "zoom_in", (AdapterSpec("zoom_in", steps=1200),)))
+    # The one ablation past the noise (spatiotemporal Q with 3D RoPE), with other seeds and the larger budget.
+    stq = "stq_r2_rope_3d"
+    rows += [Row(f"seeds/right/{stq}_seed{s}", "right", (AdapterSpec("right", variant=stq, seed=s),)) for s in (1, 2)]
+    rows += [
+        Row(f"budget/right/{stq}_1200steps{f'_seed{s}' if s else ''}", "right",
+            (AdapterSpec("right", variant=stq, seed=s, steps=1200),))
+        for s in (0, 1)
+    ]
     both = (right, down)
     rows += [
         Row("compose/right+down/residual_0.5", "right+down", both, (0.5, 0.5), target_scale=0.5),
@@ -146,45 +162,64 @@ def _bases_library(cache: Path) -> Path:
     return path
 
 
-def _shipped_equivalent(spec: AdapterSpec, steps: int) -> tuple[Path, dict] | None:
-    """The shipped adapter trained with ``spec``'s recipe (``steps``, 10 clips, all parts, seed 0) on the current
-    base."""
-    names = [name for name, motion in SHIPPED.items() if motion == spec.motion]
-    if spec.variant != "full" or spec.oa_bin is not None or spec.seed or not names:
-        return None
-    folder = shipped_adapters().get(names[0])
-    if folder is None or not (folder / "training.json").is_file():
-        return None
-    record = json.loads((folder / "training.json").read_text())
-    same = record.get("steps") == steps and record.get("clips") == spec.clips and record.get("base") == base_fingerprint()
-    if not same:
-        return None
-    size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-    return folder, {"seconds": record["seconds"], "steps": steps, "clips": spec.clips, "bytes": size}
+def _recipe(spec: AdapterSpec, steps: int, cache: Path) -> dict:
+    """The :func:`~miva.world.adapters.train_world_adapter` arguments that train ``spec`` for ``steps``."""
+    extra = None
+    if spec.oa_bin is not None:
+        extra = {"oa_bin_id": spec.oa_bin, "oa_bases_path": str(cache / "oa_bases.safetensors")}
+    return {"num_clips": spec.clips, "adapter": {**WORLD_PARTS, **VARIANTS[spec.variant]}, "steps": steps,
+            "seed": spec.seed, "extra": extra}
+
+
+def spec_fingerprint(spec: AdapterSpec, steps: int, cache: Path) -> str:
+    """:func:`~miva.world.adapters.recipe_fingerprint` of ``spec`` trained for ``steps``: what a cached or shipped
+    adapter's ``train_config.yaml`` must match to stand for it (a changed `WORLD_PARTS` or variant retrains)."""
+    recipe = {k: v for k, v in _recipe(spec, steps, cache).items() if k != "num_clips"}
+    return recipe_fingerprint(world_train_config(cache, cache, adapter_name="fingerprint", **recipe))
+
+
+def _shipped_equivalent(spec: AdapterSpec, steps: int, cache: Path) -> tuple[Path, dict] | None:
+    """The shipped adapter trained with ``spec``'s recipe (its ``train_config.yaml``), motion and clips on the
+    current base, if any."""
+    for name, motion in SHIPPED.items():
+        folder = shipped_adapters().get(name)
+        if motion != spec.motion or folder is None or not (folder / "training.json").is_file():
+            continue
+        record = json.loads((folder / "training.json").read_text())
+        if record.get("clips") != spec.clips or record.get("base") != base_fingerprint():
+            continue
+        if saved_recipe_fingerprint(folder) != spec_fingerprint(spec, steps, cache):
+            continue
+        size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+        return folder, {"seconds": record["seconds"], "steps": steps, "clips": spec.clips, "bytes": size}
+    return None
 
 
 def trained_adapter(spec: AdapterSpec, cache: Path, steps: int, log=print) -> tuple[Path, dict]:
     """The native adapter folder of ``spec`` (trained now unless cached or shipped) and its training record.
-    ``steps`` is the run's budget, used unless ``spec`` sets its own."""
+    ``steps`` is the run's budget, used unless ``spec`` sets its own. A cached adapter serves only if the
+    ``train_config.yaml`` kept with it is ``spec``'s recipe."""
     steps = spec.steps or steps
-    shipped = _shipped_equivalent(spec, steps)
+    shipped = _shipped_equivalent(spec, steps, cache)
     if shipped is not None:
         return shipped
     key = spec.key(steps)
     folder = cache / "adapters" / key
     record_path = folder / "training.json"
     if record_path.is_file():
-        return folder / "adapter", json.loads(record_path.read_text())
-    adapter = {**WORLD_PARTS, **VARIANTS[spec.variant]}
+        if saved_recipe_fingerprint(folder) == spec_fingerprint(spec, steps, cache):
+            return folder / "adapter", json.loads(record_path.read_text())
+        log(f"cached adapter {key} was trained with another recipe: training it again")
+    if spec.oa_bin is not None:
+        _bases_library(cache)
     work = cache / "work" / key
     shutil.rmtree(work, ignore_errors=True)
-    result = train_world_adapter(spec.motion, work, adapter_name=key.replace("-", "_").replace(".", "_"),
-                                 num_clips=spec.clips, adapter=adapter, steps=steps, seed=spec.seed, log=log,
-                                 extra={"oa_bin_id": spec.oa_bin, "oa_bases_path": str(_bases_library(cache))}
-                                 if spec.oa_bin is not None else None)
+    result = train_world_adapter(spec.motion, work, adapter_name=key.replace("-", "_").replace(".", "_"), log=log,
+                                 **_recipe(spec, steps, cache))
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(result["adapter"], tmp / "adapter")
+    shutil.copy2(work / "train_config.yaml", tmp / "train_config.yaml")
     size = sum(p.stat().st_size for p in (tmp / "adapter").glob("*.safetensors"))
     record = {"seconds": result["seconds"], "steps": steps, "clips": spec.clips, "seed": spec.seed, "bytes": size}
     (tmp / "training.json").write_text(json.dumps(record, indent=2))
@@ -194,13 +229,24 @@ def trained_adapter(spec: AdapterSpec, cache: Path, steps: int, log=print) -> tu
     return folder / "adapter", record
 
 
+def _row_specs(row: Row, max_clips: int | None) -> list[AdapterSpec]:
+    return [replace(spec, clips=min(spec.clips, max_clips or spec.clips)) for spec in row.adapters]
+
+
+def row_recipes(row: Row, cache: Path, *, steps: int, max_clips: int | None = None) -> list[str]:
+    """``<cache key>@<recipe fingerprint>`` of each adapter of ``row``: a cached row whose record differs (a recipe
+    or variant changed since) is measured again."""
+    return [f"{spec.key(spec.steps or steps)}@{spec_fingerprint(spec, spec.steps or steps, cache)}"
+            for spec in _row_specs(row, max_clips)]
+
+
 def run_row(row: Row, cache: Path, *, steps: int, scenes: int, eval_steps: int, max_clips: int | None = None,
             log=print) -> dict:
     from miva.world import load_pipeline
     from miva.world.evaluate import evaluate_pipeline
 
     start = time.perf_counter()
-    specs = [replace(spec, clips=min(spec.clips, max_clips or spec.clips)) for spec in row.adapters]
+    specs = _row_specs(row, max_clips)
     trained = [trained_adapter(spec, cache, steps, log) for spec in specs]
     pipe = load_pipeline()
     pipe.set_progress_bar_config(disable=True)
@@ -220,7 +266,7 @@ def run_row(row: Row, cache: Path, *, steps: int, scenes: int, eval_steps: int, 
     summary["row_seconds"] = time.perf_counter() - start
     sampling = None if row.reference else {**SAMPLING, **call}
     return {"row": row.id, "target": target.describe(), "sampling": sampling, "summary": summary,
-            "videos": result["rows"]}
+            "recipes": row_recipes(row, cache, steps=steps, max_clips=max_clips), "videos": result["rows"]}
 
 
 DEFAULT_SETTINGS = {"steps": RECIPE_STEPS, "scenes": HELDOUT_SCENES, "eval_steps": SAMPLING["num_inference_steps"],
@@ -278,16 +324,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cache = Path(args.cache) / f"base-{base_fingerprint()}"
     settings = {"steps": args.steps, "scenes": args.scenes, "eval_steps": args.eval_steps, "max_clips": args.max_clips}
     rows_dir = cache / _rows_folder(settings)
-    chosen = [r for r in ROWS if not args.rows or any(r.id == p or r.id.startswith(p + "/") or r.id.startswith(p)
-                                                      for p in args.rows)]
+    chosen = [r for r in ROWS if not args.rows or any(r.id.startswith(prefix) for prefix in args.rows)]
     if not chosen:
         parser.error(f"--rows {args.rows} match no row; rows: {', '.join(r.id for r in ROWS)}")
     results = []
     for row in chosen:
         path = rows_dir / (row.id.replace("/", "__") + ".json")
         if path.is_file():
-            results.append(json.loads(path.read_text()))
-            continue
+            cached = json.loads(path.read_text())
+            if cached.get("recipes") == row_recipes(row, cache, steps=args.steps, max_clips=args.max_clips):
+                results.append(cached)
+                continue
+            print(f"{row.id}: cached with other adapter recipes ({cached.get('recipes')}), measured again",
+                  file=sys.stderr)
         if args.table:
             continue
         print(f"== {row.id}", flush=True)

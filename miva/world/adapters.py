@@ -12,6 +12,7 @@ MotionLoRA + CA-LoRA, research loss), no flips (a flip would turn "right" into "
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 from . import ADAPTERS_PATH, WORLD_ID, base_fingerprint
 from .data import write_world_clips
 
-__all__ = ["RECIPE_STEPS", "SHIPPED", "train_world_adapter", "world_train_config"]
+__all__ = ["RECIPE_STEPS", "SHIPPED", "SHIPPED_RECIPE", "recipe_fingerprint", "train_world_adapter", "world_train_config"]
 
 # name -> motion of the adapters that ship in miva/world/weights/adapters/.
 SHIPPED = {"right": "right", "zoom_in": "zoom_in", "rotate_cw": "rotate_cw"}
@@ -29,6 +30,41 @@ RESEARCH_PARTS = {"use_i2v": True, "sa_mode": "first", "use_motion_lora": True, 
 # 600 steps, lr 3e-3, rank 16 with the cross-frame branch's own W_Q -> 49 deg.
 WORLD_PARTS = {**RESEARCH_PARTS, "i2v_train_q": True}
 RECIPE_STEPS = 600  # training steps of the recipe (batch 2: 120 passes over 10 clips)
+# What the shipped adapters are trained with: `train_world_adapter` arguments over the recipe above.
+SHIPPED_RECIPE: dict = {"steps": RECIPE_STEPS}
+
+# TrainConfig fields that say where files are or how a run is logged and checkpointed, not what is trained
+# (checkpoints resume exactly, so where they fall changes no weight).
+_NOT_RECIPE = frozenset({
+    "output_dir", "video_root", "pretrained_model_path", "motion_module_path", "adapter_name", "oa_bases_path",
+    "checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "dataloader_num_workers",
+    "push_to_hub", "hub_model_id", "hub_private", "report_to",
+})
+_NOT_ADAPTER_RECIPE = frozenset({"base_model", "motion_adapter"})
+
+
+def recipe_fingerprint(config: dict) -> str:
+    """12 hex digits that identify how an adapter is trained (parts, ranks, optimiser, steps, seed, frames), whatever
+    its folders: two `miva train` configs with the same fingerprint train the same adapter from the same clips and
+    base. ``config`` is a ``TrainConfig`` mapping (e.g. a ``train_config.yaml`` or :func:`world_train_config`);
+    defaults are filled in first, so a short config and its full dump agree."""
+    from ..training.train_config import TrainConfig
+
+    full = TrainConfig.from_dict(dict(config)).to_dict()
+    recipe = {key: value for key, value in full.items() if key not in _NOT_RECIPE}
+    recipe["adapter"] = {key: value for key, value in full["adapter"].items() if key not in _NOT_ADAPTER_RECIPE}
+    text = json.dumps(recipe, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def saved_recipe_fingerprint(folder: str | Path) -> str | None:
+    """:func:`recipe_fingerprint` of the ``train_config.yaml`` kept next to an adapter, or None without one."""
+    from omegaconf import OmegaConf
+
+    path = Path(folder) / "train_config.yaml"
+    if not path.is_file():
+        return None
+    return recipe_fingerprint(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
 
 
 def world_train_config(
@@ -106,10 +142,12 @@ def train_world_adapter(
     return {"adapter": Path(adapter), "seconds": seconds, "config": config}
 
 
-def ship(log=print, steps: int = RECIPE_STEPS) -> None:
-    """Retrain the shipped adapters into ``miva/world/weights/adapters/<name>`` (with a sample GIF each); their
-    ``training.json`` records the recipe's steps and clips and the base they were trained on
-    (:func:`~miva.world.base_fingerprint`)."""
+def ship(log=print, steps: int | None = None) -> None:
+    """Retrain the shipped adapters with :data:`SHIPPED_RECIPE` (``steps`` overrides its budget) into
+    ``miva/world/weights/adapters/<name>`` (with a sample GIF each); each keeps its ``train_config.yaml``, and its
+    ``training.json`` records the steps, clips and the base it was trained on (:func:`~miva.world.base_fingerprint`)."""
+    recipe = {**SHIPPED_RECIPE, **({"steps": steps} if steps else {})}
+    steps = recipe["steps"]
     from .samples import write_adapter_sample
 
     ADAPTERS_PATH.mkdir(parents=True, exist_ok=True)
@@ -119,7 +157,7 @@ def ship(log=print, steps: int = RECIPE_STEPS) -> None:
         if record.is_file():  # trained by an earlier, interrupted `--ship`
             result = {"adapter": work / "adapter", **json.loads(record.read_text())}
         else:
-            result = train_world_adapter(motion, work, adapter_name=name, log=log, steps=steps)
+            result = train_world_adapter(motion, work, adapter_name=name, log=log, **recipe)
             record.write_text(json.dumps({"seconds": result["seconds"]}), encoding="utf-8")
         target = ADAPTERS_PATH / name
         if target.exists():
@@ -138,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--motion", help="motion name (e.g. right, zoom_in, rotate_cw, right+down)")
     parser.add_argument("--out", help="output folder")
     parser.add_argument("--clips", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=RECIPE_STEPS)
+    parser.add_argument("--steps", type=int, help=f"training steps (default: {RECIPE_STEPS}; with --ship, the "
+                        "shipped recipe's)")
     parser.add_argument("--ship", action="store_true", help="rebuild the shipped adapters")
     args = parser.parse_args(argv)
     if args.ship:
@@ -146,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.motion or not args.out:
         parser.error("--motion and --out are required (or --ship)")
-    train_world_adapter(args.motion, args.out, num_clips=args.clips, steps=args.steps)
+    train_world_adapter(args.motion, args.out, num_clips=args.clips, steps=args.steps or RECIPE_STEPS)
     return 0
 
 
