@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,14 +95,16 @@ def atomic_folder(final: str | os.PathLike, keep_extra: bool = False, owned: tup
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` (UTF-8) to `path` through a temporary file in the same folder and `os.replace`."""
+    """Write `text` (UTF-8) to `path` through a temporary file in the same folder and `os.replace`. The file gets
+    the permissions of a plain `open(path, "w")` (the umask's), not the owner-only ones of `tempfile.mkstemp`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _sibling(path, _TMP)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path

@@ -6,9 +6,11 @@ import copy
 import hashlib
 import json
 import math
+import os
 import pickle
 import re
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ import torch
 from state_snapshot import expect_clean_failure, take_snapshot
 
 from miva import MIVAAdapterConfig, MIVAPipeline, load_config
-from miva.atomic import atomic_folder, remove_folder
+from miva.atomic import atomic_folder, atomic_write_text, remove_folder
 from miva.attention_processors import get_miva_context
 from miva.loaders import adapter_state_dict
 from miva.tiny import make_test_image, tiny_components
@@ -167,6 +169,19 @@ def test_atomic_folder_and_remove_folder_never_leave_a_half_folder(tmp_path, mon
     with atomic_folder(final) as tmp:  # the next write sweeps the leftover
         (tmp / "x").write_text("3")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_write_text_gives_plain_file_permissions_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")  # what `open(path, "w")` gives under this process's umask
+    written = atomic_write_text(tmp_path / "config.json", "{}")
+    assert written.read_text() == "{}"
+    assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)  # not mkstemp's 0o600
+    monkeypatch.setattr(os, "replace", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_text(tmp_path / "config.json", "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "plain.json"]
+    assert written.read_text() == "{}"
 
 
 # ----------------------------------------------------------------------------------------- all-or-nothing verbs

@@ -116,9 +116,9 @@ def _rows() -> list[Row]:
     stq = "stq_r2_rope_3d"
     rows += [Row(f"seeds/right/{stq}_seed{s}", "right", (AdapterSpec("right", variant=stq, seed=s),)) for s in (1, 2)]
     rows += [
-        Row(f"budget/right/{stq}_1200steps{f'_seed{s}' if s else ''}", "right",
-            (AdapterSpec("right", variant=stq, seed=s, steps=1200),))
-        for s in (0, 1)
+        Row(f"budget/right/{stq}_{n}steps{f'_seed{s}' if s else ''}", "right",
+            (AdapterSpec("right", variant=stq, seed=s, steps=n),))
+        for n, s in ((1200, 0), (1200, 1), (2400, 0))
     ]
     both = (right, down)
     rows += [
@@ -181,9 +181,9 @@ def spec_fingerprint(spec: AdapterSpec, steps: int, cache: Path) -> str:
 def _shipped_equivalent(spec: AdapterSpec, steps: int, cache: Path) -> tuple[Path, dict] | None:
     """The shipped adapter trained with ``spec``'s recipe (its ``train_config.yaml``), motion and clips on the
     current base, if any."""
-    for name, motion in SHIPPED.items():
+    for name, shipped in SHIPPED.items():
         folder = shipped_adapters().get(name)
-        if motion != spec.motion or folder is None or not (folder / "training.json").is_file():
+        if shipped.motion != spec.motion or folder is None or not (folder / "training.json").is_file():
             continue
         record = json.loads((folder / "training.json").read_text())
         if record.get("clips") != spec.clips or record.get("base") != base_fingerprint():
