@@ -9,9 +9,11 @@ MotionWorld clips written by `miva.world.adapters`, and every row animates the s
 training) with `MIVAPipeline` and scores them with `miva.world.metrics`. Results are cached per row (and trained
 adapters per recipe, seed and step budget) under `--cache/base-<fingerprint>` (`miva.world.base_fingerprint`), rows
 in a folder named after the world's default sampling and any settings that differ from the defaults, so a cut-off
-run continues where it stopped and results of another base, sampling or smoke run are never mixed in. A shipped
-adapter trained with the same recipe on the same base (its `training.json`) serves its few-shot row instead of a
-second training.
+run continues where it stopped and results of another base, sampling or smoke run are never mixed in. Cached
+adapters keep the `train_config.yaml` they were trained with and cached rows the recipe fingerprints of their
+adapters (`miva.world.adapters.recipe_fingerprint`): when a recipe changes, what it touches is trained and measured
+again. A shipped adapter whose `train_config.yaml` is a row's recipe, on the same base, serves that row instead of
+a second training.
 """
 
 from __future__ import annotations
