@@ -132,7 +132,8 @@ def run_demo(
     base = animate_scene(pipe, scene, seed=seed, **call)
     pipe.load_adapters([str(shipped[adapter])], adapter_names=[adapter])
     adapted = animate_scene(pipe, scene, seed=seed, **call)
-    world_scene, target = make_scene("heldout", scene), get_motion(SHIPPED[adapter].motion if adapter in SHIPPED else adapter)
+    motion = SHIPPED[adapter].motion if adapter in SHIPPED else adapter  # a shipped folder SHIPPED does not list
+    world_scene, target = make_scene("heldout", scene), get_motion(motion)
     truth = render_clip(world_scene, target, frames, 64)
     scores = {"base": evaluate_video(base, world_scene, target), adapter: evaluate_video(adapted, world_scene, target)}
     os.makedirs(out_dir, exist_ok=True)

@@ -32,13 +32,13 @@ sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installi
 
 from miva.world import base_fingerprint, shipped_adapters  # noqa: E402
 from miva.world.adapters import (  # noqa: E402
+    RECIPE_CLIPS,
     RECIPE_STEPS,
     SHIPPED,
     WORLD_PARTS,
-    recipe_fingerprint,
     saved_recipe_fingerprint,
     train_world_adapter,
-    world_train_config,
+    world_recipe_fingerprint,
 )
 from miva.world.evaluate import HELDOUT_SCENES, REFERENCES, SAMPLING  # noqa: E402
 from miva.world.motions import get_motion  # noqa: E402
@@ -64,7 +64,7 @@ VARIANTS = {
 @dataclass(frozen=True)
 class AdapterSpec:
     motion: str
-    clips: int = 10
+    clips: int = RECIPE_CLIPS
     variant: str = "full"
     oa_bin: int | None = None
     seed: int = 0  # the training seed (noise, timesteps, clip order); the clips themselves stay the same
@@ -176,15 +176,15 @@ def _recipe(spec: AdapterSpec, steps: int, cache: Path) -> dict:
 def spec_fingerprint(spec: AdapterSpec, steps: int, cache: Path) -> str:
     """:func:`~miva.world.adapters.recipe_fingerprint` of ``spec`` trained for ``steps``: what a cached or shipped
     adapter's ``train_config.yaml`` must match to stand for it (a changed `WORLD_PARTS` or variant retrains)."""
-    recipe = {k: v for k, v in _recipe(spec, steps, cache).items() if k != "num_clips"}
-    return recipe_fingerprint(world_train_config(cache, cache, adapter_name="fingerprint", **recipe))
+    return world_recipe_fingerprint(**_recipe(spec, steps, cache))
 
 
 def _shipped_equivalent(spec: AdapterSpec, steps: int, cache: Path) -> tuple[Path, dict] | None:
     """The shipped adapter trained with ``spec``'s recipe (its ``train_config.yaml``), motion and clips on the
     current base, if any."""
+    folders = shipped_adapters()
     for name, shipped in SHIPPED.items():
-        folder = shipped_adapters().get(name)
+        folder = folders.get(name)
         if shipped.motion != spec.motion or folder is None or not (folder / "training.json").is_file():
             continue
         record = json.loads((folder / "training.json").read_text())

@@ -27,6 +27,7 @@ __all__ = [
     "SHIPPED",
     "ShippedAdapter",
     "recipe_fingerprint",
+    "world_recipe_fingerprint",
     "saved_recipe_fingerprint",
     "ship",
     "train_world_adapter",
@@ -39,6 +40,7 @@ RESEARCH_PARTS = {"use_i2v": True, "sa_mode": "first", "use_motion_lora": True, 
 # 600 steps, lr 3e-3, rank 16 with the cross-frame branch's own W_Q -> 49 deg.
 WORLD_PARTS = {**RESEARCH_PARTS, "i2v_train_q": True}
 RECIPE_STEPS = 600  # training steps of the recipe (batch 2: 120 passes over 10 clips)
+RECIPE_CLIPS = 10
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,14 @@ class ShippedAdapter:
     motion: str
     recipe: dict = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
+
+    @property
+    def steps(self) -> int:
+        return self.recipe.get("steps", RECIPE_STEPS)
+
+    @property
+    def clips(self) -> int:
+        return self.recipe.get("num_clips", RECIPE_CLIPS)
 
 
 # The few-shot benchmark chose right's recipe (spatiotemporal Q with 3D RoPE, 2400 steps: benchmarks/motion_world).
@@ -83,6 +93,13 @@ def recipe_fingerprint(config: dict) -> str:
     recipe["adapter"] = {key: value for key, value in full["adapter"].items() if key not in _NOT_ADAPTER_RECIPE}
     text = json.dumps(recipe, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def world_recipe_fingerprint(**recipe) -> str:
+    """:func:`recipe_fingerprint` of what :func:`train_world_adapter` trains with ``recipe`` (its keyword arguments:
+    ``adapter``, ``steps``, ``seed``, ``extra``, ...; the clip count names no config field and is left out)."""
+    recipe = {key: value for key, value in recipe.items() if key not in ("num_clips", "first_scene")}
+    return recipe_fingerprint(world_train_config(".", ".", adapter_name="fingerprint", **recipe))
 
 
 def saved_recipe_fingerprint(folder: str | Path) -> str | None:
@@ -146,7 +163,7 @@ def train_world_adapter(
     output_dir: str | Path,
     *,
     adapter_name: str | None = None,
-    num_clips: int = 10,
+    num_clips: int = RECIPE_CLIPS,
     first_scene: int = 0,
     log=print,
     **recipe,
@@ -193,10 +210,8 @@ def _train_candidate(name: str, shipped: ShippedAdapter, seed: int, log) -> dict
     ``{"work", "seed", "seconds", "validation"}``."""
     work = ADAPTERS_PATH.parent / f".train_{name}_seed{seed}"
     recipe = {**shipped.recipe, "seed": seed}
-    wanted = recipe_fingerprint(world_train_config(work, work, adapter_name=name,
-                                                   **{k: v for k, v in recipe.items() if k != "num_clips"}))
     record = work / "training.json"
-    if record.is_file() and saved_recipe_fingerprint(work) == wanted:
+    if record.is_file() and saved_recipe_fingerprint(work) == world_recipe_fingerprint(**recipe):
         return {"work": work, **json.loads(record.read_text())}
     shutil.rmtree(work, ignore_errors=True)
     result = train_world_adapter(shipped.motion, work, adapter_name=name, log=log, **recipe)
@@ -227,8 +242,8 @@ def ship(names: list[str] | None = None, log=print) -> None:
             shutil.rmtree(target)
         shutil.copytree(best["work"] / "adapter", target)
         shutil.copy2(best["work"] / "train_config.yaml", target / "train_config.yaml")
-        record = {"motion": shipped.motion, "seconds": best["seconds"], "clips": shipped.recipe.get("num_clips", 10),
-                  "steps": shipped.recipe.get("steps", RECIPE_STEPS), "seed": best["seed"], "base": base_fingerprint(),
+        record = {"motion": shipped.motion, "seconds": best["seconds"], "clips": shipped.clips, "steps": shipped.steps,
+                  "seed": best["seed"], "base": base_fingerprint(),
                   "validation": {str(c["seed"]): c["validation"] for c in candidates}}
         (target / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         write_adapter_sample(target, name, shipped.motion)
@@ -240,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m miva.world.adapters", description=__doc__.split("\n")[0])
     parser.add_argument("--motion", help="motion name (e.g. right, zoom_in, rotate_cw, right+down)")
     parser.add_argument("--out", help="output folder")
-    parser.add_argument("--clips", type=int, default=10)
+    parser.add_argument("--clips", type=int, default=RECIPE_CLIPS)
     parser.add_argument("--steps", type=int, default=RECIPE_STEPS)
     parser.add_argument("--ship", nargs="*", metavar="NAME", choices=sorted(SHIPPED),
                         help="rebuild the shipped adapters (all, or the names given)")

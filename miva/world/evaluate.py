@@ -104,8 +104,8 @@ def evaluate_pipeline(
     **call_kwargs,
 ) -> dict:
     """Animate held-out scenes ``first_scene..first_scene+scenes-1`` and score each against ``target``; returns
-    :func:`summarise` of the rows plus the rows themselves. ``adapter_prompts=N`` gives each of N active adapters the scene's prompt as
-    its own prompt (``batch_prompt``). ``reference`` (one of :data:`REFERENCES`) scores :func:`reference_video`
+    :func:`summarise` of the rows plus the rows themselves. ``adapter_prompts=N`` gives each of N active adapters the
+    scene's prompt as its own prompt (``batch_prompt``). ``reference`` (one of :data:`REFERENCES`) scores :func:`reference_video`
     instead of sampling."""
     motion = get_motion(target) if isinstance(target, str) else target
     rows = []
