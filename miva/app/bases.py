@@ -22,7 +22,9 @@ class BaseUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class SamplingDefaults:
-    """What the Animate form starts from (and the training resolution)."""
+    """What the Animate form starts from (and the training resolution). `sampling`: the research options of
+    `MIVAPipeline.__call__` this base samples with (`use_adain_norm`, `first_frame_cond_type`, ...); the others keep
+    the pipeline's defaults."""
 
     height: int = 64
     width: int = 64
@@ -30,6 +32,23 @@ class SamplingDefaults:
     num_inference_steps: int = 20
     guidance_scale: float = 1.0
     prompt: str = ""
+    sampling: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    """What the Train form starts from. `recipe(rank)`: the base's own training recipe as `TrainConfig` fields (the
+    adapter's settings under "adapter"), which the form's values then override; None: the config's defaults.
+    `rank` None: `MIVAAdapterConfig`'s default rank."""
+
+    learning_rate: float = 1e-4
+    rank: int | None = None
+    steps: int = 100
+    num_frames: int = 8
+    stride: int = 1
+    random_flip: bool = True
+    parts: tuple[str, ...] = ("i2v", "motion_lora")
+    recipe: Callable[[int], dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +59,9 @@ class Base:
     load: Callable[[], object]
     defaults: SamplingDefaults
     shipped_adapters: dict[str, Path] = field(default_factory=dict)
+    train_defaults: TrainDefaults = field(default_factory=TrainDefaults)
+    # Shipped adapter name -> a short note the pickers show beside it (e.g. that it does not make its motion yet).
+    adapter_notes: dict[str, str] = field(default_factory=dict)
     example_images: Callable[[], list] = list  # () -> PIL images shown as examples under the image input
     # What a trained adapter records as its base (TrainConfig's model paths); None: the tiny model (`tiny: true`).
     train_model_path: str | None = None
@@ -55,15 +77,70 @@ def _world_base() -> Base:
             f"--base world needs {WORLD_MODULE} (the shipped MotionWorld base), which this install lacks ({e}); "
             "try --base tiny"
         ) from e
+    from ..world.adapters import world_train_config
+    from ..world.evaluate import SAMPLING
+
+    shipped = {name: Path(path) for name, path in adapters().items()}
     return Base(
         label="MotionWorld (shipped)",
         load=load,
-        defaults=SamplingDefaults(num_frames=8, num_inference_steps=25, guidance_scale=1.0),  # as trained
-        shipped_adapters={name: Path(path) for name, path in adapters().items()},
+        defaults=SamplingDefaults(  # how the world's videos (the README's GIF, its benchmark) are sampled
+            num_frames=SAMPLING["num_frames"],
+            num_inference_steps=SAMPLING["num_inference_steps"],
+            guidance_scale=SAMPLING["guidance_scale"],
+            sampling={k: v for k, v in SAMPLING.items() if k not in _PLAIN_SAMPLING},
+        ),
+        shipped_adapters=shipped,
+        train_defaults=_recipe_defaults(
+            lambda rank=None: world_train_config(".", ".", adapter_name="app", **({"rank": rank} if rank else {}))
+        ),
+        adapter_notes={name: note for name, path in shipped.items() if (note := motion_note(path))},
         example_images=lambda: [scene(seed) for seed in range(3)],
         train_model_path=world.WORLD_ID,  # "miva-world": the trainer resolves it to the shipped folder
         train_motion_path=f"{world.WORLD_ID}/motion_adapter",
     )
+
+
+_PLAIN_SAMPLING = ("num_frames", "num_inference_steps", "guidance_scale", "height", "width")
+# A shipped adapter "makes its motion" when most of its validation videos do (the recorded class accuracy).
+MAKES_MOTION = 0.5
+NOT_YET = "does not make its motion yet"
+
+
+def _recipe_defaults(recipe: Callable) -> TrainDefaults:
+    """The Train form's defaults read from a recipe (`recipe(rank=None)`: `TrainConfig` fields, as
+    `miva.world.adapters.world_train_config` returns them)."""
+    from .parts import parts_of
+
+    config = recipe()
+    return TrainDefaults(
+        learning_rate=config["learning_rate"],
+        rank=config["adapter"]["motion_lora_rank"],
+        steps=config["max_train_steps"],
+        num_frames=config["num_frames"],
+        stride=config["sample_frame_rate"],
+        random_flip=config["random_flip"],
+        parts=tuple(parts_of(config["adapter"])),
+        recipe=recipe,
+    )
+
+
+def motion_note(folder: Path) -> str:
+    """A short note on a shipped adapter from the `training.json` recorded with it: empty when its validation shows
+    it makes its motion (class accuracy of the shipped seed >= `MAKES_MOTION`), else says that it does not yet."""
+    import json
+
+    record_path = Path(folder) / "training.json"
+    if not record_path.is_file():
+        return ""  # not a shipped MotionWorld adapter: nothing recorded, nothing claimed
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    scores = (record.get("validation") or {}).get(str(record.get("seed")))
+    if scores is None:
+        return "motion not validated"
+    accuracy = scores["class_accuracy"]
+    if accuracy >= MAKES_MOTION:
+        return ""
+    return f"{NOT_YET}: {accuracy:.0%} of validation videos make it"
 
 
 def _tiny_base() -> Base:
