@@ -170,14 +170,18 @@ def test_training_rejects_bad_clips_with_a_message(tmp_path):
         "broken.mp4: not a readable video (Invalid data found when processing input)"
     )
     assert message(clips=[str(clips[0])]) == "1 clip: a MIVA adapter is trained on 3-30 clips of one motion"
-    assert message(clips=[str(c) for c in clips[:2]]) == "2 clips: a MIVA adapter is trained on 3-30 clips of one motion"
+    assert (
+        message(clips=[str(c) for c in clips[:2]]) == "2 clips: a MIVA adapter is trained on 3-30 clips of one motion"
+    )
     assert message(clips=[str(tmp_path / "picture.png")]).startswith("picture.png is not a clip")
     too_short = "{}: 10 frames, too short for 15 (Frames per sample and Frame stride: lower them or use a longer clip)"
     assert message(clips=[str(c) for c in clips], num_frames=8, stride=2) == "\n".join(
         too_short.format(c.name) for c in clips
     )
     # The trainer's config checks, in the form's labels instead of config keys.
-    assert message(clips=[str(c) for c in clips], learning_rate=0.0) == "Learning rate = 0.0 must be a finite number > 0.0"
+    assert (
+        message(clips=[str(c) for c in clips], learning_rate=0.0) == "Learning rate = 0.0 must be a finite number > 0.0"
+    )
     assert message(clips=[str(c) for c in clips], steps=0) == "Steps = 0 must be an integer >= 1"
     assert message(clips=[str(c) for c in clips], rank=0) == "LoRA rank = 0: must be an integer >= 1"
     assert message() == "no clips: upload 3-30 clips or give a folder of clips"

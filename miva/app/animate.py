@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .bases import Base, fresh_pipeline
 from .clips import in_form_words
-from .registry import NO_ADAPTER, AdapterRegistry, AppInputError
+from .registry import NO_ADAPTER, AdapterRegistry, AppInputError, page_html
 
 logger = logging.getLogger("miva.app")
 
@@ -255,7 +255,7 @@ def on_generate(animator: Animator, form, values: dict, progress) -> dict:
         else:  # a bug or a resource problem: say so in the page; details go to the terminal
             logger.exception("Generate failed")
             message = f"Generate failed: {type(e).__name__}: {e} (details in the terminal)"
-        gr.Warning(message, duration=None)
+        gr.Warning(page_html(message), duration=None)
         return {form.status: f"**Not generated** (the video shown is the previous one): {message}"}
     used = ", ".join(f"{name} x{weight:g}" for name, weight in result.adapters) or "none (the base alone)"
     status = (

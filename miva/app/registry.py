@@ -16,7 +16,14 @@ NO_ADAPTER = "(none)"
 
 
 class AppInputError(ValueError):
-    """Bad input from the page; the message is shown there as is."""
+    """Bad input from the page; the message is shown there as is (one line per problem)."""
+
+
+def page_html(message: str) -> str:
+    """`message` for Gradio's message boxes, which render HTML: escaped, one line per line."""
+    import html
+
+    return html.escape(message, quote=False).replace("\n", "<br>")
 
 
 class AdapterRegistry:

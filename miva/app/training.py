@@ -22,7 +22,7 @@ from pathlib import Path
 from .bases import Base, fresh_pipeline
 from .clips import in_form_words, stage_clips
 from .parts import PART_SWITCHES, adapter_config_for  # noqa: F401  (public names: the form's parts)
-from .registry import AdapterRegistry, AppInputError
+from .registry import AdapterRegistry, AppInputError, page_html
 
 logger = logging.getLogger("miva.app")
 
@@ -293,7 +293,7 @@ def on_train(manager: TrainingManager, form, values: dict) -> dict:
     try:
         job = manager.start(request_from_form(form, values))
     except AppInputError as e:  # the user's to fix: a message in the page, no traceback in the server's log
-        raise gr.Error(str(e), duration=None, print_exception=False) from e
+        raise gr.Error(page_html(str(e)), duration=None, print_exception=False) from e
     return {form.status: job.summary(), form.timer: gr.Timer(active=True), form.plot: loss_table(job), form.zip: None}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .animate import BadUpload
+from .registry import page_html
 
 
 class CheckedImage(gr.Image):
@@ -28,4 +29,4 @@ class CheckedImage(gr.Image):
 def check_upload(image) -> None:
     """The image input's upload event: a bad upload's message at once (a warning: the page keeps what it shows)."""
     if isinstance(image, BadUpload):
-        gr.Warning(image.message(), duration=None)
+        gr.Warning(page_html(image.message()), duration=None)
