@@ -50,9 +50,8 @@ def clip_problem(path: Path, frames_needed: int) -> str | None:
     try:
         frames = count_frames(path)
     except (OSError, ValueError) as e:
-        cause = e.__cause__ or e  # the decoder's own error (the trainer wraps it with the path)
-        lines = [line.strip() for line in str(cause).splitlines() if line.strip(" .()")]
-        reason = lines[-1].rsplit(": ", 1)[-1].strip(" .") if lines else type(cause).__name__
+        lines = [line.strip() for line in str(e).splitlines() if line.strip(" .()")]
+        reason = lines[-1].rsplit(": ", 1)[-1].strip(" .()") if lines else type(e).__name__
         return f"{path.name}: not a readable video ({reason})"
     if frames < frames_needed:
         return (

@@ -124,14 +124,14 @@ def _research_options(gr, base_sampling: dict) -> dict:
 
 
 def _animate_tab(gr, base, registry: AdapterRegistry, out_dir: Path, max_frames: int) -> AnimateForm:
-    from .upload import CheckedImage
+    from .upload import checked_image
 
     d = base.defaults
     form = AnimateForm()
     shipped = list(base.shipped_adapters)
     with gr.Row():
         with gr.Column(scale=1):
-            form.image = CheckedImage(
+            form.image = checked_image(
                 label="Image", type="pil", sources=["upload", "clipboard"], height=240, elem_id="input-image"
             )
             examples = example_paths(base, out_dir)
