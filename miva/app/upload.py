@@ -1,7 +1,7 @@
 """The Animate tab's image input: Gradio's `Image` whose bad upload is one line naming the file.
 
 Gradio opens an uploaded image with PIL when an event reads it; a file that is not an image then fails inside
-Gradio (PIL's message about a temporary path, a traceback in the server's log). `CheckedImage` hands the event a
+Gradio (PIL's message about a temporary path, a traceback in the server's log). `checked_image` hands the event a
 `BadUpload` instead, which the Animate tab reports in one line like any other bad input. Importing this module
 imports Gradio (`miva.app.layout` does it when the page is built).
 """
@@ -14,16 +14,21 @@ from .animate import BadUpload
 from .registry import page_html
 
 
-class CheckedImage(gr.Image):
-    """`gr.Image` (the same page element) whose value is a `BadUpload` for a file PIL cannot open as an image."""
+def checked_image(**kwargs) -> gr.Image:
+    """`gr.Image(**kwargs)` whose value is a `BadUpload` for a file PIL cannot open as an image. (The instance's
+    `preprocess` is wrapped: a subclass of a Gradio component would make Gradio write a `.pyi` stub beside this
+    module on import.)"""
+    image = gr.Image(**kwargs)
+    preprocess = image.preprocess
 
-    is_template = True  # rendered by Gradio's own Image element
-
-    def preprocess(self, payload):
+    def checked(payload):
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except (OSError, ValueError, SyntaxError):  # PIL: UnidentifiedImageError (an OSError), truncated files
             return BadUpload(getattr(payload, "orig_name", None) or "the uploaded file")
+
+    image.preprocess = checked
+    return image
 
 
 def check_upload(image) -> None:
