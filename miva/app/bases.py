@@ -63,6 +63,7 @@ class Base:
     # Shipped adapter name -> a short note the pickers show beside it (e.g. that it does not make its motion yet).
     adapter_notes: dict[str, str] = field(default_factory=dict)
     example_images: Callable[[], list] = list  # () -> PIL images shown as examples under the image input
+    example_prompts: Callable[[], list] = list  # () -> their prompts (empty: the form's prompt is kept)
     # What a trained adapter records as its base (TrainConfig's model paths); None: the tiny model (`tiny: true`).
     train_model_path: str | None = None
     train_motion_path: str | None = None
@@ -96,6 +97,7 @@ def _world_base() -> Base:
         ),
         adapter_notes={name: note for name, path in shipped.items() if (note := motion_note(path))},
         example_images=lambda: [scene(seed) for seed in range(3)],
+        example_prompts=lambda: [world.make_scene("heldout", seed).prompt for seed in range(3)],  # scene_image's
         train_model_path=world.WORLD_ID,  # "miva-world": the trainer resolves it to the shipped folder
         train_motion_path=f"{world.WORLD_ID}/motion_adapter",
     )

@@ -134,10 +134,13 @@ def _animate_tab(gr, base, registry: AdapterRegistry, out_dir: Path, max_frames:
             form.image = checked_image(
                 label="Image", type="pil", sources=["upload", "clipboard"], height=240, elem_id="input-image"
             )
-            examples = example_paths(base, out_dir)
-            if examples:
-                gr.Examples(examples=[[p] for p in examples], inputs=[form.image], label="Example images")
             form.prompt = gr.Textbox(d.prompt, label="Prompt", elem_id="prompt")
+            examples = example_paths(base, out_dir)
+            prompts = base.example_prompts()
+            if examples and prompts:  # each example with its own prompt (what the base was trained with)
+                gr.Examples([[p, t] for p, t in zip(examples, prompts)], [form.image, form.prompt], label="Examples")
+            elif examples:
+                gr.Examples(examples=[[p] for p in examples], inputs=[form.image], label="Example images")
             form.negative_prompt = gr.Textbox("", label="Negative prompt (with guidance > 1)")
             with gr.Group():
                 for k in range(ADAPTER_SLOTS):
