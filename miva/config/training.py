@@ -1,6 +1,6 @@
 """The training keys of the seed's layout and their mapping onto the trainer's `TrainConfig`.
 
-Keys follow the research training YAMLs (REFERENCE.md §8). A few research keys only have one value here and are
+Keys follow the research training YAMLs (docs/research.md#training). A few research keys only have one value here and are
 rejected otherwise, with the reason: `scale_lr` (false),
 `include_frame1_in_mse_loss` (false). `trainable_modules` takes our part names (`TRAINABLE_PARTS`) or the research
 module names (`i2v_adapter.to_out`, `i2v_adapter.to_q`, `to_q_lora`, `to_k_lora`, `to_v_lora`, `to_out_lora`,

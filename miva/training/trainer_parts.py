@@ -264,7 +264,7 @@ def i2v_epsilon_loss(
     generator: torch.Generator,
     timestep_range: tuple[int, int] | list[int] | None = None,
 ) -> torch.Tensor:
-    """The research objective (REFERENCE.md §8): epsilon-MSE on frames 1..F-1 with frame 0 kept clean.
+    """The research objective (docs/research.md#training): epsilon-MSE on frames 1..F-1 with frame 0 kept clean.
 
     Args:
         unet: a `UNetMotionModel` (possibly wrapped by accelerate / DDP).
