@@ -115,3 +115,19 @@ def test_trainer_and_app_load_miva_world_offline(monkeypatch, tmp_path):
     torch.testing.assert_close(base.load().unet.conv_in.weight.data, _shipped("unet", "conv_in.weight"),
                                rtol=0, atol=0)
     assert not hub
+
+
+@needs_weights
+def test_convert_and_embed_text_resolve_miva_world_offline(monkeypatch):
+    """`miva convert` / `miva bases create` (base UNet) and `miva embed-text` (text parts) take the same names."""
+    from miva.commands.convert import base_unet
+    from miva.commands.embed_text import text_parts
+    from miva.config import load_config
+
+    hub = block_hub(monkeypatch)
+    config = load_config({"pretrained_model_path": "miva-world", "motion_module_path": "miva-world/motion_adapter"})
+    unet = base_unet(config, tiny=False)
+    torch.testing.assert_close(unet.conv_in.weight.data.float(), _shipped("unet", "conv_in.weight"), rtol=0, atol=0)
+    tokenizer, text_encoder = text_parts(config, tiny=False)
+    assert type(text_encoder).__name__ == "CLIPTextModel" and len(tokenizer("a red disc").input_ids) > 2
+    assert not hub
