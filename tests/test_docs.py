@@ -1,5 +1,5 @@
 """Docs are self-contained (issue 27 item 7): code cites `docs/research.md#<section>`, every such section exists,
-and nothing cites files that are not in the repository (the research notes `DESIGN.md` / `REFERENCE.md`)."""
+and nothing cites files that are not in the repository (the research notes called DESIGN and REFERENCE)."""
 
 import re
 import subprocess
