@@ -115,13 +115,22 @@ def training_keys(header) -> type:
     taken = {f.name for cls in (header, ResearchTrainingKeys) for f in dataclasses.fields(cls)}
     taken |= set(RESEARCH_KEY_MAP.values()) | set(TRAINER_ONLY)
     shared = [(f.name, f.type, research_key(f.name)) for f in _TRAINER_FIELDS.values() if f.name not in taken]
-    return dataclasses.make_dataclass("TrainingKeys", shared, bases=(ResearchTrainingKeys,))
+    keys = dataclasses.make_dataclass("TrainingKeys", shared, bases=(ResearchTrainingKeys,))
+    keys.__doc__ = "The training keys of the research layout: `ResearchTrainingKeys` and the `TrainConfig` fields."
+    return keys
 
 
-def import_map(config_cls) -> dict[str, str]:
-    """Research key path -> `TrainConfig` field, for every research key of `config_cls` (`MIVAConfig`) that sets
-    one: the whole import step's map, read from the keys' declarations (`research_key`)."""
-    return {path: name for name, (path, _, _) in fed_values(config_cls(), "TrainConfig").items()}
+def import_map(config_cls, prefix: str = "") -> dict[str, str]:
+    """Research key path -> `TrainConfig` field, for every key of `config_cls` (`MIVAConfig`, sections included)
+    that sets one: the whole import step's map, read from the keys' declarations (`research_key`)."""
+    found = {}
+    for f in dataclasses.fields(config_cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            found.update(import_map(type(default), f"{prefix}{f.name}."))
+        found.update({f"{prefix}{f.name}": dest.partition(".")[2] for dest in f.metadata.get("feeds", ())
+                      if dest.startswith("TrainConfig.")})
+    return found
 
 
 def trainable_parts(entries: list[str] | None, adapter) -> list[str] | None:
