@@ -411,6 +411,28 @@ def test_one_suggestion_helper_and_one_override_parser():
         apply_overrides({}, ["x"])
 
 
+def test_a_new_trainer_field_becomes_a_research_key_without_another_list(monkeypatch):
+    """`training_keys` builds the shared training keys from `TrainConfig`'s declarations: a field added there is a
+    top-level research key with its default, check and destination, with nothing else to edit."""
+    import dataclasses
+
+    from miva.config import training
+    from miva.config.fields import integer, key, parse_section
+    from miva.config.schema import ResearchKeys
+
+    @dataclasses.dataclass
+    class Extra:
+        warmup_epochs: int = key(3, integer(0), "a field TrainConfig might gain")
+
+    monkeypatch.setitem(training._TRAINER_FIELDS, "warmup_epochs", dataclasses.fields(Extra)[0])
+    keys = training.training_keys(ResearchKeys)
+    declared = {f.name: f for f in dataclasses.fields(keys)}["warmup_epochs"]
+    assert declared.default == 3 and declared.metadata["feeds"] == ("TrainConfig.warmup_epochs",)
+    assert parse_section(keys, {"warmup_epochs": 5}).warmup_epochs == 5
+    with pytest.raises(ConfigError, match=r"^warmup_epochs: -1 must be an integer >= 0$"):
+        parse_section(keys, {"warmup_epochs": -1})
+
+
 def test_train_layout_is_decided_by_the_key_map():
     from miva.config import TrainConfig, train_layout
 
