@@ -359,10 +359,9 @@ def read_yaml(path: str | os.PathLike) -> Any:
         text = raw.decode("utf-8")  # what OmegaConf.load reads it as; checked first for a message naming the file
     except UnicodeDecodeError as e:
         raise ConfigError(f"{os.fspath(path)}: not a text (YAML) file: byte 0x{raw[e.start]:02x} at position "
-                          f"{e.start} is not UTF-8; --config takes a YAML file") from None
+                          f"{e.start} is not UTF-8") from None
     if "\x00" in text:  # valid UTF-8 but binary (e.g. zero-filled)
-        raise ConfigError(f"{os.fspath(path)}: not a text (YAML) file: NUL byte at position {text.index(chr(0))}; "
-                          "--config takes a YAML file") from None
+        raise ConfigError(f"{os.fspath(path)}: not a text (YAML) file: NUL byte at position {text.index(chr(0))}")
     try:
         return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except yaml.YAMLError as e:

@@ -11,8 +11,9 @@ Layout (the research config README, `docs/config.md` has the full table)::
     noise_scheduler_kwargs: {...DDIMScheduler arguments...}
 
 Every key is checked when loading: unknown keys and bad values raise :class:`ConfigError`, one line naming the key
-path and the closest valid key or value. Keys declare the target fields they set (`feeds`, see `fields`); the
-methods map them onto their targets: `adapter_configs()`
+path and the closest valid key or value. Keys declare the target fields they set (`feeds`, see `fields`; keys that
+set a `TrainConfig` field take its declaration through the key map of `training`); the methods map them onto their
+targets: `adapter_configs()`
 (`MIVAAdapterConfig` per adapter), `adapter_sources()` (what `load_adapters` gets), `pipeline_kwargs()`
 (`MIVAPipeline.__call__`), `scheduler()`, `train_config()` (`TrainConfig`), `ip_adapter_kwargs()`.
 """
