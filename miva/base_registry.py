@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["KNOWN_BASES", "TINY_ID", "WORLD_ID", "WORLD_PATH", "KnownBase", "known_base", "resolve_base_path"]
+__all__ = ["KNOWN_BASES", "TINY_ID", "TINY_RECORDED", "WORLD_ID", "WORLD_PATH", "KnownBase", "known_base", "resolve_base_path"]
 
 WORLD_ID = "miva-world"
 TINY_ID = "tiny"
+TINY_RECORDED = "miva.tiny"  # what `--tiny` runs record as their base model and motion adapter
 # The shipped MotionWorld base: a diffusers AnimateDiffPipeline folder inside the package (fp16 safetensors).
 WORLD_PATH = Path(__file__).resolve().parent / "world" / "weights" / "base"
 
@@ -75,7 +76,7 @@ KNOWN_BASES: tuple[KnownBase, ...] = (
         description="the offline miva.tiny test model (random weights, built in memory)",
         folder=None,
         usage=_TINY_USAGE,
-        aliases=("miva.tiny",),  # what `--tiny` runs record as their base (`model_card.TINY_MODELS`)
+        aliases=(TINY_RECORDED,),
     ),
 )
 

@@ -7,12 +7,12 @@ import re
 
 from ..attention_processors.adapter_config import MIVAAdapterConfig
 from ..attention_processors.parts import component_lines, component_tags
-from ..base_registry import known_base
+from ..base_registry import TINY_RECORDED, known_base
 
 __all__ = ["BASE_TAGS", "component_tags", "is_hub_id", "miva_model_card"]
 
 BASE_TAGS = ["miva", "animatediff", "image-to-video", "diffusers"]
-TINY_MODELS = "miva.tiny"  # what `--tiny` runs record as base model and motion adapter (offline test models)
+TINY_MODELS = TINY_RECORDED  # what `--tiny` runs record as base model and motion adapter (a registry alias)
 # The adapter is a derivative of the SD1.5 base it was trained on, which is under this license.
 DEFAULT_LICENSE = "creativeml-openrail-m"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
