@@ -13,7 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..base_registry import TINY_ID, WORLD_ID, known_base
+
 WORLD_MODULE = "miva.world"
+
+
+def load_base(name_or_path, motion_adapter=None, **kwargs):
+    """`miva.loaders.base_models.load_base`, imported when a base is built (the app page starts without torch)."""
+    from ..loaders.base_models import load_base as load
+
+    return load(name_or_path, motion_adapter, **kwargs)
 
 
 class BaseUnavailable(RuntimeError):
@@ -72,7 +81,7 @@ class Base:
 def _world_base() -> Base:
     try:
         world = importlib.import_module(WORLD_MODULE)
-        load, adapters, scene = world.load_pipeline, world.shipped_adapters, world.scene_image
+        adapters, scene = world.shipped_adapters, world.scene_image
     except (ImportError, AttributeError) as e:
         raise BaseUnavailable(
             f"--base world needs {WORLD_MODULE} (the shipped MotionWorld base), which this install lacks ({e}); "
@@ -84,7 +93,7 @@ def _world_base() -> Base:
     shipped = {name: Path(path) for name, path in adapters().items()}
     return Base(
         label="MotionWorld (shipped)",
-        load=load,
+        load=lambda: load_base(WORLD_ID),
         defaults=SamplingDefaults(  # how the world's videos (the README's GIF, its benchmark) are sampled
             num_frames=SAMPLING["num_frames"],
             num_inference_steps=SAMPLING["num_inference_steps"],
@@ -98,8 +107,8 @@ def _world_base() -> Base:
         adapter_notes={name: note for name, path in shipped.items() if (note := motion_note(path))},
         example_images=lambda: [scene(seed) for seed in range(3)],
         example_prompts=lambda: [world.make_scene("heldout", seed).prompt for seed in range(3)],  # scene_image's
-        train_model_path=world.WORLD_ID,  # "miva-world": the trainer resolves it to the shipped folder
-        train_motion_path=f"{world.WORLD_ID}/motion_adapter",
+        train_model_path=WORLD_ID,  # "miva-world": load_base resolves it to the shipped folder
+        train_motion_path=f"{WORLD_ID}/motion_adapter",
     )
 
 
@@ -146,12 +155,11 @@ def motion_note(folder: Path) -> str:
 
 
 def _tiny_base() -> Base:
-    from ..pipelines.pipeline_miva import MIVAPipeline
-    from ..tiny import make_test_image, tiny_components
+    from ..tiny import make_test_image
 
     return Base(
         label="tiny (random offline weights)",
-        load=lambda: MIVAPipeline(**tiny_components(seed=0)),
+        load=lambda: load_base(TINY_ID),
         defaults=SamplingDefaults(num_frames=8, num_inference_steps=4, guidance_scale=1.0, prompt="a waterfall"),
         example_images=lambda: [make_test_image(64, 64, seed) for seed in range(3)],
     )
@@ -167,13 +175,8 @@ def _pretrained_base(path: str, motion_adapter: str | None) -> Base:
     def load():
         import torch
 
-        from ..loaders.base_models import load_motion_adapter
-        from ..pipelines.pipeline_miva import MIVAPipeline
-
         dtype = torch.float16 if torch.cuda.is_available() else torch.float32
-        pipe = MIVAPipeline.from_pretrained(
-            path, motion_adapter=load_motion_adapter(motion_adapter, dtype), dtype=dtype
-        )
+        pipe = load_base(path, motion_adapter, dtype=dtype)
         return pipe.to("cuda") if torch.cuda.is_available() else pipe
 
     return Base(
@@ -186,12 +189,13 @@ def _pretrained_base(path: str, motion_adapter: str | None) -> Base:
 
 
 def resolve_base(name: str, motion_adapter: str | None = None) -> Base:
-    """`name` is "world", "tiny", or an SD1.5 diffusers folder / Hub id (then `motion_adapter` is required).
+    """`name` is "world" / "miva-world", "tiny", or an SD1.5 diffusers folder / Hub id (then `motion_adapter` is required).
 
     Raises `BaseUnavailable` (one line) when the base cannot be used here; nothing heavy is loaded yet."""
-    if name == "world":
+    known = known_base(name)  # the registry's names and aliases ("world" = "miva-world", "tiny")
+    if known is not None and known.name == WORLD_ID:
         return _world_base()
-    if name == "tiny":
+    if known is not None and known.name == TINY_ID:
         return _tiny_base()
     return _pretrained_base(name, motion_adapter)
 
