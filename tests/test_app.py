@@ -298,10 +298,6 @@ def test_animate_in_browser_world(browser, world_app, tmp_path):
     page.set_viewport_size({"width": 1100, "height": 760})
     page.goto(server.url)
     page.wait_for_selector("#generate")
-    page.click("#adapter-1 input")
-    options = page.get_by_role("option").all_inner_texts()
-    assert any(o.startswith("zoom_in (does not make its motion yet") for o in options), options
-    page.keyboard.press("Escape")
     image = tmp_path / "scene.png"
     world.scene_image(0).save(image)
     data, seconds = generate(page, image, "right", 8, prompt=world.make_scene("heldout", 0).prompt)
@@ -316,5 +312,9 @@ def test_animate_in_browser_world(browser, world_app, tmp_path):
     png = page.screenshot(full_page=False)
     if os.environ.get("MIVA_APP_SCREENSHOT"):
         save_readme_screenshot(png, os.environ["MIVA_APP_SCREENSHOT"])
+    # The pickers label the shipped adapters whose validation records say they do not make their motion yet.
+    page.click("#adapter-1 input")
+    options = page.get_by_role("option").all_inner_texts()
+    assert any(o.startswith("zoom_in (does not make its motion yet") for o in options), options
     print(f"\n[world] Generate -> playable video: {seconds:.1f} s (8 frames, adapter right)", file=sys.stderr)
     page.close()
