@@ -123,13 +123,18 @@ def evaluate_pipeline(
         rows.append(row)
         if log:
             log(f"scene {index}: class {row['class']} dir {row['direction']} speed {row['speed']:.2f} "
-                f"psnr {row['psnr']:.2f}")
+                f"psnr {row['psnr']:.2f} coherent {row['coherent_length']}")
     return {**summarise(rows), "rows": rows}
 
 
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None and math.isfinite(v)]
     return statistics.fmean(values) if values else None
+
+
+def _range(values) -> list | None:
+    values = [v for v in values if v is not None]
+    return [min(values), max(values)] if values else None
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -148,6 +153,10 @@ def summarise(rows: list[dict]) -> dict:
         "ssim": _mean(r["ssim"] for r in rows),
         "frame0_psnr": _mean(r["frame0_psnr"] for r in rows),
         "static_fraction": _mean(float(r["class"] == "static") for r in rows),
+        # frames each video keeps the scene (metrics.coherent_length): the mean, and the shortest and longest
+        # (rows scored before it existed have none)
+        "coherent_length": _mean(r.get("coherent_length") for r in rows),
+        "coherent_length_range": _range(r.get("coherent_length") for r in rows),
         "direction_spread": direction_spread(moving),
     }
 

@@ -341,6 +341,9 @@ def score_video(video, truth, target: Motion, image=None, weights=None) -> dict:
         "ssim": ssim(video[1:], truth[1:], later) if frames > 1 else None,
         "frame0_psnr": psnr(video[0], reference0, None if w is None else w[0]),
         "coherent_length": coherent_length(video, truth, weights=w),
+        # PSNR of each frame 1..F-1 against its truth and of the still frame 0 (how the coherent length is read)
+        "frame_psnr": [psnr(video[t], truth[t], None if w is None else w[t]) for t in range(1, frames)],
+        "still_psnr": [psnr(video[0], truth[t], None if w is None else w[t]) for t in range(1, frames)],
         "motion": asdict(found),
     }
 
