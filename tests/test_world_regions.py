@@ -174,3 +174,31 @@ def test_regional_clips_and_masks_round_trip_through_the_trainers_reader(tmp_pat
             assert mask.shape == (3, 16, 16, 3)
             assert (mask[..., 0] == np.rint(clip.masks[r] * 255)).all() and (mask[..., 2] == mask[..., 0]).all()
     assert not (tmp_path / "regional.partial").exists()
+
+
+def test_the_regional_evaluation_animates_each_clips_frame_0_and_scores_each_region():
+    """A stand-in pipeline that returns the regional ground truth of the image it is given scores perfectly."""
+    from types import SimpleNamespace
+
+    from miva.world.evaluate import evaluate_regional_pipeline
+
+    truths = {}
+    for index in (2, 3):
+        clip = render_regional_clip(make_scene("heldout", index), "shape", ("left", "up"), num_frames=4)
+        truths[clip.frames[0].tobytes()] = clip.frames
+        # the shape drawn on top changes frame 0 here: the scene's own frame 0 would not be found below
+        assert (clip.frames[0] != render_clip(make_scene("heldout", index), Motion(), 1)[0]).any()
+    seen = []
+
+    def pipe(image, prompt, generator, output_type, **kwargs):
+        frames = truths[np.asarray(image).tobytes()]  # the clip's own frame 0, or a KeyError
+        seen.append((prompt, kwargs["num_frames"], output_type))
+        return SimpleNamespace(frames=[frames / 255.0])
+
+    result = evaluate_regional_pipeline(pipe, "shape", ("left", "up"), scenes=2, first_scene=2, num_frames=4)
+    assert [p for p, _, _ in seen] == [make_scene("heldout", i).prompt for i in (2, 3)] and seen[0][1:] == (4, "np")
+    assert [row["scene"] for row in result["rows"]] == [2, 3]
+    for name, target in (("shape", "left"), ("background", "up")):
+        summary = result["regions"][name]
+        assert summary["videos"] == 2 and summary["class_accuracy"] == 1.0 and summary["direction_error"] < 6.0
+        assert summary["coherent_length"] == 4 and [r[name]["target_class"] for r in result["rows"]] == [target] * 2
