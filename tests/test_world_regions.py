@@ -65,7 +65,7 @@ def test_a_regional_clip_scores_perfectly_per_region_and_badly_against_swapped_t
             assert (swaps[1].masks == clip.masks).all()
         own = evaluate_regions(clip.frames, clip)
         for name in clip.names:
-            assert own[name]["class_correct"] and own[name]["direction_error"] < 2.0, (layout, name, own[name])
+            assert own[name]["class_correct"] and own[name]["direction_error"] < 3.0, (layout, name, own[name])
             assert own[name]["psnr"] == math.inf and own[name]["coherent_length"] == 8
         for swapped in swaps:
             other = evaluate_regions(clip.frames, swapped)
@@ -184,7 +184,7 @@ def test_the_regional_evaluation_animates_each_clips_frame_0_and_scores_each_reg
 
     truths = {}
     for index in (2, 3):
-        clip = render_regional_clip(make_scene("heldout", index), "shape", ("left", "up"), num_frames=4)
+        clip = render_regional_clip(make_scene("heldout", index), "shape", ("left", "up"))
         truths[clip.frames[0].tobytes()] = clip.frames
         # the shape drawn on top changes frame 0 here: the scene's own frame 0 would not be found below
         assert (clip.frames[0] != render_clip(make_scene("heldout", index), Motion(), 1)[0]).any()
@@ -195,10 +195,10 @@ def test_the_regional_evaluation_animates_each_clips_frame_0_and_scores_each_reg
         seen.append((prompt, kwargs["num_frames"], output_type))
         return SimpleNamespace(frames=[frames / 255.0])
 
-    result = evaluate_regional_pipeline(pipe, "shape", ("left", "up"), scenes=2, first_scene=2, num_frames=4)
-    assert [p for p, _, _ in seen] == [make_scene("heldout", i).prompt for i in (2, 3)] and seen[0][1:] == (4, "np")
+    result = evaluate_regional_pipeline(pipe, "shape", ("left", "up"), scenes=2, first_scene=2, num_frames=8)
+    assert [p for p, _, _ in seen] == [make_scene("heldout", i).prompt for i in (2, 3)] and seen[0][1:] == (8, "np")
     assert [row["scene"] for row in result["rows"]] == [2, 3]
     for name, target in (("shape", "left"), ("background", "up")):
         summary = result["regions"][name]
         assert summary["videos"] == 2 and summary["class_accuracy"] == 1.0 and summary["direction_error"] < 6.0
-        assert summary["coherent_length"] == 4 and [r[name]["target_class"] for r in result["rows"]] == [target] * 2
+        assert summary["coherent_length"] == 8 and [r[name]["target_class"] for r in result["rows"]] == [target] * 2

@@ -108,10 +108,12 @@ def _phase_correlation(reference: np.ndarray, moved: np.ndarray, w_reference: np
     return float(dx), float(dy)
 
 
-def _warp(frame0: torch.Tensor, params: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Warp ``frame0 (1, 3, H, W)`` by ``params (N, 4)`` = (dx, dy in pixels, log zoom, radians).
+def _warp(frame0: torch.Tensor, params: torch.Tensor, size: tuple[int, int],
+          centre: tuple[float, float] = (0.0, 0.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp ``frame0 (1, 3, H, W)`` by ``params (N, 4)`` = (dx, dy in pixels, log zoom, radians) about ``centre``
+    ``c`` (centred pixels; default the frame centre).
 
-    Screen point ``p`` (centred pixels) shows frame-0 point ``A^-1 (p - b)``. Returns the warped frames
+    Screen point ``p`` (centred pixels) shows frame-0 point ``c + A^-1 (p - c - b)``. Returns the warped frames
     ``(N, 3, H, W)`` and the mask ``(N, 1, H, W)`` of points whose source lies inside frame 0.
     """
     height, width = size
@@ -121,10 +123,10 @@ def _warp(frame0: torch.Tensor, params: torch.Tensor, size: tuple[int, int]) -> 
     c, s = torch.cos(angle), torch.sin(angle)
     ys = (torch.arange(height, dtype=params.dtype) + 0.5 - height / 2).view(1, height, 1).expand(n, height, width)
     xs = (torch.arange(width, dtype=params.dtype) + 0.5 - width / 2).view(1, 1, width).expand(n, height, width)
-    rx, ry = xs - dx.view(n, 1, 1), ys - dy.view(n, 1, 1)
+    rx, ry = xs - centre[0] - dx.view(n, 1, 1), ys - centre[1] - dy.view(n, 1, 1)
     # A^-1 = R(-angle) / zoom
-    qx = inv_scale.view(n, 1, 1) * (c.view(n, 1, 1) * rx + s.view(n, 1, 1) * ry)
-    qy = inv_scale.view(n, 1, 1) * (-s.view(n, 1, 1) * rx + c.view(n, 1, 1) * ry)
+    qx = inv_scale.view(n, 1, 1) * (c.view(n, 1, 1) * rx + s.view(n, 1, 1) * ry) + centre[0]
+    qy = inv_scale.view(n, 1, 1) * (-s.view(n, 1, 1) * rx + c.view(n, 1, 1) * ry) + centre[1]
     grid = torch.stack([qx * 2 / width, qy * 2 / height], dim=-1)
     warped = F.grid_sample(frame0.expand(n, -1, -1, -1), grid, mode="bilinear", padding_mode="border",
                            align_corners=False)
@@ -132,7 +134,8 @@ def _warp(frame0: torch.Tensor, params: torch.Tensor, size: tuple[int, int]) -> 
     return warped, inside
 
 
-def _refine(x: torch.Tensor, rows: torch.Tensor, owner: torch.Tensor, target_w: torch.Tensor, source_w, iterations: int):
+def _refine(x: torch.Tensor, rows: torch.Tensor, owner: torch.Tensor, target_w: torch.Tensor, source_w, iterations: int,
+            centre: tuple[float, float]):
     """Adam on the weighted MSE of frame 0 warped by each row ``(N, 4)`` against frame ``owner[n]``; returns the
     refined rows and their errors ``(N,)``."""
     _, _, height, width = x.shape
@@ -143,10 +146,10 @@ def _refine(x: torch.Tensor, rows: torch.Tensor, owner: torch.Tensor, target_w: 
     optimizer = torch.optim.Adam([params], lr=0.03)
 
     def error(p: torch.Tensor) -> torch.Tensor:
-        warped, mask = _warp(x[:1], p, (height, width))
+        warped, mask = _warp(x[:1], p, (height, width), centre)
         mask = mask * target_w
         if source_w is not None:
-            mask = mask * _warp(source_w, p.detach(), (height, width))[0]
+            mask = mask * _warp(source_w, p.detach(), (height, width), centre)[0]
         return ((warped - targets) ** 2 * mask).sum(dim=(1, 2, 3)) / (3 * mask.sum(dim=(1, 2, 3)) + 1.0)
 
     for _ in range(iterations):
@@ -196,7 +199,12 @@ def estimate_motion(video, iterations: int = 80, weights=None) -> FrameMotion:
     # A pixel of frame t counts by its own weight and, for a region, by its source's weight in frame 0 (so that
     # what the region uncovers, which came from another region, does not count); all-ones weights skip this.
     source_w = torch.from_numpy(w[:1]).unsqueeze(1) if w[0].min() < 1.0 else None
-    final, err = _refine(x, torch.tensor(rows, dtype=torch.float32), owner, target_w, source_w, iterations)
+    # Zoom and turn are fitted about the weighted centre of frame 0 (the frame centre for uniform weights): about
+    # the frame centre, a small off-centre region's drift and zoom would be nearly the same warp.
+    coords = (np.arange(width, dtype=np.float64) + 0.5 - width / 2, np.arange(height, dtype=np.float64) + 0.5 - height / 2)
+    total = max(float(w[0].sum()), 1e-9)
+    centre = (float((w[0].sum(0) * coords[0]).sum() / total), float((w[0].sum(1) * coords[1]).sum() / total))
+    final, err = _refine(x, torch.tensor(rows, dtype=torch.float32), owner, target_w, source_w, iterations, centre)
     best, residual = _pick(final, err, owner, frames)
     if w.min() < 1.0:
         # A masked phase correlation is less reliable (the mask's own edges correlate), and a start far off sends
@@ -206,10 +214,15 @@ def estimate_motion(video, iterations: int = 80, weights=None) -> FrameMotion:
         rates = np.median(best[1:] / times, axis=0) if frames > 1 else np.zeros(4)
         again = np.arange(frames, dtype=np.float64)[:, None] * rates[None, :]
         final2, err2 = _refine(x, torch.tensor(again, dtype=torch.float32), torch.arange(frames),
-                               target_w[:: len(starts)], source_w, iterations)
+                               target_w[:: len(starts)], source_w, iterations, centre)
         best2, residual2 = _pick(final2, err2, torch.arange(frames), frames)
         better = residual2 < residual
         best[better], residual[better] = best2[better], residual2[better]
+    # back to the frame centre: p = A (q - c) + c + b = A q + (b + c - A c)
+    zooms, angles = np.exp(best[:, 2]), best[:, 3]
+    cx, cy = centre
+    best[:, 0] += cx - zooms * (np.cos(angles) * cx - np.sin(angles) * cy)
+    best[:, 1] += cy - zooms * (np.sin(angles) * cx + np.cos(angles) * cy)
     shifts = best[:, :2] / unit
     times = np.arange(frames, dtype=np.float64) * (w.reshape(frames, -1).max(axis=1) > 0)
     denominator = max(float((times**2).sum()), 1e-9)
