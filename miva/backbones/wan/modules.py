@@ -55,7 +55,7 @@ class WanCrossFrameAdapter(nn.Module):
         nn.init.zeros_(self.o.weight)
         nn.init.zeros_(self.o.bias)
         self.weight_module = None
-        if self.scale_kind == "adaptive":
+        if self.scale_kind == "adaptive" and self.sa_mode == "first_prev":  # the weight acts only in first_prev
             self.weight_module = WanFirstFrameWeight(temb_channels, self.scale_value)
         self.requires_grad_(True)
 
