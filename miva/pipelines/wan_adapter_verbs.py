@@ -1,0 +1,87 @@
+"""The adapter verbs of `MIVAWanPipeline` (`load_adapters`, `set_adapters`, `save_adapter`, ...), on the shared
+mechanisms: `miva.attention_processors`' verbs on the transformer, the one native format, the official importer.
+
+`MIVALoaderMixin` (the UNet pipeline's verbs) is written against `pipe.unet`; until the loader redesign makes it
+backbone-neutral, these verbs do the same on `pipe.transformer` with the same names and arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from ..attention_processors import delete_miva_adapter, enable_miva_adapters, set_miva_adapters
+from ..backbones.wan.config import WanAdapterConfig
+from ..backbones.wan.install import add_wan_adapter, install_miva_wan
+from ..backbones.wan.io import load_official_wan_adapter, load_wan_adapter, save_wan_adapter
+
+__all__ = ["WanAdapterVerbsMixin"]
+
+
+class WanAdapterVerbsMixin:
+    """Adapter verbs on `self.transformer` (a `WanTransformer3DModel` with MIVA installed)."""
+
+    @property
+    def miva_context(self):
+        return install_miva_wan(self.transformer)
+
+    def add_adapter(self, adapter_name: str, config: WanAdapterConfig | None = None, *, activate: bool = True):
+        """A fresh, zero-initialised adapter (a no-op until trained); active alone when `activate`."""
+        add_wan_adapter(self.transformer, adapter_name, config or WanAdapterConfig())
+        if activate:
+            self.set_adapters([adapter_name])
+
+    def load_adapters(self, sources, adapter_names=None, weights=None, *, official_config: Mapping | None = None,
+                      research_exact_first: bool = False, parallel_mode: str | None = None) -> list[str]:
+        """Load adapters and make them the active set. `sources`: native Wan adapter folders, or official MIVA-Wan
+        checkpoints (a `.pt` / `.safetensors` file or a tensor dict) with `official_config` (the run's YAML as a
+        dict, or its `dit_kwargs`). All or nothing: on an error, the adapters loaded by this call are removed."""
+        sources = [sources] if isinstance(sources, (str, os.PathLike, Mapping)) else list(sources)
+        if adapter_names is None:
+            adapter_names = [f"adapter_{len(self.get_list_adapters()) + i}" for i in range(len(sources))]
+        adapter_names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        if len(adapter_names) != len(sources):
+            raise ValueError(f"adapter_names={adapter_names} has {len(adapter_names)} names for {len(sources)} "
+                             "sources")
+        loaded = []
+        try:
+            for source, name in zip(sources, adapter_names):
+                if isinstance(source, Mapping) or os.path.isfile(source):
+                    if official_config is None:
+                        raise ValueError(f"source {source if not isinstance(source, Mapping) else '<tensors>'!s:.80}"
+                                         " is an official MIVA-Wan checkpoint: pass official_config= (its YAML or "
+                                         "dit_kwargs)")
+                    load_official_wan_adapter(self.transformer, name, source, official_config,
+                                              research_exact_first=research_exact_first)
+                else:
+                    load_wan_adapter(self.transformer, source, name)
+                loaded.append(name)
+            self.set_adapters(adapter_names, weights, parallel_mode=parallel_mode)
+        except BaseException:
+            for name in loaded:
+                delete_miva_adapter(self.transformer, name)
+            raise
+        return adapter_names
+
+    def set_adapters(self, adapter_names, weights=None, parallel_mode: str | None = None) -> None:
+        set_miva_adapters(self.transformer, adapter_names, weights, parallel_mode=parallel_mode)
+
+    def get_active_adapters(self) -> list[str]:
+        return [name for name, _ in self.miva_context.active]
+
+    def get_list_adapters(self) -> list[str]:
+        return list(self.miva_context.configs)
+
+    def disable_adapters(self) -> None:
+        self.miva_context.enabled = False
+
+    def enable_adapters(self) -> None:
+        enable_miva_adapters(self.transformer)
+
+    def delete_adapters(self, adapter_names) -> None:
+        for name in [adapter_names] if isinstance(adapter_names, str) else adapter_names:
+            delete_miva_adapter(self.transformer, name)
+
+    def save_adapter(self, adapter_name: str, save_directory, **kwargs):
+        """Save adapter `adapter_name` as a native Wan adapter folder; returns the folder."""
+        return save_wan_adapter(self.transformer, adapter_name, save_directory, **kwargs)

@@ -1,0 +1,142 @@
+"""`MIVAWanPipeline`: image-to-video on the tiny Wan T2V base against a loop written out here over stock diffusers
+parts; frame 0 pinned in every transformer input; input checks; adapter verbs and native round trip."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
+from safetensors.torch import save_file
+from wan_helpers import randomize
+
+from miva.attention_processors import MIVAAdapterConfig, get_miva_adapter_modules
+from miva.backbones.wan.config import WanAdapterConfig
+from miva.backbones.wan.tiny import tiny_wan_components
+from miva.pipelines.pipeline_miva_wan import MIVAWanPipeline
+from miva.tiny import make_test_image
+
+CALL = dict(num_frames=9, height=16, width=16, num_inference_steps=3, max_sequence_length=16)
+
+
+def run(pipe, image, seed=0, **kwargs):
+    return pipe(image=image, generator=torch.Generator().manual_seed(seed), **{**CALL, **kwargs}).frames
+
+
+def handwritten_i2v(components, image, seed=0, steps=3):
+    """Image-to-video by hand over stock parts: encode, noise, Euler loop with latent frame 0 pinned, decode."""
+    stock = WanPipeline(**components)
+    transformer, vae = components["transformer"], components["vae"]
+    embeds, _ = stock.encode_prompt("", do_classifier_free_guidance=False, max_sequence_length=16)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None, :, None]
+    mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1)
+    with torch.no_grad():
+        first = (vae.encode(pixels).latent_dist.mode() - mean) / std
+        latents = torch.randn(1, 16, 3, 2, 2, generator=torch.Generator().manual_seed(seed))
+        latents[:, :, :1] = first
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)
+        scheduler.set_timesteps(steps)
+        for t in scheduler.timesteps:
+            velocity = transformer(latents, t.expand(1), embeds).sample
+            latents = scheduler.step(velocity, t, latents).prev_sample
+            latents[:, :, :1] = first
+        video = vae.decode(latents * std + mean).sample
+    return latents, (video / 2 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4)
+
+
+@pytest.mark.parametrize("with_adapter", [False, True])
+def test_pipeline_equals_handwritten_loop_over_stock_parts(with_adapter):
+    image = make_test_image(16, 16)
+    pipe = MIVAWanPipeline(**tiny_wan_components(0))
+    if with_adapter:
+        pipe.add_adapter("a", WanAdapterConfig(sa_mode="first_prev", sa_first_frame_scale="linear",
+                                               ca_mode="implicit", implicit_rank=8))
+        for module in get_miva_adapter_modules(pipe.transformer, "a").values():
+            randomize(module, seed=2)
+    latents = run(pipe, image, output_type="latent")
+    video = run(pipe, image, output_type="pt")
+    components = {**tiny_wan_components(0), "transformer": pipe.transformer, "vae": pipe.vae}
+    expected_latents, expected_video = handwritten_i2v(components, image)
+    torch.testing.assert_close(latents, expected_latents, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(video, expected_video, rtol=1e-5, atol=1e-5)
+    no_adapter = run(MIVAWanPipeline(**tiny_wan_components(0)), image, output_type="latent")
+    assert ((latents - no_adapter).abs().max() > 1e-3) == with_adapter
+
+
+def test_frame_zero_is_pinned_in_every_transformer_input_and_the_output():
+    pipe = MIVAWanPipeline(**tiny_wan_components(0))
+    image = make_test_image(16, 16)
+    first = pipe.encode_image_latents(image, 16, 16, 1)
+    seen = []
+    pipe.transformer.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["hidden_states"]),
+                                               with_kwargs=True)
+    latents = run(pipe, image, output_type="latent", num_inference_steps=4)
+    assert len(seen) == 4 and all(torch.equal(x[:, :, :1], first) for x in seen)
+    assert torch.equal(latents[:, :, :1], first) and not torch.equal(seen[1][:, :, 1:], seen[2][:, :, 1:])
+
+
+def test_unipc_with_flow_sigmas_runs_and_other_schedulers_are_refused():
+    components = tiny_wan_components(0)
+    image = make_test_image(16, 16)
+    components["scheduler"] = UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction",
+                                                      flow_shift=5.0)
+    frames = run(MIVAWanPipeline(**components), image, output_type="pt")
+    assert frames.shape == (1, 9, 3, 16, 16) and torch.isfinite(frames).all()
+    components["scheduler"] = DDIMScheduler()
+    with pytest.raises(ValueError, match=r"scheduler DDIMScheduler is not a flow-matching scheduler"):
+        run(MIVAWanPipeline(**components), image)
+
+
+def test_input_errors_name_the_argument():
+    pipe = MIVAWanPipeline(**tiny_wan_components(0))
+    image = make_test_image(16, 16)
+    with pytest.raises(ValueError, match=r"num_frames=10 is not 4k\+1: .* use 9 or 13"):
+        run(pipe, image, num_frames=10)
+    with pytest.raises(ValueError, match=r"image is required"):
+        run(pipe, None)
+    with pytest.raises(ValueError, match=r"height=24, width=16 must be multiples of 16"):
+        run(pipe, image, height=24)
+
+
+def test_adapter_verbs_save_load_round_trip_and_weights(tmp_path):
+    image = make_test_image(16, 16)
+    pipe = MIVAWanPipeline(**tiny_wan_components(0))
+    pipe.add_adapter("waves", WanAdapterConfig(sa_mode="prev"))
+    for module in get_miva_adapter_modules(pipe.transformer, "waves").values():
+        randomize(module, seed=3)
+    expected = run(pipe, image, output_type="latent")
+    stock = run(pipe, image, output_type="latent", adapter_weights=[0.0])
+    assert (expected - stock).abs().max() > 1e-3
+    pipe.save_adapter("waves", tmp_path / "waves")
+
+    fresh = MIVAWanPipeline(**tiny_wan_components(0))
+    torch.testing.assert_close(run(fresh, image, output_type="latent"), stock, rtol=0, atol=0)
+    assert fresh.load_adapters(tmp_path / "waves", adapter_names="w") == ["w"]
+    assert fresh.get_active_adapters() == ["w"]
+    torch.testing.assert_close(run(fresh, image, output_type="latent"), expected, rtol=0, atol=0)
+    fresh.disable_adapters()
+    torch.testing.assert_close(run(fresh, image, output_type="latent"), stock, rtol=0, atol=0)
+    fresh.enable_adapters()
+    fresh.set_adapters(["w"], weights=[0.5])
+    half = run(fresh, image, output_type="latent")
+    assert 1e-4 < (half - expected).abs().max()
+    torch.testing.assert_close(half, run(pipe, image, output_type="latent", adapter_weights=[0.5]), rtol=0, atol=0)
+
+
+def test_unet_adapter_refused_naming_both_bases(tmp_path):
+    folder = tmp_path / "unet-adapter"
+    MIVAAdapterConfig().save_pretrained(folder)
+    save_file({"x": torch.zeros(1)}, folder / "miva_adapter.safetensors")
+    pipe = MIVAWanPipeline(**tiny_wan_components(0))
+    with pytest.raises(ValueError, match=r"made for the AnimateDiff UNet \(SD1.5\), but the base is a wan2.1-dit"):
+        pipe.load_adapters(folder)
+    assert pipe.get_list_adapters() == []
+
+
+def test_official_checkpoint_through_load_adapters():
+    pipe = MIVAWanPipeline(**tiny_wan_components(0))
+    checkpoint = {f"blocks.{i}.i2v_adapter.{n}.{p}": torch.randn(24, 24) if p == "weight" else torch.randn(24)
+                  for i in range(2) for n in ("q", "o") for p in ("weight", "bias")}
+    with pytest.raises(ValueError, match=r"is an official MIVA-Wan checkpoint: pass official_config="):
+        pipe.load_adapters(checkpoint)
+    pipe.load_adapters(checkpoint, adapter_names="off", official_config={"dit_kwargs": {"SA_mode": "first"}})
+    assert pipe.miva_context.configs["off"].sa_mode == "first" and pipe.get_active_adapters() == ["off"]
