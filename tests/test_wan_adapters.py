@@ -103,7 +103,7 @@ def test_branch_matches_per_frame_reference(mode, scale):
     x = torch.randn(2, 3 * 4, 24, generator=torch.Generator().manual_seed(5))
     t, temb = torch.tensor([700.0, 250.0]), torch.randn(2, 24)
     with torch.no_grad():
-        ours = adapter(x, 3, timestep=t, temb=temb)
+        ours = adapter.branch(x, 3, timestep=t, temb=temb)
         s = {0.3: 0.3, "linear": t / 1000}.get(scale)
         if scale == "adaptive_0.2":
             logits = F.silu(temb) @ adapter.weight_module.linear.weight.T + adapter.weight_module.linear.bias
@@ -129,7 +129,7 @@ def test_block_inserts_branch_after_gated_self_attention_ungated(mode, scale):
         handle.remove()
         x, text_h, temb6, rotary = captured["args"]
         temb = model.condition_embedder(t, text)[0]
-        expected = reference_block(block, lambda h: 0.7 * adapter(h, 3, timestep=t, temb=temb), x, text_h, temb6,
+        expected = reference_block(block, lambda h: 0.7 * adapter.branch(h, 3, timestep=t, temb=temb), x, text_h, temb6,
                                    rotary)
     torch.testing.assert_close(captured["out"], expected, rtol=1e-5, atol=1e-5)
     assert (captured["out"] - block.__class__.__mro__[1].forward(block, x, text_h, temb6, rotary)).abs().max() > 1e-3

@@ -4,8 +4,7 @@ The shared fields keep their meaning (`use_i2v`, `sa_mode`, `sa_first_frame_scal
 the fields below are what only the Wan version has. `backbone` records the base architecture in
 `adapter_config.json`, so an adapter is never loaded onto the wrong base silently (`check_backbone`).
 
-Not built on Wan yet, refused here with the reason: CA-LoRA, MotionLoRA on the 3-D self-attention, the motion
-embedding, spatiotemporal Q (a DiT's cross-attention already sees every frame's tokens at full resolution: the
+Not built on Wan yet, refused here with the reason: the motion embedding, spatiotemporal Q (a DiT's cross-attention already sees every frame's tokens at full resolution: the
 UNet's frame-pooled query grid has no counterpart) and orthogonal adapters (docs/wan.md).
 """
 
@@ -21,9 +20,8 @@ WAN_BACKBONE = "wan2.1-dit"
 IMPLICIT_ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu", "none")
 # Shared fields with no Wan implementation yet: field -> (the value that means "off", why).
 _NOT_ON_WAN = {
-    "use_motion_lora": (False, "MotionLoRA on Wan's 3-D self-attention is not built yet"),
     "use_motion_embed": (False, "a DiT has no motion modules to carry a motion embedding"),
-    "use_ca_lora": (False, "CA-LoRA on Wan's text cross-attention is not built yet"),
+    "ca_out_lora_bias": (False, "a research-import quirk of the UNet version; the official Wan version has none"),
     "q_downsample": (False, "spatiotemporal Q is a UNet-level query grid; Wan's cross-attention already reads "
                             "every frame's tokens (docs/wan.md)"),
     "oa_bin_id": (None, "orthogonal adapters are not built on Wan yet"),
@@ -38,7 +36,7 @@ class WanAdapterConfig(MIVAAdapterConfig):
     (`ca_mode="implicit"`, the official `CA_mode="simple"`; `ca_mode="lora"` with `use_ca_lora=False` is the
     official `"vanilla"`: the text cross-attention unchanged)."""
 
-    use_motion_lora: bool = field(default=False, metadata={"help": "Not on Wan yet (must stay false)."})
+    use_motion_lora: bool = field(default=False, metadata={"help": "LoRA on Q/K/V/O of the 3-D self-attention."})
     implicit_act: str = field(default="gelu", metadata={"help": f"Implicit prompt activation: {IMPLICIT_ACTIVATIONS}."})
     implicit_norm: bool = field(default=True, metadata={"help": "LayerNorm between the implicit prompt's layers."})
     implicit_bias: bool = field(default=True, metadata={"help": "Biases on the implicit prompt's two layers."})
@@ -57,6 +55,9 @@ class WanAdapterConfig(MIVAAdapterConfig):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
         if self.backbone != WAN_BACKBONE:
             raise ValueError(f"backbone={self.backbone!r}: a WanAdapterConfig is for {WAN_BACKBONE!r}")
+        if self.use_ca_lora and self.ca_mode == "implicit":
+            raise ValueError("use_ca_lora=True with ca_mode='implicit': the implicit prompt replaces the text "
+                             "cross-attention that CA-LoRA would adapt; choose one")
         for name, (off, why) in _NOT_ON_WAN.items():
             if getattr(self, name) != off:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported on Wan ({why}); set it to {off!r}")

@@ -15,10 +15,25 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from torch import nn
 
 from ...attention_processors.adapter_config import parse_first_frame_scale
-from ...attention_processors.parts import CROSS, SELF
+from ...attention_processors.lora import LoRADelta
+from ...attention_processors.parts import CROSS, LORA_DELTAS, SELF
 from .config import WanAdapterConfig
 
-__all__ = ["WanCrossFrameAdapter", "WanFirstFrameWeight", "WanImplicitPrompt", "cross_frame_attention"]
+__all__ = ["WanCrossAttnAdapter", "WanFirstFrameWeight", "WanSelfAttnAdapter", "cross_frame_attention", "lora_deltas"]
+
+
+def _add_lora(module: nn.Module, attn, projections: tuple[str, ...], rank: int, alpha: float | None) -> None:
+    """`<projection>_lora` deltas (`LoRADelta`, zero at init) for each of `projections` of `attn`."""
+    for delta, projection in LORA_DELTAS.items():
+        if projection in projections:
+            linear = attn.to_out[0] if projection == "to_out" else getattr(attn, projection)
+            setattr(module, delta, LoRADelta(linear.in_features, linear.out_features, rank, alpha))
+
+
+def lora_deltas(module: nn.Module) -> dict[str, LoRADelta]:
+    """`{projection: delta}` of the LoRA deltas `module` holds (`to_q`, `to_k`, `to_v`, `to_out`)."""
+    return {projection: getattr(module, delta) for delta, projection in LORA_DELTAS.items()
+            if getattr(module, delta, None) is not None}
 
 
 class WanFirstFrameWeight(nn.Module):
@@ -36,15 +51,27 @@ class WanFirstFrameWeight(nn.Module):
         return (logits / self.temperature).softmax(dim=-1)[..., 0]
 
 
-class WanCrossFrameAdapter(nn.Module):
-    """One adapter's cross-frame branch in one Wan block: `x = x + o(attention(x))`, added ungated after the gated
-    self-attention. Own `q, k, v, o` and RMS `norm_q, norm_k` (q, k, v and the norms start as copies of the
-    block's self-attention; `o` starts at zero, so a new adapter is a no-op); no rotary embedding."""
+class WanSelfAttnAdapter(nn.Module):
+    """One adapter's parts at one Wan block's self-attention `attn1`.
+
+    - the cross-frame branch (`use_i2v`): `x = x + o(attention(x))`, added ungated after the gated self-attention.
+      Own `q, k, v, o` and RMS `norm_q, norm_k` (q, k, v and the norms start as copies of the block's
+      self-attention; `o` starts at zero, so a new adapter is a no-op); no rotary embedding;
+    - the DiT's MotionLoRA (`use_motion_lora`): LoRA deltas `to_q_lora` ... `to_out_lora` on the 3-D
+      self-attention (`motion_lora_rank`, `motion_lora_scale`).
+    """
 
     part_kind = SELF
 
     def __init__(self, attn, config: WanAdapterConfig, temb_channels: int):
         super().__init__()
+        self.has_branch = config.use_i2v
+        if config.use_motion_lora:
+            _add_lora(self, attn, ("to_q", "to_k", "to_v", "to_out"), config.motion_lora_rank,
+                      config.motion_lora_scale)
+        self.has_lora = config.use_motion_lora
+        if not self.has_branch:
+            return
         self.sa_mode = config.sa_mode
         self.research_exact_first = config.research_exact_first
         self.scale_kind, self.scale_value = parse_first_frame_scale(config.sa_first_frame_scale)
@@ -73,7 +100,7 @@ class WanCrossFrameAdapter(nn.Module):
                                "transformer (Wan2.2's per-token timesteps are not supported)")
         return self.weight_module(temb)
 
-    def forward(self, x: torch.Tensor, frames: int, timestep=None, temb=None) -> torch.Tensor:
+    def branch(self, x: torch.Tensor, frames: int, timestep=None, temb=None) -> torch.Tensor:
         """`x`: (batch, frames*tokens, dim) -> the branch `o(attention)`, same shape."""
         q = self.norm_q(self.q(x)).unflatten(2, (self.heads, -1))
         k = self.norm_k(self.k(x)).unflatten(2, (self.heads, -1))
@@ -134,16 +161,27 @@ _ACTIVATIONS = {"gelu": lambda: nn.GELU(), "gelu_tanh": lambda: nn.GELU(approxim
                 "relu": nn.ReLU, "none": nn.Identity}
 
 
-class WanImplicitPrompt(nn.Module):
-    """The implicit prompt that replaces one block's text cross-attention (`ca_mode="implicit"`, official
-    `CA_mode="simple"`): `CA3(act(CA_norm(CA2(q_n))))`, `q_n = norm_q(to_q(x))` from the frozen base
-    cross-attention. `CA2`: dim -> rank, `CA_norm`: LayerNorm(rank) (or none), `CA3`: rank -> dim, zero-initialised.
-    The text is not read."""
+class WanCrossAttnAdapter(nn.Module):
+    """One adapter's parts at one Wan block's text cross-attention `attn2`.
+
+    - the implicit prompt that replaces it (`ca_mode="implicit"`, official `CA_mode="simple"`):
+      `CA3(act(CA_norm(CA2(q_n))))`, `q_n = norm_q(to_q(x))` from the frozen base cross-attention. `CA2`: dim ->
+      rank, `CA_norm`: LayerNorm(rank) (or none), `CA3`: rank -> dim, zero-initialised. The text is not read;
+    - or CA-LoRA (`use_ca_lora`): deltas on K/V (text side) and O, and on Q with `use_q_lora`.
+    """
 
     part_kind = CROSS
 
-    def __init__(self, dim: int, config: WanAdapterConfig):
+    def __init__(self, attn, config: WanAdapterConfig):
         super().__init__()
+        self.has_lora = config.use_ca_lora
+        if self.has_lora:
+            projections = ("to_q",) * config.use_q_lora + ("to_k", "to_v", "to_out")
+            _add_lora(self, attn, projections, config.ca_lora_rank, config.ca_lora_scale)
+        self.implicit = config.ca_mode == "implicit"
+        if not self.implicit:
+            return
+        dim = attn.to_q.out_features
         rank, bias = config.implicit_rank, config.implicit_bias
         self.CA2 = nn.Linear(dim, rank, bias=bias)
         self.CA_norm = nn.LayerNorm(rank) if config.implicit_norm else None
@@ -153,7 +191,7 @@ class WanImplicitPrompt(nn.Module):
         if bias:
             nn.init.zeros_(self.CA3.bias)
 
-    def forward(self, q_n: torch.Tensor) -> torch.Tensor:
+    def implicit_prompt(self, q_n: torch.Tensor) -> torch.Tensor:
         """`q_n`: (batch, tokens, dim) normalised base queries -> (batch, tokens, dim)."""
         h = self.CA2(q_n)
         if self.CA_norm is not None:

@@ -1,9 +1,10 @@
 """MIVA's processors on Wan's attention layers, and the block that runs the cross-frame branch.
 
-- `MIVAWanSelfAttnProcessor` (every block's `attn1`): the stock `WanAttnProcessor` unchanged, plus the adapters'
-  cross-frame branches, which the block calls through `cross_frame` after its gated self-attention;
-- `MIVAWanCrossAttnProcessor` (every block's `attn2`): the stock text cross-attention, replaced by the active
-  adapters' implicit prompts (composition as on the UNet: `composition.py`);
+- `MIVAWanSelfAttnProcessor` (every block's `attn1`): the stock `WanAttnProcessor` (with the active adapters'
+  MotionLoRA deltas), plus the cross-frame branches, which the block calls through `cross_frame` after its gated
+  self-attention;
+- `MIVAWanCrossAttnProcessor` (every block's `attn2`): the stock text cross-attention (with CA-LoRA deltas), or
+  the active adapters' implicit prompts in its place (composition as on the UNet: `composition.py`);
 - `MIVAWanTransformerBlock`: `WanTransformerBlock` with `x = x + sum_i w_i branch_i(x)` between the gated
   self-attention and the cross-attention. diffusers has no hook point there, so `install.py` gives each block this
   subclass (same parameters, same state-dict keys); without an active branch it runs the stock forward itself.
@@ -17,7 +18,8 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanT
 from ...attention_processors.base import MIVAProcessorBase
 from ...attention_processors.composition import merges_deltas, mix_residual, replace_share
 from .config import check_backbone
-from .modules import WanCrossFrameAdapter, WanImplicitPrompt
+from .lora_attention import lora_attention
+from .modules import WanCrossAttnAdapter, WanSelfAttnAdapter
 
 __all__ = ["MIVAWanCrossAttnProcessor", "MIVAWanSelfAttnProcessor", "MIVAWanTransformerBlock"]
 
@@ -33,20 +35,29 @@ class _WanProcessorBase(MIVAProcessorBase):
         check_backbone(config, f"adapter {name!r}")
         super().add_adapter(attn, name, config)
 
+    def attention(self, attn, active, *args) -> torch.Tensor:
+        """The stock attention with the LoRA deltas of the `active` adapters that have some here."""
+        with_lora = [(self.adapters[name], w) for _, name, w in active if self.adapters[name].has_lora]
+        return lora_attention(self.stock, attn, with_lora, self.context.parallel_mode, *args)
+
 
 class MIVAWanSelfAttnProcessor(_WanProcessorBase):
-    """`attn1` of a Wan block: the stock 3-D self-attention (with rotary), and the cross-frame branches."""
+    """`attn1` of a Wan block: the stock 3-D self-attention (with rotary) plus MotionLoRA deltas, and the
+    cross-frame branches."""
 
     def build_adapter(self, attn, name, config):
-        return WanCrossFrameAdapter(attn, config, self.context.temb_channels) if config.use_i2v else None
+        if not (config.use_i2v or config.use_motion_lora):
+            return None
+        return WanSelfAttnAdapter(attn, config, self.context.temb_channels)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        active = self.context.active_adapters(self.adapters)
+        return self.attention(attn, active, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
 
     def cross_frame(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         """`sum_i w_i branch_i(x)` over the active adapters with a branch here (None: there is none).
         `hidden_states`: (batch, frames*tokens, dim), the residual stream after the gated self-attention."""
-        active = self.context.active_adapters(self.adapters)
+        active = [a for a in self.context.active_adapters(self.adapters) if self.adapters[a[1]].has_branch]
         if not active:
             return None
         state = self.context.call_state()
@@ -54,35 +65,41 @@ class MIVAWanSelfAttnProcessor(_WanProcessorBase):
         values = state.forward
         total = None
         for _, name, weight in active:
-            branch = self.adapters[name](hidden_states, frames, timestep=values.timestep, temb=values.temb)
+            branch = self.adapters[name].branch(hidden_states, frames, timestep=values.timestep, temb=values.temb)
             branch = branch if weight == 1.0 else branch * weight
             total = branch if total is None else total + branch
         return total
 
 
 class MIVAWanCrossAttnProcessor(_WanProcessorBase):
-    """`attn2` of a Wan block: the stock text cross-attention, or the active adapters' implicit prompts in its
-    place (`"residual"`: `sum_i w_i f_i + (1 - sum_i w_i) y_text`; `"weights"`: each takes share w_i of it)."""
+    """`attn2` of a Wan block: the stock text cross-attention with CA-LoRA deltas, or the active adapters' implicit
+    prompts in its place. `"residual"`: `sum_i w_i y_i + (1 - sum_i w_i) y_text` with `y_i` adapter i's implicit
+    prompt or its LoRA'd attention; `"weights"`: one attention with the summed w_i-scaled deltas, of which each
+    implicit prompt takes share w_i."""
 
     def build_adapter(self, attn, name, config):
-        return WanImplicitPrompt(attn.to_q.out_features, config) if config.ca_mode == "implicit" else None
+        if not (config.ca_mode == "implicit" or config.use_ca_lora):
+            return None
+        return WanCrossAttnAdapter(attn, config)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        def text():
-            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-
+        args = (hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         active = self.context.active_adapters(self.adapters)
-        if not active:
-            return text()
+        implicit = [(self.adapters[name], w) for _, name, w in active if self.adapters[name].implicit]
+        if not implicit:
+            return self.attention(attn, active, *args)
         q_n = attn.norm_q(attn.to_q(hidden_states))
-        prompts = [(self.adapters[name](q_n), weight) for _, name, weight in active]
+        prompts = [(adapter.implicit_prompt(q_n), w) for adapter, w in implicit]
         if merges_deltas(self.context.parallel_mode):
-            y = text()
+            y = self.attention(attn, active, *args)
             for f, w in prompts:
                 y = replace_share(y, f, w)
             return y
+        lora = [(adapter, w) for _, name, w in active if (adapter := self.adapters[name]).has_lora]
         y = sum(f if w == 1.0 else f * w for f, w in prompts)
-        return mix_residual(y, [w for _, w in prompts], text)
+        for adapter, w in lora:
+            y = y + lora_attention(self.stock, attn, [(adapter, 1.0)], "weights", *args) * w
+        return mix_residual(y, [w for _, _, w in active], lambda: self.stock(attn, *args))
 
 
 class MIVAWanTransformerBlock(WanTransformerBlock):
