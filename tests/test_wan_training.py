@@ -65,3 +65,27 @@ def test_tiny_run_changes_the_video_and_round_trips(tmp_path):
     fresh = MIVAWanPipeline(**tiny_wan_components(0))
     fresh.load_adapters(tmp_path / "bright")
     assert torch.equal(fresh(generator=torch.Generator().manual_seed(0), **call).frames, after)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    results = []
+    for checkpointing in (False, True):
+        model = wan_transformer()
+        add_wan_adapter(model, "a", WanAdapterConfig(sa_mode="first_prev", sa_first_frame_scale="adaptive_0.2",
+                                                     use_motion_lora=True, motion_lora_rank=4))
+        set_miva_adapters(model, "a")
+        modules = get_miva_adapter_modules(model, "a")
+        for module in modules.values():
+            torch.nn.init.normal_(module.o.weight, std=0.1)
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        model.train()
+        latents, _, text = wan_inputs(batch=2)
+        loss = wan_flow_matching_loss(model, latents, text, torch.Generator().manual_seed(0))
+        loss.backward()
+        grads = [p.grad.clone() for m in modules.values() for p in m.parameters()]
+        results.append((loss.detach(), grads))
+    assert sum(bool(g.abs().max() > 0) for g in results[0][1]) > len(results[0][1]) // 2  # LoRA down: 0 (up = 0)
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-6, atol=1e-7)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)

@@ -33,9 +33,12 @@ def encode_video_latents(vae, video: torch.Tensor) -> torch.Tensor:
 
 
 def wan_flow_matching_loss(transformer, latents: torch.Tensor, prompt_embeds: torch.Tensor,
-                           generator: torch.Generator, shift: float = 5.0, adapter_weights=None) -> torch.Tensor:
+                           generator: torch.Generator, shift: float = 5.0) -> torch.Tensor:
     """The loss of one step. `latents`: clean normalised latents (batch, z, frames, h, w); `prompt_embeds`:
-    (batch, tokens, text_dim). Draws `u` (batch,) then `noise` (like latents) from `generator`, in that order."""
+    (batch, tokens, text_dim). Draws `u` (batch,) then `noise` (like latents) from `generator`, in that order.
+
+    Opens no `miva_call` itself: run the forward *and* the backward under the same call (or both outside any), since
+    gradient checkpointing re-runs blocks in the backward and they read the call's recorded frame count and `temb`."""
     batch = latents.shape[0]
     u = torch.rand(batch, generator=generator, device=generator.device).to(latents.device)
     sigma = shift * u / (1 + (shift - 1) * u)
@@ -43,8 +46,7 @@ def wan_flow_matching_loss(transformer, latents: torch.Tensor, prompt_embeds: to
     s = sigma.view(batch, 1, 1, 1, 1).to(latents)
     noisy = torch.cat([latents[:, :, :1], ((1 - s) * latents + s * noise)[:, :, 1:]], dim=2)
     install_miva_wan(transformer)  # idempotent; a bare transformer trains nothing but still gives the loss
-    with miva_call(transformer, adapter_weights=adapter_weights):
-        velocity = transformer(noisy.to(transformer.dtype), sigma * 1000, prompt_embeds, return_dict=False)[0]
+    velocity = transformer(noisy.to(transformer.dtype), sigma * 1000, prompt_embeds, return_dict=False)[0]
     target = noise - latents
     return F.mse_loss(velocity[:, :, 1:].float(), target[:, :, 1:].float())
 
@@ -72,10 +74,11 @@ def train_wan_adapter(transformer, adapter_name: str, latents: torch.Tensor, pro
     losses = []
     try:
         for index in order.tolist():
-            loss = wan_flow_matching_loss(transformer, latents[index:index + 1], prompt_embeds[index:index + 1],
-                                          generator, shift=shift)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with miva_call(transformer):  # forward and backward (checkpointed blocks re-run) in one call
+                loss = wan_flow_matching_loss(transformer, latents[index:index + 1], prompt_embeds[index:index + 1],
+                                              generator, shift=shift)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
     finally:
