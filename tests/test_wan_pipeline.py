@@ -140,3 +140,23 @@ def test_official_checkpoint_through_load_adapters():
         pipe.load_adapters(checkpoint)
     pipe.load_adapters(checkpoint, adapter_names="off", official_config={"dit_kwargs": {"SA_mode": "first"}})
     assert pipe.miva_context.configs["off"].sa_mode == "first" and pipe.get_active_adapters() == ["off"]
+
+
+def test_custom_pipeline_shim_loads_a_saved_wan_folder(tmp_path, monkeypatch):
+    import sys
+
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import dynamic_modules_utils
+
+    import miva.pipelines.pipeline_wan as shim
+
+    monkeypatch.setattr(dynamic_modules_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert dynamic_modules_utils.find_pipeline_class(shim) is MIVAWanPipeline
+    WanPipeline(**tiny_wan_components(0)).save_pretrained(tmp_path / "tiny-wan")
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "tiny-wan", custom_pipeline=shim.__file__,
+                                               trust_remote_code=True)
+    assert type(loaded) is MIVAWanPipeline
+    image = make_test_image(16, 16)
+    expected = run(MIVAWanPipeline(**tiny_wan_components(0)), image, output_type="latent")
+    torch.testing.assert_close(run(loaded, image, output_type="latent"), expected, rtol=0, atol=0)
