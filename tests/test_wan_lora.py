@@ -89,3 +89,29 @@ def test_two_lora_adapters_compose_as_residual_or_weights(layer, kwargs):
 def test_ca_lora_and_implicit_prompt_refused_together():
     with pytest.raises(ValueError, match=r"use_ca_lora=True with ca_mode='implicit'"):
         WanAdapterConfig(use_ca_lora=True, ca_mode="implicit")
+
+
+def test_fuse_and_unfuse_lora_parts_through_the_pipeline():
+    from miva.backbones.wan.tiny import tiny_wan_components
+    from miva.pipelines.pipeline_miva_wan import MIVAWanPipeline
+    from miva.tiny import make_test_image
+
+    pipe = MIVAWanPipeline(**tiny_wan_components(0))
+    pipe.add_adapter("m", WanAdapterConfig(sa_mode="prev", **{**MOTION, "use_i2v": True}), activate=False)
+    pipe.add_adapter("c", WanAdapterConfig(**CA), activate=False)
+    for name in "mc":
+        for module in get_miva_adapter_modules(pipe.transformer, name).values():
+            randomize(module, seed=5)
+    pipe.set_adapters(["m", "c"], weights=[0.8, 0.5], parallel_mode="weights")
+    call = dict(image=make_test_image(16, 16), num_frames=9, height=16, width=16, num_inference_steps=2,
+                max_sequence_length=16, output_type="latent")
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    unfused = pipe(generator=torch.Generator().manual_seed(0), **call).frames
+    assert pipe.fuse_adapters() == [("m", 0.8), ("c", 0.5)]
+    assert not torch.equal(pipe.transformer.blocks[0].attn1.to_q.weight, before["blocks.0.attn1.to_q.weight"])
+    fused = pipe(generator=torch.Generator().manual_seed(0), **call).frames
+    torch.testing.assert_close(fused, unfused, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"set_adapters: adapters .* are fused"):
+        pipe.set_adapters(["m"])
+    pipe.unfuse_adapters()
+    assert all(torch.equal(v, pipe.transformer.state_dict()[k]) for k, v in before.items())

@@ -10,7 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from ..attention_processors import delete_miva_adapter, enable_miva_adapters, set_miva_adapters
+from ..attention_processors import (
+    delete_miva_adapter,
+    enable_miva_adapters,
+    fuse_miva_adapters,
+    set_miva_adapters,
+    unfuse_miva_adapters,
+)
 from ..backbones.wan.config import WanAdapterConfig
 from ..backbones.wan.install import add_wan_adapter, install_miva_wan
 from ..backbones.wan.io import load_official_wan_adapter, load_wan_adapter, save_wan_adapter
@@ -81,6 +87,15 @@ class WanAdapterVerbsMixin:
     def delete_adapters(self, adapter_names) -> None:
         for name in [adapter_names] if isinstance(adapter_names, str) else adapter_names:
             delete_miva_adapter(self.transformer, name)
+
+    def fuse_adapters(self, adapter_names=None) -> list[tuple[str, float]]:
+        """Merge the active adapters' LoRA deltas (MotionLoRA, CA-LoRA) into the transformer's projections with
+        their weights (the shared `fuse_miva_adapters`); the branch and implicit prompts keep running."""
+        return fuse_miva_adapters(self.transformer, adapter_names)
+
+    def unfuse_adapters(self) -> list[tuple[str, float]]:
+        """Restore the projections bit-exactly (`unfuse_miva_adapters`)."""
+        return unfuse_miva_adapters(self.transformer)
 
     def save_adapter(self, adapter_name: str, save_directory, **kwargs):
         """Save adapter `adapter_name` as a native Wan adapter folder; returns the folder."""
