@@ -160,3 +160,24 @@ def test_custom_pipeline_shim_loads_a_saved_wan_folder(tmp_path, monkeypatch):
     image = make_test_image(16, 16)
     expected = run(MIVAWanPipeline(**tiny_wan_components(0)), image, output_type="latent")
     torch.testing.assert_close(run(loaded, image, output_type="latent"), expected, rtol=0, atol=0)
+
+
+def test_research_latent_init_on_the_flow_path():
+    from miva.pipelines.latent_init import dct_init
+
+    pipe = MIVAWanPipeline(**tiny_wan_components(0))
+    image = make_test_image(16, 16)
+    first = pipe.encode_image_latents(image, 16, 16, 1)
+    seen = []
+    pipe.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["hidden_states"]), with_kwargs=True)
+    noise = torch.randn(1, 16, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    mixed = noise[:, :, 1:] * 0.7 + noise[:, :, :1] * 0.3  # shared noise 0.3
+    cinemo = 0.025 * first + 0.975 * mixed  # the image at t = 975 on the flow path
+    run(pipe, image, output_type="latent", first_frame_cond_type="cinemo", shared_noise_ratio=0.3)
+    torch.testing.assert_close(seen[0], torch.cat([first, cinemo], dim=2), rtol=1e-6, atol=1e-6)
+    run(pipe, image, output_type="latent", first_frame_cond_type="cinemo", shared_noise_ratio=0.3,
+        use_dct_init=True, dct_cutoff_ratio=0.5)
+    torch.testing.assert_close(seen[3], torch.cat([first, dct_init(cinemo, mixed, 0.5)], dim=2), rtol=1e-6,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match=r"use_dct_init=True requires first_frame_cond_type='cinemo'"):
+        run(pipe, image, use_dct_init=True)

@@ -17,9 +17,21 @@ from diffusers.utils import replace_example_docstring
 
 from ..attention_processors import miva_call
 from ..backbones.wan.install import install_miva_wan
+from .latent_init import build_initial_latents
 from .wan_adapter_verbs import WanAdapterVerbsMixin
 
-__all__ = ["MIVAWanPipeline", "check_flow_scheduler", "check_num_frames"]
+__all__ = ["FlowForwardNoise", "MIVAWanPipeline", "check_flow_scheduler", "check_num_frames"]
+
+
+class FlowForwardNoise:
+    """`add_noise` of the flow-matching forward process, `(1 - sigma) x + sigma * noise` with `sigma = t / 1000`,
+    for the research latent init's "cinemo" base (`latent_init.cinemo_base`, t = 975): diffusers' flow schedulers
+    have `scale_noise` with another signature, and their sigmas depend on the step count."""
+
+    @staticmethod
+    def add_noise(original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        sigma = (timesteps.to(noise.dtype) / 1000.0).view(-1, 1, 1, 1, 1)
+        return (1 - sigma) * original + sigma * noise
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -97,13 +109,17 @@ class MIVAWanPipeline(WanAdapterVerbsMixin, WanPipeline):
                  width: int = 832, num_frames: int = 17, num_inference_steps: int = 50, guidance_scale: float = 1.0,
                  num_videos_per_prompt: int = 1, generator=None, latents: torch.Tensor | None = None,
                  prompt_embeds=None, negative_prompt_embeds=None, output_type: str = "np", return_dict: bool = True,
-                 adapter_weights: list[float] | None = None,
-                 callback_on_step_end: Callable | None = None, callback_on_step_end_tensor_inputs=("latents",),
+                 adapter_weights: list[float] | None = None, first_frame_cond_type: str = "lamp",
+                 shared_noise_ratio: float = 0.0, use_dct_init: bool = False, dct_cutoff_ratio: float = 0.23,
+                 dct_cutoff_shape: str = "rect", callback_on_step_end: Callable | None = None, callback_on_step_end_tensor_inputs=("latents",),
                  max_sequence_length: int = 512, attention_kwargs: dict | None = None):
         r"""Animate `image` (`PIL.Image`, array or tensor; or one per video) into `num_frames` (4k+1) frames.
 
         `prompt` defaults to the empty prompt and `guidance_scale` to 1 (the official recipe; CFG when > 1);
-        `adapter_weights`: this call's weights of the active adapters. Other arguments as in `WanPipeline`.
+        `adapter_weights`: this call's weights of the active adapters. The research latent init
+        (`latent_init.build_initial_latents`): `first_frame_cond_type` "lamp" (noise; default) or "cinemo" (the
+        image forward-noised to t = 975 on the flow path, `FlowForwardNoise`), `shared_noise_ratio`,
+        `use_dct_init` / `dct_cutoff_ratio` / `dct_cutoff_shape`. Other arguments as in `WanPipeline`.
 
         Examples:
         """
@@ -139,9 +155,12 @@ class MIVAWanPipeline(WanAdapterVerbsMixin, WanPipeline):
         # 3. Timesteps and initial latents (noise, frame 0 pinned).
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
-        latents = self.prepare_latents(total, self.transformer.config.in_channels, height, width, num_frames,
-                                       torch.float32, device, generator, latents)
-        latents = torch.cat([first.to(latents), latents[:, :, 1:]], dim=2)
+        noise = self.prepare_latents(total, self.transformer.config.in_channels, height, width, num_frames,
+                                     torch.float32, device, generator, latents)
+        latents = build_initial_latents(first, noise, first_frame_cond_type=first_frame_cond_type,
+                                        shared_noise_ratio=shared_noise_ratio, use_dct_init=use_dct_init,
+                                        dct_cutoff_ratio=dct_cutoff_ratio, dct_cutoff_shape=dct_cutoff_shape,
+                                        scheduler=FlowForwardNoise())
         self._num_timesteps = len(timesteps)
         self.scheduler.set_begin_index(0)
 
