@@ -181,3 +181,18 @@ def test_research_latent_init_on_the_flow_path():
                                atol=1e-6)
     with pytest.raises(ValueError, match=r"use_dct_init=True requires first_frame_cond_type='cinemo'"):
         run(pipe, image, use_dct_init=True)
+
+
+def test_saved_folder_has_the_wan_model_card_and_records_the_backbone(tmp_path):
+    import json
+
+    pipe = MIVAWanPipeline(**tiny_wan_components(0))
+    pipe.add_adapter("waves", WanAdapterConfig(sa_mode="first_prev", sa_first_frame_scale="linear",
+                                               ca_mode="implicit", implicit_rank=8))
+    folder = pipe.save_adapter("waves", tmp_path / "waves")
+    card = (folder / "README.md").read_text()
+    assert "base_model: Wan-AI/Wan2.1-T2V-1.3B-Diffusers" in card and "- wan2.1" in card
+    assert "`sa_mode='first_prev'`, `sa_first_frame_scale='linear'` (linear)" in card
+    assert "implicit prompt in place of the text cross-attention: rank 8" in card
+    assert "AnimateDiff" not in card and "MIVAWanPipeline.from_pretrained" in card
+    assert json.loads((folder / "adapter_config.json").read_text())["backbone"] == "wan2.1-dit"

@@ -19,6 +19,7 @@ import torch
 from ...loaders.adapter_io import save_miva_adapter
 from ...loaders.adapter_state import discard_adapter, load_adapter_state
 from ...loaders.sources import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, _read_native_weights, read_checkpoint
+from .card import wan_model_card
 from .config import WAN_BACKBONE, WanAdapterConfig
 from .install import add_wan_adapter
 from .official import convert_official_wan_state_dict
@@ -49,9 +50,14 @@ def load_official_wan_adapter(transformer, name: str, checkpoint: str | os.PathL
     return config
 
 
-def save_wan_adapter(transformer, name: str, folder: str | os.PathLike, **kwargs) -> Path:
-    """Save adapter `name` of a Wan transformer as a native adapter folder (`save_miva_adapter`'s keywords)."""
-    return save_miva_adapter(transformer, name, folder, **kwargs)
+def save_wan_adapter(transformer, name: str, folder: str | os.PathLike, *, repo_id: str | None = None,
+                     **kwargs) -> Path:
+    """Save adapter `name` of a Wan transformer as a native adapter folder (`save_miva_adapter`'s keywords), with
+    the Wan model card (`card.py`) as its `README.md`."""
+    folder = save_miva_adapter(transformer, name, folder, repo_id=repo_id, **kwargs)
+    config = transformer.miva_context.configs[name]
+    wan_model_card(config, name, repo_id).save(os.fspath(Path(folder) / "README.md"))
+    return folder
 
 
 def read_wan_adapter(folder: str | os.PathLike) -> tuple[WanAdapterConfig, dict[str, torch.Tensor]]:
