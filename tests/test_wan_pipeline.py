@@ -196,3 +196,25 @@ def test_saved_folder_has_the_wan_model_card_and_records_the_backbone(tmp_path):
     assert "implicit prompt in place of the text cross-attention: rank 8" in card
     assert "AnimateDiff" not in card and "MIVAWanPipeline.from_pretrained" in card
     assert json.loads((folder / "adapter_config.json").read_text())["backbone"] == "wan2.1-dit"
+
+
+def test_push_adapter_to_hub_uploads_the_native_folder(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    import huggingface_hub
+
+    uploaded = {}
+
+    def fake_upload(repo_id, folder_path, token=None, commit_message=None):  # the Hub is not reachable in tests
+        folder = Path(folder_path)
+        uploaded.update(repo_id=repo_id, files=sorted(p.name for p in folder.iterdir()),
+                        card=(folder / "README.md").read_text())
+        return "commit"
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kw: type("R", (), {"repo_id": repo_id}))
+    monkeypatch.setattr(huggingface_hub, "upload_folder", fake_upload)
+    pipe = MIVAWanPipeline(**tiny_wan_components(0))
+    pipe.add_adapter("waves", WanAdapterConfig(sa_mode="prev"))
+    assert pipe.push_adapter_to_hub("waves", "user/miva-waves-wan") == "commit"
+    assert uploaded["files"] == ["README.md", "adapter_config.json", "miva_adapter.safetensors"]
+    assert uploaded["repo_id"] == "user/miva-waves-wan" and 'load_adapters("user/miva-waves-wan"' in uploaded["card"]

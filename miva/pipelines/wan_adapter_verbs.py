@@ -100,3 +100,18 @@ class WanAdapterVerbsMixin:
     def save_adapter(self, adapter_name: str, save_directory, **kwargs):
         """Save adapter `adapter_name` as a native Wan adapter folder; returns the folder."""
         return save_wan_adapter(self.transformer, adapter_name, save_directory, **kwargs)
+
+    def push_adapter_to_hub(self, adapter_name: str, repo_id: str, *, private: bool | None = None, token=None,
+                            commit_message: str | None = None):
+        """Create (or reuse) the Hub repo `repo_id` and upload adapter `adapter_name` as a native Wan adapter
+        folder with its model card; returns `huggingface_hub.upload_folder`'s commit info."""
+        import tempfile
+
+        from huggingface_hub import create_repo, upload_folder
+
+        repo = create_repo(repo_id, private=private, token=token, exist_ok=True)
+        repo_id = getattr(repo, "repo_id", None) or repo_id
+        with tempfile.TemporaryDirectory() as tmp:
+            save_wan_adapter(self.transformer, adapter_name, tmp, repo_id=repo_id)
+            return upload_folder(repo_id=repo_id, folder_path=tmp, token=token,
+                                 commit_message=commit_message or f"Upload MIVA Wan adapter {adapter_name}")
