@@ -47,6 +47,15 @@ def _condition_hook(context: MIVAContext):
     return hook
 
 
+def _register_block_class() -> None:
+    """diffusers' caches (`enable_cache`: FirstBlockCache, ...) look transformer blocks up by class in a registry;
+    register the branch-running subclass with `WanTransformerBlock`'s metadata (its forward returns the same)."""
+    from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+
+    TransformerBlockRegistry.register(MIVAWanTransformerBlock, TransformerBlockMetadata(
+        return_hidden_states_index=0, return_encoder_hidden_states_index=None))
+
+
 def install_miva_wan(transformer: nn.Module) -> MIVAContext:
     """Install MIVA on `transformer` (a `WanTransformer3DModel`) once and return its `MIVAContext`
     (`transformer.miva_context`). Idempotent: processors with their adapters are kept or put back."""
@@ -54,6 +63,7 @@ def install_miva_wan(transformer: nn.Module) -> MIVAContext:
         raise TypeError(f"install_miva_wan needs a WanTransformer3DModel, got {type(transformer).__name__}")
     context = getattr(transformer, "miva_context", None)
     if context is None:
+        _register_block_class()
         context = MIVAContext(max_frames=10**6, temb_channels=transformer.condition_embedder.time_proj.in_features)
         transformer.miva_context = context
         handles = [transformer.rope.register_forward_pre_hook(_rope_hook(context, transformer.config.patch_size[0]))]

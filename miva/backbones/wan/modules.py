@@ -15,7 +15,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from torch import nn
 
 from ...attention_processors.adapter_config import parse_first_frame_scale
-from ...attention_processors.lora import LoRADelta
+from ...attention_processors.lora import LoRADelta, compute_dtype
 from ...attention_processors.parts import CROSS, LORA_DELTAS, SELF
 from .config import WanAdapterConfig
 
@@ -47,7 +47,7 @@ class WanFirstFrameWeight(nn.Module):
         self.temperature = temperature
 
     def forward(self, temb: torch.Tensor) -> torch.Tensor:
-        logits = self.linear(F.silu(temb.to(self.linear.weight.dtype)))
+        logits = self.linear(F.silu(temb.to(compute_dtype(self.linear))))  # layerwise casting: not the storage dtype
         return (logits / self.temperature).softmax(dim=-1)[..., 0]
 
 

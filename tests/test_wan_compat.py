@@ -1,0 +1,53 @@
+"""diffusers features on a Wan transformer with MIVA adapters active: each gives the adapters' output (within its
+own precision) and not the stock one."""
+
+import pytest
+import torch
+from diffusers import FirstBlockCacheConfig
+from wan_helpers import randomize, wan_inputs, wan_transformer
+
+from miva.attention_processors import get_miva_adapter_modules, set_miva_adapters
+from miva.backbones.wan.config import WanAdapterConfig
+from miva.backbones.wan.install import add_wan_adapter
+
+
+def adapted():
+    torch.manual_seed(0)
+    model = wan_transformer()
+    add_wan_adapter(model, "a", WanAdapterConfig(sa_mode="first_prev", sa_first_frame_scale="adaptive_0.2",
+                                                 ca_mode="implicit", implicit_rank=8))
+    for module in get_miva_adapter_modules(model, "a").values():
+        randomize(module, seed=1)
+    set_miva_adapters(model, "a")
+    return model
+
+
+def run(model, cache: bool = False):
+    latents, t, text = wan_inputs(batch=1)
+    with torch.no_grad():
+        if cache:
+            with model.cache_context("cond"):
+                return model(latents, t, text).sample
+        return model(latents, t, text).sample
+
+
+FEATURES = {
+    "layerwise_casting": (lambda m: m.enable_layerwise_casting(storage_dtype=torch.bfloat16,
+                                                               compute_dtype=torch.float32), 2e-2),
+    "group_offload": (lambda m: m.enable_group_offload(torch.device("cpu"), offload_type="block_level",
+                                                       num_blocks_per_group=1), 0.0),
+    "attention_backend": (lambda m: m.set_attention_backend("native"), 0.0),
+    "first_block_cache": (lambda m: m.enable_cache(FirstBlockCacheConfig(threshold=0.0)), 0.0),
+}
+
+
+@pytest.mark.parametrize("feature", list(FEATURES))
+def test_feature_keeps_the_adapters(feature):
+    expected = run(adapted())
+    stock = run(wan_transformer())
+    model = adapted()
+    setup, tolerance = FEATURES[feature]
+    setup(model)
+    out = run(model, cache=feature == "first_block_cache")
+    assert (out - expected).abs().max() <= tolerance
+    assert (out - stock).abs().max() > 1.0
