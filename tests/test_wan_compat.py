@@ -51,3 +51,10 @@ def test_feature_keeps_the_adapters(feature):
     out = run(model, cache=feature == "first_block_cache")
     assert (out - expected).abs().max() <= tolerance
     assert (out - stock).abs().max() > 1.0
+
+
+@pytest.mark.slow  # ~40 s of compilation on a 2-core CPU: opt in with -m slow
+def test_torch_compile_keeps_the_adapters():
+    expected = run(adapted())
+    compiled = torch.compile(adapted())
+    torch.testing.assert_close(run(compiled), expected, rtol=1e-5, atol=1e-5)
