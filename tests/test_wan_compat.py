@@ -58,3 +58,37 @@ def test_torch_compile_keeps_the_adapters():
     expected = run(adapted())
     compiled = torch.compile(adapted())
     torch.testing.assert_close(run(compiled), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_backend_reaches_the_stock_processor_and_the_branch(monkeypatch):
+    import diffusers.models.attention_dispatch as dispatch
+
+    from miva.backbones.wan import modules
+
+    model = adapted()
+    model.set_attention_backend("native")
+    assert model.blocks[0].attn1.processor.stock._attention_backend.value == "native"
+    seen = []
+    original = dispatch.dispatch_attention_fn
+    monkeypatch.setattr(modules, "dispatch_attention_fn",
+                        lambda *a, backend=None, **kw: seen.append(backend) or original(*a, backend=backend, **kw))
+    run(model)
+    assert len(seen) == 2 and all(b.value == "native" for b in seen)  # one branch call per block
+
+
+def test_pipeline_call_puts_replaced_processors_back():
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    from miva.backbones.wan.tiny import tiny_wan_components
+    from miva.pipelines.pipeline_miva_wan import MIVAWanPipeline
+    from miva.tiny import make_test_image
+
+    pipe = MIVAWanPipeline(**tiny_wan_components(0))
+    pipe.add_adapter("a", WanAdapterConfig(sa_mode="prev", ca_mode="implicit", implicit_rank=8))
+    for module in get_miva_adapter_modules(pipe.transformer, "a").values():
+        randomize(module, seed=1)
+    call = dict(image=make_test_image(16, 16), num_frames=9, height=16, width=16, num_inference_steps=2,
+                max_sequence_length=16, output_type="latent")
+    expected = pipe(generator=torch.Generator().manual_seed(0), **call).frames
+    pipe.transformer.set_attn_processor(WanAttnProcessor())
+    assert torch.equal(pipe(generator=torch.Generator().manual_seed(0), **call).frames, expected)

@@ -134,6 +134,9 @@ class MIVAWanPipeline(WanAdapterVerbsMixin, WanPipeline):
         self.check_inputs(prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds,
                           list(callback_on_step_end_tensor_inputs))
         self._guidance_scale, self._attention_kwargs, self._interrupt = guidance_scale, attention_kwargs, False
+        # A diffusers verb called directly (`transformer.set_attn_processor`, ...) may have replaced ours: put them
+        # back, adapters and all (idempotent; diffusers gives no hook for it).
+        install_miva_wan(self.transformer)
         device = self._execution_device
         if prompt_embeds is not None:
             batch_size = prompt_embeds.shape[0]

@@ -100,22 +100,25 @@ class WanSelfAttnAdapter(nn.Module):
                                "transformer (Wan2.2's per-token timesteps are not supported)")
         return self.weight_module(temb)
 
-    def branch(self, x: torch.Tensor, frames: int, timestep=None, temb=None) -> torch.Tensor:
-        """`x`: (batch, frames*tokens, dim) -> the branch `o(attention)`, same shape."""
+    def branch(self, x: torch.Tensor, frames: int, timestep=None, temb=None, backend=None) -> torch.Tensor:
+        """`x`: (batch, frames*tokens, dim) -> the branch `o(attention)`, same shape. `backend`: diffusers'
+        attention backend (None: its default), as set by `set_attention_backend`."""
         q = self.norm_q(self.q(x)).unflatten(2, (self.heads, -1))
         k = self.norm_k(self.k(x)).unflatten(2, (self.heads, -1))
         v = self.v(x).unflatten(2, (self.heads, -1))
         s = self.first_frame_weight(timestep, temb) if self.sa_mode == "first_prev" else None
-        out = cross_frame_attention(q, k, v, frames, self.sa_mode, s, research_exact_first=self.research_exact_first)
+        out = cross_frame_attention(q, k, v, frames, self.sa_mode, s, research_exact_first=self.research_exact_first,
+                                    backend=backend)
         return self.o(out.flatten(2, 3).type_as(x))
 
 
-def _attend(q, k, v):
-    return dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
+def _attend(q, k, v, backend=None):
+    return dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, backend=backend)
 
 
 def cross_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: int, mode: str,
-                          s: float | torch.Tensor | None = None, *, research_exact_first: bool = False) -> torch.Tensor:
+                          s: float | torch.Tensor | None = None, *, research_exact_first: bool = False,
+                          backend=None) -> torch.Tensor:
     """Each frame's queries attend to other frames' keys/values. `q, k, v`: (batch, frames*n, heads, head_dim)
     -> (batch, frames*n, heads, head_dim).
 
@@ -130,7 +133,7 @@ def cross_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fra
         raise ValueError(f"cross-frame branch: {length} tokens do not split into {frames} frames")
     n = length // frames
     if mode == "first" and not research_exact_first:  # fold frames into the queries: no key/value copies
-        return _attend(q, k[:, :n], v[:, :n])
+        return _attend(q, k[:, :n], v[:, :n], backend)
     qf = q.reshape(batch * frames, n, heads, dim)
     kf, vf = k.view(batch, frames, n, heads, dim), v.view(batch, frames, n, heads, dim)
     if mode == "first":
@@ -139,7 +142,7 @@ def cross_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fra
                              f"divisible by the latent frame count ({frames}); the official code crashes here too")
         keys = kf[:, 0].reshape(batch * frames, n // frames, heads, dim)
         values = vf[:, 0].reshape(batch * frames, n // frames, heads, dim)
-        return _attend(qf, keys, values).reshape(batch, length, heads, dim)
+        return _attend(qf, keys, values, backend).reshape(batch, length, heads, dim)
     k_prev = torch.cat([kf[:, :1], kf[:, :-1]], dim=1)
     v_prev = torch.cat([vf[:, :1], vf[:, :-1]], dim=1)
     if mode == "prev":
@@ -154,7 +157,7 @@ def cross_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fra
         raise ValueError(f"sa_mode={mode!r} is not one of ['first', 'prev', 'first_prev']")
     keys = keys.reshape(batch * frames, -1, heads, dim)
     values = values.reshape(batch * frames, -1, heads, dim)
-    return _attend(qf, keys, values).reshape(batch, length, heads, dim)
+    return _attend(qf, keys, values, backend).reshape(batch, length, heads, dim)
 
 
 _ACTIVATIONS = {"gelu": lambda: nn.GELU(), "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "silu": nn.SiLU,

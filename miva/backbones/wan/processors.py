@@ -31,6 +31,15 @@ class _WanProcessorBase(MIVAProcessorBase):
         super().__init__(context, layer_name)
         self.stock = WanAttnProcessor()
 
+    # `attn.set_attention_backend(...)` sets the processor's `_attention_backend`: it is the stock processor's.
+    @property
+    def _attention_backend(self):
+        return self.stock._attention_backend
+
+    @_attention_backend.setter
+    def _attention_backend(self, backend) -> None:
+        self.stock._attention_backend = backend
+
     def add_adapter(self, attn, name, config) -> None:
         check_backbone(config, f"adapter {name!r}")
         super().add_adapter(attn, name, config)
@@ -65,7 +74,8 @@ class MIVAWanSelfAttnProcessor(_WanProcessorBase):
         values = state.forward
         total = None
         for _, name, weight in active:
-            branch = self.adapters[name].branch(hidden_states, frames, timestep=values.timestep, temb=values.temb)
+            branch = self.adapters[name].branch(hidden_states, frames, timestep=values.timestep, temb=values.temb,
+                                                backend=self._attention_backend)
             branch = branch if weight == 1.0 else branch * weight
             total = branch if total is None else total + branch
         return total
