@@ -92,3 +92,14 @@ def test_pipeline_call_puts_replaced_processors_back():
     expected = pipe(generator=torch.Generator().manual_seed(0), **call).frames
     pipe.transformer.set_attn_processor(WanAttnProcessor())
     assert torch.equal(pipe(generator=torch.Generator().manual_seed(0), **call).frames, expected)
+
+
+def test_context_parallelism_refused_clearly_with_a_branch():
+    model = adapted()
+    for block in model.blocks:  # what transformer.enable_parallelism(config) does to every attention processor
+        for attn in (block.attn1, block.attn2):
+            assert hasattr(attn.processor, "_parallel_config")
+            attn.processor._parallel_config = object()
+    assert model.blocks[0].attn1.processor.stock._parallel_config is not None
+    with pytest.raises(ValueError, match=r"blocks.0.attn1.processor: context parallelism shards the tokens"):
+        run(model)

@@ -40,6 +40,15 @@ class _WanProcessorBase(MIVAProcessorBase):
     def _attention_backend(self, backend) -> None:
         self.stock._attention_backend = backend
 
+    # `transformer.enable_parallelism(...)` sets each processor's `_parallel_config` (if it has one): the stock's.
+    @property
+    def _parallel_config(self):
+        return self.stock._parallel_config
+
+    @_parallel_config.setter
+    def _parallel_config(self, config) -> None:
+        self.stock._parallel_config = config
+
     def add_adapter(self, attn, name, config) -> None:
         check_backbone(config, f"adapter {name!r}")
         super().add_adapter(attn, name, config)
@@ -61,6 +70,10 @@ class MIVAWanSelfAttnProcessor(_WanProcessorBase):
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         active = self.context.active_adapters(self.adapters)
+        if self._parallel_config is not None and any(self.adapters[name].has_branch for _, name, _ in active):
+            raise ValueError(f"{self.layer_name}: context parallelism shards the tokens across devices, so frame 0's "
+                             "keys/values are not beside every frame's queries; the cross-frame branch needs all "
+                             "tokens: run MIVA Wan adapters without enable_parallelism (or without a branch)")
         return self.attention(attn, active, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
 
     def cross_frame(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
