@@ -218,3 +218,28 @@ def test_push_adapter_to_hub_uploads_the_native_folder(monkeypatch, tmp_path):
     assert pipe.push_adapter_to_hub("waves", "user/miva-waves-wan") == "commit"
     assert uploaded["files"] == ["README.md", "adapter_config.json", "miva_adapter.safetensors"]
     assert uploaded["repo_id"] == "user/miva-waves-wan" and 'load_adapters("user/miva-waves-wan"' in uploaded["card"]
+
+
+def test_save_pretrained_keeps_the_transformer_stock_and_the_adapters_beside_it(tmp_path):
+    from safetensors.torch import load_file
+
+    pipe = MIVAWanPipeline(**tiny_wan_components(0))
+    pipe.add_adapter("waves", WanAdapterConfig(sa_mode="prev"), activate=False)
+    pipe.add_adapter("clouds", WanAdapterConfig(use_i2v=False, ca_mode="implicit", implicit_rank=8), activate=False)
+    for name in ("waves", "clouds"):
+        for module in get_miva_adapter_modules(pipe.transformer, name).values():
+            randomize(module, seed=4)
+    pipe.set_adapters(["waves", "clouds"], weights=[0.7, 0.4])
+    image = make_test_image(16, 16)
+    expected = run(pipe, image, output_type="latent")
+    pipe.save_pretrained(tmp_path / "saved")
+    weights = load_file(next((tmp_path / "saved" / "transformer").glob("*.safetensors")))
+    assert not [k for k in weights if "processor" in k]
+    assert sorted(p.name for p in (tmp_path / "saved" / "miva_adapters").iterdir()) == [
+        "clouds", "miva_adapters.json", "waves"]
+    torch.testing.assert_close(run(pipe, image, output_type="latent"), expected, rtol=0, atol=0)  # ours are back
+    stock = WanPipeline.from_pretrained(tmp_path / "saved")
+    assert type(stock.transformer.blocks[0].attn1.processor).__name__ == "WanAttnProcessor"
+    loaded = MIVAWanPipeline.from_pretrained(tmp_path / "saved")
+    assert loaded.get_active_adapters() == ["waves", "clouds"]
+    torch.testing.assert_close(run(loaded, image, output_type="latent"), expected, rtol=0, atol=0)

@@ -7,8 +7,11 @@ backbone-neutral, these verbs do the same on `pipe.transformer` with the same na
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from collections.abc import Mapping
+from pathlib import Path
 
 from ..attention_processors import (
     delete_miva_adapter,
@@ -17,9 +20,11 @@ from ..attention_processors import (
     set_miva_adapters,
     unfuse_miva_adapters,
 )
+from ..attention_processors.composition import check_not_fused
 from ..backbones.wan.config import WanAdapterConfig
 from ..backbones.wan.install import add_wan_adapter, install_miva_wan
 from ..backbones.wan.io import load_official_wan_adapter, load_wan_adapter, save_wan_adapter
+from ..loaders.pipeline_adapters import ADAPTERS_DIR, MANIFEST_NAME, find_pipeline_adapters, load_pipeline_adapters
 
 __all__ = ["WanAdapterVerbsMixin"]
 
@@ -115,3 +120,39 @@ class WanAdapterVerbsMixin:
             save_wan_adapter(self.transformer, adapter_name, tmp, repo_id=repo_id)
             return upload_folder(repo_id=repo_id, folder_path=tmp, token=token,
                                  commit_message=commit_message or f"Upload MIVA Wan adapter {adapter_name}")
+
+    # Whole pipeline folders: the transformer saved stock, the adapters beside it (`loaders/pipeline_adapters.py`).
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """diffusers' `save_pretrained` with the transformer saved stock (no adapter tensors in its files); the
+        loaded adapters go beside it into `miva_adapters/` (native folders and a manifest of which are active, their
+        weights, the composition mode) and come back with `MIVAWanPipeline.from_pretrained(folder)`."""
+        from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+        context = self.miva_context
+        check_not_fused(context, "save_pretrained")
+        target = Path(save_directory) / ADAPTERS_DIR
+        if target.exists():
+            shutil.rmtree(target)  # an older save's adapters must not come back with this pipeline
+        if context.configs:
+            for name in context.configs:
+                save_wan_adapter(self.transformer, name, target / name)
+            manifest = {"adapters": list(context.configs), "active": [[n, float(w)] for n, w in context.active],
+                        "parallel_mode": context.parallel_mode, "enabled": context.enabled}
+            (target / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        attentions = [a for block in self.transformer.blocks for a in (block.attn1, block.attn2)]
+        for attn in attentions:
+            attn.set_processor(WanAttnProcessor())
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            install_miva_wan(self.transformer)  # ours back, adapters and all
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """diffusers' `from_pretrained`, then the adapters of the folder's `miva_adapters/` (when it has one)."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        folder = find_pipeline_adapters(pretrained_model_name_or_path)
+        if folder is not None:
+            load_pipeline_adapters(pipe, folder)
+        return pipe
+
