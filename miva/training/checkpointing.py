@@ -209,8 +209,11 @@ class CheckpointMixin:
         resume = config.resume_from_checkpoint
         path = find_checkpoint(self.output_dir, resume)
         if path is None:
-            if resume is not None:
-                self.logger.info(f"no checkpoint in {self.output_dir}: starting from step 0")
+            if resume is not None:  # a warning: the user asked to resume, and it does not happen
+                self.logger.warning(
+                    f"resume_from_checkpoint={str(resume)!r}: no checkpoint in {self.output_dir} yet; starting "
+                    "fresh from step 0"
+                )
             if acc.is_main_process:
                 self._truncate_log(0)  # lines of an earlier attempt that died before its first checkpoint
             return
