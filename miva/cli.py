@@ -164,17 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:  # a subcommand may say what was kept and how to go on (`miva train`)
         if debug_requested(args):
             raise
-        newline = "\n" if sys.stderr.isatty() else ""  # Ctrl-C leaves the cursor after a progress bar
-        print(f"{newline}miva {args.command}: {str(stop) or 'interrupted'}", file=sys.stderr)
-        return 130
+        lines, status = [f"miva {args.command}: {str(stop) or 'interrupted'}"], 130
     except user_error_types() as error:
         if debug_requested(args):
             raise
         message = " ".join(str(error).split()) or type(error).__name__  # one line, whatever the message
-        print(f"miva {args.command}: error: {message}", file=sys.stderr)
-        print(f"(run with --debug or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
-        return 2
-
+        lines = [f"miva {args.command}: error: {message}", f"(run with --debug or {DEBUG_ENV}=1 for the traceback)"]
+        status = 2
+    # Printed out here, once the failed call's frames are freed: a progress bar they held closes (and ends its line)
+    # before these lines, not after them.
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    return status
 
 if __name__ == "__main__":
     sys.exit(main())
