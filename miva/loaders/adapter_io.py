@@ -288,7 +288,7 @@ def prepare_adapter(unet, source: AdapterSource) -> PreparedAdapter:
         except (IndexError, KeyError, RuntimeError, StopIteration, TypeError) as e:  # a layout no check foresaw
             raise ValueError(
                 f"{source.origin}: malformed research checkpoint ({type(e).__name__}: {e}); expected the research "
-                "adapter layout (REFERENCE.md §4, §8)"
+                "adapter layout (docs/research.md#research-checkpoints)"
             ) from None
         fill_mid_block_motion(unet, config, tensors)
     text = {k: v for k, v in tensors.items() if k.startswith(TEXT_EMBEDDING_PREFIX)}

@@ -4,7 +4,7 @@ A source is one of:
 
 - a local folder with `adapter_config.json` + `miva_adapter.safetensors` (the native layout, see `adapter_io.py`);
 - a single `.safetensors` file: a native adapter file (its config is in the safetensors metadata `miva_config`,
-  or in an `adapter_config.json` beside it) or a research full-UNet checkpoint (`model.safetensors`, REFERENCE §8);
+  or in an `adapter_config.json` beside it) or a research full-UNet checkpoint (`model.safetensors`, docs/research.md#research-checkpoints);
 - a single `.pt` file: a research adapter checkpoint (`adapter.pt`, `combined.pt`, one of the split files);
 - a Hub repo id (`"user/miva-waterfall"`), resolved with `hf_hub_download` (revision, subfolder, cache, token,
   offline mode);
