@@ -116,7 +116,10 @@ def _known_flag(parser: argparse.ArgumentParser, flag: str) -> bool:
 def check_words(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     """Before argparse: a mistyped subcommand or `--flag` exits (status 2) with the closest valid one and the usage
     of the subcommand it belongs to, instead of argparse's bare "invalid choice" / "unrecognized arguments"."""
-    from .guards import did_you_mean  # imports torch: only paid on the way to an error
+    def did_you_mean(word, options) -> str:
+        from .guards import did_you_mean  # imports torch: paid on the way to an error only (fast `--help`)
+
+        return did_you_mean(word, options)
 
     current, index = parser, 0
     while index < len(argv):
