@@ -10,6 +10,7 @@ _LAZY = {
     "MIVAWanPipeline": "miva.pipelines.pipeline_miva_wan",
     "WanAdapterConfig": "miva.backbones.wan.config",
     "load_config": "miva.config",
+    "load_base": "miva.loaders.base_models",
 }
 
 __all__ = ["__version__", *_LAZY]
