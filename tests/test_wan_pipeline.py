@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
 from safetensors.torch import save_file
-from wan_helpers import randomize
+from wan_helpers import hub_cache, randomize
 
 from miva.attention_processors import MIVAAdapterConfig, get_miva_adapter_modules
 from miva.backbones.wan.config import WanAdapterConfig
@@ -243,3 +243,23 @@ def test_save_pretrained_keeps_the_transformer_stock_and_the_adapters_beside_it(
     loaded = MIVAWanPipeline.from_pretrained(tmp_path / "saved")
     assert loaded.get_active_adapters() == ["waves", "clouds"]
     torch.testing.assert_close(run(loaded, image, output_type="latent"), expected, rtol=0, atol=0)
+
+
+def test_load_adapters_from_a_hub_repo_offline(tmp_path):
+    pipe = MIVAWanPipeline(**tiny_wan_components(0))
+    pipe.add_adapter("waves", WanAdapterConfig(sa_mode="prev"))
+    for module in get_miva_adapter_modules(pipe.transformer, "waves").values():
+        randomize(module, seed=6)
+    image = make_test_image(16, 16)
+    expected = run(pipe, image, output_type="latent")
+    folder = pipe.save_adapter("waves", tmp_path / "waves")
+    hub_cache(tmp_path / "hub", "someone/waves-wan",
+              {name: folder / name for name in ("adapter_config.json", "miva_adapter.safetensors")})
+    fresh = MIVAWanPipeline(**tiny_wan_components(0))
+    assert fresh.load_adapters("someone/waves-wan", cache_dir=tmp_path / "hub") == ["waves-wan"]
+    torch.testing.assert_close(run(fresh, image, output_type="latent"), expected, rtol=0, atol=0)
+    with pytest.raises(OSError, match="someone/missing"):
+        fresh.load_adapters("someone/missing", cache_dir=tmp_path / "hub")
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'cache'"):
+        fresh.load_adapters("someone/waves-wan", cache=tmp_path)
+

@@ -24,9 +24,24 @@ from ..attention_processors.composition import check_not_fused
 from ..backbones.wan.config import WanAdapterConfig
 from ..backbones.wan.install import add_wan_adapter, install_miva_wan
 from ..backbones.wan.io import load_official_wan_adapter, load_wan_adapter, save_wan_adapter
+from ..loaders.model_card import is_hub_id
 from ..loaders.pipeline_adapters import ADAPTERS_DIR, MANIFEST_NAME, find_pipeline_adapters, load_pipeline_adapters
+from ..loaders.sources import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, check_hub_kwargs, sanitize_name
 
 __all__ = ["WanAdapterVerbsMixin"]
+
+
+def _hub_folder(repo_id: str, hub_kwargs: dict) -> Path:
+    """The local folder (in the Hub cache) holding a native adapter's two files from `repo_id`."""
+    from huggingface_hub import hf_hub_download
+
+    hub_kwargs = check_hub_kwargs(hub_kwargs)
+    try:
+        hf_hub_download(repo_id, ADAPTER_CONFIG_NAME, **hub_kwargs)
+        return Path(hf_hub_download(repo_id, ADAPTER_WEIGHTS_NAME, **hub_kwargs)).parent
+    except OSError as error:  # huggingface_hub's messages do not name the repo
+        raise OSError(f"adapter source {repo_id!r}: no Wan adapter ({ADAPTER_CONFIG_NAME} + {ADAPTER_WEIGHTS_NAME}) "
+                      f"found on the Hub or in its cache: {error}") from None
 
 
 class WanAdapterVerbsMixin:
@@ -43,13 +58,17 @@ class WanAdapterVerbsMixin:
             self.set_adapters([adapter_name])
 
     def load_adapters(self, sources, adapter_names=None, weights=None, *, official_config: Mapping | None = None,
-                      research_exact_first: bool = False, parallel_mode: str | None = None) -> list[str]:
-        """Load adapters and make them the active set. `sources`: native Wan adapter folders, or official MIVA-Wan
-        checkpoints (a `.pt` / `.safetensors` file or a tensor dict) with `official_config` (the run's YAML as a
-        dict, or its `dit_kwargs`). All or nothing: on an error, the adapters loaded by this call are removed."""
+                      research_exact_first: bool = False, parallel_mode: str | None = None, **hub_kwargs) -> list[str]:
+        """Load adapters and make them the active set. `sources`: native Wan adapter folders or Hub repo ids
+        (`hub_kwargs`: `revision`, `subfolder`, `cache_dir`, `local_files_only`, `token` of `hf_hub_download`), or
+        official MIVA-Wan checkpoints (a `.pt` / `.safetensors` file or a tensor dict) with `official_config` (the
+        run's YAML as a dict, or its `dit_kwargs`). Default names: the folder's or repo's name. All or nothing: on
+        an error, the adapters loaded by this call are removed."""
         sources = [sources] if isinstance(sources, (str, os.PathLike, Mapping)) else list(sources)
         if adapter_names is None:
-            adapter_names = [f"adapter_{len(self.get_list_adapters()) + i}" for i in range(len(sources))]
+            adapter_names = [sanitize_name(Path(os.fspath(s)).name) if not isinstance(s, Mapping) else f"adapter_{i}"
+                             for i, s in enumerate(sources)]
+        sources = [_hub_folder(s, hub_kwargs) if isinstance(s, str) and is_hub_id(s) else s for s in sources]
         adapter_names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         if len(adapter_names) != len(sources):
             raise ValueError(f"adapter_names={adapter_names} has {len(adapter_names)} names for {len(sources)} "
