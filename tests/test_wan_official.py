@@ -200,3 +200,23 @@ def test_official_settings_and_keys_refused_clearly():
     with pytest.raises(ValueError, match=r"has shape \(9, 24\) in the file"):
         load_official_wan_adapter(model, "x", wrong, dit_kwargs("first", 0.5, "simple"))
     assert model.miva_context.configs == {}  # all or nothing
+
+
+def test_convert_command_writes_a_folder_that_loads_to_the_official_output(tmp_path):
+    import yaml
+
+    from miva.backbones.wan.convert import main
+    from miva.backbones.wan.io import load_wan_adapter
+
+    checkpoint = official_checkpoint("first_prev", "adaptive_0.2", "simple", frozen_copies=False)  # base: --tiny
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(dit_kwargs("first_prev", "adaptive_0.2", "simple")))
+    assert main(["--checkpoint", str(tmp_path / "checkpoint.pt"), "--yaml", str(tmp_path / "run.yaml"), "--tiny",
+                 "--out", str(tmp_path / "waves")]) == 0
+    latents, t, text = wan_inputs(batch=1, frames=3, size=4)
+    model = wan_transformer()
+    load_wan_adapter(model, tmp_path / "waves", "waves")
+    set_miva_adapters(model, "waves")
+    with torch.no_grad():
+        ours = model(latents, t, text).sample
+    assert_relative(ours, official_output(checkpoint, "first_prev", "adaptive_0.2", "simple", latents, t, text))
