@@ -21,11 +21,13 @@ def run(pipe, image, seed=0, **kwargs):
     return pipe(image=image, generator=torch.Generator().manual_seed(seed), **{**CALL, **kwargs}).frames
 
 
-def handwritten_i2v(components, image, seed=0, steps=3):
-    """Image-to-video by hand over stock parts: encode, noise, Euler loop with latent frame 0 pinned, decode."""
+def handwritten_i2v(components, image, seed=0, steps=3, prompt="", guidance=1.0):
+    """Image-to-video by hand over stock parts: encode, noise, Euler loop with latent frame 0 pinned (classifier-free
+    guidance against the empty prompt when `guidance` > 1), decode."""
     stock = WanPipeline(**components)
     transformer, vae = components["transformer"], components["vae"]
-    embeds, _ = stock.encode_prompt("", do_classifier_free_guidance=False, max_sequence_length=16)
+    embeds, _ = stock.encode_prompt(prompt, do_classifier_free_guidance=False, max_sequence_length=16)
+    empty, _ = stock.encode_prompt("", do_classifier_free_guidance=False, max_sequence_length=16)
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None, :, None]
     mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1)
@@ -37,6 +39,9 @@ def handwritten_i2v(components, image, seed=0, steps=3):
         scheduler.set_timesteps(steps)
         for t in scheduler.timesteps:
             velocity = transformer(latents, t.expand(1), embeds).sample
+            if guidance > 1:
+                uncond = transformer(latents, t.expand(1), empty).sample
+                velocity = uncond + guidance * (velocity - uncond)
             latents = scheduler.step(velocity, t, latents).prev_sample
             latents[:, :, :1] = first
         video = vae.decode(latents * std + mean).sample
@@ -262,4 +267,14 @@ def test_load_adapters_from_a_hub_repo_offline(tmp_path):
         fresh.load_adapters("someone/missing", cache_dir=tmp_path / "hub")
     with pytest.raises(TypeError, match=r"unexpected keyword argument 'cache'"):
         fresh.load_adapters("someone/waves-wan", cache=tmp_path)
+
+
+def test_classifier_free_guidance_equals_handwritten_loop():
+    image = make_test_image(16, 16)
+    pipe = MIVAWanPipeline(**tiny_wan_components(0))
+    latents = run(pipe, image, prompt="waves", negative_prompt="", guidance_scale=3.0, output_type="latent")
+    components = {**tiny_wan_components(0), "transformer": pipe.transformer, "vae": pipe.vae}
+    expected, _ = handwritten_i2v(components, image, prompt="waves", guidance=3.0)
+    torch.testing.assert_close(latents, expected, rtol=1e-5, atol=1e-6)
+    assert (latents - run(pipe, image, prompt="waves", output_type="latent")).abs().max() > 1e-3
 
