@@ -163,10 +163,7 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
     def _carried_references(self, key, value, frames, window, state):
         """`(k_first, v_first, k_prev, v_prev)` of the rows `window` (split inference), each (rows, hw, C), with the
         reference frames carried over from earlier chunks (`split_inference.carried_reference_kv`)."""
-        caches = state.forward.reference_cache
-        if window[0] == 0:  # a forward's first chunk: nothing carried from the previous forward
-            caches[self.layer_name] = {}
-        cache = caches.setdefault(self.layer_name, {})
+        cache = state.forward.split.reference_cache(self.layer_name, window)  # emptied at a forward's first chunk
         return carried_reference_kv(cache, key, value, frames=frames, window=window)
 
     def _attend_group_chunk(self, adapter, queries, value, *, frames, heads, state, window, references):

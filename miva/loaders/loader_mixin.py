@@ -16,11 +16,11 @@ from ..attention_processors import (
     set_miva_adapters,
 )
 from ..attention_processors.composition import check_not_fused
+from ..attention_processors.install import disable_miva_adapters, uninstall_miva_processors
 from ..attention_processors.parts import check_same_query_layout
 from .adapter_io import (
     apply_text_embeddings,
     check_text_embeddings,
-    discard_adapter,
     load_prepared_adapter,
     prepare_adapter,
     push_miva_adapter_to_hub,
@@ -32,32 +32,14 @@ from .transaction import adapter_transaction
 
 
 def remove_miva_processors(unet) -> None:
-    """Make `unet` stock again: unfuse, drop every MIVA adapter, put diffusers' `AttnProcessor2_0` (or the
-    IP-Adapter processor we wrapped) back on our layers, remove the hooks and `unet.miva_context`."""
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
-    from ..attention_processors.base import MIVAProcessorBase
-    from ..attention_processors.context import remove_context_hooks
+    """Make `unet` stock again: unfuse, then `uninstall_miva_processors` (every MIVA adapter, processor and hook
+    gone, `unet.miva_context` removed)."""
     from ..attention_processors.fusing import unfuse_miva_adapters
 
-    context = getattr(unet, "miva_context", None)
-    if context is None:
+    if getattr(unet, "miva_context", None) is None:
         return
     unfuse_miva_adapters(unet)
-    for name in list(context.configs):
-        discard_adapter(unet, name)
-    current = unet.attn_processors
-    stock = {}
-    for name, processor in current.items():
-        if isinstance(processor, MIVAProcessorBase):
-            ip_adapter = getattr(processor, "ip_adapter", None)
-            stock[name] = ip_adapter if ip_adapter is not None else AttnProcessor2_0()
-    if stock:
-        unet.set_attn_processor({**current, **stock})
-    remove_context_hooks(context)
-    del unet.miva_context
-    if "set_default_attn_processor" in vars(unet):  # our instance-level answer (install_miva_processors)
-        del unet.set_default_attn_processor
+    uninstall_miva_processors(unet)
 
 
 def _name_list(argument: str, names) -> list[str]:
@@ -180,7 +162,7 @@ class MIVALoaderMixin:
         return list(context.configs) if context is not None else []
 
     def disable_adapters(self) -> None:
-        get_miva_context(self.unet).enabled = False
+        disable_miva_adapters(self.unet)
 
     def enable_adapters(self) -> None:
         enable_miva_adapters(self.unet)
