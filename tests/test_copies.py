@@ -46,10 +46,11 @@ def test_recorders_exist_only_during_a_call(randomize_adapter):
     pipe = _pipe(randomize_adapter)
     unet = pipe.unet
     assert _hook_count(unet) == 2 and _hooks(unet) == 2  # outside a call: the two call hooks on the UNet only
-    seen = []
+    seen, frames = [], []
 
     def count(pipe, i, t, tensors):
         seen.append(_hook_count(unet))
+        frames.append(unet.miva_context.call_state().num_frames)  # what the pipeline knows is in the call's state
         return tensors
 
     pipe(make_test_image(64, 64), callback_on_step_end=count, **CALL)
@@ -57,6 +58,7 @@ def test_recorders_exist_only_during_a_call(randomize_adapter):
     transformers = sum(1 for name in unet.miva_context.processors if name.endswith("attn1.processor")
                        and ".motion_modules." not in name)  # one Transformer2DModel per spatial attn1
     assert seen == [2 + 2 + blocks + transformers] * 2  # time_proj, time_embedding, each block and transformer
+    assert frames == [CALL["num_frames"]] * 2
     assert _hook_count(unet) == 2 and unet.miva_context.calls == []
 
 

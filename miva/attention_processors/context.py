@@ -70,13 +70,13 @@ class CallState:
     bare: bool = False  # opened by the model itself for a forward run outside any call
     forward: ForwardValues = field(default_factory=ForwardValues)
 
-    def frames(self, explicit: int | None, layer_name: str) -> int:
-        """Frames per video: `explicit` (a processor's `num_frames` argument), the current forward's, or the call's;
-        an error when none is known (never a silent 1)."""
-        frames = explicit or self.forward.num_frames or self.num_frames
+    def frames(self, layer_name: str) -> int:
+        """Frames per video: the current forward's (recorded), else the call's; an error when neither is known
+        (never a silent 1)."""
+        frames = self.forward.num_frames or self.num_frames
         if frames is None:
-            raise ValueError(f"{layer_name}: num_frames is unknown; run the whole UNet (its hooks record it), pass "
-                             "cross_attention_kwargs={'num_frames': F}, or call the processor with num_frames=F")
+            raise ValueError(f"{layer_name}: num_frames is unknown; run the whole UNet (its hooks record it) or open "
+                             "the call with miva_call(..., num_frames=F)")
         return frames
 
     def spatial_size(self, layer_name: str) -> tuple[int, int] | None:
@@ -121,8 +121,9 @@ class MIVAContext:
         """The one accessor of per-call values: the innermost open call (outside any call: empty values)."""
         return self.calls[-1] if self.calls else CallState()
 
-    def active_adapters(self, available: Any, weight_override: list[float] | None = None) -> list[tuple[int, str, float]]:
-        """`(prompt chunk index, name, weight)` of the active adapters found in `available` (a processor's adapters).
+    def active_adapters(self, available: Any) -> list[tuple[int, str, float]]:
+        """`(prompt chunk index, name, weight)` of the active adapters found in `available` (a processor's adapters),
+        with the current call's `adapter_weights` when it gives them.
 
         Fused adapters stay listed: `fuse_miva_adapters` merged their LoRA deltas into the base weights and marks
         them so the processors skip those deltas, but their unfusable parts (cross-frame branch, motion embedding,
@@ -130,8 +131,7 @@ class MIVAContext:
         """
         if not self.enabled:
             return []
-        if weight_override is None:
-            weight_override = self.call_state().adapter_weights
+        weight_override = self.call_state().adapter_weights
         if weight_override is not None and len(weight_override) != len(self.active):
             raise ValueError(f"adapter_weights={list(weight_override)} has {len(weight_override)} entries but "
                              f"{len(self.active)} adapters are active: {[name for name, _ in self.active]}")

@@ -78,17 +78,16 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
             return None
         return CrossFrameAdapter(attn, config, self.context.temb_channels)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 num_frames=None, adapter_weights=None):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
         residual = hidden_states
         kv_source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         mask = prepare_mask(attn, attention_mask, kv_source.shape[1], hidden_states.shape[0])
         query, key, value = attn.to_q(hidden_states), attn.to_k(kv_source), attn.to_v(kv_source)
         out = project_out(attn, self.attend(query, key, value, attn.heads, mask))
-        active = self.context.active_adapters(self.adapters, adapter_weights)
+        active = self.context.active_adapters(self.adapters)
         if active:
             state = self.context.call_state()
-            frames = state.frames(num_frames, self.layer_name)
+            frames = state.frames(self.layer_name)
             window = row_window(state, self.layer_name, rows=hidden_states.shape[0], frames=frames)
             if window is None and hidden_states.shape[0] % frames:
                 raise ValueError(f"{self.layer_name}: batch {hidden_states.shape[0]} is not a multiple of "

@@ -349,7 +349,7 @@ class MIVAPipeline(MIVALoaderMixin, ProcessorSwapsPipeline):
         store = CAMapStore(ca_layers, text_tokens=embeds.text_tokens) if ca_layers else None
         # This call's values for the MIVA processors, in one place for its duration (`miva_call`).
         with miva_call(self.unet, adapter_weights=adapter_weights, adapter_prompts=bool(batch_prompt),
-                       attention_store=store):
+                       attention_store=store, num_frames=num_frames):
             iterations = self._free_init_num_iters if self.free_init_enabled else 1
             for iteration in range(iterations):
                 if self.free_init_enabled:
