@@ -95,7 +95,9 @@ def test_a_bare_forward_on_a_copy_records_into_the_copy(randomize_adapter):
     """A forward outside any call (a stock pipeline sharing the UNet, `unet(...)`) opens a call on the context of
     the model it runs on, also on a copy."""
     unet = _pipe(randomize_adapter).unet
-    copied = copy.deepcopy(unet)
+    with miva_call(unet):  # a copy made during a call starts with none open
+        copied = copy.deepcopy(unet)
+    assert copied.miva_context.calls == [] and not copied.miva_context.recording
     sample = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     text = torch.randn(4, 77, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

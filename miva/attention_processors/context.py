@@ -13,6 +13,7 @@ of a model carries its context and hooks with it.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -117,6 +118,18 @@ class MIVAContext:
     bare_calls: list = field(default_factory=list, repr=False)  # the calls opened by bare forwards (`_open_bare_call`)
     call_hook_handles: list = field(default_factory=list, repr=False)  # those two hooks on the model
 
+    def __deepcopy__(self, memo):
+        """A copy (of the model, `copy.deepcopy`) starts with no call open, even when made during one."""
+        copied = MIVAContext.__new__(MIVAContext)
+        memo[id(self)] = copied
+        for name, value in vars(self).items():
+            if name in _PER_CALL_FIELDS:
+                value = [] if isinstance(value, list) else False
+            else:
+                value = copy.deepcopy(value, memo)
+            setattr(copied, name, value)
+        return copied
+
     def call_state(self) -> CallState:
         """The one accessor of per-call values: the innermost open call (outside any call: empty values)."""
         return self.calls[-1] if self.calls else CallState()
@@ -150,6 +163,9 @@ class MIVAContext:
             if name in available:
                 chosen.append((index, name, float(weight)))
         return chosen
+
+
+_PER_CALL_FIELDS = ("calls", "recording", "bare_calls")
 
 
 @contextmanager

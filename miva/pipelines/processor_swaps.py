@@ -67,19 +67,19 @@ class ProcessorSwapsPipeline(AnimateDiffPipeline):
             restore_miva_processors(self.unet)
 
     def enable_free_noise(self, *args, **kwargs) -> None:
-        self._with_stock_processors(lambda: super().enable_free_noise(*args, **kwargs), True)
+        self._with_stock_processors(lambda: super(ProcessorSwapsPipeline, self).enable_free_noise(*args, **kwargs), True)
 
     def disable_free_noise(self) -> None:
-        self._with_stock_processors(lambda: super().disable_free_noise(), True)
+        self._with_stock_processors(lambda: super(ProcessorSwapsPipeline, self).disable_free_noise(), True)
 
     def load_ip_adapter(self, *args, **kwargs) -> None:
-        self._with_stock_processors(lambda: super().load_ip_adapter(*args, **kwargs))
+        self._with_stock_processors(lambda: super(ProcessorSwapsPipeline, self).load_ip_adapter(*args, **kwargs))
 
     def unload_ip_adapter(self) -> None:
-        self._with_stock_processors(lambda: super().unload_ip_adapter())
+        self._with_stock_processors(lambda: super(ProcessorSwapsPipeline, self).unload_ip_adapter())
 
     def set_ip_adapter_scale(self, scale) -> None:
-        self._with_stock_processors(lambda: super().set_ip_adapter_scale(scale))
+        self._with_stock_processors(lambda: super(ProcessorSwapsPipeline, self).set_ip_adapter_scale(scale))
 
     def fuse_qkv_projections(self, unet: bool = True, vae: bool = True) -> None:
         super().fuse_qkv_projections(unet=unet, vae=vae)
