@@ -8,6 +8,7 @@ _LAZY = {
     "MIVAPipelineOutput": "miva.pipelines.pipeline_miva",
     "MIVAAdapterConfig": "miva.attention_processors.adapter_config",
     "load_config": "miva.config",
+    "load_base": "miva.loaders.base_models",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -1,4 +1,4 @@
-"""How the active adapters combine (`parallel_mode`, DESIGN.md §3.2-§3.4): the modes and the combine functions.
+"""How the active adapters combine (`parallel_mode`, docs/research.md#multi-adapter): the modes and the combine functions.
 
 Every processor and `fusing.py` asks this module; none compares mode strings itself.
 
