@@ -7,7 +7,7 @@ but hands to no processor (frames per forward, timestep, time embedding, level s
 recorded into the call's `forward` values by hooks that exist only while a call is open: `miva_call` registers the
 backbone's recorders (`miva.backbones`, one table with why each exists) and removes them when the call closes. A
 forward run outside any call (`unet(...)`, a stock pipeline sharing the UNet) opens its own call through two
-hooks on the model itself (`install_call_hooks`). Nothing else is attached to diffusers' modules, so a deep copy
+hooks on the model itself (`install_call_hooks`); its state stays readable until the next forward, for its backward. Nothing else is attached to diffusers' modules, so a deep copy
 of a model carries its context and hooks with it.
 """
 
@@ -116,6 +116,9 @@ class MIVAContext:
     calls: list[CallState] = field(default_factory=list, repr=False)
     recording: bool = False  # whether the recorders are registered (their handles stay with the call that did it)
     bare_calls: list = field(default_factory=list, repr=False)  # the calls opened by bare forwards (`_open_bare_call`)
+    # The last bare forward's state, read outside any call until the next forward: its backward belongs to it too
+    # (gradient checkpointing re-runs blocks in backward, and diffusers gives no hook at the end of a backward).
+    last_bare: CallState | None = field(default=None, repr=False)
     call_hook_handles: list = field(default_factory=list, repr=False)  # those two hooks on the model
 
     def __deepcopy__(self, memo):
@@ -124,15 +127,18 @@ class MIVAContext:
         memo[id(self)] = copied
         for name, value in vars(self).items():
             if name in _PER_CALL_FIELDS:
-                value = [] if isinstance(value, list) else False
+                value = _PER_CALL_FIELDS[name]()
             else:
                 value = copy.deepcopy(value, memo)
             setattr(copied, name, value)
         return copied
 
     def call_state(self) -> CallState:
-        """The one accessor of per-call values: the innermost open call (outside any call: empty values)."""
-        return self.calls[-1] if self.calls else CallState()
+        """The one accessor of per-call values: the innermost open call; outside any call, the last bare forward's
+        (for its backward), else empty values."""
+        if self.calls:
+            return self.calls[-1]
+        return self.last_bare if self.last_bare is not None else CallState()
 
     def active_adapters(self, available: Any) -> list[tuple[int, str, float]]:
         """`(prompt chunk index, name, weight)` of the active adapters found in `available` (a processor's adapters),
@@ -165,7 +171,7 @@ class MIVAContext:
         return chosen
 
 
-_PER_CALL_FIELDS = ("calls", "recording", "bare_calls")
+_PER_CALL_FIELDS = {"calls": list, "recording": bool, "bare_calls": list, "last_bare": lambda: None}
 
 
 @contextmanager
@@ -239,7 +245,7 @@ def _open_bare_call(model: nn.Module, args, kwargs) -> None:
     if context is None or context.recording:
         return  # a call is open and recording (or MIVA was removed)
     call = miva_call(model, _bare=True)
-    call.__enter__()
+    context.last_bare = call.__enter__()
     context.bare_calls.append(call)
 
 

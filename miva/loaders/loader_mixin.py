@@ -202,11 +202,12 @@ class MIVALoaderMixin:
             miva_weights, lora_weights = [weights[i] for i in miva_at], [weights[i] for i in lora_at]
         else:
             miva_weights = lora_weights = weights
-        if lora:
-            lora_verb(lora, lora_weights)
-        if miva or not lora:
-            with adapter_transaction(self.unet):
+        # MIVA first (its checks refuse bad weights before anything changes), undone if diffusers then refuses
+        with adapter_transaction(self.unet):
+            if miva or not lora:
                 set_miva_adapters(self.unet, miva, miva_weights, parallel_mode=parallel_mode)
+            if lora:
+                lora_verb(lora, lora_weights)
 
     def get_active_adapters(self) -> list[str]:
         """The active adapters: the MIVA ones in order ([] when disabled), then diffusers' active LoRA adapters."""
