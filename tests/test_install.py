@@ -361,3 +361,30 @@ def test_kept_adapter_settings_put_back_active_weights_enabled_and_mode():
         assert (context.active, context.enabled, context.parallel_mode) == ([("b", 2.0)], False, "residual")
         raise RuntimeError("validation failed")
     assert (context.active, context.enabled, context.parallel_mode) == ([("a", 0.5), ("b", 0.25)], True, "weights")
+
+
+def test_a_backbone_description_decides_layers_and_recorders():
+    """Issue 28 item 4: which layers get which processor and which hooks a call registers come from the model's
+    `Backbone` description; another description (here: no temporal layers, no level recorder) changes only that."""
+    import dataclasses
+
+    from miva.backbones.base import Recorder
+    from miva.backbones.unet import ANIMATEDIFF_UNET
+
+    assert [row[0] for row in ANIMATEDIFF_UNET.hook_table()] == ["timestep", "temb", "num_frames", "level"]
+    spatial_only = dataclasses.replace(
+        ANIMATEDIFF_UNET, name="no temporal layers",
+        layer_kind=lambda name: None if ".motion_modules." in name else ANIMATEDIFF_UNET.layer_kind(name),
+        recorders=tuple(r for r in ANIMATEDIFF_UNET.recorders if r.value != "level"))
+    unet = tiny_unet_motion(seed=0)
+    context = install_miva_processors(unet, backbone=spatial_only)
+    kinds = [type(p) for p in unet.attn_processors.values()]
+    assert kinds.count(MIVATemporalAttnProcessor) == 0 and kinds.count(AttnProcessor2_0) == 22
+    assert len(context.processors) == 22 and context.backbone is spatial_only
+    with miva_call(unet) as state:
+        hooks = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in unet.modules())
+        _run(unet, (torch.randn(1, 4, 2, 8, 10), torch.tensor([10]), torch.randn(2, 77, 32)))
+    assert hooks == 2 + 2 + len(unet.down_blocks) + 1 + len(unet.up_blocks)  # no Transformer2DModel hook
+    assert state.forward.num_frames == 2 and state.forward.spatial_sizes == {}
+    with pytest.raises(ValueError, match=r"Recorder.value='frames' is not one of \['timestep', 'temb', 'num_frames'"):
+        Recorder("frames", lambda model: [], lambda args, kwargs, output: None, before=True, why="")
