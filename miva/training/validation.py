@@ -43,13 +43,12 @@ def run_validation(trainer: MIVATrainer) -> list[Path]:
     """
     from diffusers.utils import export_to_gif
 
+    from ..attention_processors.install import kept_adapter_settings
     from ..pipelines.pipeline_miva import MIVAPipeline
 
     config = trainer.config
     settings = config.validation
     unet = trainer.unet
-    context = unet.miva_context
-    saved = (list(context.active), context.enabled, context.parallel_mode)
     folder = Path(config.output_dir) / VALIDATION_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     pipe = MIVAPipeline(
@@ -68,7 +67,7 @@ def run_validation(trainer: MIVATrainer) -> list[Path]:
     gifs = []
     unet.eval()
     try:
-        with torch.no_grad(), trainer.accelerator.autocast():
+        with torch.no_grad(), trainer.accelerator.autocast(), kept_adapter_settings(unet):
             for name, image in validation_images(trainer):
                 out = pipe(
                     image=image,
@@ -87,6 +86,5 @@ def run_validation(trainer: MIVATrainer) -> list[Path]:
                 gifs.append(path)
     finally:
         unet.train()
-        context.active, context.enabled, context.parallel_mode = saved
     trainer.logger.info(f"validation GIFs: {[str(g) for g in gifs]}")
     return gifs
