@@ -33,6 +33,16 @@ class MIVAProcessorBase(nn.Module):
         return attend(query, key, value, heads, attention_mask=attention_mask, backend=ctx.attention_backend,
                       attention_op=ctx.attention_op)
 
+    def _attend(self, attn):
+        """`attend(q, k, v, mask)` at `attn`'s head count (the composer's `Site.attend`)."""
+        return lambda query, key, value, mask=None: self.attend(query, key, value, attn.heads, mask)
+
+    def merged(self, name: str, part) -> bool:
+        """Whether adapter `name`'s `part` (a `parts.AdapterPart`) is merged into the base weights: the one question,
+        answered by the context's `fusing.FuseState` (None: nothing is fused)."""
+        state = self.context.fuse_state
+        return state is not None and state.merged(name, part)
+
     def build_adapter(self, attn, name: str, config: MIVAAdapterConfig) -> nn.Module | None:
         """Return the module holding `config`'s part for this layer, or None when the adapter has none here."""
         raise NotImplementedError

@@ -83,8 +83,7 @@ class MIVAContext:
     # `unet.set_default_attn_processor()` put diffusers' processors on: keep them (adapters off) until
     # `set_miva_adapters` / `enable_miva_adapters` puts ours back.
     default_processors: bool = False
-    fused: list[tuple[str, float]] = field(default_factory=list)  # (name, weight) merged into base weights
-    fuse_state: Any = None  # backups and flags of `fuse_miva_adapters`, consumed by `unfuse_miva_adapters`
+    fuse_state: Any = None  # what is merged into the base weights: a `fusing.FuseState`, None when nothing is
     # Fixed facts about the UNet.
     max_frames: int = 32
     temb_channels: int = 1280
@@ -93,6 +92,11 @@ class MIVAContext:
     # Per-call state: the open calls, innermost last (`miva_call`); forwards outside any call use `idle_call`.
     calls: list[CallState] = field(default_factory=list, repr=False)
     idle_call: CallState = field(default_factory=CallState, repr=False)
+
+    @property
+    def fused(self) -> list[tuple[str, float]]:
+        """`(name, weight)` of the adapters merged into the base weights (read from `fuse_state`, the one record)."""
+        return [] if self.fuse_state is None else list(self.fuse_state.fused)
 
     def call_state(self) -> CallState:
         """The one accessor of per-call values: the innermost open call, else the state of bare forwards."""
