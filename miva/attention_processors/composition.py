@@ -1,4 +1,4 @@
-"""How the active adapters combine (`parallel_mode`, docs/architecture.md "Composition"): the modes, the branch
+"""How the active adapters combine (`parallel_mode`, docs/architecture.md "Composition and fusing"): the modes, the branch
 description and one composer per mode.
 
 Processors describe what each active adapter adds at their layer as a `Branch` (which projections get which live
