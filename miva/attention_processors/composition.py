@@ -1,5 +1,5 @@
-"""How the active adapters combine (`parallel_mode`, docs/architecture.md "Composition and fusing"): the modes, the branch
-description and one composer per mode.
+"""How the active adapters combine (`parallel_mode`, docs/architecture.md "Composition and fusing"): the modes,
+the branch description and one composer per mode.
 
 Processors describe what each active adapter adds at their layer as a `Branch` (which projections get which live
 deltas, which tokens it attends to, its weight, an input embedding, or a precomputed output) and the layer as a
@@ -281,7 +281,8 @@ def _merged_attention(site: Site, branches: list[Branch]) -> torch.Tensor:
             x = b.embed(x, b.weight)
     q = _finish_query(site, _merged(site, "to_q", x, branches))
     keys, values = [], []
-    contexts = {id(c): c for c in (_context(site, b, x) for b in branches)} if branches else {0: _context(site, None, x)}
+    sources = branches or [None]  # no branch: the frozen attention on the site's tokens
+    contexts = {id(c): c for c in (_context(site, b, x) for b in sources)}
     for context in contexts.values():  # one K/V block per distinct context, with the deltas of its readers
         readers = [b for b in branches if _context(site, b, x) is context]
         keys.append(_merged(site, "to_k", context, readers))
