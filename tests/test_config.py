@@ -363,6 +363,40 @@ def test_keys_feed_their_targets_by_declaration():
         if f.metadata["feeds"]:
             assert f.metadata["feeds"] == (f"TrainConfig.{f.name}",)
             assert f.default == trainer[f.name].default, f.name  # one default, declared once
+            if f.name not in ("resume_from_checkpoint", "trainable_modules"):  # research forms: "" unset, module names
+                assert f.metadata["check"] is trainer[f.name].metadata["check"], f.name
+
+
+def test_one_key_map_imports_the_research_layout_into_the_trainer():
+    """Issue 28 item 7: each `TrainConfig` field is set by exactly one research key: the key map's entry (a renamed
+    or moved key) or the top-level key of its own name; the fields no research key sets are `TRAINER_ONLY`. A research
+    key keeps the field's default unless the research layout has its own (written out here)."""
+    import dataclasses
+
+    from miva.config import RESEARCH_KEY_MAP, TrainConfig
+    from miva.config.training import TRAINER_ONLY, import_map
+
+    imported = import_map(MIVAConfig)
+    assert {path: name for path, name in imported.items() if path != name} == RESEARCH_KEY_MAP
+    assert all("." in path or path not in {f.name for f in dataclasses.fields(TrainConfig)} for path in RESEARCH_KEY_MAP)
+    assert len(set(imported.values())) == len(imported)  # no field set by two keys
+    trainer = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert set(imported.values()) | set(TRAINER_ONLY) == set(trainer)
+    assert not set(imported.values()) & set(TRAINER_ONLY)
+    research_defaults = {"output_dir": "outputs"}  # the research default, not the trainer's "outputs/miva-adapter"
+    config = MIVAConfig()
+    for path, name in imported.items():
+        value = config
+        for part in path.split("."):
+            value = getattr(value, part)
+        field = trainer[name]
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        assert value == research_defaults.get(path, default), path
+    # Every entry of the map carries its value to its field (values differ from every default).
+    tc = load_config({"global_seed": 7, "train_data": {"prompt": "waves", "n_sample_frames": 8, "width": 64,
+                      "height": 128, "sample_frame_rate": [1, 3], "random_flip": False}}).train_config(tiny=True)
+    assert (tc.seed, tc.prompt, tc.num_frames, tc.width, tc.height, tc.sample_frame_rate, tc.random_flip) == (
+        7, "waves", 8, 64, 128, [1, 3], False)
 
 
 def test_one_suggestion_helper_and_one_override_parser():
@@ -377,12 +411,36 @@ def test_one_suggestion_helper_and_one_override_parser():
         apply_overrides({}, ["x"])
 
 
-def test_train_layout_is_decided_from_the_two_schemas():
+def test_a_new_trainer_field_becomes_a_research_key_without_another_list(monkeypatch):
+    """`training_keys` builds the shared training keys from `TrainConfig`'s declarations: a field added there is a
+    top-level research key with its default, check and destination, with nothing else to edit."""
+    import dataclasses
+
+    from miva.config import training
+    from miva.config.fields import integer, key, parse_section
+    from miva.config.schema import ResearchKeys
+
+    @dataclasses.dataclass
+    class Extra:
+        warmup_epochs: int = key(3, integer(0), "a field TrainConfig might gain")
+
+    monkeypatch.setitem(training._TRAINER_FIELDS, "warmup_epochs", dataclasses.fields(Extra)[0])
+    keys = training.training_keys(ResearchKeys)
+    declared = {f.name: f for f in dataclasses.fields(keys)}["warmup_epochs"]
+    assert declared.default == 3 and declared.metadata["feeds"] == ("TrainConfig.warmup_epochs",)
+    assert parse_section(keys, {"warmup_epochs": 5}).warmup_epochs == 5
+    with pytest.raises(ConfigError, match=r"^warmup_epochs: -1 must be an integer >= 0$"):
+        parse_section(keys, {"warmup_epochs": -1})
+
+
+def test_train_layout_is_decided_by_the_key_map():
     from miva.config import TrainConfig, train_layout
 
     assert train_layout(TrainConfig(tiny=True).to_dict()) == "trainer"
     assert train_layout({"adapter": {"use_ca_lora": True}, "max_train_steps": 2}) == "trainer"
+    assert train_layout({"num_frames": 8}) == "trainer"  # the key map's destination of train_data.n_sample_frames
     assert train_layout({"train_data": {"prompt": "p"}, "max_train_steps": 2}) == "seed"
     assert train_layout({"max_train_steps": 2}) == "seed"  # keys both have: the seed layout (it names unknown keys)
+    assert train_layout({"adapter": {}, "global_seed": 1}) == "seed"  # mixed: the seed loader names `adapter`
     for name in ("train", "train_orthogonal", "train_textual_inversion"):
         assert train_layout(load_config(ROOT / "examples" / "configs" / f"{name}.yaml").to_dict()) == "seed"

@@ -345,13 +345,23 @@ def apply_overrides(data: Mapping, overrides: list[str] | None) -> dict[str, Any
 def read_yaml(path: str | os.PathLike) -> Any:
     """The plain data of a YAML file (`${...}` interpolations are resolved after overrides, by `apply_overrides`).
 
-    Raises `FileNotFoundError` ("config file not found: ...") or `ConfigError` ("<path>: not valid YAML: ...").
+    Raises `FileNotFoundError` ("config file not found: ...") or `ConfigError` ("<path>: not valid YAML: ...", or
+    "<path>: not a text (YAML) file: ..." for binary data). Every command reads its config through here.
     """
     import yaml
     from omegaconf import OmegaConf
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file not found: {os.fspath(path)}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")  # what OmegaConf.load reads it as; checked first for a message naming the file
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{os.fspath(path)}: not a text (YAML) file: byte 0x{raw[e.start]:02x} at position "
+                          f"{e.start} is not UTF-8") from None
+    if "\x00" in text:  # valid UTF-8 but binary (e.g. zero-filled)
+        raise ConfigError(f"{os.fspath(path)}: not a text (YAML) file: NUL byte at position {text.index(chr(0))}")
     try:
         return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except yaml.YAMLError as e:

@@ -1,11 +1,13 @@
-"""Reading run configs: YAML files, the `--set` overrides, and which of the two layouts a training file uses.
+"""Reading run configs: which of the two layouts a training file uses, and `load_train_config`.
 
-Two layouts describe a training run, both views of one schema:
-- the seed's layout (`MIVAConfig`: header keys, `unet_additional_kwargs`, `train_data`, `validation_data`, ...),
-  whose keys declare the `TrainConfig` fields they feed (`MIVAConfig.train_config()`);
-- the trainer's flat layout (`TrainConfig` itself: `adapter:`, `video_root:`, `validation:`, ...).
+One schema, two layouts of it:
+- the trainer's flat layout (`TrainConfig` itself: `adapter:`, `video_root:`, `validation:`, ...);
+- the seed's (research) layout (`MIVAConfig`: header keys, `unet_additional_kwargs`, `train_data`,
+  `validation_data`, ...), imported into `TrainConfig` by `MIVAConfig.train_config()` through the one key map
+  (`miva.config.training.RESEARCH_KEY_MAP`).
 
-:func:`train_layout` decides between them from the two schemas' own field names, in this one place.
+:func:`train_layout` tells them apart by that key map: the top-level keys it carries over under their own name are
+shared; the others belong to one layout only.
 """
 
 from __future__ import annotations
@@ -13,21 +15,33 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
+from functools import cache
 
 from .fields import apply_overrides, parse_section, read_yaml
 from .schema import MIVAConfig
 from .trainer import TrainConfig
+from .training import import_map
 
 __all__ = ["load_train_config", "read_yaml", "train_layout"]
 
 
+@cache
+def _own_keys() -> tuple[frozenset, frozenset]:
+    """(top-level keys only the research layout has, keys only the trainer's layout has): every key but those the
+    key map carries over under their own name (`learning_rate`, `output_dir`, ...)."""
+    shared = {path for path, name in import_map(MIVAConfig).items() if path == name}
+    research = {f.name for f in dataclasses.fields(MIVAConfig)} - shared
+    trainer = {f.name for f in dataclasses.fields(TrainConfig)} - shared
+    return frozenset(research), frozenset(trainer)
+
+
 def train_layout(data: Mapping) -> str:
-    """`"trainer"` when the top-level keys of `data` are the trainer's own (`TrainConfig`): at least one key only it
-    has and none only the seed's layout (`MIVAConfig`) has; else `"seed"` (whose loader names any unknown key)."""
-    seed = {f.name for f in dataclasses.fields(MIVAConfig)}
-    trainer = {f.name for f in dataclasses.fields(TrainConfig)}
+    """`"trainer"` when the top-level keys of `data` include one only the trainer's layout has (`adapter`,
+    `num_frames`, `seed`, ...) and none only the research layout has (`global_seed`, `train_data`, `scale_lr`, ...);
+    else `"seed"` (the research layout, whose loader names any unknown key)."""
+    research, trainer = _own_keys()
     keys = set(data)
-    return "trainer" if keys & (trainer - seed) and not keys & (seed - trainer) else "seed"
+    return "trainer" if keys & trainer and not keys & research else "seed"
 
 
 def load_train_config(

@@ -11,8 +11,9 @@ Layout (the research config README, `docs/config.md` has the full table)::
     noise_scheduler_kwargs: {...DDIMScheduler arguments...}
 
 Every key is checked when loading: unknown keys and bad values raise :class:`ConfigError`, one line naming the key
-path and the closest valid key or value. Keys declare the target fields they set (`feeds`, see `fields`); the
-methods map them onto their targets: `adapter_configs()`
+path and the closest valid key or value. Keys declare the target fields they set (`feeds`, see `fields`; keys that
+set a `TrainConfig` field take its declaration through the key map of `training`); the methods map them onto their
+targets: `adapter_configs()`
 (`MIVAAdapterConfig` per adapter), `adapter_sources()` (what `load_adapters` gets), `pipeline_kwargs()`
 (`MIVAPipeline.__call__`), `scheduler()`, `train_config()` (`TrainConfig`), `ip_adapter_kwargs()`.
 """
@@ -32,7 +33,6 @@ from .fields import (
     boolean,
     explicit_keys,
     fed_values,
-    integer,
     key,
     one_or_list,
     optional,
@@ -41,7 +41,6 @@ from .fields import (
     section,
     section_to_dict,
     string,
-    word,
 )
 from .inputs import InputItem, resolve_inputs
 from .sections import (
@@ -53,7 +52,7 @@ from .sections import (
     check_scheduler_kwargs,
 )
 from .trainer import both_or_neither
-from .training import DDPM_KWARGS, TrainingKeys, to_train_config
+from .training import DDPM_KWARGS, research_key, to_train_config, training_keys
 
 __all__ = ["DDIM_KWARGS", "AdapterSpec", "ConfigError", "InputItem", "MIVAConfig", "load_config", "resolve_inputs"]
 # `MIVAPipeline.__call__` arguments about the adapters (left out by `pipeline_kwargs(include_adapters=False)`).
@@ -70,44 +69,45 @@ class AdapterSpec:
 
 
 @dataclass
-class MIVAConfig(TrainingKeys):
-    """A whole config in the seed's layout. Build it with :func:`load_config`."""
+class ResearchKeys:
+    """The header and sections of the seed's layout (the training keys are `TrainingKeys`)."""
 
-    output_dir: str = key("outputs", string, "results", feeds="TrainConfig.output_dir")
-    pretrained_model_path: str | None = key(
-        None, path_value, "SD1.5 Hub id or folder", feeds="TrainConfig.pretrained_model_path"
-    )
-    motion_module_path: str | None = key(
-        None, path_value, "Hub id, folder or .ckpt", feeds="TrainConfig.motion_module_path"
-    )
+    output_dir: str = research_key("output_dir", default="outputs", check=string, help="results")
+    pretrained_model_path: str | None = research_key("pretrained_model_path", check=path_value)
+    motion_module_path: str | None = research_key("motion_module_path", check=path_value)
     use_ip_adapter: bool = key(False, boolean, "MIVAPipeline.load_ip_adapter")
     ip_ckpt: str | None = key(None, path_value, "IP-Adapter weights file")
     image_encoder_path: str | None = key(None, path_value, "CLIP image encoder folder")
     textemb_checkpoint_path: str | None = key(None, path_value, "learned_embeds.safetensors")
-    global_seed: int = key(42, integer(0), "generator seed", feeds="TrainConfig.seed")
+    global_seed: int = research_key("global_seed", help="generator seed")
     load_from_adapter_ckpt: bool = key(False, boolean, "split checkpoints instead of full UNets")
     unet_checkpoint_path: str | list | None = key(None, optional(one_or_list(path_value)), "one per adapter")
     adapter_i2v_path: str | list | None = key(None, optional(one_or_list(path_value)), "one per adapter")
     adapter_lora_path: str | list | None = key(None, optional(one_or_list(path_value)), "one per adapter")
     ca_lora_path: str | list | None = key(None, optional(one_or_list(path_value)), "one per adapter")
     adapter_names: list[str] | None = key(None, optional(one_or_list(string)), "default miva / miva0, miva1, ...")
-    word_to_learn: str | None = key(
-        None, optional(word), "", feeds=("TrainConfig.word_to_learn", "MIVAAdapterConfig.word_to_learn")
-    )
-    initializer_token: str | None = key(None, optional(word), "", feeds="TrainConfig.initializer_token")
+    word_to_learn: str | None = research_key("word_to_learn", feeds="MIVAAdapterConfig.word_to_learn")
+    initializer_token: str | None = research_key("initializer_token")
     unet_additional_kwargs: UNetAdditionalKwargs = key(
         None, section(UNetAdditionalKwargs), factory=UNetAdditionalKwargs
     )
     validation_data: ValidationData = key(None, section(ValidationData), factory=ValidationData)
-    noise_scheduler_kwargs: dict = key(
-        None,
-        check_scheduler_kwargs,
-        "DDIMScheduler arguments (scheduler()); the DDPM ones also train",
-        feeds="TrainConfig.noise_scheduler_kwargs",
+    noise_scheduler_kwargs: dict = research_key(
+        "noise_scheduler_kwargs",
+        check=check_scheduler_kwargs,
+        help="DDIMScheduler arguments (scheduler()); the DDPM ones also train",
         convert=lambda kwargs: {k: v for k, v in kwargs.items() if k in DDPM_KWARGS},
-        factory=dict,
     )
     train_data: TrainData = key(None, section(TrainData), factory=TrainData)
+
+
+# The training keys: `TrainConfig` fields the header does not set, each a top-level key of its own name.
+TrainingKeys = training_keys(ResearchKeys)
+
+
+@dataclass
+class MIVAConfig(TrainingKeys, ResearchKeys):
+    """A whole config in the seed's layout: `ResearchKeys`, then `TrainingKeys`. Build it with :func:`load_config`."""
 
     def __post_init__(self) -> None:
         if isinstance(self.adapter_names, str):

@@ -2,7 +2,8 @@
 `motion_module_kwargs`), `train_data`, `validation_data` and the checks of `noise_scheduler_kwargs`.
 
 Each field's metadata says what the key means (`help`) and which target field it sets (`feeds`, read by
-`miva.config.fields.fed_values`); `docs/config.md` is the table.
+`miva.config.fields.fed_values`); keys that set a `TrainConfig` field are declared by `research_key` (the key map of
+`miva.config.training`); `docs/config.md` is the table.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from .fields import (
     boolean,
     choice,
     fixed,
-    frame_rate,
     integer,
     key,
     list_of,
@@ -40,6 +40,7 @@ from .fields import (
     string,
 )
 from .fields import suggest as _suggest
+from .training import research_key
 
 ADAPTER_PATH_KEYS = ("adapter_i2v_path", "adapter_lora_path", "ca_lora_path")
 DDIM_KWARGS = (
@@ -229,10 +230,8 @@ class UNetAdditionalKwargs:
     i2v_lora_scale: float = key(1.0, fixed([1, 1.0], "research I2V LoRAs are imported with network_alpha 1"))
     use_motion_lora: bool = key(True, boolean, "miva: MotionLoRA", feeds="MIVAAdapterConfig.use_motion_lora")
     # Orthogonal adapters and multi-adapter settings.
-    oa_bin_id: int | None = key(
-        None, optional(integer(0)), "bases bin", feeds=("MIVAAdapterConfig.oa_bin_id", "TrainConfig.oa_bin_id")
-    )
-    oa_bases_path: str | None = key(None, path_value, "bases library", feeds="TrainConfig.oa_bases_path")
+    oa_bin_id: int | None = research_key("unet_additional_kwargs.oa_bin_id", feeds="MIVAAdapterConfig.oa_bin_id")
+    oa_bases_path: str | None = research_key("unet_additional_kwargs.oa_bases_path", check=path_value)
     adapter_weights: list[float] | None = key(
         None,
         optional(one_or_list(number())),
@@ -243,17 +242,15 @@ class UNetAdditionalKwargs:
 
 @dataclass
 class TrainData:
-    """`train_data`: the clips of the motion to learn."""
+    """`train_data`: the clips of the motion to learn (each key sets the `TrainConfig` field the key map names)."""
 
-    video_root: str | list[str] | None = key(None, optional(one_or_list(string)), "", feeds="TrainConfig.video_root")
-    prompt: str | None = key(None, optional(string), "", feeds="TrainConfig.prompt")
-    n_sample_frames: int = key(16, integer(2), "", feeds="TrainConfig.num_frames")
-    width: int = key(512, multiple_of_8, "", feeds="TrainConfig.width")
-    height: int = key(320, multiple_of_8, "", feeds="TrainConfig.height")
-    sample_frame_rate: int | list[int] = key(
-        4, frame_rate, "stride or [min, max]", feeds="TrainConfig.sample_frame_rate"
-    )
-    random_flip: bool = key(True, boolean, "miva", feeds="TrainConfig.random_flip")
+    video_root: str | list[str] | None = research_key("train_data.video_root", check=optional(one_or_list(string)))
+    prompt: str | None = research_key("train_data.prompt")
+    n_sample_frames: int = research_key("train_data.n_sample_frames")
+    width: int = research_key("train_data.width")
+    height: int = research_key("train_data.height")
+    sample_frame_rate: int | list[int] = research_key("train_data.sample_frame_rate")
+    random_flip: bool = research_key("train_data.random_flip")
 
 
 @dataclass

@@ -13,8 +13,8 @@ trainer's own flat layout (`TrainConfig.from_dict` / `from_yaml`)::
     max_train_steps: 15000
     validation: {image: first_frame.png, num_inference_steps: 25}
 
-or from the seed's layout (`miva.config.load_config(...).train_config()`, whose keys declare the fields here they
-feed). Every field is checked by its declared check (`miva.config.fields`, the same checks as the seed's layout);
+or from the seed's layout (`miva.config.load_config(...).train_config()`), imported through one key map
+(`miva.config.training.RESEARCH_KEY_MAP`); its research keys take their defaults and checks from the fields here. Every field is checked by its declared check (`miva.config.fields`, the same checks as the seed's layout);
 errors name the field as a keyword (`width=100 must be a multiple of 8 ...`). Defaults follow the research training
 script (REFERENCE.md §8) except `split_ckpt` (True: the native adapter) and `mixed_precision` (fp16, falling back
 to "no" without a GPU).

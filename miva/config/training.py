@@ -1,4 +1,10 @@
-"""The training keys of the seed's layout and their mapping onto the trainer's `TrainConfig`.
+"""The import step of the research (seed) layout into the trainer's `TrainConfig`, driven by one key map.
+
+`RESEARCH_KEY_MAP` says which research key sets which `TrainConfig` field where the names or places differ
+(`global_seed` -> `seed`, `train_data.n_sample_frames` -> `num_frames`, ...); a top-level research key named like a
+field sets that field. A research key that sets a field is declared with `research_key(path)`, which takes the
+field's default, check and help from `TrainConfig` (declared once there); the research layout's own training keys
+(`learning_rate`, `max_train_steps`, ...) are built from `TrainConfig` by `training_keys`, not listed again.
 
 Keys follow the research training YAMLs (REFERENCE.md §8). A few research keys only have one value here and are
 rejected otherwise, with the reason: `scale_lr` (false),
@@ -15,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .fields import ConfigError, boolean, fed_values, fixed, key, list_of, optional, path_value, string
-from .trainer import TRAINABLE_PARTS, TrainConfig, adapter_parts
+from .trainer import TRAINABLE_PARTS, TrainConfig, ValidationConfig, adapter_parts
 
 DDPM_KWARGS = (
     "num_train_timesteps",
@@ -44,18 +50,39 @@ RESEARCH_MODULE_NAMES = (
     "motion_embed",
     "weight_module",
 )
-_VALIDATION_OWN = ("num_frames", "height", "width", "num_inference_steps", "guidance_scale")
+# The import step's key map: research key path -> the `TrainConfig` field it sets, for the keys the research layout
+# names or places differently. Every other top-level research key named like a `TrainConfig` field sets that field,
+# and every `TrainConfig` field not set so is a top-level research key of its own name (`training_keys`), except:
+RESEARCH_KEY_MAP = {
+    "global_seed": "seed",
+    "unet_additional_kwargs.oa_bin_id": "oa_bin_id",
+    "unet_additional_kwargs.oa_bases_path": "oa_bases_path",
+    "train_data.video_root": "video_root",
+    "train_data.prompt": "prompt",
+    "train_data.n_sample_frames": "num_frames",
+    "train_data.width": "width",
+    "train_data.height": "height",
+    "train_data.sample_frame_rate": "sample_frame_rate",
+    "train_data.random_flip": "random_flip",
+}
+# `TrainConfig` fields that are no research key: computed by `to_train_config` (from `--tiny`,
+# `unet_additional_kwargs`, `adapter_names`, `validation_data`) or trainer-layout settings the research layout
+# never had.
+TRAINER_ONLY = ("tiny", "adapter", "adapter_name", "validation", "dataloader_num_workers", "timestep_range")
+_TRAINER_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
-def trainer_key(name: str, **changes):
-    """A training key of the seed's layout that is `TrainConfig.<name>`: its default, check and help, declared once
-    in `TrainConfig` (`changes` replace some, e.g. the YAML's own check), feeding that field."""
-    declared = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+def research_key(path: str, feeds: str | tuple = (), **changes):
+    """The declaration of research key `path` (`"train_data.n_sample_frames"`): the default, check and help of
+    the `TrainConfig` field it sets (`RESEARCH_KEY_MAP`, else the field of its own name), declared once there;
+    `changes` replace some (e.g. the research layout's own default), `feeds` adds other targets."""
+    name = RESEARCH_KEY_MAP.get(path, path)
+    declared = _TRAINER_FIELDS[name]
     spec = dict(
         default=declared.default if declared.default is not dataclasses.MISSING else None,
         check=declared.metadata["check"],
         help=declared.metadata["help"],
-        feeds=f"TrainConfig.{name}",
+        feeds=(f"TrainConfig.{name}", *((feeds,) if isinstance(feeds, str) else feeds)),
     )
     if declared.default_factory is not dataclasses.MISSING:
         spec["factory"] = declared.default_factory
@@ -63,31 +90,14 @@ def trainer_key(name: str, **changes):
 
 
 @dataclass
-class TrainingKeys:
-    """Header keys used by training only (base of `MIVAConfig`): the `TrainConfig` fields of the same name."""
+class ResearchTrainingKeys:
+    """Training keys whose research form differs from the trainer's, and research keys with no trainer field."""
 
-    split_ckpt: bool = trainer_key("split_ckpt")
     # Our part names or research module names, mapped to parts by `trainable_parts` (they need the adapter).
-    trainable_modules: list[str] | None = key(None, optional(list_of(string)), "default: every adapter part")
-    learning_rate: float = trainer_key("learning_rate")
-    adam_beta1: float = trainer_key("adam_beta1")
-    adam_beta2: float = trainer_key("adam_beta2")
-    adam_weight_decay: float = trainer_key("adam_weight_decay")
-    adam_epsilon: float = trainer_key("adam_epsilon")
-    use_8bit_adam: bool = trainer_key("use_8bit_adam")
-    max_grad_norm: float = trainer_key("max_grad_norm")
-    gradient_accumulation_steps: int = trainer_key("gradient_accumulation_steps")
-    train_batch_size: int = trainer_key("train_batch_size")
-    max_train_steps: int = trainer_key("max_train_steps")
-    mixed_precision: str = trainer_key("mixed_precision")
-    gradient_checkpointing: bool = trainer_key("gradient_checkpointing")
-    checkpointing_steps: int | None = trainer_key("checkpointing_steps")
-    checkpoints_total_limit: int | None = trainer_key("checkpoints_total_limit")
-    resume_from_checkpoint: str | None = trainer_key("resume_from_checkpoint", check=path_value)  # "" = unset
-    validation_steps: int | None = trainer_key("validation_steps")
-    lr_scheduler: str = trainer_key("lr_scheduler")
-    lr_warmup_steps: int = trainer_key("lr_warmup_steps")
-    lr_num_cycles: int = trainer_key("lr_num_cycles")
+    trainable_modules: list[str] | None = research_key(
+        "trainable_modules", check=optional(list_of(string)), help="default: every adapter part"
+    )
+    resume_from_checkpoint: str | None = research_key("resume_from_checkpoint", check=path_value)  # "" = unset
     scale_lr: bool = key(False, fixed([False], "give the learning rate you want in learning_rate"))
     include_frame1_in_mse_loss: bool = key(
         False,
@@ -96,10 +106,31 @@ class TrainingKeys:
     enable_xformers_memory_efficient_attention: bool = key(
         False, boolean, "no effect: MIVA processors use PyTorch SDPA (memory-efficient already)"
     )
-    push_to_hub: bool = trainer_key("push_to_hub")
-    hub_model_id: str | None = trainer_key("hub_model_id")
-    hub_private: bool = trainer_key("hub_private")
-    report_to: str = trainer_key("report_to")
+
+
+def training_keys(header) -> type:
+    """The training keys of the research layout (a base of `MIVAConfig`): `ResearchTrainingKeys`, then every
+    `TrainConfig` field that no key of dataclass `header`, no `RESEARCH_KEY_MAP` entry and no `TRAINER_ONLY` name
+    covers, as a top-level key of its own name (`learning_rate`, `max_train_steps`, ...): no list to keep in step."""
+    taken = {f.name for cls in (header, ResearchTrainingKeys) for f in dataclasses.fields(cls)}
+    taken |= set(RESEARCH_KEY_MAP.values()) | set(TRAINER_ONLY)
+    shared = [(f.name, f.type, research_key(f.name)) for f in _TRAINER_FIELDS.values() if f.name not in taken]
+    keys = dataclasses.make_dataclass("TrainingKeys", shared, bases=(ResearchTrainingKeys,))
+    keys.__doc__ = "The training keys of the research layout: `ResearchTrainingKeys` and the `TrainConfig` fields."
+    return keys
+
+
+def import_map(config_cls, prefix: str = "") -> dict[str, str]:
+    """Research key path -> `TrainConfig` field, for every key of `config_cls` (`MIVAConfig`, sections included)
+    that sets one: the whole import step's map, read from the keys' declarations (`research_key`)."""
+    found = {}
+    for f in dataclasses.fields(config_cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            found.update(import_map(type(default), f"{prefix}{f.name}."))
+        found.update({f"{prefix}{f.name}": dest.partition(".")[2] for dest in f.metadata.get("feeds", ())
+                      if dest.startswith("TrainConfig.")})
+    return found
 
 
 def trainable_parts(entries: list[str] | None, adapter) -> list[str] | None:
@@ -136,8 +167,9 @@ def trainable_parts(entries: list[str] | None, adapter) -> list[str] | None:
 
 
 def to_train_config(config, tiny: bool = False):
-    """`TrainConfig` for `MIVAConfig` `config` (see `MIVAConfig.train_config`): every key that declares
-    `feeds="TrainConfig.<field>"` sets that field; the rest is computed here (adapter, parts, data, validation)."""
+    """`TrainConfig` for `MIVAConfig` `config` (see `MIVAConfig.train_config`): every research key sets the field
+    the key map gives it (its `feeds`, from `research_key`); the rest is computed here (`TRAINER_ONLY`: tiny, adapter,
+    adapter_name, validation; and the parts)."""
     if config.num_adapters > 1:
         raise ConfigError(
             f"unet_additional_kwargs: the config describes {config.num_adapters} adapters (list-valued "
@@ -160,6 +192,7 @@ def to_train_config(config, tiny: bool = False):
     if v.image_path is not None and (not tiny or Path(v.image_path).exists()):
         items = [item for item in config.inputs(must_exist=not tiny) if Path(item.image).is_file()]
     sampling = config.pipeline_kwargs(include_adapters=False)  # the validation videos sample as `miva infer` does
+    own = [f.name for f in dataclasses.fields(ValidationConfig) if f.name in sampling]  # num_frames, width, ...
     kwargs.update(
         tiny=tiny,
         adapter=adapter,
@@ -169,7 +202,7 @@ def to_train_config(config, tiny: bool = False):
             image=[item.image for item in items] or None,
             prompt=(items[0].prompt or None) if items else None,
             seed=config.global_seed,
-            **{name: sampling.pop(name) for name in _VALIDATION_OWN},  # ValidationConfig's own fields
+            **{name: sampling.pop(name) for name in own},  # ValidationConfig's own fields
             pipeline_kwargs=sampling,
         ),
     )

@@ -9,7 +9,7 @@ level, so `miva --help` stays fast; torch, diffusers and accelerate load inside 
     miva train --tiny --set output_dir=outputs/tiny     # offline smoke run on synthetic clips
     accelerate launch -m miva.training.train --config X.yaml        # several processes (DDP)
 
-Which layout a file uses is decided by `miva.config.train_layout` from the two schemas.
+Which layout a file uses is decided by `miva.config.train_layout` from the research key map.
 """
 
 from __future__ import annotations
