@@ -105,8 +105,8 @@ class MIVAContext:
     def active_adapters(self, available: Any, weight_override: list[float] | None = None) -> list[tuple[int, str, float]]:
         """`(prompt chunk index, name, weight)` of the active adapters found in `available` (a processor's adapters).
 
-        Fused adapters stay listed: `fuse_miva_adapters` merged their LoRA deltas into the base weights and marks
-        them so the processors skip those deltas, but their unfusable parts (cross-frame branch, motion embedding,
+        Fused adapters stay listed: `fuse_miva_adapters` merged their LoRA deltas into the base weights and records
+        them in `fuse_state`, so the processors skip those deltas, but their unfusable parts (cross-frame branch, motion embedding,
         spatiotemporal Q, implicit prompt) still run with the fused weight.
         """
         if not self.enabled:
