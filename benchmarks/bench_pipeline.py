@@ -12,7 +12,7 @@ Every raw time is in the JSON. Inference runs without autograd, as in the pipeli
     python benchmarks/bench_pipeline.py --size small                  # CPU table of benchmarks/README.md
     python benchmarks/bench_pipeline.py --size sd15 --device cuda --dtype float16    # 16x320x512, CFG
 
-Prints a markdown table (with the DESIGN.md §4 targets checked) and writes
+Prints a markdown table (with the targets of docs/research.md#targets checked) and writes
 `benchmarks/results/pipeline_<size>_<device>_<dtype>[_<frames>x<height>x<width>].json`.
 """
 
@@ -55,7 +55,7 @@ VARIANTS = {
     "4 LoRA adapters weights fused": [LORA] * 4,
     "4 adapters weights fused": [FULL] * 4,
 }
-# DESIGN.md §4: (label, numerator variant, denominator variant or None for stock, limit).
+# docs/research.md#targets: (label, numerator variant, denominator variant or None for stock, limit).
 TARGETS = [
     ("no adapter vs stock", "no adapter", None, 1.03),
     ("one full adapter vs stock", "1 full adapter", None, 1.25),
@@ -177,7 +177,7 @@ def summarise(variant: str, stock: list[tuple[float, float]], ours: list[tuple[f
 
 
 def check_targets(rows: list[dict]) -> list[dict]:
-    """The DESIGN.md §4 speed targets that these rows can decide."""
+    """The docs/research.md#targets speed targets that these rows can decide."""
     ratio = {row["variant"]: row["ratio"] for row in rows}
     out = []
     for label, numerator, denominator, limit in TARGETS:
@@ -201,7 +201,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {row['variant']} | {row['stock_s_per_step']:.4f} | {row['miva_s_per_step']:.4f} | "
                      f"{row['ratio']:.3f}x | {row['wall_ratio']:.3f}x | {mem[0]} | {mem[1]} |")
     if result["targets"]:
-        lines += ["", "| target (DESIGN.md §4) | measured | limit | met |", "|---|---|---|---|"]
+        lines += ["", "| target (docs/research.md#targets) | measured | limit | met |", "|---|---|---|---|"]
         for target in result["targets"]:
             lines.append(f"| {target['target']} | {target['ratio']:.3f}x | {target['limit']:.2f}x | "
                          f"{'yes' if target['met'] else 'NO'} |")

@@ -7,7 +7,10 @@ _LAZY = {
     "MIVAPipeline": "miva.pipelines.pipeline_miva",
     "MIVAPipelineOutput": "miva.pipelines.pipeline_miva",
     "MIVAAdapterConfig": "miva.attention_processors.adapter_config",
+    "MIVAWanPipeline": "miva.pipelines.pipeline_miva_wan",
+    "WanAdapterConfig": "miva.backbones.wan.config",
     "load_config": "miva.config",
+    "load_base": "miva.loaders.base_models",
 }
 
 __all__ = ["__version__", *_LAZY]

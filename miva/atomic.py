@@ -1,10 +1,19 @@
 """Atomic writes: a folder or file appears under its final name complete, or not at all.
 
 Writers validate everything first, write into a temporary sibling (same file system, so the final step is an
-`os.replace` rename), and only then swap it in. An older folder under the final name is renamed aside before the
-swap and deleted after it, so a crash at any moment leaves either the old or the new folder under the final name,
-never a half-written or half-deleted one (leftovers carry a `.miva-tmp-` / `.miva-old-` infix and are swept the
-next time the same folder is written).
+`os.replace` rename), and only then swap it in. Replacing an older folder takes two renames: the old folder is
+renamed aside (`<name>.miva-old-<id>`), then the new one takes its name, then the old one is deleted.
+
+What a crash leaves, and how the next write (`atomic_folder`) or read (`recover_folder`) repairs it:
+
+- before the first rename: the old folder under the final name, a `.miva-tmp-` leftover (deleted);
+- between the two renames: no folder under the final name, the old one aside as `.miva-old-` -> it is renamed
+  back, so the old folder is what a reader finds;
+- after the second rename: the new folder under the final name, the old one aside (deleted).
+
+A rename that fails without a crash (an `OSError`) is rolled back at once: the old folder is back under its name
+before the error propagates. Deleting (`remove_folder`) renames the folder aside as `.miva-del-<id>` first, so a
+crash half-way through the delete never leaves a half-deleted folder under its name, nor one that would be restored.
 """
 
 from __future__ import annotations
@@ -16,23 +25,52 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_folder", "atomic_write_text", "remove_folder", "replace_folder", "sweep_leftovers"]
+__all__ = [
+    "atomic_folder",
+    "atomic_write_text",
+    "recover_folder",
+    "remove_folder",
+    "replace_folder",
+    "sweep_leftovers",
+]
 
-_TMP, _OLD = ".miva-tmp-", ".miva-old-"
+# `_OLD`: an old folder set aside by `replace_folder` (restored when its name is free); `_TMP`, `_DEL`: always junk.
+_TMP, _OLD, _DEL = ".miva-tmp-", ".miva-old-", ".miva-del-"
 
 
 def _sibling(final: Path, infix: str) -> Path:
     return final.with_name(f"{final.name}{infix}{uuid.uuid4().hex[:8]}")
 
 
+def _delete(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+
+
+def recover_folder(final: str | os.PathLike) -> bool:
+    """Undo a crash between `replace_folder`'s two renames: when nothing is under the name `final` but an old folder
+    was set aside (`<final>.miva-old-<id>`), rename it back. Returns True when it did."""
+    final = Path(final)
+    if final.exists() or not final.parent.is_dir():
+        return False
+    aside = [p for p in final.parent.glob(f"{final.name}{_OLD}*") if len(p.name) == len(final.name) + len(_OLD) + 8]
+    if not aside:
+        return False
+    os.replace(max(aside, key=lambda p: p.stat().st_ctime), final)  # one at most, unless crashes were never repaired
+    return True
+
+
 def sweep_leftovers(parent: str | os.PathLike, prefix: str = "") -> None:
-    """Remove leftovers of interrupted writes and deletes in `parent` (of names starting with `prefix`)."""
+    """Repair and clean up after interrupted writes and deletes in `parent` (names starting with `prefix`): an old
+    folder whose final name is free is restored (`recover_folder`), every other leftover is deleted."""
     parent = Path(parent)
     if not parent.is_dir():
         return
+    for path in list(parent.iterdir()):
+        if path.name.startswith(prefix) and _OLD in path.name:
+            recover_folder(parent / path.name[: path.name.rindex(_OLD)])
     for path in parent.iterdir():
-        if path.name.startswith(prefix) and (_TMP in path.name or _OLD in path.name):
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        if path.name.startswith(prefix) and any(infix in path.name for infix in (_TMP, _OLD, _DEL)):
+            _delete(path)
 
 
 def _sweep(final: Path) -> None:
@@ -44,7 +82,7 @@ def remove_folder(path: str | os.PathLike) -> None:
     path = Path(path)
     if not path.exists():
         return
-    doomed = _sibling(path, _OLD)
+    doomed = _sibling(path, _DEL)
     os.replace(path, doomed)
     shutil.rmtree(doomed, ignore_errors=True)
 
@@ -52,7 +90,8 @@ def remove_folder(path: str | os.PathLike) -> None:
 def replace_folder(
     tmp: str | os.PathLike, final: str | os.PathLike, keep_extra: bool = False, owned: tuple[str, ...] = ()
 ) -> Path:
-    """Put the completely written folder `tmp` under the name `final`, replacing an older `final`.
+    """Put the completely written folder `tmp` under the name `final`, replacing an older `final` (see the module
+    docstring for what a crash at each step leaves).
 
     `keep_extra`: entries of the old `final` that `tmp` does not have (files a user put there) are moved into the
     new folder instead of being deleted, except the names in `owned` (files the writer owns: an old one that the
@@ -65,7 +104,13 @@ def replace_folder(
             raise NotADirectoryError(f"{final} exists and is not a folder; remove it or choose another path")
         old = _sibling(final, _OLD)
         os.replace(final, old)
-    os.replace(tmp, final)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if old is not None:
+            with contextlib.suppress(OSError):  # a crash here is repaired by `recover_folder`
+                os.replace(old, final)
+        raise
     if old is not None:
         if keep_extra:
             for entry in old.iterdir():
@@ -78,7 +123,7 @@ def replace_folder(
 @contextlib.contextmanager
 def atomic_folder(final: str | os.PathLike, keep_extra: bool = False, owned: tuple[str, ...] = ()) -> Iterator[Path]:
     """`with atomic_folder(out) as tmp:` write into `tmp`; on normal exit `tmp` becomes `out` (see `replace_folder`);
-    on an exception `tmp` is deleted and `out` is untouched."""
+    on an exception `tmp` is deleted and `out` is untouched. An old `out` left aside by a crash is restored first."""
     final = Path(final)
     if final.exists() and not final.is_dir():
         raise NotADirectoryError(f"{final} exists and is not a folder; remove it or choose another path")

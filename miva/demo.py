@@ -2,7 +2,7 @@
 
 Needs no download and no GPU (well under a minute on 2 CPU cores). The base model and the adapters ship inside the
 package (`miva.world`); the scene is a held-out one, never seen in training. Writes the adapter's video (mp4 + GIF),
-a side-by-side GIF (ground truth | base alone | base + adapter) and the measured motion of both (`motion.json`).
+a side-by-side GIF (columns captioned ground truth | base | base + adapter) and the measured motion of both (`motion.json`).
 
     miva demo --out outputs/demo --adapter right       # also: zoom_in, rotate_cw
     miva demo --tiny                                   # the random tiny components: mechanics only, no real motion
@@ -115,7 +115,7 @@ def run_demo(
     from .world.evaluate import animate_scene
     from .world.metrics import evaluate_video
     from .world.motions import get_motion
-    from .world.samples import side_by_side, write_gif
+    from .world.samples import comparison_labels, side_by_side, write_gif
     from .world.scenes import render_clip
 
     shipped = shipped_adapters()
@@ -141,7 +141,7 @@ def run_demo(
         ("mp4", "demo.mp4"), ("gif", "demo.gif"), ("side_by_side", "side_by_side.gif"), ("motion", "motion.json"))}
     export_to_video([Image.fromarray(f) for f in adapted], paths["mp4"], fps=8)
     write_gif(adapted, paths["gif"])
-    write_gif(side_by_side([truth, base, adapted]), paths["side_by_side"])
+    write_gif(side_by_side([truth, base, adapted], labels=comparison_labels(adapter)), paths["side_by_side"])
     with open(paths["motion"], "w", encoding="utf-8") as f:
         json.dump({"scene": scene, "prompt": world_scene.prompt, "target": target.describe(), **scores}, f, indent=2)
     log(f"held-out scene {scene}: {world_scene.prompt!r}; target motion of {adapter!r}: {target.describe()}")

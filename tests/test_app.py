@@ -185,13 +185,15 @@ def set_number(page, elem_id: str, value) -> None:
     box.press("Enter")
 
 
-def generate(page, image: Path, adapter: str, frames: int) -> tuple[bytes, float]:
+def generate(page, image: Path, adapter: str, frames: int, prompt: str | None = None) -> tuple[bytes, float]:
     """Upload `image`, pick `adapter`, set `frames`, press Generate; returns the served mp4 and the seconds from the
     click to a playable video element."""
     page.set_input_files("#input-image input[type=file]", str(image))
     page.wait_for_selector("#input-image img")
     pick_adapter(page, 0, adapter)
     set_number(page, "frames", frames)
+    if prompt is not None:
+        page.fill("#prompt textarea", prompt)
     start = time.perf_counter()
     page.click("#generate")
     page.wait_for_function(
@@ -218,6 +220,8 @@ def save_readme_screenshot(png: bytes, path: str) -> None:
 
 
 def test_animate_in_browser(browser, tiny_app, tmp_path):
+    from playwright.sync_api import expect
+
     from miva.tiny import make_test_image
 
     page = browser.new_page()
@@ -238,12 +242,20 @@ def test_animate_in_browser(browser, tiny_app, tmp_path):
     assert f"{FRAMES} frames, 64x64" in status and "wave x1" in status, status
     downloads = page.inner_text("#downloads")
     assert ".mp4" in downloads and ".gif" in downloads, downloads
-    page.evaluate("window.scrollTo(0, 0)")
-    page.mouse.move(0, 0)
-    png = page.screenshot(path=str(tmp_path / "app.png"), full_page=False)
-    assert len(png) > 10_000
-    if os.environ.get("MIVA_APP_SCREENSHOT"):
-        save_readme_screenshot(png, os.environ["MIVA_APP_SCREENSHOT"])
+    # A file named like an image that is not one (Gradio itself refuses other extensions): one line at upload;
+    # Generate then fails and the previous video stays.
+    video_src = page.locator("#output-video video").get_attribute("src")
+    fake = tmp_path / "fake.png"
+    fake.write_text("not a picture")
+    page.set_input_files("#input-image input[type=file]", str(fake))
+    message = "Image: fake.png is not an image file; upload a PNG, JPEG, WebP or GIF picture"
+    page.get_by_text(message).first.wait_for(timeout=60_000)
+    page.click("#generate")
+    expect(page.locator("#animate-status")).to_contain_text(
+        f"Not generated (the video shown is the previous one): {message}"
+    )
+    assert page.locator("#output-video video").get_attribute("src") == video_src
+    assert "Traceback" not in tiny_app.output(), tiny_app.output()  # user errors leave no traceback in the log
     print(f"\n[tiny] Generate -> playable video: {seconds:.1f} s ({FRAMES} frames, 64x64)", file=sys.stderr)
     page.close()
 
@@ -279,15 +291,30 @@ def test_train_in_browser(browser, tiny_app, tmp_path):
 
 
 def test_animate_in_browser_world(browser, world_app, tmp_path):
+    """The world base's page: the shipped adapters (labelled from their validation records), the world's sampling,
+    a video; and the README's screenshot (MIVA_APP_SCREENSHOT=docs/app.png)."""
     server, world = world_app
     page = browser.new_page()
+    page.set_viewport_size({"width": 1100, "height": 760})
     page.goto(server.url)
     page.wait_for_selector("#generate")
     image = tmp_path / "scene.png"
-    world.scene_image(7).save(image)
-    adapter = next(iter(world.shipped_adapters()))
-    data, seconds = generate(page, image, adapter, 8)
+    world.scene_image(0).save(image)
+    data, seconds = generate(page, image, "right", 8, prompt=world.make_scene("heldout", 0).prompt)
     frames = decode_frames(data)
     assert frames.shape[0] == 8 and frames.shape[-1] == 3
-    print(f"\n[world] Generate -> playable video: {seconds:.1f} s (8 frames, adapter {adapter})", file=sys.stderr)
+    assert frames.std(axis=0).mean() > 1.0
+    page.evaluate("window.scrollTo(0, 0)")
+    page.mouse.move(0, 0)
+    # Frame 3 of the video on screen (moved, before this small base lets the scene dissolve), paused.
+    page.evaluate("() => { const v = document.querySelector('#output-video video'); v.pause(); v.currentTime = 0.4; }")
+    page.wait_for_timeout(1000)
+    png = page.screenshot(full_page=False)
+    if os.environ.get("MIVA_APP_SCREENSHOT"):
+        save_readme_screenshot(png, os.environ["MIVA_APP_SCREENSHOT"])
+    # The pickers label the shipped adapters whose validation records say they do not make their motion yet.
+    page.click("#adapter-1 input")
+    options = page.get_by_role("option").all_inner_texts()
+    assert any(o.startswith("zoom_in (does not make its motion yet") for o in options), options
+    print(f"\n[world] Generate -> playable video: {seconds:.1f} s (8 frames, adapter right)", file=sys.stderr)
     page.close()

@@ -99,8 +99,15 @@ def test_bad_input_is_a_message_and_leaves_the_pipeline_as_it_was(animator, tmp_
     with pytest.raises(AppInputError, match="not_an_adapter.*not a MIVA adapter folder.*adapter_config.json"):
         animator.animate(request(image, [AdapterPick(str(not_an_adapter))]))
     assert animator.pipe.get_list_adapters() == loaded
-    with pytest.raises(AppInputError, match="num_frames"):  # the pipeline's own check, passed on to the page
-        animator.animate(request(image, [], num_frames=40))
+    limit = animator.pipe.unet.config.motion_max_seq_length
+    with pytest.raises(AppInputError) as caught:  # checked before the pipeline, in the form's words
+        animator.animate(request(image, [], num_frames=limit + 1))
+    assert str(caught.value) == (
+        f"Frames = {limit + 1}: this base makes 2 to {limit} frames (frame 0 is the image itself)"
+    )
+    with pytest.raises(AppInputError) as caught:  # the pipeline's own check, its argument named as the form does
+        animator.animate(request(image, [], sampling={"dct_cutoff_ratio": 2.0}))
+    assert "DCT cutoff ratio" in str(caught.value) and "dct_cutoff_ratio" not in str(caught.value)
 
 
 def test_ca_maps_gallery(animator):
@@ -149,18 +156,36 @@ def test_training_rejects_bad_clips_with_a_message(tmp_path):
     manager = TrainingManager(resolve_base("tiny"), AdapterRegistry(), tmp_path / "app")
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"this is not a video")
-    with pytest.raises(AppInputError, match="broken.mp4: could not decode"):
-        manager.start(TrainRequest("m", clips=[*map(str, clips[:2]), str(broken)], prompt=PROMPT))
-    with pytest.raises(AppInputError, match="2 clips: a MIVA adapter is trained on 3-30 clips"):
-        manager.start(TrainRequest("m", clips=[str(c) for c in clips[:2]], prompt=PROMPT))
-    with pytest.raises(AppInputError, match="picture.png is not a clip"):
-        manager.start(TrainRequest("m", clips=[str(tmp_path / "picture.png")], prompt=PROMPT))
-    with pytest.raises(AppInputError, match="too short"):
-        manager.start(TrainRequest("m", clips=[str(c) for c in clips], num_frames=8, stride=2, prompt=PROMPT))
-    with pytest.raises(AppInputError, match="no clips"):
-        manager.start(TrainRequest("m"))
-    with pytest.raises(AppInputError, match="adapter name 'my motion'"):
-        manager.start(TrainRequest("my motion", clips=[str(c) for c in clips]))
+    also_broken = tmp_path / "also_broken.webm"
+    also_broken.write_bytes(b"\x00" * 64)
+
+    def message(**kwargs) -> str:
+        with pytest.raises(AppInputError) as caught:
+            manager.start(TrainRequest(**{"name": "m", "prompt": PROMPT, **kwargs}))
+        return str(caught.value)
+
+    # One line per bad clip, ffmpeg's report (version, build configuration) cut to its reason.
+    assert message(clips=[*map(str, clips[:2]), str(broken), str(also_broken)]) == (
+        "also_broken.webm: not a readable video (Invalid data found when processing input)\n"
+        "broken.mp4: not a readable video (Invalid data found when processing input)"
+    )
+    assert message(clips=[str(clips[0])]) == "1 clip: a MIVA adapter is trained on 3-30 clips of one motion"
+    assert (
+        message(clips=[str(c) for c in clips[:2]]) == "2 clips: a MIVA adapter is trained on 3-30 clips of one motion"
+    )
+    assert message(clips=[str(tmp_path / "picture.png")]).startswith("picture.png is not a clip")
+    too_short = "{}: 10 frames, too short for 15 (Frames per sample and Frame stride: lower them or use a longer clip)"
+    assert message(clips=[str(c) for c in clips], num_frames=8, stride=2) == "\n".join(
+        too_short.format(c.name) for c in clips
+    )
+    # The trainer's config checks, in the form's labels instead of config keys.
+    assert (
+        message(clips=[str(c) for c in clips], learning_rate=0.0) == "Learning rate = 0.0 must be a finite number > 0.0"
+    )
+    assert message(clips=[str(c) for c in clips], steps=0) == "Steps = 0 must be an integer >= 1"
+    assert message(clips=[str(c) for c in clips], rank=0) == "LoRA rank = 0: must be an integer >= 1"
+    assert message() == "no clips: upload 3-30 clips or give a folder of clips"
+    assert message(name="my motion", clips=[str(c) for c in clips]).startswith("Adapter name 'my motion'")
     assert manager.job is None
     assert not list((tmp_path / "app" / "train").iterdir())  # rejected requests leave no job folder behind
 

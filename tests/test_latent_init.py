@@ -276,7 +276,7 @@ def test_adain_last_matches_every_frame_to_frame_0():
 
 
 def _research_adain_on(latents, i):
-    """Per-frame loop of the research pipeline, as described in REFERENCE.md §7 (mode "on")."""
+    """Per-frame loop of the research pipeline, as described in docs/research.md#sampling (mode "on")."""
     latents = latents.clone()
     for f in range(1, latents.shape[2]):
         old = latents.clone()

@@ -353,3 +353,28 @@ def test_argument_errors(pipe, saved, tmp_path):
         pipe.load_adapters("./no/such/folder")
     with pytest.raises(FileNotFoundError, match="is not a MIVA adapter folder"):
         pipe.load_adapters(folder.parent.parent)
+
+
+def test_adapter_of_another_base_names_both_bases_before_the_keys(pipe, base_unet, tmp_path):
+    """Item 3 of issue 27: an adapter trained on another base says so first (its recorded base, the pipeline's),
+    then which key does not fit."""
+    import miva.world
+
+    world = miva.world.load_pipeline()
+    tiny = _Pipe(copy.deepcopy(base_unet))
+    tiny.add_adapter("w", FULL)
+    tiny.save_adapter("w", tmp_path / "tiny_w", base_model="my-tiny-sd15")
+    with pytest.raises(ValueError) as error:
+        world.load_adapters(tmp_path / "tiny_w")
+    assert str(error.value).startswith(
+        f"{tmp_path / 'tiny_w'}: adapter trained on base model 'my-tiny-sd15', this pipeline's base model is "
+        f"'{miva.world.BASE_PATH}'; adapter 'tiny_w': "
+    ), str(error.value)
+    assert not world.get_list_adapters().get("miva")
+    shipped = miva.world.ADAPTERS_PATH / "right"
+    with pytest.raises(ValueError) as error:
+        pipe.load_adapters(shipped)
+    assert str(error.value).startswith(
+        f"{shipped}: adapter trained on base model 'miva-world', this pipeline's base model is not recorded (a "
+        "pipeline built from its components); adapter 'right': "
+    ), str(error.value)

@@ -121,3 +121,53 @@ def test_card_for_a_second_pipe_with_copied_unet(pipe, tmp_path):
     a = pipe.save_adapter("clouds", tmp_path / "a")
     b = other.save_adapter("clouds", tmp_path / "b")
     assert (a / "README.md").read_text() == (b / "README.md").read_text()
+
+
+def _snippet(card_text: str) -> str:
+    return card_text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def _run_snippet(code: str, folder, monkeypatch) -> list:
+    """Run a card's usage snippet in `folder` with every Hub download failing; returns its `video` frames."""
+    from no_hub import block_hub
+
+    hub = block_hub(monkeypatch)
+    monkeypatch.chdir(folder)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert not hub
+    return scope["video"]
+
+
+def test_world_adapter_card_shows_code_that_runs_offline(tmp_path, monkeypatch):
+    """Issue 28 item 6: a world adapter's card loads `miva-world` with `miva.world.load_pipeline()`, not a Hub
+    download + CUDA; its snippet, pointed at the shipped adapter, runs on the CPU and writes the GIF."""
+    from miva.world import shipped_adapters
+
+    folder = shipped_adapters()["right"]
+    config = MIVAAdapterConfig.from_json_file(folder / "adapter_config.json")
+    assert config.base_model == "miva-world" and config.motion_adapter == "miva-world/motion_adapter"
+    card = miva_model_card(config, adapter_name="right", sample="sample.gif")
+    assert card.data.base_model is None and card.data.license == "apache-2.0"  # not a Hub id; miva's license
+    assert "MotionAdapter.from_pretrained" not in card.text and "cuda" not in card.text
+    assert (folder / "README.md").read_text() == str(card)  # the shipped card is this one
+    code = _snippet(card.text)
+    assert "pipe = load_pipeline()" in code and 'pipe.load_adapters("path/to/right", adapter_names="right")' in code
+    video = _run_snippet(code.replace("path/to/right", str(folder)), tmp_path, monkeypatch)
+    assert len(video) == 8 and video[0].size == (64, 64)
+    with Image.open(tmp_path / "output.gif") as gif:
+        assert gif.n_frames == 8
+
+
+def test_tiny_adapter_card_shows_code_that_runs_offline(tmp_path, monkeypatch):
+    import dataclasses
+
+    pipe = _Pipe(tiny_unet_motion(seed=0))  # what `--tiny` training records as its base: "miva.tiny"
+    pipe.add_adapter("clouds", dataclasses.replace(CONFIG, base_model="miva.tiny", motion_adapter="miva.tiny"))
+    folder = pipe.save_adapter("clouds", tmp_path / "clouds")
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.base_model is None and "offline miva.tiny test model" in card.text
+    code = _snippet(card.text)
+    assert 'pipe = load_base("tiny")' in code
+    video = _run_snippet(code.replace("path/to/clouds", str(folder)), tmp_path, monkeypatch)
+    assert len(video) == 8 and video[0].size == (64, 64)

@@ -1,6 +1,6 @@
-"""Research checkpoints (REFERENCE.md §3, §4, §8) imported as MIVA adapters reproduce the research computation.
+"""Research checkpoints (docs/research.md#positional-encodings, #research-checkpoints) imported as MIVA adapters reproduce the research computation.
 
-The research side is written here from REFERENCE.md alone, independently of our processors and of
+The research side is written here from docs/research.md alone, independently of our processors and of
 `miva.attention_processors.positional`: the CA out-LoRA after W_O, additive rotary `x + R(x)` (interleaved pairs,
 complex multiplication), the positive-exponent sinusoid, token-major K/V tiling, bug B1, nearest down/upsampling
 with `F.interpolate`. Checkpoints are written in the research key layout, imported, and every hooked layer of a
@@ -90,7 +90,7 @@ def lora(x, down, up, scale):
 
 
 def research_cross_attention(attn, x, text, ckpt, layer, *, size, ratio, pe_mode, q_lora):
-    """One research `LoRACAAttentionProcessor` call with STQ (REFERENCE §2-§4), single adapter."""
+    """One research `LoRACAAttentionProcessor` call with STQ (docs/research.md#spatiotemporal-query to #lora-layers), single adapter."""
     s = ALPHA / RANK
     w = lambda proj, part: ckpt[f"{layer}.processor.{proj}_lora.{part}.weight"]
     bf, _, c = x.shape

@@ -1,4 +1,4 @@
-"""Standard-style spatiotemporal Q with every `ca_pe_mode`, against a from-scratch reference (DESIGN.md §3.2).
+"""Standard-style spatiotemporal Q with every `ca_pe_mode`, against a from-scratch reference (docs/research.md#positional-encodings).
 
 The reference below imports nothing from `miva.attention_processors.positional` or `cross_attention`: it walks the
 query grid token by token, writes the sinusoid and rotary formulas out in float64 and does the attention with an

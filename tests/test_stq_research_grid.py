@@ -1,6 +1,6 @@
 """Research-exact spatiotemporal-Q grid (`pe_style="research"`) when the ratio does not divide the latent size.
 
-The reference is written from REFERENCE.md section 2 with integer arithmetic only: the research code shrinks the
+The reference is written from docs/research.md#spatiotemporal-query with integer arithmetic only: the research code shrinks the
 query grid with nearest `F.interpolate` to `(H // r, W // r)`, i.e. keeps rows `floor(i * H / (H // r))` (columns
 likewise), and grows the output back with nearest interpolation, so pixel row `I` reads coarse row
 `floor(I * (H // r) / H)`. The coarse attention itself (text softmax, PE modes on the `(F, h', w')` grid) is the
@@ -29,7 +29,7 @@ def _processor(attn, config):
 
 
 def _research_rows(size_in: int, size_out: int) -> list[int]:
-    """Nearest resampling from REFERENCE.md: output index i reads input index floor(i * in / out)."""
+    """Nearest resampling from docs/research.md#spatiotemporal-query: output index i reads input index floor(i * in / out)."""
     return [(i * size_in) // size_out for i in range(size_out)]
 
 

@@ -1,4 +1,4 @@
-"""The training objective, written out here independently of `i2v_epsilon_loss` (REFERENCE.md §8, DESIGN.md §3.9).
+"""The training objective, written out here independently of `i2v_epsilon_loss` (docs/research.md#training).
 
 `t ~ U{low..high-1}` then `eps ~ N(0, I)` from the step's generator; frames 1..F-1 are noised as
 `sqrt(abar_t) x + sqrt(1 - abar_t) eps` (abar from the beta schedule, computed here from the config), frame 0 stays

@@ -258,11 +258,12 @@ def test_world_demo_writes_videos_and_measured_motion(tmp_path):
     import PIL.Image
 
     from miva.demo import run_demo
+    from miva.world.samples import LABEL_HEIGHT
 
     lines = []
     paths = run_demo(str(tmp_path), adapter="right", frames=6, steps=5, log=lines.append)
     with PIL.Image.open(paths["side_by_side"]) as gif:
-        assert gif.n_frames == 6 and gif.size == (2 * (3 * 64 + 2 * 2), 128)
+        assert gif.n_frames == 6 and gif.size == (2 * (3 * 64 + 2 * 2), 128 + LABEL_HEIGHT)  # captions on top
     motion = json.loads(open(paths["motion"]).read())
     assert set(motion) >= {"base", "right", "target", "prompt"}
     assert any("with 'right'" in line for line in lines)
@@ -277,3 +278,24 @@ def test_world_id_names_the_shipped_base_in_configs():
     assert resolve_model_path(f"{WORLD_ID}/motion_adapter") == str(BASE_PATH / "motion_adapter")
     assert resolve_model_path("user/miva-worldly") == "user/miva-worldly"  # only the exact id or its subfolders
     assert resolve_model_path(None) is None
+
+
+def test_side_by_side_captions_each_column_above_the_unchanged_videos():
+    """Issue 27 item 7: the columns of side_by_side.gif / sample.gif are labelled (truth | base | adapter)."""
+    from miva.world.samples import LABEL_HEIGHT, comparison_labels, side_by_side
+
+    rng = np.random.default_rng(0)
+    videos = [rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    plain = side_by_side(videos)
+    labelled = side_by_side(videos, labels=comparison_labels("right"))
+    assert plain.shape == (3, 128, 392, 3) and labelled.shape == (3, 128 + LABEL_HEIGHT, 392, 3)
+    np.testing.assert_array_equal(labelled[:, LABEL_HEIGHT:], plain)  # the videos themselves are untouched
+    strip = labelled[:, :LABEL_HEIGHT]
+    assert (strip == strip[:1]).all()  # the same captions on every frame
+    for left in (0, 132, 264):  # each 128-pixel column (gaps of 4) has dark caption pixels on white
+        column = strip[0, :, left:left + 128]
+        assert (column.min(axis=-1) < 100).sum() > 20 and (column == 255).all(axis=-1).mean() > 0.5
+    assert (strip[0, :, 128:132] == 255).all()  # nothing drawn over the gaps
+    assert comparison_labels("right") == ("ground truth", "base", "base + right")
+    with pytest.raises(ValueError, match=r"^labels: 2 captions for 3 videos; give one per video$"):
+        side_by_side(videos, labels=("a", "b"))

@@ -9,6 +9,7 @@ Generate calls take turns on the shared pipeline.
 from __future__ import annotations
 
 import logging
+import random
 import re
 import threading
 import time
@@ -17,12 +18,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bases import Base, fresh_pipeline
-from .registry import NO_ADAPTER, AdapterRegistry, AppInputError
+from .clips import in_form_words
+from .registry import NO_ADAPTER, AdapterRegistry, AppInputError, page_html
 
 logger = logging.getLogger("miva.app")
 
 PARALLEL_MODES = ("residual", "weights")
+# `MIVAPipeline.__call__` arguments its messages name -> the Animate form's labels (what the user sees).
+FORM_LABELS = {
+    "num_frames": "Frames",
+    "num_inference_steps": "Steps",
+    "guidance_scale": "Guidance",
+    "use_adain_norm": "AdaIN normalisation",
+    "shared_noise_ratio": "Shared noise ratio",
+    "first_frame_cond_type": "First-frame conditioning",
+    "use_dct_init": "DCT low-frequency init",
+    "dct_cutoff_ratio": "DCT cutoff ratio",
+    "dct_cutoff_shape": "DCT cutoff shape",
+    "cil_ratio": "CIL ratio",
+    "negative_prompt": "Negative prompt",
+    "batch_prompt": "its own prompt",
+}
+SEED_RANGE = 2**31  # a random seed is drawn from [0, SEED_RANGE)
 CA_MAP_FRAMES = 3  # frames shown per level in the gallery (first, middle, last): enough to see where words attend
+
+
+@dataclass(frozen=True)
+class BadUpload:
+    """What the image input holds when the uploaded file (`name`) is not an image."""
+
+    name: str
+
+    def message(self) -> str:
+        return f"Image: {self.name} is not an image file; upload a PNG, JPEG, WebP or GIF picture"
 
 
 @dataclass
@@ -66,16 +94,21 @@ class AnimateResult:
     seconds: float
 
 
-def check_request(request: AnimateRequest) -> None:
-    """Raise `AppInputError` naming the field for what the page can get wrong before the pipeline runs."""
+def check_request(request: AnimateRequest, max_frames: int) -> None:
+    """Raise `AppInputError` naming the form's field for what the page can get wrong before the pipeline runs;
+    `max_frames`: the most frames the base's motion module makes."""
     if request.image is None:
         raise AppInputError("no image: upload an image (or click an example) before pressing Generate")
+    if isinstance(request.image, BadUpload):
+        raise AppInputError(request.image.message())
     if request.parallel_mode not in PARALLEL_MODES:
-        raise AppInputError(f"composition mode {request.parallel_mode!r} is not one of {list(PARALLEL_MODES)}")
-    if int(request.num_frames) < 2:
-        raise AppInputError(f"frames={request.num_frames}: need at least 2 (frame 0 is the image itself)")
+        raise AppInputError(f"Composition {request.parallel_mode!r} is not one of {list(PARALLEL_MODES)}")
+    if not 2 <= int(request.num_frames) <= max_frames:
+        raise AppInputError(
+            f"Frames = {request.num_frames}: this base makes 2 to {max_frames} frames (frame 0 is the image itself)"
+        )
     if int(request.num_inference_steps) < 1:
-        raise AppInputError(f"steps={request.num_inference_steps}: need at least 1")
+        raise AppInputError(f"Steps = {request.num_inference_steps}: need at least 1")
     picked = [p.choice for p in request.adapters]
     twice = sorted({c for c in picked if picked.count(c) > 1})
     if twice:
@@ -91,6 +124,11 @@ class Animator:
         self._loaded: dict[str, str] = {}  # str(source) -> adapter name in self.pipe
         self._lock = threading.Lock()
         self._count = 0
+
+    @property
+    def max_frames(self) -> int:
+        """The most frames the base's motion module makes (its `motion_max_seq_length`)."""
+        return self.pipe.unet.miva_context.max_frames
 
     def adapter_name(self, choice: str) -> str | None:
         """The pipeline's name for picker value `choice`, loading its source on first use (None: no adapter).
@@ -122,7 +160,7 @@ class Animator:
         from ..commands.video_io import save_video
         from ..pipelines.ca_maps import save_ca_maps
 
-        check_request(request)
+        check_request(request, self.max_frames)
         with self._lock:
             start = time.perf_counter()
             picks = [(self.adapter_name(p.choice), p) for p in request.adapters]
@@ -156,7 +194,7 @@ class Animator:
                     **request.sampling,
                 )
             except ValueError as e:  # the pipeline's input checks name the argument and the valid values
-                raise AppInputError(str(e)) from e
+                raise AppInputError(in_form_words(str(e), FORM_LABELS)) from e
             self._count += 1
             name = f"video{self._count:04d}_seed{int(request.seed)}"
             folder = self.out_dir / "videos"
@@ -179,6 +217,11 @@ def request_from_form(form, values: dict, defaults) -> AnimateRequest:
         AdapterPick(values[row.choice] or "", float(values[row.weight]), values[row.prompt] or "")
         for row in form.adapters
     ]
+    seed = values[form.seed]
+    if values[form.random_seed]:
+        seed = random.randrange(SEED_RANGE)
+    elif seed is None or seed == "":
+        raise AppInputError("Seed: enter a number, or tick Random seed")
     return AnimateRequest(
         image=values[form.image],
         prompt=values[form.prompt] or "",
@@ -190,30 +233,34 @@ def request_from_form(form, values: dict, defaults) -> AnimateRequest:
         width=defaults.width,
         num_inference_steps=int(values[form.steps]),
         guidance_scale=float(values[form.guidance]),
-        seed=int(values[form.seed] or 0),
+        seed=int(seed),
         sampling={key: values[component] for key, component in form.sampling.items()},
         ca_maps=bool(values[form.ca_maps]),
     )
 
 
 def on_generate(animator: Animator, form, values: dict, progress) -> dict:
-    """Generate button: the video, the MP4 + GIF downloads, the CA-map gallery and a status line. Bad input becomes
-    a message in the page (`gradio.Error`), never a traceback page."""
+    """Generate button: the video, the MP4 + GIF downloads, the CA-map gallery, a status line and the seed used.
+    A run that fails leaves the previous video, downloads and maps in place: its message is a warning in the page and
+    the status line (bad input: no traceback in the server's log; a bug: the traceback goes to the terminal)."""
     import gradio as gr
 
     try:
         request = request_from_form(form, values, animator.base.defaults)
         progress((0, request.num_inference_steps), desc="denoising", unit="steps")
         result = animator.animate(request, on_step=lambda done, total: progress((done, total), desc="denoising"))
-    except AppInputError as e:
-        raise gr.Error(str(e), duration=None) from e
-    except Exception as e:  # a bug or a resource problem: say so in the page; details go to the terminal
-        logger.exception("Generate failed")
-        raise gr.Error(f"Generate failed: {type(e).__name__}: {e} (details in the terminal)", duration=None) from e
+    except Exception as e:
+        if isinstance(e, AppInputError):  # the user's to fix
+            message = str(e)
+        else:  # a bug or a resource problem: say so in the page; details go to the terminal
+            logger.exception("Generate failed")
+            message = f"Generate failed: {type(e).__name__}: {e} (details in the terminal)"
+        gr.Warning(page_html(message), duration=None)
+        return {form.status: f"**Not generated** (the video shown is the previous one): {message}"}
     used = ", ".join(f"{name} x{weight:g}" for name, weight in result.adapters) or "none (the base alone)"
     status = (
-        f"{request.num_frames} frames, {request.width}x{request.height}, {request.num_inference_steps} steps in "
-        f"{result.seconds:.1f} s; adapters: {used}"
+        f"{request.num_frames} frames, {request.width}x{request.height}, {request.num_inference_steps} steps, "
+        f"seed {request.seed} in {result.seconds:.1f} s; adapters: {used}"
     )
     logger.info("generated %s: %s", result.mp4, status)
     return {
@@ -221,4 +268,5 @@ def on_generate(animator: Animator, form, values: dict, progress) -> dict:
         form.downloads: [str(result.mp4), str(result.gif)],
         form.gallery: result.ca_maps,
         form.status: status,
+        form.seed: request.seed,  # the seed used (a random one included), to make the video again
     }

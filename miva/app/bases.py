@@ -13,7 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..base_registry import TINY_ID, WORLD_ID, known_base
+
 WORLD_MODULE = "miva.world"
+
+
+def load_base(name_or_path, motion_adapter=None, **kwargs):
+    """`miva.loaders.base_models.load_base`, imported when a base is built (the app page starts without torch)."""
+    from ..loaders.base_models import load_base as load
+
+    return load(name_or_path, motion_adapter, **kwargs)
 
 
 class BaseUnavailable(RuntimeError):
@@ -22,7 +31,9 @@ class BaseUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class SamplingDefaults:
-    """What the Animate form starts from (and the training resolution)."""
+    """What the Animate form starts from (and the training resolution). `sampling`: the research options of
+    `MIVAPipeline.__call__` this base samples with (`use_adain_norm`, `first_frame_cond_type`, ...); the others keep
+    the pipeline's defaults."""
 
     height: int = 64
     width: int = 64
@@ -30,6 +41,23 @@ class SamplingDefaults:
     num_inference_steps: int = 20
     guidance_scale: float = 1.0
     prompt: str = ""
+    sampling: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    """What the Train form starts from. `recipe(rank)`: the base's own training recipe as `TrainConfig` fields (the
+    adapter's settings under "adapter"), which the form's values then override; None: the config's defaults.
+    `rank` None: `MIVAAdapterConfig`'s default rank."""
+
+    learning_rate: float = 1e-4
+    rank: int | None = None
+    steps: int = 100
+    num_frames: int = 8
+    stride: int = 1
+    random_flip: bool = True
+    parts: tuple[str, ...] = ("i2v", "motion_lora")
+    recipe: Callable[[int], dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -40,7 +68,11 @@ class Base:
     load: Callable[[], object]
     defaults: SamplingDefaults
     shipped_adapters: dict[str, Path] = field(default_factory=dict)
+    train_defaults: TrainDefaults = field(default_factory=TrainDefaults)
+    # Shipped adapter name -> a short note the pickers show beside it (e.g. that it does not make its motion yet).
+    adapter_notes: dict[str, str] = field(default_factory=dict)
     example_images: Callable[[], list] = list  # () -> PIL images shown as examples under the image input
+    example_prompts: Callable[[], list] = list  # () -> their prompts (empty: the form's prompt is kept)
     # What a trained adapter records as its base (TrainConfig's model paths); None: the tiny model (`tiny: true`).
     train_model_path: str | None = None
     train_motion_path: str | None = None
@@ -49,30 +81,85 @@ class Base:
 def _world_base() -> Base:
     try:
         world = importlib.import_module(WORLD_MODULE)
-        load, adapters, scene = world.load_pipeline, world.shipped_adapters, world.scene_image
+        adapters, scene = world.shipped_adapters, world.scene_image
     except (ImportError, AttributeError) as e:
         raise BaseUnavailable(
             f"--base world needs {WORLD_MODULE} (the shipped MotionWorld base), which this install lacks ({e}); "
             "try --base tiny"
         ) from e
+    from ..world.adapters import world_train_config
+    from ..world.evaluate import SAMPLING
+
+    shipped = {name: Path(path) for name, path in adapters().items()}
     return Base(
         label="MotionWorld (shipped)",
-        load=load,
-        defaults=SamplingDefaults(num_frames=8, num_inference_steps=25, guidance_scale=1.0),  # as trained
-        shipped_adapters={name: Path(path) for name, path in adapters().items()},
+        load=lambda: load_base(WORLD_ID),
+        defaults=SamplingDefaults(  # how the world's videos (the README's GIF, its benchmark) are sampled
+            num_frames=SAMPLING["num_frames"],
+            num_inference_steps=SAMPLING["num_inference_steps"],
+            guidance_scale=SAMPLING["guidance_scale"],
+            sampling={k: v for k, v in SAMPLING.items() if k not in _PLAIN_SAMPLING},
+        ),
+        shipped_adapters=shipped,
+        train_defaults=_recipe_defaults(
+            lambda rank=None: world_train_config(".", ".", adapter_name="app", **({"rank": rank} if rank else {}))
+        ),
+        adapter_notes={name: note for name, path in shipped.items() if (note := motion_note(path))},
         example_images=lambda: [scene(seed) for seed in range(3)],
-        train_model_path=world.WORLD_ID,  # "miva-world": the trainer resolves it to the shipped folder
-        train_motion_path=f"{world.WORLD_ID}/motion_adapter",
+        example_prompts=lambda: [world.make_scene("heldout", seed).prompt for seed in range(3)],  # scene_image's
+        train_model_path=WORLD_ID,  # "miva-world": load_base resolves it to the shipped folder
+        train_motion_path=f"{WORLD_ID}/motion_adapter",
     )
 
 
+_PLAIN_SAMPLING = ("num_frames", "num_inference_steps", "guidance_scale", "height", "width")
+# A shipped adapter "makes its motion" when most of its validation videos do (the recorded class accuracy).
+MAKES_MOTION = 0.5
+NOT_YET = "does not make its motion yet"
+
+
+def _recipe_defaults(recipe: Callable) -> TrainDefaults:
+    """The Train form's defaults read from a recipe (`recipe(rank=None)`: `TrainConfig` fields, as
+    `miva.world.adapters.world_train_config` returns them)."""
+    from .parts import parts_of
+
+    config = recipe()
+    return TrainDefaults(
+        learning_rate=config["learning_rate"],
+        rank=config["adapter"]["motion_lora_rank"],
+        steps=config["max_train_steps"],
+        num_frames=config["num_frames"],
+        stride=config["sample_frame_rate"],
+        random_flip=config["random_flip"],
+        parts=tuple(parts_of(config["adapter"])),
+        recipe=recipe,
+    )
+
+
+def motion_note(folder: Path) -> str:
+    """A short note on a shipped adapter from the `training.json` recorded with it: empty when its validation shows
+    it makes its motion (class accuracy of the shipped seed >= `MAKES_MOTION`), else says that it does not yet."""
+    import json
+
+    record_path = Path(folder) / "training.json"
+    if not record_path.is_file():
+        return ""  # not a shipped MotionWorld adapter: nothing recorded, nothing claimed
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    scores = (record.get("validation") or {}).get(str(record.get("seed")))
+    if scores is None:
+        return "motion not validated"
+    accuracy = scores["class_accuracy"]
+    if accuracy >= MAKES_MOTION:
+        return ""
+    return f"{NOT_YET}: {accuracy:.0%} of validation videos make it"
+
+
 def _tiny_base() -> Base:
-    from ..pipelines.pipeline_miva import MIVAPipeline
-    from ..tiny import make_test_image, tiny_components
+    from ..tiny import make_test_image
 
     return Base(
         label="tiny (random offline weights)",
-        load=lambda: MIVAPipeline(**tiny_components(seed=0)),
+        load=lambda: load_base(TINY_ID),
         defaults=SamplingDefaults(num_frames=8, num_inference_steps=4, guidance_scale=1.0, prompt="a waterfall"),
         example_images=lambda: [make_test_image(64, 64, seed) for seed in range(3)],
     )
@@ -88,13 +175,8 @@ def _pretrained_base(path: str, motion_adapter: str | None) -> Base:
     def load():
         import torch
 
-        from ..loaders.base_models import load_motion_adapter
-        from ..pipelines.pipeline_miva import MIVAPipeline
-
         dtype = torch.float16 if torch.cuda.is_available() else torch.float32
-        pipe = MIVAPipeline.from_pretrained(
-            path, motion_adapter=load_motion_adapter(motion_adapter, dtype), dtype=dtype
-        )
+        pipe = load_base(path, motion_adapter, dtype=dtype)
         return pipe.to("cuda") if torch.cuda.is_available() else pipe
 
     return Base(
@@ -107,12 +189,13 @@ def _pretrained_base(path: str, motion_adapter: str | None) -> Base:
 
 
 def resolve_base(name: str, motion_adapter: str | None = None) -> Base:
-    """`name` is "world", "tiny", or an SD1.5 diffusers folder / Hub id (then `motion_adapter` is required).
+    """`name` is "world" / "miva-world", "tiny", or an SD1.5 diffusers folder / Hub id (then `motion_adapter` is required).
 
     Raises `BaseUnavailable` (one line) when the base cannot be used here; nothing heavy is loaded yet."""
-    if name == "world":
+    known = known_base(name)  # the registry's names and aliases ("world" = "miva-world", "tiny")
+    if known is not None and known.name == WORLD_ID:
         return _world_base()
-    if name == "tiny":
+    if known is not None and known.name == TINY_ID:
         return _tiny_base()
     return _pretrained_base(name, motion_adapter)
 

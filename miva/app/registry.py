@@ -16,7 +16,14 @@ NO_ADAPTER = "(none)"
 
 
 class AppInputError(ValueError):
-    """Bad input from the page; the message is shown there as is."""
+    """Bad input from the page; the message is shown there as is (one line per problem)."""
+
+
+def page_html(message: str) -> str:
+    """`message` for Gradio's message boxes, which render HTML: escaped, one line per line."""
+    import html
+
+    return html.escape(message, quote=False).replace("\n", "<br>")
 
 
 class AdapterRegistry:
@@ -24,14 +31,16 @@ class AdapterRegistry:
 
     Thread-safe: a training thread adds while the page reads."""
 
-    def __init__(self, sources: dict[str, Path | str] | None = None):
+    def __init__(self, sources: dict[str, Path | str] | None = None, notes: dict[str, str] | None = None):
         self._lock = threading.Lock()
         self._sources: dict[str, Path | str] = {}
+        self._notes: dict[str, str] = {}
         for name, source in (sources or {}).items():
-            self.add(name, source)
+            self.add(name, source, (notes or {}).get(name, ""))
 
-    def add(self, name: str, source: Path | str) -> str:
-        """Register `source` under `name` (made unique with a `-2`, `-3` ... suffix); returns the name used."""
+    def add(self, name: str, source: Path | str, note: str = "") -> str:
+        """Register `source` under `name` (made unique with a `-2`, `-3` ... suffix), with an optional `note` the
+        pickers show beside the name (e.g. "does not make its motion yet"); returns the name used."""
         name = str(name).strip()
         if not name or name == NO_ADAPTER:
             raise AppInputError(f"adapter name {name!r} is empty or reserved; give it a name")
@@ -40,7 +49,15 @@ class AdapterRegistry:
             while unique in self._sources and self._sources[unique] != source:
                 unique, k = f"{name}-{k}", k + 1
             self._sources[unique] = source
+            if note:
+                self._notes[unique] = note
         return unique
+
+    def set_note(self, name: str, note: str) -> None:
+        """Show `note` beside registered adapter `name` in the pickers (a name not registered is ignored)."""
+        with self._lock:
+            if name in self._sources:
+                self._notes[name] = note
 
     def names(self) -> list[str]:
         with self._lock:
@@ -49,6 +66,12 @@ class AdapterRegistry:
     def choices(self) -> list[str]:
         """What a picker lists: `NO_ADAPTER` first, then every registered adapter."""
         return [NO_ADAPTER, *self.names()]
+
+    def labelled_choices(self) -> list[tuple[str, str]]:
+        """`choices()` as a picker's `(label, value)` pairs: the label adds the adapter's note, the value is its name."""
+        with self._lock:
+            notes = dict(self._notes)
+        return [(f"{name} ({notes[name]})" if name in notes else name, name) for name in self.choices()]
 
     def source(self, choice: str) -> Path | str | None:
         """The source a picker's value stands for: None for `NO_ADAPTER` / empty, a registered source, else the

@@ -20,21 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bases import Base, fresh_pipeline
-from .registry import AdapterRegistry, AppInputError
+from .clips import in_form_words, stage_clips
+from .parts import PART_SWITCHES, adapter_config_for  # noqa: F401  (public names: the form's parts)
+from .registry import AdapterRegistry, AppInputError, page_html
 
 logger = logging.getLogger("miva.app")
-
-MIN_CLIPS, MAX_CLIPS = 3, 30
-# The adapter parts the form offers -> the MIVAAdapterConfig switches that add them (all others off).
-PART_SWITCHES = {
-    "i2v": {"use_i2v": True},
-    "motion_lora": {"use_motion_lora": True},
-    "ca_lora": {"use_ca_lora": True},
-    "implicit": {"ca_mode": "implicit"},
-    "motion_embed": {"use_motion_embed": True},
-}
-ALL_OFF = {"use_i2v": False, "use_motion_lora": False, "use_ca_lora": False, "use_motion_embed": False}
-SIDECAR_SUFFIX = ".txt"
 
 
 @dataclass
@@ -52,62 +42,8 @@ class TrainRequest:
     num_frames: int = 8
     stride: int = 1
     seed: int = 0
-
-
-def adapter_config_for(parts: list[str]):
-    """The `MIVAAdapterConfig` with exactly `parts` (names from `PART_SWITCHES`)."""
-    from ..attention_processors import MIVAAdapterConfig
-
-    if not parts:
-        raise AppInputError(f"adapter parts: pick at least one of {list(PART_SWITCHES)}")
-    unknown = [p for p in parts if p not in PART_SWITCHES]
-    if unknown:
-        raise AppInputError(f"adapter part {unknown[0]!r} is not one of {list(PART_SWITCHES)}")
-    switches = dict(ALL_OFF)
-    for part in parts:
-        switches.update(PART_SWITCHES[part])
-    return MIVAAdapterConfig(**switches)
-
-
-def stage_clips(request: TrainRequest, job_dir: Path, height: int, width: int):
-    """Copy the uploaded clips into `<job_dir>/clips` (or use `request.folder`) and check them with the trainer's
-    own `ClipDataset` (readable, long enough); returns `(video_root, number of clips)`. Raises `AppInputError`."""
-    from ..training.data import VIDEO_EXTENSIONS, ClipDataset
-
-    if request.clips:
-        root = job_dir / "clips"
-        root.mkdir(parents=True, exist_ok=True)
-        for upload in request.clips:
-            path = Path(upload)
-            suffix = path.suffix.lower()
-            if suffix not in VIDEO_EXTENSIONS and suffix != SIDECAR_SUFFIX:
-                raise AppInputError(
-                    f"{path.name} is not a clip: expected a video with an extension in {VIDEO_EXTENSIONS} "
-                    f"(or a {SIDECAR_SUFFIX} prompt beside one)"
-                )
-            shutil.copyfile(path, root / path.name)
-    elif request.folder.strip():
-        root = Path(os.path.expanduser(request.folder.strip()))
-        if not root.is_dir():
-            raise AppInputError(f"clip folder {str(root)!r} is not a folder on this machine")
-    else:
-        raise AppInputError(f"no clips: upload {MIN_CLIPS}-{MAX_CLIPS} clips or give a folder of clips")
-    try:
-        dataset = ClipDataset(
-            root,
-            prompt=request.prompt.strip(),  # may be empty: train on the empty prompt
-            num_frames=int(request.num_frames),
-            sample_frame_rate=int(request.stride),
-            width=width,
-            height=height,
-            cache_clips=False,
-        )
-    except (OSError, ValueError) as e:  # unreadable or too short clips, no prompt: the message names the clips
-        raise AppInputError(str(e)) from e
-    count = len(dataset.clips)
-    if not MIN_CLIPS <= count <= MAX_CLIPS:
-        raise AppInputError(f"{count} clips: a MIVA adapter is trained on {MIN_CLIPS}-{MAX_CLIPS} clips of one motion")
-    return root, count
+    rank: int | None = None  # None: the base's recipe (or MIVAAdapterConfig's default)
+    random_flip: bool | None = None  # None: the base's recipe
 
 
 def zip_folder(folder: Path, zip_path: Path) -> Path:
@@ -118,8 +54,13 @@ def zip_folder(folder: Path, zip_path: Path) -> Path:
     return zip_path
 
 
+class TrainingStopped(Exception):
+    """Raised inside the trainer's loop after the step in which the page's Stop was pressed."""
+
+
 class TrainingJob:
-    """One training run in a background thread. `state`: "starting" -> "training" -> "done" | "failed"."""
+    """One training run in a background thread. `state`: "starting" -> "training" -> "done" | "failed" |
+    "stopped" (`stop()`: after the current step; nothing is saved)."""
 
     def __init__(self, base: Base, registry: AdapterRegistry, job_dir: Path, request: TrainRequest, config):
         self.base, self.registry, self.job_dir, self.request, self.config = base, registry, job_dir, request, config
@@ -130,6 +71,7 @@ class TrainingJob:
         self.registered_name: str | None = None
         self.started = time.perf_counter()
         self.seconds = 0.0
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"miva-train-{request.name}", daemon=True)
 
     def start(self) -> TrainingJob:
@@ -139,21 +81,42 @@ class TrainingJob:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
+    def stop(self) -> None:
+        """Ask the run to stop after its current step."""
+        self._stop.set()
+
     @property
     def running(self) -> bool:
         return self.state in ("starting", "training")
 
-    def _run(self) -> None:
-        from ..training.train import train
+    def _trainer(self, components: dict):
+        """The project's trainer, checking after every logged step whether Stop was pressed."""
+        from ..training.train import MIVATrainer
 
+        stop = self._stop
+
+        class StoppableTrainer(MIVATrainer):
+            def _log_step(self, *args, **kwargs):
+                super()._log_step(*args, **kwargs)
+                if stop.is_set():
+                    raise TrainingStopped
+
+        return StoppableTrainer(self.config, components=components)
+
+    def _run(self) -> None:
         try:
             pipe = fresh_pipeline(self.base)  # its own copy: the Animate tab's weights are never trained
             components = {k: getattr(pipe, k) for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}
             self.state = "training"
-            self.adapter_path = Path(train(self.config, components=components))
+            if self._stop.is_set():
+                raise TrainingStopped
+            self.adapter_path = Path(self._trainer(components).train())
             self.zip_path = zip_folder(self.adapter_path, self.job_dir / f"{self.request.name}.zip")
             self.registered_name = self.registry.add(self.request.name, self.adapter_path)
             self.state = "done"
+        except TrainingStopped:
+            logger.info("training %r stopped from the page", self.request.name)
+            self.state = "stopped"
         except Exception as e:  # shown in the page; the server goes on serving
             logger.exception("training %r failed", self.request.name)
             self.state, self.error = "failed", f"{type(e).__name__}: {e}"
@@ -190,6 +153,8 @@ class TrainingJob:
                 f"**{self.request.name}**: done, {step} steps in {self.seconds:.0f} s{loss}; listed in the Animate tab "
                 f"as **{self.registered_name}** ({self.adapter_path})"
             )
+        if self.state == "stopped":
+            return f"**{self.request.name}**: stopped at step {step}/{self.total_steps}{loss}; no adapter saved"
         return f"**{self.request.name}**: failed after step {step}: {self.error}"
 
 
@@ -203,52 +168,75 @@ class TrainingManager:
 
     def start(self, request: TrainRequest) -> TrainingJob:
         """Check `request` (name, parts, clips) and start its job; raises `AppInputError` for bad input."""
-        from ..training.train_config import TrainConfig
-
         name = request.name.strip()
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
-            raise AppInputError(f"adapter name {request.name!r}: use letters, digits, '_' or '-' (e.g. waterfall)")
+            raise AppInputError(f"Adapter name {request.name!r}: use letters, digits, '_' or '-' (e.g. waterfall)")
         request = dataclasses.replace(request, name=name)
-        adapter = adapter_config_for(list(request.parts))
         with self._lock:
             if self.job is not None and self.job.running:
-                raise AppInputError(f"training {self.job.request.name!r} is still running; wait for it to finish")
+                raise AppInputError(f"training {self.job.request.name!r} is still running; wait or press Stop")
             k = 1
             while (self.out_dir / "train" / f"{name}-{k}").exists():
                 k += 1
             job_dir = self.out_dir / "train" / f"{name}-{k}"
             job_dir.mkdir(parents=True)
-            d = self.base.defaults
             try:
-                root, _ = stage_clips(request, job_dir, d.height, d.width)
-                config = TrainConfig(
-                    output_dir=str(job_dir),
-                    tiny=self.base.train_model_path is None,
-                    pretrained_model_path=self.base.train_model_path,
-                    motion_module_path=self.base.train_motion_path,
-                    adapter=adapter,
-                    adapter_name=name,
-                    video_root=str(root),
-                    prompt=request.prompt.strip(),  # may be empty: train on the empty prompt
-                    num_frames=int(request.num_frames),
-                    sample_frame_rate=int(request.stride),
-                    width=d.width,
-                    height=d.height,
-                    learning_rate=float(request.learning_rate),
-                    max_train_steps=int(request.steps),
-                    mixed_precision="fp16" if _cuda() else "no",
-                    gradient_checkpointing=_cuda(),
-                    checkpointing_steps=None,
-                    validation_steps=int(request.steps),  # one sample GIF at the end, for the model card
-                    validation={"num_inference_steps": d.num_inference_steps, "guidance_scale": d.guidance_scale},
-                    report_to="none",
-                    seed=int(request.seed),
-                )
+                config = self.config_for(request, job_dir)
             except (AppInputError, ValueError) as e:  # TrainConfig names the field and the valid values
                 shutil.rmtree(job_dir, ignore_errors=True)  # a rejected request leaves nothing behind
-                raise AppInputError(str(e)) from e
+                raise AppInputError(in_form_words(str(e))) from e
             self.job = TrainingJob(self.base, self.registry, job_dir, request, config).start()
             return self.job
+
+    def stop(self) -> str:
+        """Stop the running job after its current step; returns a line for the page."""
+        job = self.job
+        if job is None or not job.running:
+            return "no training is running"
+        job.stop()
+        return f"**{job.request.name}**: stopping after the current step ..."
+
+    def config_for(self, request: TrainRequest, job_dir: Path):
+        """The `TrainConfig` of `request`: the base's recipe (its adapter settings, batch size, ...) with the form's
+        values over it; stages the clips under `job_dir`."""
+        from ..training.train_config import TrainConfig
+
+        d, t = self.base.defaults, self.base.train_defaults
+        rank = t.rank if request.rank is None else int(request.rank)
+        if rank is not None and rank < 1:
+            raise AppInputError(f"LoRA rank = {rank}: must be an integer >= 1")
+        recipe = dict(t.recipe(rank) if t.recipe else {})
+        adapter = adapter_config_for(list(request.parts), recipe.pop("adapter", None), rank)
+        root, _ = stage_clips(request, job_dir, d.height, d.width)
+        form = dict(
+            output_dir=str(job_dir),
+            tiny=self.base.train_model_path is None,
+            pretrained_model_path=self.base.train_model_path,
+            motion_module_path=self.base.train_motion_path,
+            adapter=adapter,
+            adapter_name=request.name,
+            video_root=str(root),
+            prompt=request.prompt.strip(),  # may be empty: train on the empty prompt
+            num_frames=int(request.num_frames),
+            sample_frame_rate=int(request.stride),
+            width=d.width,
+            height=d.height,
+            random_flip=t.random_flip if request.random_flip is None else bool(request.random_flip),
+            learning_rate=float(request.learning_rate),
+            max_train_steps=int(request.steps),
+            mixed_precision="fp16" if _cuda() else "no",
+            gradient_checkpointing=_cuda(),
+            checkpointing_steps=None,
+            validation_steps=int(request.steps),  # one sample GIF at the end, for the model card
+            validation={
+                "num_inference_steps": d.num_inference_steps,
+                "guidance_scale": d.guidance_scale,
+                "pipeline_kwargs": dict(d.sampling),  # sampled as the Animate tab samples this base
+            },
+            report_to="none",
+            seed=int(request.seed),
+        )
+        return TrainConfig(**{**recipe, **form})
 
 
 def _cuda() -> bool:
@@ -258,6 +246,13 @@ def _cuda() -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- page callbacks
+def form_number(value, label: str, kind=float):
+    """A number box's value as `kind`; an empty box is an `AppInputError` naming the box's `label`."""
+    if value is None or value == "":
+        raise AppInputError(f"{label}: enter a number")
+    return kind(value)
+
+
 def request_from_form(form, values: dict) -> TrainRequest:
     """The `TrainRequest` that the Train form's `values` (`{component: value}`) describe."""
     uploads = values[form.clips] or []
@@ -267,10 +262,13 @@ def request_from_form(form, values: dict) -> TrainRequest:
         folder=values[form.folder] or "",
         prompt=values[form.prompt] or "",
         parts=list(values[form.parts] or []),
-        steps=int(values[form.steps]),
-        learning_rate=float(values[form.learning_rate]),
+        steps=form_number(values[form.steps], "Steps", int),
+        learning_rate=form_number(values[form.learning_rate], "Learning rate"),
         num_frames=int(values[form.num_frames]),
         stride=int(values[form.stride]),
+        rank=form_number(values[form.rank], "LoRA rank", int),
+        random_flip=bool(values[form.random_flip]),
+        seed=form_number(values[form.seed], "Seed", int),
     )
 
 
@@ -294,9 +292,14 @@ def on_train(manager: TrainingManager, form, values: dict) -> dict:
 
     try:
         job = manager.start(request_from_form(form, values))
-    except AppInputError as e:
-        raise gr.Error(str(e), duration=None) from e
+    except AppInputError as e:  # the user's to fix: a message in the page, no traceback in the server's log
+        raise gr.Error(page_html(str(e)), duration=None, print_exception=False) from e
     return {form.status: job.summary(), form.timer: gr.Timer(active=True), form.plot: loss_table(job), form.zip: None}
+
+
+def on_stop(manager: TrainingManager, form) -> dict:
+    """Stop button: the running job stops after its current step (the poll timer reports it)."""
+    return {form.status: manager.stop()}
 
 
 def on_poll(manager: TrainingManager, form, adapter_pickers: list, registry: AdapterRegistry) -> dict:
@@ -310,5 +313,5 @@ def on_poll(manager: TrainingManager, form, adapter_pickers: list, registry: Ada
         update[form.timer] = gr.Timer(active=False)
         update[form.zip] = str(job.zip_path) if job is not None and job.zip_path else None
         for picker in adapter_pickers:
-            update[picker] = gr.Dropdown(choices=registry.choices())
+            update[picker] = gr.Dropdown(choices=registry.labelled_choices())
     return update

@@ -1,6 +1,6 @@
 """`MIVAAdapterConfig`: what one MIVA adapter is made of (serialised as `adapter_config.json`).
 
-Field names follow the seed's config keys wherever the seed has one (DESIGN.md §3.7), so a research config maps
+Field names follow the seed's config keys wherever the seed has one (docs/research.md#config-names), so a research config maps
 onto this dataclass key by key.
 """
 

@@ -1,5 +1,5 @@
-"""How the active adapters combine (`parallel_mode`, docs/architecture.md "Composition and fusing"): the modes,
-the branch description and one composer per mode.
+"""How the active adapters combine (`parallel_mode`, docs/research.md#multi-adapter; docs/architecture.md
+"Composition and fusing"): the modes, the branch description and one composer per mode.
 
 Processors describe what each active adapter adds at their layer as a `Branch` (which projections get which live
 deltas, which tokens it attends to, its weight, an input embedding, or a precomputed output) and the layer as a
@@ -47,6 +47,9 @@ __all__ = [
     "check_fusable_mode",
     "check_not_fused",
     "check_parallel_mode",
+    "merges_deltas",
+    "mix_residual",
+    "replace_share",
     "needs_base",
     "weighted_sum",
 ]
@@ -57,6 +60,12 @@ def check_parallel_mode(mode: Any) -> str:
     if mode not in PARALLEL_MODES:
         raise ValueError(f"parallel_mode={mode!r} is not one of {list(PARALLEL_MODES)}")
     return mode
+
+
+def merges_deltas(mode: str) -> bool:
+    """Whether `mode` sums the w_i-scaled deltas into one attention (`"weights"`) rather than one branch per adapter
+    (`"residual"`)."""
+    return check_parallel_mode(mode) == "weights"
 
 
 def check_fusable_mode(mode: str, num_active: int) -> None:
@@ -172,8 +181,13 @@ def compose_residual(site: Site, branches: list[Branch]) -> torch.Tensor:
     for b in branches:
         if b.output is not None:
             y = y + b.weight * b.output
-    if site.base is not None and needs_base(weights):
-        y = y + (1.0 - sum(weights)) * site.base()
+    return y if site.base is None else mix_residual(y, weights, site.base)
+
+
+def mix_residual(y: torch.Tensor | float, weights: Sequence[float], base: Callable[[], torch.Tensor]):
+    """`y = sum_i w_i y_i` -> `y + (1 - sum_i w_i) y_base`; `base()` (the frozen branch) runs only when needed."""
+    if needs_base(weights):
+        y = y + (1.0 - sum(weights)) * base()
     return y
 
 
@@ -263,8 +277,14 @@ def compose_weights(site: Site, branches: list[Branch]) -> torch.Tensor:
         y = site.base()
     for b in branches:
         if b.output is not None:
-            y = y * (1.0 - b.weight) + b.output * b.weight
+            y = replace_share(y, b.output, b.weight)
     return y
+
+
+def replace_share(y: torch.Tensor, f: torch.Tensor, w: float) -> torch.Tensor:
+    """`"weights"`: an output `f` that replaces the attention (implicit prompt) takes share w of it, `y (1 - w) + f w`:
+    exactly f at w = 1 (no trace of the text left)."""
+    return y * (1.0 - w) + f * w
 
 
 def _merged_attention(site: Site, branches: list[Branch]) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Merging the active adapters' LoRA deltas into the base attention weights, and restoring them bit-exactly.
 
-Fusing implements the `"weights"` composition (DESIGN.md §3.2-§3.4): every projection gets
+Fusing implements the `"weights"` composition (docs/research.md#multi-adapter): every projection gets
 `W <- W + sum_i w_i * up_i @ down_i * alpha_i / rank_i`, so one ordinary matmul replaces the base matmul plus N
 low-rank deltas. Our out delta reads the attention output (the input of `W_O`), so it merges into `to_out[0]` like
 the others; the constant `to_out_bias` of imported research adapters merges into `to_out[0].bias`.

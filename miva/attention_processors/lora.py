@@ -8,7 +8,7 @@ from torch import nn
 
 
 class LoRADelta(nn.Module):
-    """`delta(x) = up(down(x)) * alpha / rank` (DESIGN.md §3.1).
+    """`delta(x) = up(down(x)) * alpha / rank` (docs/research.md#lora-layers).
 
     `down` starts at N(0, (1/rank)^2) and `up` at zero (the research init), so a new delta is exactly zero. `alpha`
     is the seed's `*_lora_scale` ("network_alpha"); `alpha=None` means no scaling. The delta runs in its own dtype and

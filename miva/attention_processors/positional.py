@@ -13,7 +13,7 @@ Two styles (`pe_style`):
 
 - `"standard"` (default): textbook formulas. Sinusoid frequencies `10000^(-2i/d)`, rotary replaces `x` by `R(x)`,
   K/V tiled frame-major so that every key's position is its frame.
-- `"research"`: reproduces the research implementation exactly (REFERENCE.md section 3): positive-exponent
+- `"research"`: reproduces the research implementation exactly (docs/research.md#positional-encodings): positive-exponent
   sinusoid `10000^(+2i/d)`, additive rotary `x + R(x)`, stop-gradient on the 3-D rotated term, bug B1 for
   `ropeQ_3d` (W_Q discarded), token-major K/V tiling with position `index // text_tokens`, and the 2560-token
   limit of `naive`. Adapters trained with the research code need this style.
@@ -194,7 +194,7 @@ _ROTARY_1D = dict(channel_multiple=2, channel_rule="an even number of channels (
 _ROTARY_3D = dict(channel_multiple=8, channel_rule="channels divisible by 8 (4 axial quarters of rotary pairs)")
 
 # --------------------------------------------------------------------------------------------------------------------
-# the registry: the one list of modes (DESIGN.md §3.2), in the seed's order
+# the registry: the one list of modes (docs/research.md#positional-encodings), in the seed's order
 
 PE_REGISTRY: dict[str, PEMode] = {
     spec.name: spec

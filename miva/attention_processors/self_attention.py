@@ -18,7 +18,7 @@ from .split_inference import carried_reference_kv, row_window
 
 
 class CrossFrameAdapter(nn.Module):
-    """One adapter's cross-frame branch at one spatial `attn1` (DESIGN.md §3.3).
+    """One adapter's cross-frame branch at one spatial `attn1` (docs/research.md#cross-frame-adapter).
 
     Keys/values are attn1's own (frozen); the branch owns `to_out` (zero-init, so a new adapter is a no-op), an
     optional trainable copy of attn1's `to_q`, and for `sa_first_frame_scale="adaptive_<T>"` a `weight_module`

@@ -15,7 +15,7 @@ class SpatiotemporalQuery:
     """Query layout of the spatiotemporal-Q path: fold frames out of the batch, downsample space by `ratio`,
     flatten to (batch, frames*h'*w', channels) in (frame, row, column) order, and back.
 
-    Two grids. `pe_style="research"` with nearest mode is the research one exactly (REFERENCE.md section 2):
+    Two grids. `pe_style="research"` with nearest mode is the research one exactly (docs/research.md#spatiotemporal-query):
     `F.interpolate(nearest)` down to `(H // r, W // r)` and back up to `(H, W)`, so when r does not divide H or W
     the kept rows are `floor(i * H / (H // r))` and each coarse cell covers a band of uneven width. Otherwise
     (miva's standard grid) the grid is `ceil(H / r) x ceil(W / r)`: every r-th row and column (or r x r means),

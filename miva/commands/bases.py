@@ -3,7 +3,7 @@
     miva bases create --config examples/configs/train_orthogonal.yaml [--out bases.safetensors] [--seed 0]
     miva bases create --tiny --out bases.safetensors --seed 0
 
-One random orthogonal matrix per LoRA layer of the configured UNet (DESIGN.md §3.5), seeded, written to one
+One random orthogonal matrix per LoRA layer of the configured UNet (docs/research.md#orthogonal-adapters), seeded, written to one
 safetensors file: `--out`, else `unet_additional_kwargs.oa_bases_path`. The seed is `--seed`, else `global_seed`.
 Training with `oa_bin_id` then reads it from `oa_bases_path`.
 """

@@ -41,20 +41,22 @@ def log(message: str) -> None:
 
 # ------------------------------------------------------------------------------------------------------ models
 def build_pipeline(config, tiny: bool = False, device=None, dtype=None, progress: bool = False):
-    """`MIVAPipeline` from `pretrained_model_path` + `motion_module_path` (or `miva.tiny` with `tiny`), with the
+    """`MIVAPipeline` from `load_base(pretrained_model_path, motion_module_path)` (a known base such as "miva-world"
+    needs no motion_module_path; `tiny`: the "tiny" base), with the
     `noise_scheduler_kwargs` DDIM scheduler and, with `use_ip_adapter`, the IP-Adapter loaded. No adapters yet.
     `progress`: diffusers' progress bar over the denoising steps."""
     import torch
 
+    from ..base_registry import TINY_ID, known_base
     from ..config import ConfigError
-    from ..pipelines.pipeline_miva import MIVAPipeline
+    from ..loaders.base_models import load_base
 
     if tiny:
-        from ..tiny import tiny_components
-
-        pipe = MIVAPipeline(**tiny_components(seed=0))
+        pipe = load_base(TINY_ID)
     else:
-        for name in ("pretrained_model_path", "motion_module_path"):
+        required = ["pretrained_model_path"] if known_base(config.pretrained_model_path) else [
+            "pretrained_model_path", "motion_module_path"]  # a known base brings its own motion adapter
+        for name in required:
             if getattr(config, name) is None:
                 raise ConfigError(f"{name}: required (a Hub id or a local folder) unless --tiny")
         extra = {}
@@ -65,15 +67,7 @@ def build_pipeline(config, tiny: bool = False, device=None, dtype=None, progress
                 image_encoder=CLIPVisionModelWithProjection.from_pretrained(config.image_encoder_path),
                 feature_extractor=CLIPImageProcessor(),
             )
-        from ..loaders.base_models import load_motion_adapter
-
-        motion_adapter = load_motion_adapter(config.motion_module_path, dtype)
-        pipe = MIVAPipeline.from_pretrained(
-            config.pretrained_model_path,
-            motion_adapter=motion_adapter,
-            **({"dtype": dtype} if dtype is not None else {}),
-            **extra,
-        )
+        pipe = load_base(config.pretrained_model_path, config.motion_module_path, dtype=dtype, **extra)
     pipe.scheduler = config.scheduler(pipe.scheduler.config)
     if config.use_ip_adapter:
         if tiny and not Path(config.ip_ckpt).is_file():

@@ -39,9 +39,11 @@ def base_unet(config, tiny: bool):
         return None
     from diffusers import UNet2DConditionModel, UNetMotionModel
 
+    from ..base_registry import resolve_base_path
     from ..loaders.base_models import load_motion_adapter
 
-    unet2d = UNet2DConditionModel.from_pretrained(config.pretrained_model_path, subfolder="unet")
+    path = resolve_base_path(config.pretrained_model_path)  # a known name ("miva-world"): its folder, offline
+    unet2d = UNet2DConditionModel.from_pretrained(path, subfolder="unet")
     return UNetMotionModel.from_unet2d(unet2d, load_motion_adapter(config.motion_module_path))
 
 

@@ -78,8 +78,11 @@ def text_parts(config, tiny: bool):
         raise ConfigError("pretrained_model_path: required (a Hub id or a local folder) unless --tiny")
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    tokenizer = CLIPTokenizer.from_pretrained(config.pretrained_model_path, subfolder="tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(config.pretrained_model_path, subfolder="text_encoder").eval()
+    from ..base_registry import resolve_base_path
+
+    path = resolve_base_path(config.pretrained_model_path)  # a known name ("miva-world"): its folder, offline
+    tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").eval()
     return tokenizer, text_encoder
 
 

@@ -1,6 +1,6 @@
 """Which images a config animates, with which prompts (`validation_data` image_path / prompt_path / prompts).
 
-Rules (REFERENCE.md §7, seed README "Input"):
+Rules (docs/research.md#sampling, docs/research.md#inputs):
 - `prompt_path` selects images in the folder `image_path`: a list of names (`"cat"` -> `cat.png`, else the first of
   `cat.jpg` / `cat.jpeg` / `cat.webp` that exists; a name with a suffix is taken as is), `"all"` (every image in
   the folder, sorted by name) or `"newlamp"` (`1.png` .. `20.png`). Without `prompt_path`, `image_path` may name a

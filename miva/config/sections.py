@@ -169,7 +169,7 @@ class UNetAdditionalKwargs:
         ),
     )
     unet_use_temporal_attention: bool = key(
-        False, boolean, "research attn_temp: only a frozen random bias, not reproduced (REFERENCE §1)"
+        False, boolean, "research attn_temp: only a frozen random bias, not reproduced (docs/research.md#base-model)"
     )
     motion_module_kwargs: MotionModuleKwargs = key(None, section(MotionModuleKwargs), factory=MotionModuleKwargs)
     # Cross-attention: CA-LoRA, implicit prompt, spatiotemporal Q.

@@ -16,7 +16,7 @@ trainer's own flat layout (`TrainConfig.from_dict` / `from_yaml`)::
 or from the seed's layout (`miva.config.load_config(...).train_config()`), imported through one key map
 (`miva.config.training.RESEARCH_KEY_MAP`); its research keys take their defaults and checks from the fields here. Every field is checked by its declared check (`miva.config.fields`, the same checks as the seed's layout);
 errors name the field as a keyword (`width=100 must be a multiple of 8 ...`). Defaults follow the research training
-script (REFERENCE.md §8) except `split_ckpt` (True: the native adapter) and `mixed_precision` (fp16, falling back
+script (docs/research.md#training) except `split_ckpt` (True: the native adapter) and `mixed_precision` (fp16, falling back
 to "no" without a GPU).
 """
 
@@ -53,7 +53,7 @@ from .fields import (
 
 __all__ = ["TRAINABLE_PARTS", "TrainConfig", "ValidationConfig", "adapter_parts", "both_or_neither"]
 
-# What can be trained (DESIGN.md §3.9) and which parts an adapter has: declared once, in `attention_processors.parts`.
+# What can be trained (docs/research.md#training) and which parts an adapter has: declared once, in `attention_processors.parts`.
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TRACKERS = (
     "auto",

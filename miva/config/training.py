@@ -6,7 +6,7 @@ field sets that field. A research key that sets a field is declared with `resear
 field's default, check and help from `TrainConfig` (declared once there); the research layout's own training keys
 (`learning_rate`, `max_train_steps`, ...) are built from `TrainConfig` by `training_keys`, not listed again.
 
-Keys follow the research training YAMLs (REFERENCE.md §8). A few research keys only have one value here and are
+Keys follow the research training YAMLs (docs/research.md#training). A few research keys only have one value here and are
 rejected otherwise, with the reason: `scale_lr` (false),
 `include_frame1_in_mse_loss` (false). `trainable_modules` takes our part names (`TRAINABLE_PARTS`) or the research
 module names (`i2v_adapter.to_out`, `i2v_adapter.to_q`, `to_q_lora`, `to_k_lora`, `to_v_lora`, `to_out_lora`,

@@ -42,7 +42,7 @@ from huggingface_hub import create_repo, upload_folder
 
 from ..attention_processors import MIVAAdapterConfig, add_miva_adapter, get_miva_context, install_miva_processors
 from ..guards import check_finite_tensor
-from .adapter_state import adapter_state_dict, discard_adapter, load_adapter_state
+from .adapter_state import AdapterLayoutError, adapter_state_dict, discard_adapter, load_adapter_state
 from .model_card import miva_model_card
 from .research import base_weights_from_unet, convert_research_state_dict, fill_mid_block_motion
 from .sources import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, SAMPLE_NAME, AdapterSource, resolve_source
@@ -288,7 +288,7 @@ def prepare_adapter(unet, source: AdapterSource) -> PreparedAdapter:
         except (IndexError, KeyError, RuntimeError, StopIteration, TypeError) as e:  # a layout no check foresaw
             raise ValueError(
                 f"{source.origin}: malformed research checkpoint ({type(e).__name__}: {e}); expected the research "
-                "adapter layout (REFERENCE.md §4, §8)"
+                "adapter layout (docs/research.md#research-checkpoints)"
             ) from None
         fill_mid_block_motion(unet, config, tensors)
     text = {k: v for k, v in tensors.items() if k.startswith(TEXT_EMBEDDING_PREFIX)}
@@ -296,10 +296,21 @@ def prepare_adapter(unet, source: AdapterSource) -> PreparedAdapter:
     return PreparedAdapter(config, unet_tensors, text, source.origin, source.default_name)
 
 
-def load_prepared_adapter(unet, name: str, config: MIVAAdapterConfig, tensors: dict[str, torch.Tensor]) -> None:
+def base_models_note(recorded: str | None, pipeline_base: str | None) -> str:
+    """The start of the error for tensors that do not fit: which base the adapter was trained on, which this
+    pipeline has (an adapter fits the base it was trained on; a different name may still be the same weights)."""
+    mine = repr(pipeline_base) if pipeline_base else "not recorded (a pipeline built from its components)"
+    theirs = repr(recorded) if recorded else "not recorded in its config"
+    return f"adapter trained on base model {theirs}, this pipeline's base model is {mine}; "
+
+
+def load_prepared_adapter(
+    unet, name: str, config: MIVAAdapterConfig, tensors: dict[str, torch.Tensor], pipeline_base: str | None = None
+) -> None:
     """Create adapter `name` from `config` and fill it from `tensors` strictly (exact key set and shapes).
 
-    All or nothing: on any error the adapter is removed again and the UNet is as before. Not activated.
+    All or nothing: on any error the adapter is removed again and the UNet is as before. Not activated. Tensors that
+    do not fit are refused naming the adapter's recorded base model and `pipeline_base` (the pipeline's) first.
     """
     context = install_miva_processors(unet)
     if name in context.configs:
@@ -310,6 +321,9 @@ def load_prepared_adapter(unet, name: str, config: MIVAAdapterConfig, tensors: d
     try:
         add_miva_adapter(unet, name, config)
         load_adapter_state(unet, name, tensors)
+    except AdapterLayoutError as e:
+        discard_adapter(unet, name)
+        raise AdapterLayoutError(base_models_note(config.base_model, pipeline_base) + str(e)) from None
     except BaseException:
         discard_adapter(unet, name)
         raise

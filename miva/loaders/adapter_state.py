@@ -20,9 +20,14 @@ from ..attention_processors import get_miva_adapter_modules, get_miva_context
 from ..attention_processors.base import remove_adapter_everywhere
 from ..guards import check_finite_tensor
 
-__all__ = ["adapter_state_dict", "check_adapter_state", "discard_adapter", "load_adapter_state", "native_adapter_keys"]
+__all__ = ["AdapterLayoutError", "adapter_state_dict", "check_adapter_state", "discard_adapter", "load_adapter_state", "native_adapter_keys"]
 
 PROCESSOR_SUFFIX = ".processor"
+
+
+class AdapterLayoutError(ValueError):
+    """The tensors do not fit the UNet's adapter layout (missing or unexpected keys, other shapes): the usual sign of
+    an adapter trained on another base model."""
 
 
 def _layer_prefix(layer_name: str) -> str:
@@ -57,19 +62,19 @@ def check_adapter_state(name: str, expected: dict[str, torch.Tensor], tensors: d
     if missing:
         key = missing[0]
         extra = f"; the file has {len(unexpected)} unexpected keys, e.g. {unexpected[0]!r}" if unexpected else ""
-        raise ValueError(
+        raise AdapterLayoutError(
             f"adapter {name!r}: missing key {key!r} (this UNet expects shape "
             f"{tuple(expected[key].shape)}); {len(missing)} missing in all{extra}"
         )
     if unexpected:
         key = unexpected[0]
-        raise ValueError(
+        raise AdapterLayoutError(
             f"adapter {name!r}: unexpected key {key!r} of shape {tuple(tensors[key].shape)} (no such "
             f"adapter part in this UNet); {len(unexpected)} unexpected in all"
         )
     for key, target in expected.items():
         if tuple(tensors[key].shape) != tuple(target.shape):
-            raise ValueError(
+            raise AdapterLayoutError(
                 f"adapter {name!r}: key {key!r} has shape {tuple(tensors[key].shape)} in the file but "
                 f"this UNet expects {tuple(target.shape)} (an adapter for a base model of another width?)"
             )

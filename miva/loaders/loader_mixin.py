@@ -137,7 +137,8 @@ class MIVALoaderMixin:
         with adapter_transaction(self.unet):
             for name, item in zip(names, prepared):
                 try:
-                    load_prepared_adapter(self.unet, name, item.config, item.tensors)
+                    base = getattr(self, "name_or_path", None)  # set by from_pretrained
+                    load_prepared_adapter(self.unet, name, item.config, item.tensors, str(base) if base else None)
                 except ValueError as e:  # name the file or repo: the user has to find it
                     raise ValueError(f"{item.origin}: {e}") from None
             self.set_adapters(names, weights, parallel_mode=parallel_mode)

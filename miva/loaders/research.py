@@ -1,4 +1,4 @@
-"""Exact import of research checkpoints (REFERENCE.md §4, §8) as native MIVA adapters.
+"""Exact import of research checkpoints (docs/research.md#research-checkpoints) as native MIVA adapters.
 
 Key mapping, research `UNet3DConditionModel` -> our native file keys (diffusers `UNetMotionModel` layer names).
 The block prefixes are identical: AnimateDiff builds its 3-D UNet from SD1.5's config, so `down_blocks.0-3`,
@@ -17,7 +17,7 @@ rule of diffusers' own AnimateDiff converter):
 | `B.attentions.j.transformer_blocks.t.i2v_adapter.to_out.0.weight` / `.bias` | `B.attentions.j.transformer_blocks.t.attn1.to_out.weight` / `.bias` |
 | `... .i2v_adapter.to_q.weight` | `... .attn1.to_q.weight` (only when it differs from attn1's: `i2v_train_q`) |
 
-Multi-adapter research state dicts (what the research inference builds from N checkpoints, REFERENCE §4) carry
+Multi-adapter research state dicts (what the research inference builds from N checkpoints, docs/research.md#research-checkpoints) carry
 an index: `i2v_adapters.{i}.`, `processor.processors.{i}.` (motion) and `to_k_loras.{i}.` / `to_v_loras.{i}.` /
 `to_out_loras.{i}.` (cross-attention; `to_q_lora` is never renamed). :func:`remap_research_keys_for_index`
 applies that renaming; the importer accepts both forms and picks one adapter with `adapter_index`.
@@ -31,12 +31,12 @@ Semantics converted exactly:
 - The I2V branch's optional Q-/out-LoRAs fold into its dense `to_q` / `to_out` (out-LoRA after W_O:
   `W' = (I + D) W`, `b' = (I + D) b`). Its K/V are attn1's (checked against the base when it is known).
 - Spatiotemporal Q and positional encodings: every imported adapter gets `pe_style="research"`, with or without
-  `ca_pe_mode`: the research query grid (nearest `F.interpolate` to `(H // r, W // r)` and back, REFERENCE §2;
-  miva's standard grid is `ceil(H / r)` and differs when r does not divide the latent size) and the REFERENCE §3
+  `ca_pe_mode`: the research query grid (nearest `F.interpolate` to `(H // r, W // r)` and back, docs/research.md#spatiotemporal-query;
+  miva's standard grid is `ceil(H / r)` and differs when r does not divide the latent size) and the docs/research.md#positional-encodings
   quirks (additive rotary, positive-exponent sinusoid, token-major K/V tiling, bug B1).
 
 Not reproduced (documented deviations): the frozen random `attn_temp` bias of `unet_use_temporal_attention`
-(a base-model artefact, REFERENCE §1), the sequential out-LoRA order of multi-adapter `"weights"` mode and the
+(a base-model artefact, docs/research.md#base-model), the sequential out-LoRA order of multi-adapter `"weights"` mode and the
 research multi-adapter bugs (B2, CFG swap); imported adapters run with our multi-adapter semantics.
 """
 
@@ -345,7 +345,7 @@ def convert_research_state_dict(
 
 def fill_mid_block_motion(unet, config: MIVAAdapterConfig, native: dict[str, torch.Tensor]) -> list[str]:
     """Zero MotionLoRA / motion-embedding entries for the UNet's mid-block motion module, which the research model
-    (AnimateDiff v3 layout, REFERENCE §1) does not have: a zero delta there is "no adapter", as in the research model.
+    (AnimateDiff v3 layout, docs/research.md#base-model) does not have: a zero delta there is "no adapter", as in the research model.
     Only layers with no entry at all are filled; returns their names."""
     lora, embed = MOTION_LORA_PART.enabled(config), MOTION_EMBED_PART.enabled(config)
     if not (lora or embed):

@@ -1,4 +1,4 @@
-"""Research checkpoint keys (REFERENCE.md §4, §8): which keys are adapter state, how one maps to a native layer,
+"""Research checkpoint keys (docs/research.md#research-checkpoints): which keys are adapter state, how one maps to a native layer,
 and the multi-adapter renaming. Pure string work; the tensor conversion is `research.py`."""
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def parse_research_key(key: str) -> ResearchKey | None:
 
 
 def remap_research_keys_for_index(state_dict: Mapping[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
-    """The research inference's renaming of adapter checkpoint `index` in a multi-adapter model (REFERENCE §4):
+    """The research inference's renaming of adapter checkpoint `index` in a multi-adapter model (docs/research.md#research-checkpoints):
     `i2v_adapter.` -> `i2v_adapters.{i}.`; in keys with `processor` but neither `_ip` nor `attn2` (the motion LoRAs)
     `processor.` -> `processor.processors.{i}.`; in `attn2` keys `to_k_lora.` / `to_v_lora.` / `to_out_lora.` ->
     `to_k_loras.{i}.` / ... (`to_q_lora` is not renamed)."""

@@ -4,7 +4,7 @@ A source is one of:
 
 - a local folder with `adapter_config.json` + `miva_adapter.safetensors` (the native layout, see `adapter_io.py`);
 - a single `.safetensors` file: a native adapter file (its config is in the safetensors metadata `miva_config`,
-  or in an `adapter_config.json` beside it) or a research full-UNet checkpoint (`model.safetensors`, REFERENCE §8);
+  or in an `adapter_config.json` beside it) or a research full-UNet checkpoint (`model.safetensors`, docs/research.md#research-checkpoints);
 - a single `.pt` file: a research adapter checkpoint (`adapter.pt`, `combined.pt`, one of the split files);
 - a Hub repo id (`"user/miva-waterfall"`), resolved with `hf_hub_download` (revision, subfolder, cache, token,
   offline mode);
@@ -19,6 +19,7 @@ tensors and containers is refused before any of its code runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import recover_folder
 from ..attention_processors.adapter_config import MIVAAdapterConfig
 from .research_keys import RESEARCH_ADAPTER_MARKERS, needed_base_key
 
@@ -206,6 +208,9 @@ def resolve_source(source: Any, *, config: MIVAAdapterConfig | dict | None = Non
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"adapter source must be a path, a Hub repo id or a research checkpoint dict, got {source!r}")
     path = Path(source)
+    if not path.exists():
+        with contextlib.suppress(OSError):  # a folder a crash left renamed aside mid-write (`atomic.py`)
+            recover_folder(path)
     if hub_kwargs.get("subfolder") and path.is_dir():
         path = path / hub_kwargs["subfolder"]
     if path.is_dir():

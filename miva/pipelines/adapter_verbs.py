@@ -11,6 +11,7 @@ from diffusers import AnimateDiffPipeline
 from diffusers.utils import USE_PEFT_BACKEND
 
 from ..loaders import MIVALoaderMixin
+from ..loaders.transaction import adapter_transaction
 
 __all__ = ["LoRACompatibleAdapterVerbs"]
 
@@ -57,10 +58,12 @@ class LoRACompatibleAdapterVerbs:
             miva_weights, lora_weights = [weights[i] for i in miva_at], [weights[i] for i in lora_at]
         else:
             miva_weights = lora_weights = weights
-        if lora:
-            AnimateDiffPipeline.set_adapters(self, lora, lora_weights)
-        if miva or not lora:
-            MIVALoaderMixin.set_adapters(self, miva, miva_weights, parallel_mode=parallel_mode)
+        # MIVA first (its checks refuse bad weights before anything changes), undone if diffusers then refuses
+        with adapter_transaction(self.unet):
+            if miva or not lora:
+                MIVALoaderMixin.set_adapters(self, miva, miva_weights, parallel_mode=parallel_mode)
+            if lora:
+                AnimateDiffPipeline.set_adapters(self, lora, lora_weights)
 
     def get_active_adapters(self) -> list[str]:
         """The active adapters: the MIVA ones in order, then diffusers' active LoRA adapters."""

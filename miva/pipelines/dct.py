@@ -1,4 +1,4 @@
-"""Orthonormal 3-D DCT-II and DCTInit (REFERENCE.md §7): pure torch, cached matrices, no `torch_dct` dependency.
+"""Orthonormal 3-D DCT-II and DCTInit (docs/research.md#sampling): pure torch, cached matrices, no `torch_dct` dependency.
 
 `dct_3d` equals `torch_dct.dct_3d(x, norm="ortho")` over the last three axes of a tensor `(..., frames, height,
 width)`; `dct_init` keeps the low spatial frequencies of a base video and the high ones of noise.

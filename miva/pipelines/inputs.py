@@ -25,7 +25,7 @@ MAX_GUIDANCE = 1000.0  # beyond this the guided noise overflows into NaN frames
 
 @dataclass(kw_only=True)
 class SamplingOptions:
-    """How the initial latents are built and refined (REFERENCE.md §7); field names are the seed's keys."""
+    """How the initial latents are built and refined (docs/research.md#sampling); field names are the seed's keys."""
 
     use_adain_norm: str = "off"  # "off" / "on" (after every step, LAMP) / "last" (once after the loop)
     shared_noise_ratio: float = 0.0  # n_f <- r n_0 + (1 - r) n_f for f >= 1

@@ -1,4 +1,4 @@
-"""Initial latents and per-step latent tricks for image-to-video sampling (REFERENCE.md §7).
+"""Initial latents and per-step latent tricks for image-to-video sampling (docs/research.md#sampling).
 
 Pure torch functions, no pipeline code. Latent videos are laid out as in diffusers AnimateDiff:
 `(batch, channels, frames, height, width)`, with frame 0 the clean VAE latent of the input image, which is never
@@ -231,7 +231,7 @@ def build_initial_latents(
     dct_cutoff_shape: str = "rect",
     scheduler=None,
 ) -> Tensor:
-    """`z_T` for image-to-video sampling (REFERENCE.md §7).
+    """`z_T` for image-to-video sampling (docs/research.md#sampling).
 
     1. `noise <- mix_shared_noise(noise, shared_noise_ratio)`.
     2. "lamp": `z_T = noise` with frame 0 replaced by the clean image latent.

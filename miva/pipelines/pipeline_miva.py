@@ -1,6 +1,6 @@
-"""`MIVAPipeline`: image-to-video on the stock diffusers AnimateDiff stack with MIVA adapters (DESIGN.md §3.6).
+"""`MIVAPipeline`: image-to-video on the stock diffusers AnimateDiff stack with MIVA adapters (docs/research.md#sampling).
 
-Sampling follows the research pipeline (REFERENCE.md §7): frame 0 is the clean VAE latent of the input image at
+Sampling follows the research pipeline (docs/research.md#sampling): frame 0 is the clean VAE latent of the input image at
 every step and is never stepped; the UNet sees all frames, `scheduler.step` updates frames 1..F-1 only. Initial
 latents, CIL and AdaIN come from `latent_init.py`; prompt assembly from `prompts.py`; CA maps from `ca_maps.py`;
 checks from `inputs.py`. The MIVA processors read this call's values from one `CallState` (`miva_call`).

@@ -2,10 +2,10 @@
 
 The UNet receives one text block per video: the main prompt's T tokens, then, when per-adapter prompts are used
 (`batch_prompt`), each active adapter's T tokens, concatenated on the token axis -> `(batch, T * (1 + P), D)`. The
-MIVA cross-attention processor splits it back (DESIGN.md §3.2). Under classifier-free guidance every chunk of the
+MIVA cross-attention processor splits it back (docs/research.md#multi-adapter). Under classifier-free guidance every chunk of the
 unconditional block is the negative prompt.
 
-Sources of an embedding, in order of precedence (REFERENCE.md §7):
+Sources of an embedding, in order of precedence (docs/research.md#sampling):
 - `text_emb_dir`: precomputed `<text_emb_dir>/<prompt>.pt` tensors `(1, T, D)` or `(T, D)`, read with
   `torch.load(weights_only=True)`; the empty prompt (and an absent negative prompt) is `void.pt`;
 - `word_to_replace`: the prompt is tokenized, and the first occurrence of the word's first token id is replaced by the
@@ -82,7 +82,7 @@ def learned_token_id(tokenizer, word: str) -> int:
 
 def replace_word_ids(input_ids: Tensor, tokenizer, words: list[str]) -> Tensor:
     """Replace, in every row of `input_ids` `(N, T)`, the first occurrence of each word's first BPE id by the id of
-    that word's learned token (REFERENCE.md §7). Rows without the word are left as they are. Returns a new tensor."""
+    that word's learned token (docs/research.md#sampling). Rows without the word are left as they are. Returns a new tensor."""
     input_ids = input_ids.clone()
     for word in words:
         learned = learned_token_id(tokenizer, word)

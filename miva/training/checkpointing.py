@@ -12,9 +12,11 @@ checkpoints written with the older keys (`<layer>.processor.adapters.<name>.<par
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -131,6 +133,52 @@ def commit_folder(tmp: Path, final: Path) -> None:
     replace_folder(tmp, final)
 
 
+# errno -> what a full or limited disk is called in the message; the markers are how libraries that do not keep the
+# errno word it (safetensors' Rust I/O errors, C's strerror).
+_DISK_PROBLEMS = {errno.ENOSPC: "no space left on device", errno.EFBIG: "file too large",
+                  errno.EDQUOT: "disk quota exceeded"}
+_DISK_MARKERS = {"No space left on device": errno.ENOSPC, "StorageFull": errno.ENOSPC, "File too large": errno.EFBIG,
+                 "FileTooLarge": errno.EFBIG, "Disk quota exceeded": errno.EDQUOT}
+_ALMOST_FULL = 1 << 20  # bytes: a write that failed with less free than this failed for want of space
+
+
+def disk_full_errno(error: BaseException, folder: str | os.PathLike) -> int | None:
+    """`errno.ENOSPC` / `EFBIG` / `EDQUOT` when `error` (or an exception it was raised from) says the disk is full or
+    the file too large, or when `folder`'s disk is (almost) full after a write failed without saying why (torch's
+    writer reports only "unexpected pos"); None otherwise."""
+    seen = error
+    while seen is not None:
+        if getattr(seen, "errno", None) in _DISK_PROBLEMS:
+            return seen.errno
+        for marker, code in _DISK_MARKERS.items():
+            if marker in str(seen):
+                return code
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return errno.ENOSPC if shutil.disk_usage(folder).free < _ALMOST_FULL else None
+    except OSError:
+        return None
+
+
+class CheckpointDiskError(OSError):
+    """A checkpoint that did not fit on the disk (`errno` ENOSPC, EFBIG or EDQUOT; `filename`: the checkpoint). Its
+    message is the sentence alone, without Python's `[Errno N]` prefix."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def disk_full_error(code: int, final: Path, tmp: Path, error: BaseException) -> OSError:
+    """The one-line error for a checkpoint that did not fit on the disk: the problem, the path, what to do."""
+    detail = (str(error).splitlines() or [type(error).__name__])[0][:200]
+    message = (
+        f"{_DISK_PROBLEMS[code]}: writing checkpoint {final} failed ({type(error).__name__}: {detail}); the partial "
+        f"{tmp.name} was removed. Free space on that disk or set output_dir to another one, then rerun with "
+        "--resume latest"
+    )
+    return CheckpointDiskError(code, message, str(final))
+
+
 def checkpoint_adapter_state(unet: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
     """Adapter `adapter_name`'s tensors in the one adapter format (`loaders.adapter_state`, the keys of
     `miva_adapter.safetensors`), as contiguous CPU copies for `adapter_state.safetensors`."""
@@ -184,19 +232,26 @@ class CheckpointMixin:
         )
 
     def save_checkpoint(self, epoch: int) -> Path:
-        """`accelerator.save_state` into `checkpoint-<step>.tmp`, then rename; keep the newest K."""
-        import shutil
-
+        """`accelerator.save_state` into `checkpoint-<step>.tmp`, then rename; keep the newest K. A full disk (or a
+        file over the size limit) ends in one `OSError` naming the problem and the checkpoint."""
         acc = self.accelerator
         final = self.output_dir / f"checkpoint-{self.global_step}"
         tmp = final.with_name(final.name + ".tmp")
         if acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
+        try:
+            acc.save_state(str(tmp))
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                write_trainer_state(tmp, self._trainer_state(epoch))
+        except Exception as e:  # a full disk surfaces as OSError, safetensors' or torch's own errors
+            code = disk_full_errno(e, tmp if tmp.exists() else self.output_dir)
+            if code is None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # the space it took is what the user needs back
+            raise disk_full_error(code, final, tmp, e) from e
         if acc.is_main_process:
-            write_trainer_state(tmp, self._trainer_state(epoch))
             commit_folder(tmp, final)
             for path in prune_checkpoints(self.output_dir, self.config.checkpoints_total_limit):
                 self.logger.info(f"removed old checkpoint {path}")
@@ -209,8 +264,11 @@ class CheckpointMixin:
         resume = config.resume_from_checkpoint
         path = find_checkpoint(self.output_dir, resume)
         if path is None:
-            if resume is not None:
-                self.logger.info(f"no checkpoint in {self.output_dir}: starting from step 0")
+            if resume is not None:  # a warning: the user asked to resume, and it does not happen
+                self.logger.warning(
+                    f"resume_from_checkpoint={str(resume)!r}: no checkpoint in {self.output_dir} yet; starting "
+                    "fresh from step 0"
+                )
             if acc.is_main_process:
                 self._truncate_log(0)  # lines of an earlier attempt that died before its first checkpoint
             return

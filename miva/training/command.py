@@ -15,6 +15,7 @@ Which layout a file uses is decided by `miva.config.train_layout` from the resea
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "train a MIVA adapter from a config (research layout, or the trainer's TrainConfig layout)"
 
@@ -73,13 +74,53 @@ def _load(args: argparse.Namespace):
                              tiny_defaults=TINY_DEFAULTS)
 
 
+def resume_command(args: argparse.Namespace) -> str:
+    """The `miva train` command line that resumes the run `args` describe from its latest checkpoint."""
+    import shlex
+
+    words = ["miva", "train"] + (["--config", args.config] if args.config else []) + (["--tiny"] if args.tiny else [])
+    for override in args.overrides:
+        if not override.replace(" ", "").startswith("resume_from_checkpoint="):
+            words += ["--set", override]
+    return shlex.join([*words, "--resume", "latest"])
+
+
+def interrupted_message(args: argparse.Namespace, output_dir: str) -> str:
+    """One line for Ctrl-C: the step reached (from the training log), the last checkpoint and how to resume."""
+    import json
+    from pathlib import Path
+
+    from .checkpointing import LOG_FILE, list_checkpoints
+
+    step = 0
+    log = Path(output_dir) / LOG_FILE
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                step = int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    checkpoints = list_checkpoints(output_dir)
+    saved = (f"last checkpoint: {checkpoints[-1][1]}" if checkpoints
+             else "no checkpoint yet, so this starts again from step 0")
+    return f"interrupted at step {step} ({saved}); resume with: {resume_command(args)}"
+
+
 def run(args: argparse.Namespace) -> int:
+    """Train; Ctrl-C re-raises `KeyboardInterrupt` whose message (main process only) says how to resume."""
     from accelerate import PartialState
 
     from . import train as trainer
 
     config, layout = _load(args)
-    path = trainer.train(config)
+    interrupted = False
+    try:
+        path = trainer.train(config)
+    except KeyboardInterrupt:
+        interrupted = True
+    if interrupted:  # raised out here, the interrupted frames are freed first: their progress bar closes above
+        main_process = PartialState().is_main_process
+        raise KeyboardInterrupt(interrupted_message(args, config.output_dir) if main_process else "")
     if layout == "seed":
         print(f"saved {path}", flush=True)
     elif PartialState().is_main_process:  # once, not once per process under accelerate launch
@@ -96,4 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m miva.training.train", description=HELP)
     add_arguments(parser)
     parser.set_defaults(command="train")
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(argv))
+    except KeyboardInterrupt as stop:
+        if str(stop):
+            print(f"\nmiva train: {stop}", file=sys.stderr, flush=True)
+        return 130

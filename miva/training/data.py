@@ -4,7 +4,7 @@ A MIVA adapter is trained on ~10 clips of one motion. ``ClipDataset`` reads a fo
 sub-folders of image frames) and returns, per item, ``F`` frames at stride ``sample_frame_rate`` from a random start,
 resized (aspect kept) and centre-cropped to ``(height, width)``, optionally flipped left-right as a whole clip.
 
-Differences from the research ``LAMPDataset`` (REFERENCE.md §8), on purpose:
+Differences from the research ``LAMPDataset`` (docs/research.md#training), on purpose:
 
 - the random start is drawn from every valid start, ``[0, len - 1 - (F - 1) * rate]`` inclusive (the research range
   ``[0, len - F * rate - 1]`` leaves the last ``rate`` starts unused);

@@ -1,4 +1,4 @@
-"""Orthogonal adapters (DESIGN.md §3.5, REFERENCE.md §6): a seeded library of orthogonal bases, one per LoRA layer.
+"""Orthogonal adapters (docs/research.md#orthogonal-adapters): a seeded library of orthogonal bases, one per LoRA layer.
 
 An adapter trained with `oa_bin_id = b` gets, in every LoRA delta (except cross-attention K/V, as in the research
 code), `up := Q[:, b*r:(b+1)*r]` (frozen) and `down := 0` (trainable), where `Q` is that layer's `d x d` orthogonal

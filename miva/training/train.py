@@ -4,7 +4,7 @@
     accelerate launch -m miva.training.train --config train.yaml
     python -m miva.training.train --tiny --set output_dir=outputs/tiny      # offline smoke run, synthetic clips
 
-The objective, what trains and the defaults follow the research trainer (REFERENCE.md §8, DESIGN.md §3.9). Exact
+The objective, what trains and the defaults follow the research trainer (docs/research.md#training). Exact
 resume: every random draw of a step comes from a generator seeded by `(seed, micro-batch counter, process)`, the
 data order from `(seed, epoch)` and each clip's sampling from `(seed, epoch, index)`; a checkpoint restores the
 adapter, the optimiser and the global step, and the data loader skips the batches already seen.

@@ -15,7 +15,7 @@ from torch.utils.data import Sampler
 
 from ..attention_processors import get_miva_adapter_modules
 from ..attention_processors.parts import part_of
-from ..loaders.base_models import load_motion_adapter
+from ..loaders.base_models import load_base
 from .train_config import TrainConfig
 
 __all__ = [
@@ -53,33 +53,21 @@ def load_components(config: TrainConfig) -> dict:
 
     `unet` is a `UNetMotionModel`; `noise_scheduler` a `DDPMScheduler` (training noise, with
     `config.noise_scheduler_kwargs` applied) and `scheduler` the `DDIMScheduler` of the validation pipeline.
-    `config.tiny` builds the offline `miva.tiny` components (seed 0); otherwise `pretrained_model_path` is an SD1.5
-    diffusers folder or Hub id and `motion_module_path` a MotionAdapter folder, Hub id or AnimateDiff single file.
+    All come from `load_base`: `config.tiny` is the offline `"tiny"` base; otherwise `pretrained_model_path` is a known
+    base (`"miva-world"`), an SD1.5 diffusers folder or a Hub id and `motion_module_path` a MotionAdapter folder,
+    Hub id, AnimateDiff single file or known subfolder (`"miva-world/motion_adapter"`).
     """
     from diffusers import DDIMScheduler, DDPMScheduler
 
+    from ..base_registry import TINY_ID
+
     if config.tiny:
-        from ..tiny import tiny_components
-
-        parts = tiny_components(seed=0, with_image_encoder=False)
-        unet = to_unet_motion(parts["unet"], parts["motion_adapter"])
-        vae, text_encoder, tokenizer = parts["vae"], parts["text_encoder"], parts["tokenizer"]
-        base_scheduler_config = parts["scheduler"].config
-    else:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        from ..world import resolve_model_path
-
-        path = resolve_model_path(config.pretrained_model_path)  # "miva-world": the shipped MotionWorld base
-        unet = to_unet_motion(
-            UNet2DConditionModel.from_pretrained(path, subfolder="unet"),
-            load_motion_adapter(resolve_model_path(config.motion_module_path)),
-        )
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
-        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")
-        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
-        base_scheduler_config = DDPMScheduler.load_config(path, subfolder="scheduler")
+        pipe = load_base(TINY_ID, image_encoder=None, feature_extractor=None)
+    else:  # a known name ("miva-world"), a folder or a Hub id
+        pipe = load_base(config.pretrained_model_path, config.motion_module_path, dtype=torch.float32)
+    unet = to_unet_motion(pipe.unet, None)
+    vae, text_encoder, tokenizer = pipe.vae, pipe.text_encoder, pipe.tokenizer
+    base_scheduler_config = pipe.scheduler.config
     noise_scheduler = DDPMScheduler.from_config(base_scheduler_config, **config.noise_scheduler_kwargs)
     scheduler = DDIMScheduler.from_config(noise_scheduler.config, clip_sample=False)
     return dict(
@@ -276,7 +264,7 @@ def i2v_epsilon_loss(
     generator: torch.Generator,
     timestep_range: tuple[int, int] | list[int] | None = None,
 ) -> torch.Tensor:
-    """The research objective (REFERENCE.md §8): epsilon-MSE on frames 1..F-1 with frame 0 kept clean.
+    """The research objective (docs/research.md#training): epsilon-MSE on frames 1..F-1 with frame 0 kept clean.
 
     Args:
         unet: a `UNetMotionModel` (possibly wrapped by accelerate / DDP).

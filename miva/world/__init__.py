@@ -39,36 +39,27 @@ __all__ = [
     "base_fingerprint",
 ]
 
-WEIGHTS = Path(__file__).resolve().parent / "weights"
-BASE_PATH = WEIGHTS / "base"
+from ..base_registry import WORLD_ID, WORLD_PATH, resolve_base_path
+
+WEIGHTS = WORLD_PATH.parent
+BASE_PATH = WORLD_PATH  # the shipped base's folder; configs and adapter metadata call it WORLD_ID ("miva-world")
 ADAPTERS_PATH = WEIGHTS / "adapters"
-# The shipped base's name in configs and adapter metadata: "miva-world" (and "miva-world/motion_adapter").
-WORLD_ID = "miva-world"
-
-
-def resolve_model_path(path):
-    """``"miva-world"`` / ``"miva-world/<subfolder>"`` -> the shipped base's folder (or that subfolder); any other
-    value unchanged. Lets configs and adapter metadata name the shipped base without a machine's absolute path."""
-    if isinstance(path, str) and (path == WORLD_ID or path.startswith(WORLD_ID + "/")):
-        return str(BASE_PATH / path[len(WORLD_ID) + 1 :]) if path != WORLD_ID else str(BASE_PATH)
-    return path
+resolve_model_path = resolve_base_path  # "miva-world[/<subfolder>]" -> the shipped folder; the registry's rule
 
 
 def load_pipeline(dtype=None, scheduler=None, path=None):
     """The shipped MotionWorld base (or the base folder ``path``, e.g. a new pretraining run) as a
-    :class:`~miva.MIVAPipeline` (stock ``from_pretrained``, offline, float32 by default: the weights are stored in
-    fp16). 64x64 frames, up to 24 of them."""
+    :class:`~miva.MIVAPipeline`: ``miva.load_base("miva-world")`` (offline, float32 by default: the weights are stored
+    in fp16). 64x64 frames, up to 24 of them."""
     import torch
 
-    from ..pipelines.pipeline_miva import MIVAPipeline
+    from ..loaders.base_models import load_base
 
-    folder = Path(path) if path else BASE_PATH
-    if not (folder / "model_index.json").is_file():
+    if path is not None and not (Path(path) / "model_index.json").is_file():
         raise FileNotFoundError(
-            f"no MotionWorld base in {folder}; rebuild the shipped one with "
-            f"`python -m miva.world.pretrain --out {BASE_PATH}`"
+            f"no MotionWorld base in {path}; rebuild the shipped one with `python -m miva.world.pretrain --out {path}`"
         )
-    pipe = MIVAPipeline.from_pretrained(folder, dtype=dtype or torch.float32)
+    pipe = load_base(WORLD_ID if path is None else str(path), dtype=dtype or torch.float32)
     if scheduler is not None:
         pipe.scheduler = scheduler
     return pipe

@@ -25,15 +25,18 @@ scenes of textured shapes on textured backgrounds, rendered analytically under k
 ## Usage
 
 ```python
-from miva.world import load_pipeline, scene_image, shipped_adapters, make_scene
+from miva.world import load_pipeline, make_scene, scene_image, shipped_adapters
+from miva.world.evaluate import SAMPLING  # 8 frames, 25 DDIM steps: what the shipped adapters were measured with
 
-pipe = load_pipeline()   # MIVAPipeline.from_pretrained(<this folder>, dtype=torch.float32)
+pipe = load_pipeline()   # = miva.load_base("miva-world"): this folder, offline, float32
 pipe.load_adapters([str(shipped_adapters()["right"])], adapter_names=["right"])
-video = pipe(image=scene_image(0), prompt=make_scene("heldout", 0).prompt, num_frames=8, height=64, width=64,
-             num_inference_steps=25, guidance_scale=1.0).frames[0]
+video = pipe(image=scene_image(0), prompt=make_scene("heldout", 0).prompt, height=64, width=64, **SAMPLING).frames[0]
 ```
 
-The folder is an ordinary diffusers folder: `AnimateDiffPipeline.from_pretrained(folder)` loads it too.
+Configs and adapter metadata name this base `miva-world` (its motion module `miva-world/motion_adapter`); miva
+resolves the name to this folder offline (`miva/base_registry.py`), e.g. `miva infer --config
+examples/configs/infer_world.yaml`. The folder is an ordinary diffusers folder:
+`AnimateDiffPipeline.from_pretrained(folder)` loads it too.
 
 ## Training recipe (seeded, resumable)
 
@@ -76,6 +79,7 @@ def write_base_card(folder: str | Path) -> Path:
     """Write ``<folder>/README.md`` from ``<folder>/pretrain_log.json``; returns its path."""
     from huggingface_hub import ModelCard, ModelCardData
 
+    from ..base_registry import WORLD_ID, known_base
     from .architecture import MAX_FRAMES
 
     folder = Path(folder)
@@ -84,7 +88,7 @@ def write_base_card(folder: str | Path) -> Path:
     size = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
     params = ", ".join(f"{name} {count / 1e6:.2f}M" for name, count in record["parameters"].items())
     data = ModelCardData(
-        license="apache-2.0",
+        license=known_base(WORLD_ID).license,
         library_name="diffusers",
         pipeline_tag="image-to-video",
         tags=["miva", "animatediff", "motionworld", "image-to-video", "synthetic-data"],

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 # How MotionWorld videos are sampled unless told otherwise: 8 frames of 64x64, 25 DDIM steps, no guidance, and the
-# research inference's defaults (REFERENCE.md section 7): the noised image latent for every frame ("cinemo") with
+# research inference's defaults (docs/research.md#sampling): the noised image latent for every frame ("cinemo") with
 # its low spatial frequencies kept (DCT low-pass) instead of pure noise for frames 1.. ("lamp"), and AdaIN "last"
 # (each frame's latent mean and std matched to frame 0's once after the loop). Without them the later frames of
 # this small base drift in colour and contrast and lose the scene, and the motion read from them with it

@@ -1,4 +1,4 @@
-"""Side-by-side MotionWorld videos: ground truth | base model | base + adapter, and adapter sample GIFs."""
+"""Side-by-side MotionWorld videos with captions (ground truth | base | base + adapter), and adapter sample GIFs."""
 
 from __future__ import annotations
 
@@ -11,11 +11,36 @@ from .metrics import estimate_motion
 from .motions import get_motion
 from .scenes import make_scene, render_clip
 
-__all__ = ["side_by_side", "write_adapter_sample", "write_gif"]
+__all__ = ["LABEL_HEIGHT", "comparison_labels", "side_by_side", "write_adapter_sample", "write_gif"]
+
+LABEL_HEIGHT = 14  # pixels of the white caption strip above the columns (fits PIL's default font)
 
 
-def side_by_side(videos: list[np.ndarray], scale: int = 2, gap: int = 2) -> np.ndarray:
-    """Concatenate ``(F, H, W, 3)`` ``uint8`` videos left to right (white gaps), upscaled ``scale`` times."""
+def comparison_labels(adapter: str) -> tuple[str, str, str]:
+    """The captions of a ``side_by_side([truth, base, adapted])`` comparison."""
+    return ("ground truth", "base", f"base + {adapter}")
+
+
+def _caption_strip(labels, widths: list[int], gap: int) -> np.ndarray:
+    """``(LABEL_HEIGHT, sum(widths) + gaps, 3)`` ``uint8``: each label centred, in black on white, over its column."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    strip = Image.new("RGB", (sum(widths) + gap * (len(widths) - 1), LABEL_HEIGHT), "white")
+    draw, font = ImageDraw.Draw(strip), ImageFont.load_default()
+    draw.fontmode = "1"  # no anti-aliasing: black and white only, so the GIF palette keeps its colours for the videos
+    left = 0
+    for label, width in zip(labels, widths):
+        draw.text((left + (width - draw.textlength(label, font=font)) / 2, 1), label, fill="black", font=font)
+        left += width + gap
+    return np.asarray(strip)
+
+
+def side_by_side(videos: list[np.ndarray], scale: int = 2, gap: int = 2, labels=None) -> np.ndarray:
+    """Concatenate ``(F, H, W, 3)`` ``uint8`` videos left to right (white gaps), upscaled ``scale`` times:
+    ``(F, H * scale, (sum W + gaps) * scale, 3)``. With ``labels`` (one caption per video) a white strip of
+    :data:`LABEL_HEIGHT` pixels with the captions goes on top (the height grows by that much)."""
+    if labels is not None and len(labels) != len(videos):
+        raise ValueError(f"labels: {len(labels)} captions for {len(videos)} videos; give one per video")
     frames = min(v.shape[0] for v in videos)
     height = videos[0].shape[1]
     spacer = np.full((frames, height, gap, 3), 255, dtype=np.uint8)
@@ -24,8 +49,11 @@ def side_by_side(videos: list[np.ndarray], scale: int = 2, gap: int = 2) -> np.n
         parts.append(video[:frames])
         if i < len(videos) - 1:
             parts.append(spacer)
-    joined = np.concatenate(parts, axis=2)
-    return joined.repeat(scale, axis=1).repeat(scale, axis=2)
+    joined = np.concatenate(parts, axis=2).repeat(scale, axis=1).repeat(scale, axis=2)
+    if labels is None:
+        return joined
+    strip = _caption_strip(labels, [video.shape[2] * scale for video in videos], gap * scale)
+    return np.concatenate([np.broadcast_to(strip, (frames, *strip.shape)), joined], axis=1)
 
 
 def write_gif(video: np.ndarray, path: str | Path, fps: int = 8) -> Path:
@@ -48,7 +76,8 @@ def write_adapter_sample(folder: str | Path, name: str, motion: str, scene: int 
     pipe.load_adapters([str(folder)], adapter_names=[name])
     adapted = animate_scene(pipe, scene)
     truth = render_clip(make_scene("heldout", scene), get_motion(motion), base.shape[0], 64)
-    gif = write_gif(side_by_side([truth, base, adapted]), folder.parent / f".{name}_sample.gif")
+    gif = write_gif(side_by_side([truth, base, adapted], labels=comparison_labels(name)),
+                    folder.parent / f".{name}_sample.gif")
     pipe.save_adapter(name, folder, sample_gif=str(gif), base_model=WORLD_ID)
     gif.unlink()
     fitted = estimate_motion(adapted).summary

@@ -1,0 +1,160 @@
+"""MIVA's processors on Wan's attention layers, and the block that runs the cross-frame branch.
+
+- `MIVAWanSelfAttnProcessor` (every block's `attn1`): the stock `WanAttnProcessor` (with the active adapters'
+  MotionLoRA deltas), plus the cross-frame branches, which the block calls through `cross_frame` after its gated
+  self-attention;
+- `MIVAWanCrossAttnProcessor` (every block's `attn2`): the stock text cross-attention (with CA-LoRA deltas), or
+  the active adapters' implicit prompts in its place (composition as on the UNet: `composition.py`);
+- `MIVAWanTransformerBlock`: `WanTransformerBlock` with `x = x + sum_i w_i branch_i(x)` between the gated
+  self-attention and the cross-attention. diffusers has no hook point there, so `install.py` gives each block this
+  subclass (same parameters, same state-dict keys); without an active branch it runs the stock forward itself.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanTransformerBlock
+
+from ...attention_processors.base import MIVAProcessorBase
+from ...attention_processors.composition import merges_deltas, mix_residual, replace_share
+from .config import check_backbone
+from .lora_attention import lora_attention
+from .modules import WanCrossAttnAdapter, WanSelfAttnAdapter
+
+__all__ = ["MIVAWanCrossAttnProcessor", "MIVAWanSelfAttnProcessor", "MIVAWanTransformerBlock"]
+
+
+class _WanProcessorBase(MIVAProcessorBase):
+    """A MIVA processor whose frozen attention is diffusers' own `WanAttnProcessor` (bit for bit)."""
+
+    def __init__(self, context=None, layer_name: str = ""):
+        super().__init__(context, layer_name)
+        self.stock = WanAttnProcessor()
+
+    # `attn.set_attention_backend(...)` sets the processor's `_attention_backend`: it is the stock processor's.
+    @property
+    def _attention_backend(self):
+        return self.stock._attention_backend
+
+    @_attention_backend.setter
+    def _attention_backend(self, backend) -> None:
+        self.stock._attention_backend = backend
+
+    # `transformer.enable_parallelism(...)` sets each processor's `_parallel_config` (if it has one): the stock's.
+    @property
+    def _parallel_config(self):
+        return self.stock._parallel_config
+
+    @_parallel_config.setter
+    def _parallel_config(self, config) -> None:
+        self.stock._parallel_config = config
+
+    def add_adapter(self, attn, name, config) -> None:
+        check_backbone(config, f"adapter {name!r}")
+        super().add_adapter(attn, name, config)
+
+    def attention(self, attn, active, *args) -> torch.Tensor:
+        """The stock attention with the LoRA deltas of the `active` adapters that have some here."""
+        with_lora = [(self.adapters[name], w) for _, name, w in active if self.adapters[name].has_lora]
+        return lora_attention(self.stock, attn, with_lora, self.context.parallel_mode, *args)
+
+
+class MIVAWanSelfAttnProcessor(_WanProcessorBase):
+    """`attn1` of a Wan block: the stock 3-D self-attention (with rotary) plus MotionLoRA deltas, and the
+    cross-frame branches."""
+
+    def build_adapter(self, attn, name, config):
+        if not (config.use_i2v or config.use_motion_lora):
+            return None
+        return WanSelfAttnAdapter(attn, config, self.context.temb_channels)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        active = self.context.active_adapters(self.adapters)
+        if self._parallel_config is not None and any(self.adapters[name].has_branch for _, name, _ in active):
+            raise ValueError(f"{self.layer_name}: context parallelism shards the tokens across devices, so frame 0's "
+                             "keys/values are not beside every frame's queries; the cross-frame branch needs all "
+                             "tokens: run MIVA Wan adapters without enable_parallelism (or without a branch)")
+        return self.attention(attn, active, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+
+    def cross_frame(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        """`sum_i w_i branch_i(x)` over the active adapters with a branch here (None: there is none).
+        `hidden_states`: (batch, frames*tokens, dim), the residual stream after the gated self-attention."""
+        active = [a for a in self.context.active_adapters(self.adapters) if self.adapters[a[1]].has_branch]
+        if not active:
+            return None
+        state = self.context.call_state()
+        frames = state.frames(None, self.layer_name)
+        values = state.forward
+        total = None
+        for _, name, weight in active:
+            branch = self.adapters[name].branch(hidden_states, frames, timestep=values.timestep, temb=values.temb,
+                                                backend=self._attention_backend)
+            branch = branch if weight == 1.0 else branch * weight
+            total = branch if total is None else total + branch
+        return total
+
+
+class MIVAWanCrossAttnProcessor(_WanProcessorBase):
+    """`attn2` of a Wan block: the stock text cross-attention with CA-LoRA deltas, or the active adapters' implicit
+    prompts in its place. `"residual"`: `sum_i w_i y_i + (1 - sum_i w_i) y_text` with `y_i` adapter i's implicit
+    prompt or its LoRA'd attention; `"weights"`: one attention with the summed w_i-scaled deltas, of which each
+    implicit prompt takes share w_i."""
+
+    def build_adapter(self, attn, name, config):
+        if not (config.ca_mode == "implicit" or config.use_ca_lora):
+            return None
+        return WanCrossAttnAdapter(attn, config)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        args = (hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        active = self.context.active_adapters(self.adapters)
+        implicit = [(self.adapters[name], w) for _, name, w in active if self.adapters[name].implicit]
+        if not implicit:
+            return self.attention(attn, active, *args)
+        q_n = attn.norm_q(attn.to_q(hidden_states))
+        prompts = [(adapter.implicit_prompt(q_n), w) for adapter, w in implicit]
+        if merges_deltas(self.context.parallel_mode):
+            y = self.attention(attn, active, *args)
+            for f, w in prompts:
+                y = replace_share(y, f, w)
+            return y
+        lora = [(adapter, w) for _, name, w in active if (adapter := self.adapters[name]).has_lora]
+        y = sum(f if w == 1.0 else f * w for f, w in prompts)
+        for adapter, w in lora:
+            y = y + lora_attention(self.stock, attn, [(adapter, 1.0)], "weights", *args) * w
+        return mix_residual(y, [w for _, _, w in active], lambda: self.stock(attn, *args))
+
+
+class MIVAWanTransformerBlock(WanTransformerBlock):
+    """`WanTransformerBlock` with the cross-frame branch after the gated self-attention (see the module doc)."""
+
+    def forward(self, hidden_states, encoder_hidden_states, temb, rotary_emb):
+        processor = self.attn1.processor
+        if not isinstance(processor, MIVAWanSelfAttnProcessor) or not processor.context.active_adapters(
+                processor.adapters):
+            return super().forward(hidden_states, encoder_hidden_states, temb, rotary_emb)
+        # The stock forward (diffusers 0.42.1), with the branch inserted where marked.
+        if temb.ndim == 4:  # (batch, seq_len, 6, dim): Wan2.2 TI2V
+            chunks = (self.scale_shift_table.unsqueeze(0) + temb.float()).chunk(6, dim=2)
+            chunks = [c.squeeze(2) for c in chunks]
+        else:  # (batch, 6, dim)
+            chunks = (self.scale_shift_table + temb.float()).chunk(6, dim=1)
+        shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = chunks
+
+        norm_hidden_states = (self.norm1(hidden_states.float()) * (1 + scale_msa) + shift_msa).type_as(hidden_states)
+        attn_output = self.attn1(norm_hidden_states, None, None, rotary_emb)
+        hidden_states = (hidden_states.float() + attn_output * gate_msa).type_as(hidden_states)
+
+        branch = processor.cross_frame(hidden_states)  # MIVA: x = x + sum_i w_i branch_i(x), ungated
+        if branch is not None:
+            hidden_states = hidden_states + branch.type_as(hidden_states)
+
+        norm_hidden_states = self.norm2(hidden_states.float()).type_as(hidden_states)
+        attn_output = self.attn2(norm_hidden_states, encoder_hidden_states, None, None)
+        hidden_states = hidden_states + attn_output
+
+        norm_hidden_states = (self.norm3(hidden_states.float()) * (1 + c_scale_msa) + c_shift_msa).type_as(
+            hidden_states
+        )
+        ff_output = self.ffn(norm_hidden_states)
+        return (hidden_states.float() + ff_output.float() * c_gate_msa).type_as(hidden_states)

@@ -1,0 +1,103 @@
+"""The base models miva knows by name: the one registry behind `load_base`, model cards and path resolution.
+
+A known name (or one of its aliases) never reaches the Hugging Face Hub: `"miva-world"` is the MotionWorld base that
+ships inside the package (`"miva-world/<subfolder>"` one of its components), `"tiny"` the offline `miva.tiny` test
+model built in memory. Anything else is a local path or a Hub id, for diffusers' `from_pretrained`.
+
+This module imports nothing heavy (no torch, no diffusers) so that configs, cards and `miva.world` can consult it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["KNOWN_BASES", "TINY_ID", "TINY_RECORDED", "WORLD_ID", "WORLD_PATH", "KnownBase", "known_base", "resolve_base_path"]
+
+WORLD_ID = "miva-world"
+TINY_ID = "tiny"
+TINY_RECORDED = "miva.tiny"  # what `--tiny` runs record as their base model and motion adapter
+# The shipped MotionWorld base: a diffusers AnimateDiffPipeline folder inside the package (fp16 safetensors).
+WORLD_PATH = Path(__file__).resolve().parent / "world" / "weights" / "base"
+
+_WORLD_USAGE = """\
+from diffusers.utils import export_to_gif
+from miva.world import load_pipeline, make_scene, scene_image
+from miva.world.evaluate import SAMPLING  # 8 frames, 25 DDIM steps: what the shipped adapters were measured with
+
+pipe = load_pipeline()  # the MotionWorld base shipped inside miva: offline, float32 on the CPU
+pipe.load_adapters("{where}", adapter_names="{name}")  # shipped ones: str(miva.world.shipped_adapters()["{name}"])
+video = pipe(image=scene_image(0), prompt=make_scene("heldout", 0).prompt, height=64, width=64, **SAMPLING).frames[0]
+export_to_gif(video, "output.gif")"""
+
+_TINY_USAGE = """\
+from miva import load_base
+from miva.tiny import make_test_image
+
+pipe = load_base("tiny")  # random offline test weights: checks plumbing, not quality
+pipe.load_adapters("{where}", adapter_names="{name}")
+video = pipe(image=make_test_image(64, 64), prompt="{prompt}", num_frames=8, height=64, width=64,
+             num_inference_steps=4).frames[0]"""
+
+
+@dataclass(frozen=True)
+class KnownBase:
+    """A base model miva resolves by name, offline.
+
+    `folder`: its diffusers pipeline folder (None: built in memory from `miva.tiny`); `dtype`: the torch dtype name it
+    loads in when the caller gives none; `usage`: the model-card snippet of an adapter trained on it (`{where}`,
+    `{name}` and `{prompt}` are filled in); `rebuild`: the command that makes `folder` when an install lacks it."""
+
+    name: str
+    description: str
+    folder: Path | None
+    usage: str
+    aliases: tuple[str, ...] = field(default=())
+    dtype: str = "float32"
+    rebuild: str = ""  # how to make `folder` when an install lacks it
+    license: str = "apache-2.0"  # of the weights (miva's own license for both shipped bases); adapters inherit it
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+KNOWN_BASES: tuple[KnownBase, ...] = (
+    KnownBase(
+        name=WORLD_ID,
+        description="the MotionWorld base shipped inside miva (64x64 frames, docs/motionworld.md)",
+        folder=WORLD_PATH,
+        usage=_WORLD_USAGE,
+        aliases=("world",),  # `miva app --base world`
+        rebuild=f"python -m miva.world.pretrain --out {WORLD_PATH}",
+    ),
+    KnownBase(
+        name=TINY_ID,
+        description="the offline miva.tiny test model (random weights, built in memory)",
+        folder=None,
+        usage=_TINY_USAGE,
+        aliases=(TINY_RECORDED,),
+    ),
+)
+
+
+def known_base(name) -> KnownBase | None:
+    """The registry entry named `name` (or one of its aliases); None for anything else (a path, a Hub id, None)."""
+    if not isinstance(name, str):
+        return None
+    return next((base for base in KNOWN_BASES if name in base.names), None)
+
+
+def resolve_base_path(value):
+    """`"miva-world"` -> the shipped folder, `"miva-world/<subfolder>"` -> that subfolder (as `str`); any other value
+    (a path, a Hub id, None, the in-memory `tiny`) unchanged. Lets configs and adapter metadata name a shipped base
+    without a machine's absolute path."""
+    if not isinstance(value, str):
+        return value
+    base = known_base(value)
+    if base is not None:
+        return value if base.folder is None else str(base.folder)
+    for base in KNOWN_BASES:  # subfolders by the main name only: "world/unet" may well be a local path
+        if base.folder is not None and value.startswith(base.name + "/"):
+            return str(base.folder / value[len(base.name) + 1 :])
+    return value

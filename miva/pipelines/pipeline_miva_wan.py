@@ -1,0 +1,210 @@
+"""`MIVAWanPipeline`: image-to-video with MIVA adapters on Wan2.1's text-to-video base (`WanPipeline`).
+
+Sampling as in the official MIVA-Wan release: latent frame 0 is the VAE latent of the input image, put into every
+transformer input and back after every scheduler step (the transformer sees all frames with one timestep; frame 0
+is never left stepped). The MIVA processors read this call's adapter weights through one `miva_call`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from diffusers import WanPipeline
+from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
+from diffusers.utils import replace_example_docstring
+
+from ..attention_processors import miva_call
+from ..backbones.wan.install import install_miva_wan
+from .latent_init import build_initial_latents
+from .wan_adapter_verbs import WanAdapterVerbsMixin
+
+__all__ = ["FlowForwardNoise", "MIVAWanPipeline", "check_flow_scheduler", "check_num_frames"]
+
+
+class FlowForwardNoise:
+    """`add_noise` of the flow-matching forward process, `(1 - sigma) x + sigma * noise` with `sigma = t / 1000`,
+    for the research latent init's "cinemo" base (`latent_init.cinemo_base`, t = 975): diffusers' flow schedulers
+    have `scale_noise` with another signature, and their sigmas depend on the step count."""
+
+    @staticmethod
+    def add_noise(original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        sigma = (timesteps.to(noise.dtype) / 1000.0).view(-1, 1, 1, 1, 1)
+        return (1 - sigma) * original + sigma * noise
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers.utils import load_image
+        >>> from miva import MIVAWanPipeline
+
+        >>> pipe = MIVAWanPipeline.from_pretrained("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", dtype=torch.bfloat16).to("cuda")
+        >>> pipe.load_adapters("./waterfall-wan", adapter_names="waterfall")
+        >>> frames = pipe(image=load_image("waterfall.png"), num_frames=17, height=480, width=832).frames[0]
+        ```
+"""
+
+
+def check_num_frames(num_frames: Any, temporal: int = 4) -> int:
+    """`num_frames` if it is `temporal*k + 1` (Wan's VAE keeps frame 0 and packs every `temporal` frames after
+    it into one latent frame); a `ValueError` naming the nearest valid counts otherwise."""
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"num_frames={num_frames!r} must be a positive int of the form {temporal}k+1 (e.g. 17, 81)")
+    if (num_frames - 1) % temporal:
+        lower = (num_frames - 1) // temporal * temporal + 1
+        raise ValueError(f"num_frames={num_frames} is not {temporal}k+1: Wan's VAE packs {temporal} frames after the "
+                         f"first into one latent frame; use {lower} or {lower + temporal}")
+    return num_frames
+
+
+def check_flow_scheduler(scheduler) -> None:
+    """Wan predicts a flow velocity: the scheduler must be flow matching (`FlowMatchEulerDiscreteScheduler`, or
+    UniPC / DPM-Solver with `use_flow_sigmas=True, prediction_type="flow_prediction"`)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    config = scheduler.config
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler) or (
+            config.get("use_flow_sigmas", False) and config.get("prediction_type") == "flow_prediction"):
+        return
+    raise ValueError(f"scheduler {type(scheduler).__name__} is not a flow-matching scheduler (Wan predicts a flow "
+                     "velocity): use FlowMatchEulerDiscreteScheduler, or UniPCMultistepScheduler(use_flow_sigmas=True,"
+                     " prediction_type='flow_prediction', flow_shift=...)")
+
+
+class MIVAWanPipeline(WanAdapterVerbsMixin, WanPipeline):
+    """`WanPipeline` that animates a given image with MIVA adapters (the official MIVA-Wan recipe: T2V base, latent
+    frame 0 pinned, empty prompt and guidance 1 by default). Wan2.2's two-stage `transformer_2` is refused."""
+
+    def __init__(self, tokenizer, text_encoder, vae, scheduler, transformer=None, transformer_2=None,
+                 boundary_ratio: float | None = None, expand_timesteps: bool = False):
+        super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                         transformer=transformer, transformer_2=transformer_2, boundary_ratio=boundary_ratio,
+                         expand_timesteps=expand_timesteps)
+        if transformer is None or transformer_2 is not None or expand_timesteps:
+            raise ValueError("MIVAWanPipeline runs one Wan2.1 transformer (transformer=..., no transformer_2, "
+                             "expand_timesteps=False): Wan2.2's two-stage and TI2V models are not supported yet")
+        install_miva_wan(transformer)
+
+    @torch.no_grad()
+    def encode_image_latents(self, image, height: int, width: int, batch_size: int) -> torch.Tensor:
+        """The normalised VAE latent of `image` (one picture, or one per video): `(batch, z_dim, 1, h, w)`, the
+        distribution's mode (no sampling), normalised with the VAE's `latents_mean` / `latents_std` like Wan's."""
+        images = image if isinstance(image, list) else [image]
+        if len(images) not in (1, batch_size):
+            raise ValueError(f"image: {len(images)} images for {batch_size} videos; give one image or one per video")
+        pixels = self.video_processor.preprocess(images, height=height, width=width)  # (n, 3, H, W) in [-1, 1]
+        pixels = pixels.to(self._execution_device, self.vae.dtype).unsqueeze(2)
+        latent = self.vae.encode(pixels).latent_dist.mode()
+        config = self.vae.config
+        mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(latent)
+        inv_std = 1.0 / torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(latent)
+        latent = (latent - mean) * inv_std
+        return latent.expand(batch_size, -1, -1, -1, -1) if latent.shape[0] == 1 else latent
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(self, image=None, prompt: str | list[str] | None = "", negative_prompt=None, height: int = 480,
+                 width: int = 832, num_frames: int = 17, num_inference_steps: int = 50, guidance_scale: float = 1.0,
+                 num_videos_per_prompt: int = 1, generator=None, latents: torch.Tensor | None = None,
+                 prompt_embeds=None, negative_prompt_embeds=None, output_type: str = "np", return_dict: bool = True,
+                 adapter_weights: list[float] | None = None, first_frame_cond_type: str = "lamp",
+                 shared_noise_ratio: float = 0.0, use_dct_init: bool = False, dct_cutoff_ratio: float = 0.23,
+                 dct_cutoff_shape: str = "rect", callback_on_step_end: Callable | None = None, callback_on_step_end_tensor_inputs=("latents",),
+                 max_sequence_length: int = 512, attention_kwargs: dict | None = None):
+        r"""Animate `image` (`PIL.Image`, array or tensor; or one per video) into `num_frames` (4k+1) frames.
+
+        `prompt` defaults to the empty prompt and `guidance_scale` to 1 (the official recipe; CFG when > 1);
+        `adapter_weights`: this call's weights of the active adapters. The research latent init
+        (`latent_init.build_initial_latents`): `first_frame_cond_type` "lamp" (noise; default) or "cinemo" (the
+        image forward-noised to t = 975 on the flow path, `FlowForwardNoise`), `shared_noise_ratio`,
+        `use_dct_init` / `dct_cutoff_ratio` / `dct_cutoff_shape`. Other arguments as in `WanPipeline`.
+
+        Examples:
+        """
+        # 1. Check inputs.
+        if image is None:
+            raise ValueError("image is required: MIVAWanPipeline animates a given image (frame 0 of the video)")
+        num_frames = check_num_frames(num_frames, self.vae_scale_factor_temporal)
+        check_flow_scheduler(self.scheduler)
+        multiple = self.vae_scale_factor_spatial * self.transformer.config.patch_size[1]
+        if height % multiple or width % multiple:
+            raise ValueError(f"height={height}, width={width} must be multiples of {multiple} (VAE x patch size)")
+        self.check_inputs(prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds,
+                          list(callback_on_step_end_tensor_inputs))
+        self._guidance_scale, self._attention_kwargs, self._interrupt = guidance_scale, attention_kwargs, False
+        # A diffusers verb called directly (`transformer.set_attn_processor`, ...) may have replaced ours: put them
+        # back, adapters and all (idempotent; diffusers gives no hook for it).
+        install_miva_wan(self.transformer)
+        device = self._execution_device
+        if prompt_embeds is not None:
+            batch_size = prompt_embeds.shape[0]
+        else:
+            batch_size = 1 if isinstance(prompt, str) else len(prompt)
+
+        # 2. Encode the prompt and the image (frame 0).
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=guidance_scale > 1.0,
+            num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, max_sequence_length=max_sequence_length, device=device)
+        dtype = self.transformer.dtype
+        prompt_embeds = prompt_embeds.to(dtype)
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = negative_prompt_embeds.to(dtype)
+        total = batch_size * num_videos_per_prompt
+        first = self.encode_image_latents(image, height, width, total).to(torch.float32)
+
+        # 3. Timesteps and initial latents (noise, frame 0 pinned).
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        noise = self.prepare_latents(total, self.transformer.config.in_channels, height, width, num_frames,
+                                     torch.float32, device, generator, latents)
+        latents = build_initial_latents(first, noise, first_frame_cond_type=first_frame_cond_type,
+                                        shared_noise_ratio=shared_noise_ratio, use_dct_init=use_dct_init,
+                                        dct_cutoff_ratio=dct_cutoff_ratio, dct_cutoff_shape=dct_cutoff_shape,
+                                        scheduler=FlowForwardNoise())
+        self._num_timesteps = len(timesteps)
+        self.scheduler.set_begin_index(0)
+
+        # 4. Denoising loop: frame 0 is the image latent in every transformer input and after every step.
+        with miva_call(self.transformer, adapter_weights=adapter_weights), \
+                self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                self._current_timestep = t
+                model_input = latents.to(dtype)
+                timestep = t.expand(latents.shape[0])
+                noise_pred = self.transformer(hidden_states=model_input, timestep=timestep,
+                                              encoder_hidden_states=prompt_embeds, attention_kwargs=attention_kwargs,
+                                              return_dict=False)[0]
+                if guidance_scale > 1.0:
+                    noise_uncond = self.transformer(hidden_states=model_input, timestep=timestep,
+                                                    encoder_hidden_states=negative_prompt_embeds,
+                                                    attention_kwargs=attention_kwargs, return_dict=False)[0]
+                    noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
+                latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+                latents = torch.cat([first.to(latents), latents[:, :, 1:]], dim=2)
+                if callback_on_step_end is not None:
+                    values = {"latents": latents, "prompt_embeds": prompt_embeds,
+                              "negative_prompt_embeds": negative_prompt_embeds}
+                    outputs = callback_on_step_end(self, i, t, {k: values[k] for k in callback_on_step_end_tensor_inputs})
+                    latents = outputs.pop("latents", latents)
+                progress_bar.update()
+        self._current_timestep = None
+
+        # 5. Decode.
+        if output_type == "latent":
+            video = latents
+        else:
+            video = self.decode_latents(latents, output_type)
+        self.maybe_free_model_hooks()
+        return WanPipelineOutput(frames=video) if return_dict else (video,)
+
+    def decode_latents(self, latents: torch.Tensor, output_type: str = "np"):
+        """Un-normalise `(batch, z_dim, frames, h, w)` latents, decode with the VAE and post-process (as Wan)."""
+        config = self.vae.config
+        latents = latents.to(self.vae.device, self.vae.dtype)
+        mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(latents)
+        inv_std = 1.0 / torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(latents)
+        video = self.vae.decode(latents / inv_std + mean, return_dict=False)[0]
+        return self.video_processor.postprocess_video(video, output_type=output_type)
