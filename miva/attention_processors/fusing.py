@@ -128,11 +128,14 @@ def fuse_miva_adapters(unet: nn.Module, names: str | list[str] | None = None,
     with torch.no_grad():
         for layer_name, processor in context.processors.items():
             attn = modules[layer_name]
-            for (name, _), part in parts.items():
+            for name in names:
                 adapter = processor.adapters[name] if name in processor.adapters else None
-                if adapter is None or part.kind != processor.part_kind:
+                if adapter is None:
                     continue
-                for attribute, (target, kind) in part.fuse_into.items():
+                # The tensors this module holds of the adapter's fusable parts (each attribute once: MotionLoRA and
+                # CA-LoRA name their deltas alike, and a backbone may carry either at any layer kind).
+                targets = {a: t for (n, _), part in parts.items() if n == name for a, t in part.fuse_into.items()}
+                for attribute, (target, kind) in targets.items():
                     member = getattr(adapter, attribute, None)
                     if kind == "weight" and isinstance(member, LoRADelta):
                         accumulate(_projection(attn, target), "weight", weights[name] * member.delta_weight().float())
