@@ -110,3 +110,28 @@ def run_processor(processor, attn, *args, size=None, call=None, num_frames=None,
     call = dict(call or {}, **({} if num_frames is None else {"num_frames": num_frames}))
     with call_values(processor, size=size, **call):
         return processor(attn, *args, **kwargs)
+
+
+@pytest.fixture
+def accelerate_launch(tmp_path):
+    """`launch(module, *args)` -> `(command, env)` that runs `python -m module *args` in two CPU processes.
+
+    accelerate 1.15's `--cpu --num_processes 2` starts one process (multi-CPU needs mpirun), so the launch is
+    `--multi_gpu` without GPUs: torchrun with the gloo backend, each process on the CPU, offline.
+    """
+    import os
+    import socket
+    import sys
+
+    def launch(module: str, *args: str) -> tuple[list[str], dict[str, str]]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1",
+               "TRANSFORMERS_VERBOSITY": "error", "HF_HOME": str(tmp_path / "hf")}
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", str(port), "-m", module, *args]
+        return command, env
+
+    return launch

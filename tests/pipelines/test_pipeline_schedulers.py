@@ -6,51 +6,17 @@ The image-to-video rule under test: frame 0 is the clean image latent in every U
 *after* `scale_model_input` (Euler divides the whole input by sqrt(sigma^2 + 1)); only frames 1..F-1 are stepped.
 """
 
-import numpy as np
 import pytest
 import torch
 from diffusers import (
-    AnimateDiffPipeline,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     KDPM2DiscreteScheduler,
 )
-
-from miva.pipelines import MIVAPipeline
-from miva.tiny import make_test_image, tiny_components
+from frame0 import gen, image_latent
 
 FRAMES, SIZE, STEPS = 6, 64, 3
 PROMPT, NEGATIVE = "a waterfall, water flowing", "a still photo"
-
-
-def gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
-@pytest.fixture(scope="module")
-def image():
-    return make_test_image(SIZE, SIZE, seed=0)
-
-
-@pytest.fixture(scope="module")
-def stock():
-    stock = AnimateDiffPipeline(**tiny_components(seed=0))
-    stock.set_progress_bar_config(disable=True)
-    return stock
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    pipe = MIVAPipeline(**tiny_components(seed=0))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def image_latent(vae, image, seed):
-    """Frame-0 latent: pixels / 127.5 - 1, a VAE posterior sample drawn from `seed`, times the scaling factor."""
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
-    with torch.no_grad():
-        return vae.encode(pixels).latent_dist.sample(gen(seed)).unsqueeze(2) * vae.config.scaling_factor
 
 
 @torch.no_grad()

@@ -1,5 +1,5 @@
 """The Wan transformer's backbone description: which layers get MIVA processors, and recorders that exist only
-while a call is open (as on the UNet, tests/test_copies.py)."""
+while a call is open (as on the UNet, tests/attention_processors/test_copies.py)."""
 
 import copy
 

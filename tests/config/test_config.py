@@ -13,7 +13,7 @@ from miva.commands.video_io import hist_match_frames
 from miva.config import DDIM_KWARGS, DDPM_KWARGS, ConfigError, MIVAConfig, load_config
 from miva.tiny import tiny_unet_motion
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples" / "configs").glob("*.yaml"))
 
 # Every key named in the seed's config README (section path included), in README order.

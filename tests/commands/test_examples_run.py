@@ -13,7 +13,7 @@ from PIL import Image
 from miva.cli import main
 from miva.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "examples" / "configs").glob("*.yaml"))
 INFER = str(ROOT / "examples" / "configs" / "infer_single.yaml")
 WORLD = str(ROOT / "examples" / "configs" / "infer_world.yaml")

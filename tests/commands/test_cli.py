@@ -1,8 +1,6 @@
 """The config-driven subcommands on the offline tiny models: `miva infer / train / embed-text / convert / bases`."""
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ from miva.loaders import adapter_state_dict
 from miva.pipelines.pipeline_miva import MIVAPipeline
 from miva.tiny import make_test_image, tiny_components
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "configs"
 SMALL = ["validation_data.video_length=4", "validation_data.num_inference_steps=2"]
 
@@ -311,50 +309,13 @@ def test_train_maps_the_config_to_the_trainer(monkeypatch, tmp_path):
     assert seen[1].adapter.use_ca_lora and seen[1].max_train_steps == 2  # handed to miva.training.command
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_accelerate_splits_the_images_across_two_processes(inputs, tmp_path):
+def test_accelerate_splits_the_images_across_two_processes(inputs, tmp_path, accelerate_launch):
     """Two CPU processes, one image each. accelerate 1.15's `--cpu --num_processes 2` starts one process (multi-CPU
     needs mpirun), so the launch is `--multi_gpu` without GPUs: torchrun with gloo, each process on the CPU."""
     data = base_config(inputs, output_dir=str(tmp_path / "out"))
     data["validation_data"].update(prompt_path="all", prompts=None, batch_prompt="water", video_length=4, format="gif")
     config_path = write_config(tmp_path / "c.yaml", data)
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_VERBOSITY": "error",
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "HF_HOME": str(tmp_path / "hf"),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "miva.cli",
-        "infer",
-        "--config",
-        config_path,
-        "--tiny",
-    ]
+    cmd, env = accelerate_launch("miva.cli", "infer", "--config", config_path, "--tiny")
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[process 0] lake" in result.stdout and "[process 1] sky" in result.stdout

@@ -35,7 +35,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Seconds to wait: importing torch + gradio and building the base, then one Generate or training run. A machine
 # shared with heavier work may need more (MIVA_APP_TEST_WAIT_S scales both).
 WAIT_SCALE = float(os.environ.get("MIVA_APP_TEST_WAIT_S", "300")) / 300

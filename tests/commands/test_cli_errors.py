@@ -8,7 +8,7 @@ import yaml
 
 from miva.cli import main
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "configs"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "configs"
 INFER = str(EXAMPLES / "infer_single.yaml")
 TRAIN = str(EXAMPLES / "train.yaml")
 

@@ -6,6 +6,7 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler
+from frame0 import gen, image_latent
 
 from miva.attention_processors import MIVAAdapterConfig, MIVACrossAttnProcessor, MIVATemporalAttnProcessor
 from miva.attention_processors.base import MIVAProcessorBase
@@ -16,10 +17,6 @@ from miva.tiny import make_test_image, tiny_components
 
 FRAMES, SIZE, STEPS = 8, 64, 2
 PROMPT = "a waterfall, water flowing"
-
-
-def gen(seed):
-    return torch.Generator().manual_seed(seed)
 
 
 def run(pipe, image, **kwargs):
@@ -37,25 +34,6 @@ def run(pipe, image, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def image():
-    return make_test_image(SIZE, SIZE, seed=0)
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    pipe = MIVAPipeline(**tiny_components(seed=0))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def stock():
-    stock = AnimateDiffPipeline(**tiny_components(seed=0))
-    stock.set_progress_bar_config(disable=True)
-    return stock
-
-
-@pytest.fixture(scope="module")
 def adapter_pipe():
     """Two random CA-LoRA + cross-frame + MotionLoRA adapters "a" and "b" (weights drawn with seed 1)."""
     pipe = MIVAPipeline(**tiny_components(seed=0))
@@ -69,13 +47,6 @@ def adapter_pipe():
             if ".adapters." in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
     return pipe
-
-
-def image_latent(vae, image, seed):
-    """Frame-0 latent computed independently of the pipeline: x / 127.5 - 1, VAE posterior sample, scaled."""
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
-    with torch.no_grad():
-        return vae.encode(pixels).latent_dist.sample(gen(seed)).unsqueeze(2) * vae.config.scaling_factor
 
 
 @torch.no_grad()

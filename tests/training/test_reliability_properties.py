@@ -135,7 +135,7 @@ def test_adapter_config_mutations(small_unet, base, change, via_file):
 
 
 # ---------------------------------------------------------------------------------------------- YAML configs
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples" / "configs"
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples" / "configs"
 YAML_BASES = {p.name: yaml.safe_load(p.read_text()) for p in sorted(EXAMPLES_DIR.glob("*.yaml"))}
 
 

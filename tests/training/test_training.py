@@ -2,10 +2,7 @@
 trains, checkpoints and exact resume, textual inversion, the saved adapter, 2-process DDP, config and CLI."""
 
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -378,13 +375,7 @@ def test_fp16_without_gpu_falls_back_to_float32(clips, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- multi-process
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_accelerate_launch_two_processes(clips, tmp_path):
+def test_accelerate_launch_two_processes(clips, tmp_path, accelerate_launch):
     """Two CPU processes (gloo DDP): 5 batches each per epoch, one adapter saved, states of both ranks checkpointed.
 
     accelerate 1.15's `--cpu` launcher starts a single process (multi-CPU needs mpirun); `--multi_gpu` on a machine
@@ -392,34 +383,7 @@ def test_accelerate_launch_two_processes(clips, tmp_path):
     """
     config = make_config(clips, tmp_path / "out", max_train_steps=4, checkpointing_steps=4)
     config.to_yaml(tmp_path / "train.yaml")
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        CUDA_VISIBLE_DEVICES="",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_VERBOSITY="error",
-        HF_HOME=str(tmp_path / "hf"),
-    )
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "miva.training.train",
-        "--config",
-        str(tmp_path / "train.yaml"),
-    ]
+    command, env = accelerate_launch("miva.training.train", "--config", str(tmp_path / "train.yaml"))
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stderr[-4000:]
     out = tmp_path / "out"

@@ -11,7 +11,7 @@ from miva.config.trainer import TrainConfig
 from miva.world import BASE_PATH, base_fingerprint
 from miva.world.adapters import recipe_fingerprint, world_train_config
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "motion_world" / "fewshot.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "motion_world" / "fewshot.py"
 
 
 def _load_script(monkeypatch):
