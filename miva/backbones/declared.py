@@ -16,17 +16,20 @@ __all__ = ["BACKBONES", "UNET", "WAN", "Backbone", "backbone_named", "check_reco
 @dataclass(frozen=True)
 class Backbone:
     """One base architecture: `id` (recorded in `adapter_config.json`), `description` (for messages), `pipeline`
-    (the miva pipeline class that loads its adapters) and `config_class` (the adapter config class)."""
+    (the miva pipeline class that loads its adapters), `config_class` (the adapter config class) and `trainer`
+    (`"module:Class"` of its trainer, imported by `miva.training.train.train` when a run's base is this backbone)."""
 
     id: str
     description: str
     pipeline: str
     config_class: str
+    trainer: str
 
 
 UNET = Backbone("animatediff-unet", "the AnimateDiff UNet (SD1.5, UNetMotionModel)", "MIVAPipeline",
-                "MIVAAdapterConfig")
-WAN = Backbone("wan2.1-dit", "the Wan2.1 DiT (WanTransformer3DModel)", "MIVAWanPipeline", "WanAdapterConfig")
+                "MIVAAdapterConfig", "miva.training.train:MIVATrainer")
+WAN = Backbone("wan2.1-dit", "the Wan2.1 DiT (WanTransformer3DModel)", "MIVAWanPipeline", "WanAdapterConfig",
+               "miva.backbones.wan.trainer:WanTrainer")
 BACKBONES: tuple[Backbone, ...] = (UNET, WAN)
 
 
