@@ -97,3 +97,50 @@ def test_wan_run_config_errors(override, message, tmp_path, capsys, monkeypatch)
         load_config(TRAIN, [f"output_dir={tmp_path}", override]).train_config(tiny=True).validate()
     assert train(tmp_path / "o", "--set", override) == 2
     assert capsys.readouterr().err.startswith("miva train: error: ")
+
+
+OFFICIAL = {"pretrained_model_path": "tiny-wan", "train_data": {"n_sample_frames": 9, "width": 16, "height": 16},
+            "unet_additional_kwargs": {"use_motion_lora": False, "q_downsample": False},
+            "dit_kwargs": {"SA_mode": "first_prev", "SA_kwargs": {"sa_first_frame_scale": "adaptive_0.2"},
+                           "CA_mode": "simple",
+                           "CA_kwargs": {"rank": 8, "act": "gelu_tanh", "norm_mid": False, "use_out": True,
+                                         "bias": False}},
+            "trainable_modules": ["i2v_adapter", "cross_attn.CA2", "cross_attn.CA3"]}
+
+
+def with_changes(changes: dict) -> dict:
+    data = json.loads(json.dumps(OFFICIAL))
+    for path, value in changes.items():
+        *parents, leaf = path.split(".")
+        part = data
+        for name in parents:
+            part = part.setdefault(name, {})
+        part[leaf] = value
+    return data
+
+
+def test_official_training_yaml_keys_set_the_wan_adapter_and_what_trains():
+    config = load_config(OFFICIAL).train_config(tiny=True)
+    adapter = config.adapter
+    assert isinstance(adapter, WanAdapterConfig)
+    assert (adapter.sa_mode, adapter.sa_first_frame_scale, adapter.ca_mode, adapter.implicit_rank,
+            adapter.implicit_act, adapter.implicit_norm, adapter.implicit_bias, adapter.use_ca_lora) == (
+        "first_prev", "adaptive_0.2", "implicit", 8, "gelu_tanh", False, False, False)
+    assert config.parts == ["i2v", "adaptive_weight", "implicit"]
+    vanilla = load_config(with_changes({"dit_kwargs.CA_mode": "vanilla"})).adapter_configs()[0]
+    assert (vanilla.ca_mode, vanilla.use_ca_lora) == ("lora", False)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"dit_kwargs.CA_kwargs.use_out": False},
+     "dit_kwargs.CA_kwargs.use_out: False is not supported (accepted: [True])"),
+    ({"dit_kwargs.CA_mode": "fancy"}, "dit_kwargs.CA_mode: 'fancy' is not supported (accepted: ['simple', 'vanilla'])"),
+    ({"dit_kwargs.CA_kwargs.dropout": 0.1}, "dit_kwargs.CA_kwargs.dropout: not an official MIVA-Wan key miva reads"),
+    ({"pretrained_model_path": "some/sd15"}, "dit_kwargs: official MIVA-Wan keys, but the base 'some/sd15' is not a "
+                                             "Wan2.1 one"),
+    ({"unet_additional_kwargs.sa_mode": "prev"}, "unet_additional_kwargs.sa_mode: also set by dit_kwargs; give each "
+                                                 "adapter setting once"),
+])
+def test_official_training_yaml_refusals_name_the_key(changes, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(with_changes(changes)).train_config(tiny=True)

@@ -44,11 +44,11 @@ def official_wan_settings(path: str) -> dict | None:
     """The official MIVA-Wan run YAML at `path` as a dict (it has `dit_kwargs`); None for any other config."""
     import yaml
 
-    with open(path, encoding="utf-8") as f:
-        try:
+    try:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
-        except yaml.YAMLError:
-            return None  # the research-config reader gives the detailed error
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return None  # the research-config reader gives the detailed error
     return data if isinstance(data, dict) and "dit_kwargs" in data else None
 
 
