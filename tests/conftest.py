@@ -104,7 +104,9 @@ def call_values(processor, *, size=None, **values):
     return miva_call(processor.context, **values)
 
 
-def run_processor(processor, attn, *args, size=None, call=None, **kwargs):
-    """`processor(attn, *args, **kwargs)` inside `call_values(processor, size=size, **(call or {}))`."""
-    with call_values(processor, size=size, **(call or {})):
+def run_processor(processor, attn, *args, size=None, call=None, num_frames=None, **kwargs):
+    """`processor(attn, *args, **kwargs)` inside `call_values(processor, size=size, **(call or {}))`, with
+    `num_frames` (frames per video) among the call's values: the one route into a processor."""
+    call = dict(call or {}, **({} if num_frames is None else {"num_frames": num_frames}))
+    with call_values(processor, size=size, **call):
         return processor(attn, *args, **kwargs)

@@ -77,3 +77,18 @@ def test_fuse_adapters_lora_scale_like_fuse_lora():
     pipe.unfuse_adapters()
     assert pipe.unet.miva_context.active == [("flow", 1.0)]
     torch.testing.assert_close(run(), full, atol=0, rtol=0)
+
+
+def test_the_loader_mixin_owns_every_adapter_verb():
+    """Issue 28 item 5: `MIVALoaderMixin` is first in the pipeline's MRO, so each shared verb name resolves to it
+    (and from there to diffusers' LoRA verb through `super()`), not to a class in between."""
+    from diffusers import AnimateDiffPipeline
+
+    from miva.loaders import MIVALoaderMixin
+
+    assert MIVAPipeline.__mro__[1] is MIVALoaderMixin and len(MIVAPipeline.__bases__) == 2
+    for verb in ("set_adapters", "get_active_adapters", "get_list_adapters", "delete_adapters", "save_pretrained",
+                 "register_to_config"):
+        owner = next(cls for cls in MIVAPipeline.__mro__ if verb in vars(cls))
+        assert owner is MIVALoaderMixin, (verb, owner)
+    assert issubclass(MIVAPipeline, AnimateDiffPipeline)

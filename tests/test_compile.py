@@ -1,7 +1,8 @@
 """torch.compile: the UNet with MIVA processors and active adapters traces into one graph and matches eager.
 
-The hooks that feed the per-call state (`CallState`) sit on submodules (never on the UNet itself, whose hooks dynamo does not inline),
-and the processors branch only on Python values (weights, shapes, modes), never on tensor values. Checked on the
+The recorders that feed the per-call state (`CallState`) sit on submodules and exist only during a call; the two hooks
+on the UNet itself only open a call for a bare forward, and dynamo runs them outside the graph. The processors
+branch only on Python values (weights, shapes, modes), never on tensor values. Checked on the
 tiny UNet (8x8 latents, 4 frames) in two traces of ~25 s each: one adapter with the cross-frame branch
 (`first_prev`, adaptive weight), MotionLoRA, motion embedding and CA-LoRA with Q-LoRA (autograd path, through
 `torch._dynamo.explain`); and two "residual" adapters with spatiotemporal Q (r=2, rope_3d), each on its own prompt
@@ -89,8 +90,12 @@ def test_fullgraph_compile_matches_eager_with_two_residual_adapters_and_prompts(
         with miva_call(unet, adapter_prompts=True):  # the call state (its hooks' writes included) traces in-graph
             eager = unet(sample, timestep, encoder_hidden_states=text).sample
             out = compiled(sample, timestep, encoder_hidden_states=text).sample
+        with miva_call(unet, adapter_prompts=True):  # a second call registers its own recorders: no new trace
+            unet(sample, timestep, encoder_hidden_states=text)  # (the same recorded state as the first call's)
+            again = compiled(sample, timestep, encoder_hidden_states=text).sample
         set_miva_adapters(unet, [])
         base = unet(sample, timestep, encoder_hidden_states=text[:, :TOKENS]).sample
     assert len(graphs) == 1
+    torch.testing.assert_close(again, out, atol=0, rtol=0)
     assert (eager - base).abs().max() > 1e-3  # the adapters are really in the graph
     torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)

@@ -223,7 +223,7 @@ def test_stq_needs_the_level_size():
     processor = _processor(attn, MIVAAdapterConfig(q_downsample=True, q_downsample_ratio=2, **CA_ONLY))
     x, text = torch.randn(2, 16, QUERY_DIM), _video_text(1, 2)
     with pytest.raises(RuntimeError, match="spatiotemporal Q needs the level size"):
-        processor(attn, x, text, num_frames=2)
+        run_processor(processor, attn, x, text, num_frames=2)
 
 
 # -------------------------------------------------------------------------------------------- implicit prompt

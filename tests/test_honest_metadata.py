@@ -40,12 +40,17 @@ def test_model_card_fields(tiny, tmp_path):
     card = ModelCard.load(folder / "README.md")
     data = card.data.to_dict()
     ModelCardData(**data)  # the metadata validates
-    assert data["license"] == "creativeml-openrail-m"
+    # The tiny base is miva's own random weights (miva's license); an SD1.5 adapter is a derivative of SD1.5.
+    assert data["license"] == ("apache-2.0" if tiny else "creativeml-openrail-m")
     assert data["motion_adapter"] == motion
     assert data.get("base_model") == (None if tiny else SD)  # only a Hub id goes into base_model
     assert "stable-diffusion" not in card.text if tiny else f"- base model: `{SD}`" in card.text
-    assert ("offline `miva.tiny` test models" in card.text) == tiny
+    assert ("the offline miva.tiny test model (random weights" in card.text) == tiny
     if not tiny:
         assert f"- motion adapter: `{motion}`" in card.text
-    for piece in ("load_image(", "dtype=torch.float16", '.to("cuda")', "export_to_gif("):
+    # The usage code fits the base: the offline tiny model on the CPU, or SD1.5 + AnimateDiff in fp16 on CUDA.
+    pieces = ('load_base("tiny")',) if tiny else ("load_image(", "dtype=torch.float16", '.to("cuda")', "export_to_gif(")
+    for piece in pieces:
         assert piece in card.text
+    if tiny:
+        assert '.to("cuda")' not in card.text

@@ -97,8 +97,10 @@ def test_no_adapter_and_fresh_adapter_equal_stock(inputs, stock_output):
     add_miva_adapter(unet, "fresh", MIVAAdapterConfig(**FULL))
     set_miva_adapters(unet, ["fresh"])
     torch.testing.assert_close(_run(unet, inputs), stock_output, atol=1e-6, rtol=0)
-    # The hooks recorded this call's values in its call state (here a bare forward outside any `miva_call`).
-    values = context.call_state().forward
+    # The hooks recorded this call's values in its call state.
+    with miva_call(unet) as outer:
+        _run(unet, inputs)
+    values = outer.forward
     assert values.num_frames == FRAMES
     assert values.timestep.tolist() == [500, 200]
     assert values.temb.shape == (VIDEOS, 128)
@@ -111,11 +113,12 @@ def test_no_adapter_and_fresh_adapter_equal_stock(inputs, stock_output):
     # Nothing is attached to diffusers' modules.
     assert not [name for name, module in unet.named_modules() if any(k.startswith("miva") for k in vars(module))
                 and module is not unet]
-    # A call opened with `miva_call` gets its own state; the bare forwards' state is untouched by it.
+    # A call opened with `miva_call` gets its own state; an earlier call's state is untouched by it.
     with miva_call(unet) as state:
         _run(unet, (inputs[0][:1, :, :4], inputs[1][:1], inputs[2][:4]))
         assert context.call_state() is state and state.forward.num_frames == 4
     assert context.call_state() is not state and values.num_frames == FRAMES
+    assert context.calls == [] and not context.recording  # no call left open, no recorder left behind
     # Non-zero adapter weights change the output; disabling the adapters brings the stock output back.
     _randomise(unet, "fresh")
     adapted = _run(unet, inputs)
@@ -142,11 +145,11 @@ def test_install_is_idempotent(adapted_unet, inputs):
     unet, expected = adapted_unet
     context = unet.miva_context
     before = dict(unet.attn_processors)
-    hooks = list(context.hook_handles)
+    hooks = (dict(unet._forward_pre_hooks), dict(unet._forward_hooks))
     assert install_miva_processors(unet) is context
     after = unet.attn_processors
     assert all(after[name] is processor for name, processor in before.items())
-    assert context.hook_handles == hooks  # no second set of hooks
+    assert (dict(unet._forward_pre_hooks), dict(unet._forward_hooks)) == hooks  # no second set of hooks
     assert all("w" in p.adapters for p in after.values())
     torch.testing.assert_close(_run(unet, inputs), expected, atol=0, rtol=0)
 
@@ -339,3 +342,49 @@ def test_delete_removes_state_dict_keys():
     assert list(context.configs) == ["c"] and context.active == [("c", 0.5)]
     with pytest.raises(ValueError, match=r"no adapter named 'w'; loaded adapters: \['c'\]"):
         delete_miva_adapter(unet, "w")
+
+
+def test_kept_adapter_settings_put_back_active_weights_enabled_and_mode():
+    """Validation during training runs a pipeline on the UNet being trained: whatever that changes through the verbs
+    comes back when the block ends, also when it raises."""
+    from miva.attention_processors.install import disable_miva_adapters, kept_adapter_settings
+
+    unet = tiny_unet_motion(seed=0)
+    install_miva_processors(unet)
+    for name in ("a", "b"):
+        add_miva_adapter(unet, name, MIVAAdapterConfig(**FULL))
+    set_miva_adapters(unet, ["a", "b"], [0.5, 0.25], parallel_mode="weights")
+    context = get_miva_context(unet)
+    with pytest.raises(RuntimeError, match="validation failed"), kept_adapter_settings(unet):
+        set_miva_adapters(unet, ["b"], [2.0], parallel_mode="residual")
+        disable_miva_adapters(unet)
+        assert (context.active, context.enabled, context.parallel_mode) == ([("b", 2.0)], False, "residual")
+        raise RuntimeError("validation failed")
+    assert (context.active, context.enabled, context.parallel_mode) == ([("a", 0.5), ("b", 0.25)], True, "weights")
+
+
+def test_a_backbone_description_decides_layers_and_recorders():
+    """Issue 28 item 4: which layers get which processor and which hooks a call registers come from the model's
+    `Backbone` description; another description (here: no temporal layers, no level recorder) changes only that."""
+    import dataclasses
+
+    from miva.backbones.base import Recorder
+    from miva.backbones.unet import ANIMATEDIFF_UNET
+
+    assert [row[0] for row in ANIMATEDIFF_UNET.hook_table()] == ["timestep", "temb", "num_frames", "level"]
+    spatial_only = dataclasses.replace(
+        ANIMATEDIFF_UNET, name="no temporal layers",
+        layer_kind=lambda name: None if ".motion_modules." in name else ANIMATEDIFF_UNET.layer_kind(name),
+        recorders=tuple(r for r in ANIMATEDIFF_UNET.recorders if r.value != "level"))
+    unet = tiny_unet_motion(seed=0)
+    context = install_miva_processors(unet, backbone=spatial_only)
+    kinds = [type(p) for p in unet.attn_processors.values()]
+    assert kinds.count(MIVATemporalAttnProcessor) == 0 and kinds.count(AttnProcessor2_0) == 22
+    assert len(context.processors) == 22 and context.backbone is spatial_only
+    with miva_call(unet) as state:
+        hooks = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in unet.modules())
+        _run(unet, (torch.randn(1, 4, 2, 8, 10), torch.tensor([10]), torch.randn(2, 77, 32)))
+    assert hooks == 2 + 2 + len(unet.down_blocks) + 1 + len(unet.up_blocks)  # no Transformer2DModel hook
+    assert state.forward.num_frames == 2 and state.forward.spatial_sizes == {}
+    with pytest.raises(ValueError, match=r"Recorder.value='frames' is not one of \['timestep', 'temb', 'num_frames'"):
+        Recorder("frames", lambda model: [], lambda args, kwargs, output: None, before=True, why="")

@@ -178,14 +178,14 @@ def prompts(count, seed=1):
 
 @torch.no_grad()
 def run(attn, x, text=None):
-    with miva_call(attn.processor.context, **CALL):
-        return attn(x, text, num_frames=FRAMES) if text is not None else attn(x, num_frames=FRAMES)
+    with miva_call(attn.processor.context, **CALL, num_frames=FRAMES):
+        return attn(x, text) if text is not None else attn(x)
 
 
 @torch.no_grad()
 def run_with_weights(attn, x, text, weights):
-    with miva_call(attn.processor.context, **CALL):
-        return attn(x, text, num_frames=FRAMES, adapter_weights=weights)
+    with miva_call(attn.processor.context, **dict(CALL, adapter_weights=weights), num_frames=FRAMES):
+        return attn(x, text)
 
 
 @torch.no_grad()

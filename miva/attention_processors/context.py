@@ -1,12 +1,19 @@
-"""What the MIVA processors of one UNet read: long-lived facts (`MIVAContext`) and per-call values (`CallState`).
+"""What the MIVA processors of one model read: long-lived facts (`MIVAContext`) and per-call values (`CallState`).
 
-Per-call values live in one `CallState` per call, opened by `miva_call` (the pipeline's `__call__`) and read through
-`MIVAContext.call_state()`; the few values diffusers hands to no processor (frames, timestep, time embedding, level
-sizes, split-inference chunks) are recorded into it by forward hooks. Nothing is attached to diffusers' modules.
+Per-call values live in one `CallState` per call, opened by `miva_call` (the pipeline's `__call__`, a training step)
+and read through `MIVAContext.call_state()`, the one route into the processors. What the caller knows (adapter
+weights, prompt layout, CA-map store, frame count) is fixed when the call opens; the few values diffusers computes
+but hands to no processor (frames per forward, timestep, time embedding, level sizes, split-inference chunks) are
+recorded into the call's `forward` values by hooks that exist only while a call is open: `miva_call` registers the
+backbone's recorders (`miva.backbones`, one table with why each exists) and removes them when the call closes. A
+forward run outside any call (`unet(...)`, a stock pipeline sharing the UNet) opens its own call through two
+hooks on the model itself (`install_call_hooks`); its state stays readable until the next forward, for its backward. Nothing else is attached to diffusers' modules, so a deep copy
+of a model carries its context and hooks with it.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,47 +23,61 @@ import torch
 from torch import nn
 
 from .composition import PARALLEL_MODES  # noqa: F401  (the modes live in composition.py; kept importable here)
+from .split_inference import SplitInference
 
 
 @dataclass
 class ForwardValues:
-    """What the MIVA hooks learn during each UNet forward of a call: values diffusers computes but hands to no
-    processor (see `register_context_hooks`). Mutable: the hooks overwrite them on every forward."""
+    """What the call's recorders learn during each forward: values diffusers computes but hands to no processor.
+    Written only by the hooks the call registered (`ForwardValues.record`), overwritten on every forward."""
 
     num_frames: int | None = None  # frames per video, as the UNet handed it to its blocks
     timestep: torch.Tensor | None = None  # (batch,) as the UNet saw it
     temb: torch.Tensor | None = None  # (batch, temb_channels), one row per video
     spatial_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # spatial layer name -> its level (h, w)
-    # FreeNoise split inference hands spatial layers chunks of the (batch*frames) rows, in order: layer name ->
-    # (start, stop) of the current chunk, and the reference frames' keys/values carried from earlier chunks (by the
-    # cross-frame processor, reset at each forward's first chunk). `chunk_cursor`: Transformer2DModel name ->
-    # (the timestep tensor of its current forward, where its next chunk starts).
-    row_windows: dict[str, tuple[int, int]] = field(default_factory=dict)
-    reference_cache: dict[str, dict] = field(default_factory=dict)
-    chunk_cursor: dict[str, tuple] = field(default_factory=dict)
+    split: SplitInference = field(default_factory=SplitInference)  # FreeNoise split inference's chunks
+
+    def record(self, value: str, data: Any, block: str, layers: tuple[str, ...]) -> None:
+        """Store what recorder `value` (`miva.backbones.base.RECORDED_VALUES`) read at module `block`."""
+        if value == "timestep":  # the first thing each UNet forward computes: a new forward starts
+            self.timestep = data
+            self.split.new_forward()
+        elif value == "temb":
+            self.temb = data
+        elif value == "num_frames":
+            self.num_frames = data
+        else:  # "level": (rows, (h, w)) of a spatial transformer's input
+            rows, size = data
+            for layer in layers:
+                self.spatial_sizes[layer] = size
+            known = self.timestep is not None and self.num_frames is not None
+            self.split.record(block, layers, rows, self.timestep.shape[0] * self.num_frames if known else None)
 
 
 @dataclass(frozen=True)
 class CallState:
-    """The per-call values of one pipeline call (or training step, or bare UNet forward), in one object.
+    """The per-call values of one pipeline call (or training step, or bare model forward), in one object.
 
-    Set for the duration of a call by `miva_call(unet, ...)` and read by the processors through
-    `MIVAContext.call_state()`; nested or successive calls on one UNet each see their own. The call's own fields are
-    fixed when it opens; `forward` holds what the hooks learn during each UNet forward.
+    Opened for the duration of a call by `miva_call(model, ...)` and read by the processors through
+    `MIVAContext.call_state()`; nested or successive calls on one model each see their own. The fields given to
+    `miva_call` are fixed for the call; `forward` is the one mutable part, written only by the recorders this call
+    registered (or pre-filled for a processor run outside a model).
     """
 
     adapter_weights: tuple[float, ...] | None = None  # this call's weights of the active adapters (None: theirs)
     adapter_prompts: bool = False  # encoder_hidden_states = [main prompt; one prompt per active adapter] on tokens
     attention_store: Any = None  # CA-map store with `wants(layer_name)` and `add(...)`
+    num_frames: int | None = None  # frames per video, as the caller knows them (a forward's own count comes first)
+    bare: bool = False  # opened by the model itself for a forward run outside any call
     forward: ForwardValues = field(default_factory=ForwardValues)
 
-    def frames(self, explicit: int | None, layer_name: str) -> int:
-        """Frames per video: `explicit` (a processor's `num_frames` argument) or the UNet's; an error when neither
-        is known (never a silent 1)."""
-        frames = explicit or self.forward.num_frames
+    def frames(self, layer_name: str) -> int:
+        """Frames per video: the current forward's (recorded), else the call's; an error when neither is known
+        (never a silent 1)."""
+        frames = self.forward.num_frames or self.num_frames
         if frames is None:
-            raise ValueError(f"{layer_name}: num_frames is unknown; run the whole UNet (its hooks record it), pass "
-                             "cross_attention_kwargs={'num_frames': F}, or call the processor with num_frames=F")
+            raise ValueError(f"{layer_name}: num_frames is unknown; run the whole UNet (its hooks record it) or open "
+                             "the call with miva_call(..., num_frames=F)")
         return frames
 
     def spatial_size(self, layer_name: str) -> tuple[int, int] | None:
@@ -66,7 +87,7 @@ class CallState:
 
 @dataclass
 class MIVAContext:
-    """The long-lived MIVA facts of one `UNetMotionModel` (`unet.miva_context`), shared by its processors.
+    """The long-lived MIVA facts of one model (`unet.miva_context`), shared by its processors.
 
     Adapter configs, which adapters are active with which weights, the composition mode, fused state and attention
     backend change only through the adapter verbs. Per-call values never live here: they are in the `CallState` on
@@ -85,21 +106,43 @@ class MIVAContext:
     default_processors: bool = False
     fused: list[tuple[str, float]] = field(default_factory=list)  # (name, weight) merged into base weights
     fuse_state: Any = None  # backups and flags of `fuse_miva_adapters`, consumed by `unfuse_miva_adapters`
-    # Fixed facts about the UNet.
+    # Fixed facts about the model.
     max_frames: int = 32
     temb_channels: int = 1280
+    backbone: Any = None  # its `miva.backbones.base.Backbone` description (None: a stand-alone processor's context)
     processors: dict[str, nn.Module] = field(default_factory=dict)  # layer name -> our processor (kept on re-install)
-    hook_handles: list = field(default_factory=list)
-    # Per-call state: the open calls, innermost last (`miva_call`); forwards outside any call use `idle_call`.
+    # Per-call state: the open calls, innermost last (`miva_call`), and the hooks that record into them (registered
+    # by the outermost call on the model, removed when it closes; empty outside a call).
     calls: list[CallState] = field(default_factory=list, repr=False)
-    idle_call: CallState = field(default_factory=CallState, repr=False)
+    recording: bool = False  # whether the recorders are registered (their handles stay with the call that did it)
+    bare_calls: list = field(default_factory=list, repr=False)  # the calls opened by bare forwards (`_open_bare_call`)
+    # The last bare forward's state, read outside any call until the next forward: its backward belongs to it too
+    # (gradient checkpointing re-runs blocks in backward, and diffusers gives no hook at the end of a backward).
+    last_bare: CallState | None = field(default=None, repr=False)
+    call_hook_handles: list = field(default_factory=list, repr=False)  # those two hooks on the model
+
+    def __deepcopy__(self, memo):
+        """A copy (of the model, `copy.deepcopy`) starts with no call open, even when made during one."""
+        copied = MIVAContext.__new__(MIVAContext)
+        memo[id(self)] = copied
+        for name, value in vars(self).items():
+            if name in _PER_CALL_FIELDS:
+                value = _PER_CALL_FIELDS[name]()
+            else:
+                value = copy.deepcopy(value, memo)
+            setattr(copied, name, value)
+        return copied
 
     def call_state(self) -> CallState:
-        """The one accessor of per-call values: the innermost open call, else the state of bare forwards."""
-        return self.calls[-1] if self.calls else self.idle_call
+        """The one accessor of per-call values: the innermost open call; outside any call, the last bare forward's
+        (for its backward), else empty values."""
+        if self.calls:
+            return self.calls[-1]
+        return self.last_bare if self.last_bare is not None else CallState()
 
-    def active_adapters(self, available: Any, weight_override: list[float] | None = None) -> list[tuple[int, str, float]]:
-        """`(prompt chunk index, name, weight)` of the active adapters found in `available` (a processor's adapters).
+    def active_adapters(self, available: Any) -> list[tuple[int, str, float]]:
+        """`(prompt chunk index, name, weight)` of the active adapters found in `available` (a processor's adapters),
+        with the current call's `adapter_weights` when it gives them.
 
         Fused adapters stay listed: `fuse_miva_adapters` merged their LoRA deltas into the base weights and marks
         them so the processors skip those deltas, but their unfusable parts (cross-frame branch, motion embedding,
@@ -107,8 +150,7 @@ class MIVAContext:
         """
         if not self.enabled:
             return []
-        if weight_override is None:
-            weight_override = self.call_state().adapter_weights
+        weight_override = self.call_state().adapter_weights
         if weight_override is not None and len(weight_override) != len(self.active):
             raise ValueError(f"adapter_weights={list(weight_override)} has {len(weight_override)} entries but "
                              f"{len(self.active)} adapters are active: {[name for name, _ in self.active]}")
@@ -129,111 +171,101 @@ class MIVAContext:
         return chosen
 
 
+_PER_CALL_FIELDS = {"calls": list, "recording": bool, "bare_calls": list, "last_bare": lambda: None}
+
+
 @contextmanager
 def miva_call(target: Any, *, adapter_weights=None, adapter_prompts: bool = False, attention_store: Any = None,
-              **forward_values: Any) -> Iterator[CallState]:
-    """Open a `CallState` on `target` (a UNet with MIVA processors, its `MIVAContext`, or a processor) for the
+              num_frames: int | None = None, _bare: bool = False, **forward_values: Any) -> Iterator[CallState]:
+    """Open a `CallState` on `target` (a model with MIVA processors, its `MIVAContext`, or a processor) for the
     duration of the `with` block; the previous one is back afterwards (calls nest).
 
-    `adapter_weights`: this call's weights of the active adapters. `forward_values` (`num_frames`, `timestep`,
-    `temb`, `spatial_sizes`) pre-fill what the hooks would record, for processors run outside a UNet.
+    On a model, the outermost call registers the backbone's recorders (the hooks that fill the call's `forward`
+    values) and removes them when it closes. `adapter_weights`: this call's weights of the active adapters;
+    `num_frames`: frames per video (a forward's recorded count comes first). `forward_values` (`timestep`, `temb`,
+    `spatial_sizes`) pre-fill what the recorders would record, for processors run outside a model.
     """
-    context = target if isinstance(target, MIVAContext) else getattr(target, "context", None)
+    model = getattr(target, "_orig_mod", target)  # a torch.compile'd model: hooks go on the module it wraps
+    context = model if isinstance(model, MIVAContext) else getattr(model, "context", None)
     if not isinstance(context, MIVAContext):
-        context = getattr(target, "miva_context", None)
+        context = getattr(model, "miva_context", None)
     if context is None:
         raise ValueError("MIVA processors are not installed on this UNet: call install_miva_processors(unet) first")
     weights = None if adapter_weights is None else tuple(float(w) for w in adapter_weights)
-    state = CallState(adapter_weights=weights, adapter_prompts=bool(adapter_prompts),
-                      attention_store=attention_store, forward=ForwardValues(**forward_values))
+    state = CallState(adapter_weights=weights, adapter_prompts=bool(adapter_prompts), attention_store=attention_store,
+                      num_frames=num_frames, bare=_bare, forward=ForwardValues(**forward_values))
+    owner = getattr(model, "miva_context", None) is context  # the model itself (not a processor or the context)
+    record = owner and context.backbone is not None and not context.recording
     context.calls.append(state)
+    handles = []
     try:
+        if record:
+            handles = register_recorders(model, context)
+            context.recording = True
         yield state
     finally:
         context.calls.pop()
+        for handle in handles:
+            handle.remove()
+        if record:
+            context.recording = False
 
 
-# Hooks: only for values diffusers computes but passes to no processor. Each writes into the current call's
-# `forward` values (`MIVAContext.call_state()`), never onto a module.
-def _timestep_hook(context: MIVAContext):
-    """On `unet.time_proj`: the UNet passes the timestep to no processor (the cross-frame 'linear' weight and split
-    inference need it)."""
-
-    def hook(module, args):
-        context.call_state().forward.timestep = args[0]  # (batch,): made a tensor and expanded before `time_proj`
-
+def _recorder_hook(context: MIVAContext, value: str, read, block: str, layers: tuple[str, ...], before: bool):
+    """One recorder's hook: read the value and store it in the current call's `forward` values."""
+    if before:
+        def hook(module, args, kwargs):
+            data = read(args, kwargs, None)
+            if data is not None:
+                context.call_state().forward.record(value, data, block, layers)
+    else:
+        def hook(module, args, kwargs, output):
+            data = read(args, kwargs, output)
+            if data is not None:
+                context.call_state().forward.record(value, data, block, layers)
     return hook
 
 
-def _num_frames_hook(context: MIVAContext):
-    """On each down/mid/up block: the UNet hands `num_frames` to its blocks but not to spatial processors (and under
-    FreeNoise it is the window's frame count, which the pipeline does not know)."""
-
-    def hook(module, args, kwargs):
-        num_frames = kwargs.get("num_frames")
-        if num_frames is not None:
-            context.call_state().forward.num_frames = num_frames
-
-    return hook
-
-
-def _temb_hook(context: MIVAContext):
-    """On `unet.time_embedding`: transformer blocks pass no `temb` to attention (the 'adaptive' weight needs it)."""
-
-    def hook(module, args, output):
-        context.call_state().forward.temb = output
-
-    return hook
+def register_recorders(model: nn.Module, context: MIVAContext) -> list:
+    """Register every recorder of `context.backbone` on `model`; returns the handles (`miva_call` removes them)."""
+    handles = []
+    for recorder in context.backbone.recorders:
+        for block, module, layers in recorder.modules(model):
+            hook = _recorder_hook(context, recorder.value, recorder.read, block, layers, recorder.before)
+            register = module.register_forward_pre_hook if recorder.before else module.register_forward_hook
+            handles.append(register(hook, with_kwargs=True))
+    return handles
 
 
-def _spatial_size_hook(name: str, layer_names: list[str], context: MIVAContext):
-    """On each spatial `Transformer2DModel` (`name`): its input `(batch*frames, C, h, w)` is the only place the level
-    size `(h, w)` is visible (processors get flattened tokens), and under FreeNoise split inference the only place
-    that sees which rows a chunk holds. A hook here (not on the UNet) also stays right under gradient checkpointing,
-    which re-runs single transformer blocks."""
-
-    def hook(module, args, kwargs):
-        hidden_states = args[0] if args else kwargs["hidden_states"]
-        values = context.call_state().forward
-        size = tuple(hidden_states.shape[-2:])  # (batch*frames, channels, h, w) -> (h, w)
-        for layer in layer_names:
-            values.spatial_sizes[layer] = size
-        rows, timestep = hidden_states.shape[0], values.timestep
-        if timestep is None or values.num_frames is None or rows == timestep.shape[0] * values.num_frames:
-            return  # the whole batch at once (no split inference)
-        cursor = values.chunk_cursor.get(name)
-        start = 0 if cursor is None or cursor[0] is not timestep else cursor[1]  # a new forward starts at row 0
-        values.chunk_cursor[name] = (timestep, start + rows)
-        for layer in layer_names:
-            values.row_windows[layer] = (start, start + rows)
-
-    return hook
+# A forward outside any call opens its own, so that it is recorded too. These two hooks sit on the model itself: dynamo
+# runs the hooks of the module it compiles outside the graph, which suits them (pure Python, no tensors). They find
+# the context through the module they are called with, so a deep copy of the model opens calls on its own context.
+def _open_bare_call(model: nn.Module, args, kwargs) -> None:
+    context = getattr(model, "miva_context", None)
+    if context is None or context.recording:
+        return  # a call is open and recording (or MIVA was removed)
+    call = miva_call(model, _bare=True)
+    context.last_bare = call.__enter__()
+    context.bare_calls.append(call)
 
 
-def register_context_hooks(unet: nn.Module, context: MIVAContext) -> None:
-    """Attach the hooks that feed the current call's `forward` values (once per UNet)."""
-    from diffusers.models.attention_processor import Attention
-    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+def _close_bare_call(model: nn.Module, args, kwargs, output) -> None:
+    context = getattr(model, "miva_context", None)
+    if context is not None and context.bare_calls:
+        context.bare_calls.pop().__exit__(None, None, None)
 
-    if context.hook_handles:
+
+def install_call_hooks(model: nn.Module, context: MIVAContext) -> None:
+    """The two hooks that open a call for a forward run outside any (once per model)."""
+    if context.call_hook_handles:
         return
-    # No hook on the UNet itself: torch.compile does not inline the hooks of the module it compiles, so one there
-    # would split a compiled UNet into two graphs. The UNet hands `num_frames` to every block by keyword and makes
-    # the timestep a `(batch,)` tensor before `time_proj`; hooks there see the same values from inside the graph.
-    handles = [unet.time_proj.register_forward_pre_hook(_timestep_hook(context))]
-    handles.append(unet.time_embedding.register_forward_hook(_temb_hook(context)))
-    blocks = [*unet.down_blocks, *([unet.mid_block] if unet.mid_block is not None else []), *unet.up_blocks]
-    for block in blocks:
-        handles.append(block.register_forward_pre_hook(_num_frames_hook(context), with_kwargs=True))
-    for name, module in unet.named_modules():
-        if isinstance(module, Transformer2DModel):
-            layers = [f"{name}.{sub}.processor" for sub, m in module.named_modules() if isinstance(m, Attention)]
-            hook = _spatial_size_hook(name, layers, context)
-            handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-    context.hook_handles = handles
+    context.call_hook_handles = [
+        model.register_forward_pre_hook(_open_bare_call, with_kwargs=True),
+        model.register_forward_hook(_close_bare_call, with_kwargs=True, always_call=True),
+    ]
 
 
-def remove_context_hooks(context: MIVAContext) -> None:
-    for handle in context.hook_handles:
+def remove_call_hooks(context: MIVAContext) -> None:
+    for handle in context.call_hook_handles:
         handle.remove()
-    context.hook_handles = []
+    context.call_hook_handles = []

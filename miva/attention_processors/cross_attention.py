@@ -104,8 +104,7 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         return CrossAttnAdapter(attn, config) if has_part_at(config, CROSS) else None
 
     # ---------------------------------------------------------------------------------------------- entry point
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 num_frames=None, adapter_weights=None):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
         residual = hidden_states
         ip_states = None
         if isinstance(encoder_hidden_states, tuple):
@@ -115,7 +114,7 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
         state = self.context.call_state()
-        active = self.context.active_adapters(self.adapters, adapter_weights)
+        active = self.context.active_adapters(self.adapters)
         if active and not state.adapter_prompts:
             active = [entry for entry in active if not self.adapters[entry[1]].inert]
         prompts = self._split_prompts(encoder_hidden_states, state.adapter_prompts)
@@ -126,12 +125,12 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         if not active:
             mask = prepare_mask(attn, attention_mask, prompts[0].shape[1], hidden_states.shape[0])
             key, value = attn.to_k(prompts[0]), attn.to_v(prompts[0])
-            self._store_maps(attn, query(), key, frames=num_frames)
+            self._store_maps(attn, query(), key)
             out = attn.to_out[0](self.attend(query(), key, value, attn.heads, mask))
         else:
             if attention_mask is not None:
                 raise ValueError(f"{self.layer_name}: attention masks are not supported with active MIVA adapters")
-            out = self._adapted(attn, hidden_states, query, prompts, active, num_frames)
+            out = self._adapted(attn, hidden_states, query, prompts, active)
         if ip_states is not None and self.ip_adapter is not None:
             out = out + self._ip_adapter_output(attn, query(), ip_states)
         return finish_output(attn, attn.to_out[1](out), residual)
@@ -155,10 +154,10 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         return SpatiotemporalQuery(key) if key[0] else None
 
     # ------------------------------------------------------------------------------------------ adapter paths
-    def _adapted(self, attn, x, query, prompts, active, num_frames):
+    def _adapted(self, attn, x, query, prompts, active):
         ctx, state = self.context, self.context.call_state()
         stq = self._stq(active)
-        frames = state.frames(num_frames, self.layer_name) if stq is not None else num_frames
+        frames = state.frames(self.layer_name) if stq is not None else None
         if stq is not None and row_window(state, self.layer_name, rows=x.shape[0], frames=frames) is not None:
             raise ValueError(f"{self.layer_name}: spatiotemporal Q (q_downsample) attends over all frames of a video at "
                              f"once, but FreeNoise split inference hands this layer {x.shape[0]} rows at a time; run "
@@ -286,9 +285,8 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
             return 0.0
         return linear_without_bias(attn.to_out[0], total)
 
-    def _store_maps(self, attn, query, key, plan=None, frames=None):
-        """Hand the softmax maps to the call's CA-map store when it wants this layer. `frames`: the processor's
-        `num_frames` argument (None: the UNet's)."""
+    def _store_maps(self, attn, query, key, plan=None):
+        """Hand the softmax maps to the call's CA-map store when it wants this layer."""
         state = self.context.call_state()
         store = state.attention_store
         if store is None or not store.wants(self.layer_name):
@@ -297,7 +295,7 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         probs = attention_probs(query, key[:, :text_tokens], attn.heads)
         if plan is None or plan.stq is None:
             size = state.spatial_size(self.layer_name)
-            frames = state.frames(frames if plan is None else plan.frames, self.layer_name)
+            frames = plan.frames if plan is not None and plan.frames else state.frames(self.layer_name)
             store.add(self.layer_name, probs, num_frames=frames, size=size, spatiotemporal=False)
         else:
             store.add(self.layer_name, probs, num_frames=plan.frames, size=plan.grid, spatiotemporal=True)

@@ -1,39 +1,40 @@
-"""Putting the MIVA processors on a `UNetMotionModel` and managing its adapters by name."""
+"""Putting the MIVA processors on a model, putting them back, taking them off, and managing adapters by name.
+
+Install (`install_miva_processors`), restore (`restore_miva_processors`, `set_default_attn_processor`'s answer)
+and remove (`uninstall_miva_processors`) live here, in one module. Which layers get which processor, and which
+hooks a call registers, come from the model's `miva.backbones` description.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import types
+from collections.abc import Iterator
 
 from torch import nn
 
+from ..backbones.unet import ANIMATEDIFF_UNET
 from ..guards import check_float
 from .adapter_config import MIVAAdapterConfig
 from .attention_utils import check_attention_backend, check_supported_attention
 from .base import MIVAProcessorBase, remove_adapter_everywhere
 from .composition import check_not_fused, check_parallel_mode
-from .context import MIVAContext, register_context_hooks
+from .context import MIVAContext, install_call_hooks, remove_call_hooks
 from .cross_attention import MIVACrossAttnProcessor
-from .parts import check_same_query_layout
+from .parts import CROSS, SELF, TEMPORAL, check_same_query_layout
 from .self_attention import MIVASelfAttnProcessor
 from .temporal_attention import MIVATemporalAttnProcessor
 
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+PROCESSOR_CLASSES = {SELF: MIVASelfAttnProcessor, CROSS: MIVACrossAttnProcessor, TEMPORAL: MIVATemporalAttnProcessor}
 
 
-def processor_kind(layer_name: str) -> type[MIVAProcessorBase] | None:
-    """Which MIVA processor serves the layer `layer_name` (a key of `unet.attn_processors`).
-
-    Motion modules' attn1 *and* attn2 are temporal self-attention; spatial attn1 is self-attention, spatial attn2
-    cross-attention. Anything else (none in SD1.5) keeps its processor.
-    """
-    if ".motion_modules." in layer_name or layer_name.startswith("motion_modules."):
-        return MIVATemporalAttnProcessor
-    if layer_name.endswith("attn1.processor"):
-        return MIVASelfAttnProcessor
-    if layer_name.endswith("attn2.processor"):
-        return MIVACrossAttnProcessor
-    return None
+def processor_kind(layer_name: str, backbone=ANIMATEDIFF_UNET) -> type[MIVAProcessorBase] | None:
+    """Which MIVA processor serves the layer `layer_name` (a key of `unet.attn_processors`), as `backbone` says
+    (`Backbone.layer_kind`); None for a layer that keeps its processor."""
+    kind = backbone.layer_kind(layer_name)
+    return None if kind is None else PROCESSOR_CLASSES[kind]
 
 
 def _attention_modules(unet: nn.Module) -> dict[str, nn.Module]:
@@ -49,7 +50,7 @@ def get_miva_context(unet: nn.Module) -> MIVAContext:
 
 
 def install_miva_processors(unet: nn.Module, parallel_mode: str | None = None,
-                            attention_backend: str | None = None) -> MIVAContext:
+                            attention_backend: str | None = None, backbone=None) -> MIVAContext:
     """Put `MIVASelfAttnProcessor`, `MIVACrossAttnProcessor` and `MIVATemporalAttnProcessor` on every matching
     layer of `unet` and return the shared `MIVAContext` (`unet.miva_context`).
 
@@ -58,32 +59,31 @@ def install_miva_processors(unet: nn.Module, parallel_mode: str | None = None,
     after diffusers calls that replaced processors (`fuse_qkv_projections`, `load_ip_adapter`, xformers, ...): the
     processors created the first time, with their adapters, are put back. An IP-Adapter
     processor found on a cross-attention layer is kept inside ours. `attention_backend` ("sdpa" or "xformers"),
-    when given, is passed to `set_miva_attention_backend`.
+    when given, is passed to `set_miva_attention_backend`. `backbone`: the model's `miva.backbones` description
+    (default: the AnimateDiff UNet), read on the first install.
     """
     context = getattr(unet, "miva_context", None)
     if context is None:
-        config = getattr(unet, "config", {})
-        context = MIVAContext(
-            max_frames=int(getattr(config, "motion_max_seq_length", None) or 32),
-            temb_channels=unet.time_embedding.linear_2.out_features,
-        )
+        backbone = ANIMATEDIFF_UNET if backbone is None else backbone
+        context = MIVAContext(max_frames=backbone.max_frames(unet), temb_channels=backbone.temb_channels(unet),
+                              backbone=backbone)
         unet.miva_context = context
         # diffusers' UNetMotionModel.set_default_attn_processor refuses processors outside its own list; this UNet
         # answers with `processor_swaps.set_default_attn_processor`. An instance attribute, removed again by
-        # `remove_miva_processors`.
+        # `uninstall_miva_processors`.
         unet.set_default_attn_processor = types.MethodType(set_default_attn_processor, unet)
     if parallel_mode is not None:
         set_parallel_mode(unet, parallel_mode)
     if attention_backend is not None:
         set_miva_attention_backend(unet, attention_backend)
+    install_call_hooks(unet, context)
     if context.default_processors:
-        register_context_hooks(unet, context)
         return context
     modules = _attention_modules(unet)
     current = unet.attn_processors
     ours = {}
     for name, processor in current.items():
-        kind = processor_kind(name)
+        kind = processor_kind(name, context.backbone)
         if kind is None:
             continue
         if not isinstance(processor, MIVAProcessorBase):
@@ -100,8 +100,33 @@ def install_miva_processors(unet: nn.Module, parallel_mode: str | None = None,
         ours[name] = new
     if any(current[name] is not proc for name, proc in ours.items()):
         unet.set_attn_processor({**current, **ours})  # diffusers wants every layer; it empties the dict it gets
-    register_context_hooks(unet, context)
     return context
+
+
+def uninstall_miva_processors(unet: nn.Module) -> None:
+    """Make `unet` stock again: drop every MIVA adapter, put diffusers' `AttnProcessor2_0` (or the IP-Adapter
+    processor we wrapped) back on our layers, remove the call hooks and `unet.miva_context`. Fused adapters must be
+    unfused first (`unfuse_miva_adapters`; `pipe.unload_adapters()` does both)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    context = getattr(unet, "miva_context", None)
+    if context is None:
+        return
+    check_not_fused(context, "unload_adapters")
+    for name in list(context.configs):
+        remove_adapter_everywhere(context, name)
+    current = unet.attn_processors
+    stock = {}
+    for name, processor in current.items():
+        if isinstance(processor, MIVAProcessorBase):
+            ip_adapter = getattr(processor, "ip_adapter", None)
+            stock[name] = ip_adapter if ip_adapter is not None else AttnProcessor2_0()
+    if stock:
+        unet.set_attn_processor({**current, **stock})
+    remove_call_hooks(context)
+    del unet.miva_context
+    if "set_default_attn_processor" in vars(unet):  # our instance-level answer (install_miva_processors)
+        del unet.set_default_attn_processor
 
 
 def enable_miva_adapters(unet: nn.Module) -> None:
@@ -111,6 +136,23 @@ def enable_miva_adapters(unet: nn.Module) -> None:
     if context.default_processors:
         context.default_processors = False
         restore_miva_processors(unet)
+
+
+def disable_miva_adapters(unet: nn.Module) -> None:
+    """Run no adapter (they stay loaded, with their weights) until `enable_miva_adapters`."""
+    get_miva_context(unet).enabled = False
+
+
+@contextlib.contextmanager
+def kept_adapter_settings(unet: nn.Module) -> Iterator[None]:
+    """Put back which adapters are active, their weights, whether they are enabled and the composition mode when
+    the block ends (validation during training runs a pipeline on the UNet being trained)."""
+    context = get_miva_context(unet)
+    saved = (list(context.active), context.enabled, context.parallel_mode)
+    try:
+        yield
+    finally:
+        context.active, context.enabled, context.parallel_mode = saved
 
 
 def restore_miva_processors(unet: nn.Module) -> MIVAContext:

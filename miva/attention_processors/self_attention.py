@@ -78,17 +78,16 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
             return None
         return CrossFrameAdapter(attn, config, self.context.temb_channels)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 num_frames=None, adapter_weights=None):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
         residual = hidden_states
         kv_source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         mask = prepare_mask(attn, attention_mask, kv_source.shape[1], hidden_states.shape[0])
         query, key, value = attn.to_q(hidden_states), attn.to_k(kv_source), attn.to_v(kv_source)
         out = project_out(attn, self.attend(query, key, value, attn.heads, mask))
-        active = self.context.active_adapters(self.adapters, adapter_weights)
+        active = self.context.active_adapters(self.adapters)
         if active:
             state = self.context.call_state()
-            frames = state.frames(num_frames, self.layer_name)
+            frames = state.frames(self.layer_name)
             window = row_window(state, self.layer_name, rows=hidden_states.shape[0], frames=frames)
             if window is None and hidden_states.shape[0] % frames:
                 raise ValueError(f"{self.layer_name}: batch {hidden_states.shape[0]} is not a multiple of "
@@ -163,10 +162,7 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
     def _carried_references(self, key, value, frames, window, state):
         """`(k_first, v_first, k_prev, v_prev)` of the rows `window` (split inference), each (rows, hw, C), with the
         reference frames carried over from earlier chunks (`split_inference.carried_reference_kv`)."""
-        caches = state.forward.reference_cache
-        if window[0] == 0:  # a forward's first chunk: nothing carried from the previous forward
-            caches[self.layer_name] = {}
-        cache = caches.setdefault(self.layer_name, {})
+        cache = state.forward.split.reference_cache(self.layer_name, window)  # emptied at a forward's first chunk
         return carried_reference_kv(cache, key, value, frames=frames, window=window)
 
     def _attend_group_chunk(self, adapter, queries, value, *, frames, heads, state, window, references):

@@ -9,9 +9,48 @@ chunk's first row is the last row of the chunk before, every reference is availa
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from .context import CallState
+if TYPE_CHECKING:
+    from .context import CallState
+
+
+class SplitInference:
+    """The split-inference bookkeeping of one call: which rows each spatial layer sees in the current UNet forward,
+    and the reference frames' keys/values carried from earlier chunks.
+
+    Chunks are told apart by order, not by tensor identity: the call's timestep recorder marks the start of each UNet
+    forward (`new_forward`), and each `Transformer2DModel`'s chunks follow one another from row 0 (`record`).
+    """
+
+    def __init__(self):
+        self.windows: dict[str, tuple[int, int]] = {}  # spatial layer -> (start, stop) of its current chunk
+        self.cursors: dict[str, int] = {}  # Transformer2DModel name -> where its next chunk starts
+        self.references: dict[str, dict] = {}  # spatial layer -> {global row: (key, value)} (`carried_reference_kv`)
+
+    def new_forward(self) -> None:
+        """A UNet forward starts: every layer's chunks start again at row 0, nothing is carried over."""
+        self.windows.clear()
+        self.cursors.clear()
+        self.references.clear()
+
+    def record(self, block: str, layers: tuple[str, ...], rows: int, whole: int | None) -> None:
+        """`block` (a `Transformer2DModel`) runs on `rows` rows of the `whole` `(batch*frames)` batch (None: unknown,
+        outside a UNet forward): when that is a chunk, its layers' window is the next `rows` rows."""
+        if whole is None or rows == whole:
+            return
+        start = self.cursors.get(block, 0)
+        self.cursors[block] = start + rows
+        for layer in layers:
+            self.windows[layer] = (start, start + rows)
+
+    def reference_cache(self, layer_name: str, window: tuple[int, int]) -> dict:
+        """The carried keys/values of `layer_name` (emptied at a forward's first chunk)."""
+        if window[0] == 0:
+            self.references[layer_name] = {}
+        return self.references.setdefault(layer_name, {})
 
 
 def row_window(state: CallState, layer_name: str, *, rows: int, frames: int) -> tuple[int, int] | None:
@@ -20,7 +59,7 @@ def row_window(state: CallState, layer_name: str, *, rows: int, frames: int) -> 
     timestep = state.forward.timestep
     if timestep is None or rows == timestep.shape[0] * frames:
         return None
-    window = state.forward.row_windows.get(layer_name)
+    window = state.forward.split.windows.get(layer_name)
     if window is None or window[1] - window[0] != rows:
         raise ValueError(f"{layer_name}: batch {rows} is neither the whole batch ({timestep.shape[0]} videos x "
                          f"{frames} frames) nor a chunk recorded by the MIVA hooks; run the whole UNet")

@@ -73,10 +73,9 @@ class MIVATemporalAttnProcessor(MIVAProcessorBase):
             return None
         return TemporalAdapter(attn, config, self.context.max_frames)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 num_frames=None, adapter_weights=None):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
         residual = hidden_states
-        active = [entry for entry in self.context.active_adapters(self.adapters, adapter_weights)
+        active = [entry for entry in self.context.active_adapters(self.adapters)
                   if not self.adapters[entry[1]].inert]
         batch = hidden_states.shape[0]
         kv_source = hidden_states if encoder_hidden_states is None else encoder_hidden_states

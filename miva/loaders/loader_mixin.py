@@ -1,10 +1,15 @@
 """`MIVALoaderMixin`: the adapter lifecycle verbs of a MIVA pipeline (diffusers/PEFT names).
 
-The mixin works on `self.unet` (a `UNetMotionModel`) and, for learned words, `self.text_encoder` /
-`self.tokenizer` when the class has them. File formats and sources: `adapter_io.py`, `sources.py`, `research.py`.
+First in `MIVAPipeline`'s MRO, it owns every adapter verb: MIVA adapter names are handled here, diffusers LoRA
+names go on to diffusers (`super()`). The verbs are the only code that changes the adapter fields of
+`unet.miva_context` (through `attention_processors/install.py`). The mixin works on `self.unet` and, for learned
+words, `self.text_encoder` / `self.tokenizer` when the class has them. File formats and sources: `adapter_io.py`,
+`sources.py`, `research.py`; a pipeline folder's adapters: `pipeline_adapters.py`.
 """
 
 from __future__ import annotations
+
+from diffusers.utils import USE_PEFT_BACKEND
 
 from ..attention_processors import (
     MIVAAdapterConfig,
@@ -16,48 +21,31 @@ from ..attention_processors import (
     set_miva_adapters,
 )
 from ..attention_processors.composition import check_not_fused
+from ..attention_processors.install import disable_miva_adapters, uninstall_miva_processors
 from ..attention_processors.parts import check_same_query_layout
 from .adapter_io import (
     apply_text_embeddings,
     check_text_embeddings,
-    discard_adapter,
     load_prepared_adapter,
     prepare_adapter,
     push_miva_adapter_to_hub,
     save_miva_adapter,
 )
 from .model_card import is_hub_id
+from .pipeline_adapters import find_pipeline_adapters, load_pipeline_adapters, save_pipeline_adapters
 from .sources import check_hub_kwargs, expand_sources, resolve_source
 from .transaction import adapter_transaction
 
 
 def remove_miva_processors(unet) -> None:
-    """Make `unet` stock again: unfuse, drop every MIVA adapter, put diffusers' `AttnProcessor2_0` (or the
-    IP-Adapter processor we wrapped) back on our layers, remove the hooks and `unet.miva_context`."""
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
-    from ..attention_processors.base import MIVAProcessorBase
-    from ..attention_processors.context import remove_context_hooks
+    """Make `unet` stock again: unfuse, then `uninstall_miva_processors` (every MIVA adapter, processor and hook
+    gone, `unet.miva_context` removed)."""
     from ..attention_processors.fusing import unfuse_miva_adapters
 
-    context = getattr(unet, "miva_context", None)
-    if context is None:
+    if getattr(unet, "miva_context", None) is None:
         return
     unfuse_miva_adapters(unet)
-    for name in list(context.configs):
-        discard_adapter(unet, name)
-    current = unet.attn_processors
-    stock = {}
-    for name, processor in current.items():
-        if isinstance(processor, MIVAProcessorBase):
-            ip_adapter = getattr(processor, "ip_adapter", None)
-            stock[name] = ip_adapter if ip_adapter is not None else AttnProcessor2_0()
-    if stock:
-        unet.set_attn_processor({**current, **stock})
-    remove_context_hooks(context)
-    del unet.miva_context
-    if "set_default_attn_processor" in vars(unet):  # our instance-level answer (install_miva_processors)
-        del unet.set_default_attn_processor
+    uninstall_miva_processors(unet)
 
 
 def _name_list(argument: str, names) -> list[str]:
@@ -160,28 +148,87 @@ class MIVALoaderMixin:
                                  if item.config.has_cross_attention_part})
 
     # ------------------------------------------------------------------------------------------- activation
-    def set_adapters(
-        self,
-        adapter_names: str | list[str],
-        weights: float | list[float] | None = None,
-        parallel_mode: str | None = None,
-    ) -> None:
-        """Choose the active adapters (in per-adapter prompt order) and their weights (default 1 each)."""
-        with adapter_transaction(self.unet):
-            set_miva_adapters(self.unet, adapter_names, weights, parallel_mode=parallel_mode)
+    # diffusers' LoRA verbs have the same names (`set_adapters`, `get_active_adapters`, `get_list_adapters`,
+    # `delete_adapters`); this mixin comes first in the pipeline's MRO and sends each name to its owner: MIVA
+    # adapter names here, LoRA adapter names (`load_lora_weights`) to diffusers (`super()`), so mixed lists work.
+    def _lora_verb(self, verb: str):
+        """diffusers' LoRA verb `verb` when this class has one and PEFT is installed (LoRA needs it), else None."""
+        method = getattr(super(), verb, None)
+        return method if method is not None and USE_PEFT_BACKEND else None
 
-    def get_active_adapters(self) -> list[str]:
-        """Names of the active adapters, in order ([] when disabled or none are loaded)."""
-        context = getattr(self.unet, "miva_context", None)
-        return [name for name, _ in context.active] if context is not None and context.enabled else []
-
-    def get_list_adapters(self) -> list[str]:
-        """Names of all loaded adapters."""
+    def _miva_names(self) -> list[str]:
         context = getattr(self.unet, "miva_context", None)
         return list(context.configs) if context is not None else []
 
+    def _lora_adapter_names(self) -> list[str]:
+        listed = self._lora_verb("get_list_adapters")
+        listed = listed() if listed is not None else {}
+        return list(dict.fromkeys(name for names in listed.values() for name in names))
+
+    def _split_adapter_names(self, adapter_names, verb: str) -> tuple[list[str], list[str], list[int], list[int]]:
+        """`(miva names, lora names, their positions)`; unknown names raise naming both kinds."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        miva, lora = self._miva_names(), self._lora_adapter_names()
+        unknown = [n for n in names if n not in miva and n not in lora]
+        if unknown:
+            raise ValueError(f"pipe.{verb}: unknown adapter {unknown[0]!r}; MIVA adapters: {miva}, diffusers LoRA "
+                             f"adapters: {lora}")
+        miva_at = [i for i, n in enumerate(names) if n in miva]
+        lora_at = [i for i, n in enumerate(names) if n not in miva]
+        return [names[i] for i in miva_at], [names[i] for i in lora_at], miva_at, lora_at
+
+    def set_adapters(self, adapter_names: str | list[str], adapter_weights=None, parallel_mode: str | None = None, *,
+                     weights=None) -> None:
+        """Activate adapters by name, MIVA and diffusers LoRA mixed, with one weight each (default 1;
+        `adapter_weights` is diffusers' name, `weights` the MIVA one).
+
+        MIVA names become the active MIVA adapters, in this order (the order of per-adapter prompts), with
+        `parallel_mode` if given; LoRA names go to diffusers' `set_adapters` with their weights. A kind that the
+        call does not name keeps its state, except that `set_adapters([])` deactivates every MIVA adapter.
+        """
+        if weights is not None and adapter_weights is not None:
+            raise ValueError("pipe.set_adapters: give adapter_weights or weights, not both")
+        weights = adapter_weights if weights is None else weights
+        lora_verb = self._lora_verb("set_adapters")
+        if lora_verb is None:  # a class without diffusers LoRA: MIVA adapters only
+            with adapter_transaction(self.unet):
+                set_miva_adapters(self.unet, adapter_names, weights, parallel_mode=parallel_mode)
+            return
+        miva, lora, miva_at, lora_at = self._split_adapter_names(adapter_names, "set_adapters")
+        count = len(miva) + len(lora)
+        if isinstance(weights, (list, tuple)):
+            if len(weights) != count:
+                raise ValueError(f"pipe.set_adapters: adapter_weights has {len(weights)} entries for {count} adapters")
+            miva_weights, lora_weights = [weights[i] for i in miva_at], [weights[i] for i in lora_at]
+        else:
+            miva_weights = lora_weights = weights
+        # MIVA first (its checks refuse bad weights before anything changes), undone if diffusers then refuses
+        with adapter_transaction(self.unet):
+            if miva or not lora:
+                set_miva_adapters(self.unet, miva, miva_weights, parallel_mode=parallel_mode)
+            if lora:
+                lora_verb(lora, lora_weights)
+
+    def get_active_adapters(self) -> list[str]:
+        """The active adapters: the MIVA ones in order ([] when disabled), then diffusers' active LoRA adapters."""
+        context = getattr(self.unet, "miva_context", None)
+        miva = [name for name, _ in context.active] if context is not None and context.enabled else []
+        lora_verb = self._lora_verb("get_active_adapters")
+        return miva + (list(lora_verb()) if lora_verb is not None and self._lora_adapter_names() else [])
+
+    def get_list_adapters(self) -> dict[str, list[str]] | list[str]:
+        """diffusers' `{component: [LoRA adapter names]}` with the MIVA adapters under `"miva"` when any; on a
+        class without diffusers' LoRA verbs, the list of MIVA adapter names."""
+        lora_verb = self._lora_verb("get_list_adapters")
+        if lora_verb is None and getattr(super(), "get_list_adapters", None) is None:
+            return self._miva_names()
+        listed = dict(lora_verb()) if lora_verb is not None else {}
+        if self._miva_names():
+            listed["miva"] = self._miva_names()
+        return listed
+
     def disable_adapters(self) -> None:
-        get_miva_context(self.unet).enabled = False
+        disable_miva_adapters(self.unet)
 
     def enable_adapters(self) -> None:
         enable_miva_adapters(self.unet)
@@ -221,8 +268,20 @@ class MIVALoaderMixin:
 
     # ------------------------------------------------------------------------------------------ remove
     def delete_adapters(self, adapter_names: str | list[str]) -> None:
-        """Remove the named adapters; all or nothing (an unknown or fused name removes none)."""
+        """Remove the named adapters, MIVA and diffusers LoRA mixed; the MIVA ones all or nothing (an unknown or
+        fused name removes none)."""
         names = _name_list("adapter_names", adapter_names)
+        lora_verb = self._lora_verb("delete_adapters")
+        if lora_verb is not None:
+            names, lora, _, _ = self._split_adapter_names(names, "delete_adapters")
+            if names:
+                self._delete_miva_adapters(names)
+            if lora:
+                lora_verb(lora)
+            return
+        self._delete_miva_adapters(names)
+
+    def _delete_miva_adapters(self, names: list[str]) -> None:
         context = get_miva_context(self.unet)
         check_not_fused(context, "delete_adapters", names)
         with adapter_transaction(self.unet):
@@ -234,6 +293,30 @@ class MIVALoaderMixin:
         remove_miva_processors(self.unet)
 
     # -------------------------------------------------------------------------------------------- files
+    def register_to_config(self, **kwargs):
+        """diffusers calls this with `_name_or_path` at the end of `from_pretrained`, also for `custom_pipeline`
+        (which never calls a pipeline class's own `from_pretrained`): the one moment a pipeline learns its folder, so
+        the folder's saved MIVA adapters are loaded then, unless the UNet already has adapters (`from_pipe` shares
+        the UNet of a pipeline that loaded them)."""
+        super().register_to_config(**kwargs)
+        source = kwargs.get("_name_or_path")
+        unet = vars(self).get("unet")  # not getattr: before register_modules sets it, that reads the config
+        if source is None or unet is None or getattr(getattr(unet, "miva_context", None), "configs", None):
+            return
+        folder = find_pipeline_adapters(source)
+        if folder is not None:
+            load_pipeline_adapters(self, folder)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """diffusers' `save_pretrained` (and `push_to_hub=True`) with the loaded MIVA adapters beside the stock
+        components in `miva_adapters/` (native folders plus which are active, their weights and the composition
+        mode); they come back with `MIVAPipeline.from_pretrained(folder)` or `custom_pipeline`. Fused adapters are
+        refused (unfuse first). See `miva.loaders.pipeline_adapters`."""
+        text_encoder, tokenizer = self._text_parts()
+        save_pipeline_adapters(self.unet, save_directory, text_encoder=text_encoder, tokenizer=tokenizer,
+                               base_model=self._base_model_id())  # first: push_to_hub uploads the whole folder
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def _base_model_id(self) -> str | None:
         name = getattr(self, "name_or_path", None)
         return name if isinstance(name, str) and is_hub_id(name) else None

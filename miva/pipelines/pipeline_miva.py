@@ -10,14 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from diffusers import AnimateDiffPipeline, AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import replace_example_docstring
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ..attention_processors import install_miva_processors, miva_call
 from ..loaders import MIVALoaderMixin
-from .adapter_verbs import LoRACompatibleAdapterVerbs
 from .ca_maps import CAMapStore, resolve_ca_map_resolutions
 from .inputs import (
     SamplingOptions,
@@ -30,7 +29,7 @@ from .inputs import (
 )
 from .latent_init import adain_last, adain_step, build_initial_latents, cil_analytic_noise_std, scale_timesteps
 from .output import MIVAPipelineOutput
-from .processor_swaps import ProcessorSwapsMixin, restore_miva_processors
+from .processor_swaps import ProcessorSwapsPipeline, restore_miva_processors
 from .prompts import check_interpolation_inputs, encode_call_prompts
 
 __all__ = ["MIVAPipeline", "MIVAPipelineOutput"]
@@ -62,7 +61,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class MIVAPipeline(LoRACompatibleAdapterVerbs, ProcessorSwapsMixin, AnimateDiffPipeline, MIVALoaderMixin):
+class MIVAPipeline(MIVALoaderMixin, ProcessorSwapsPipeline):
     r"""Image-to-video with MIVA adapters on `UNetMotionModel` (SD1.5 UNet + AnimateDiff `MotionAdapter`).
 
     Takes the same components as `AnimateDiffPipeline` (a 2-D UNet is converted with the motion adapter) and installs
@@ -70,8 +69,13 @@ class MIVAPipeline(LoRACompatibleAdapterVerbs, ProcessorSwapsMixin, AnimateDiffP
     `set_adapters` / `delete_adapters` / `get_active_adapters` / `get_list_adapters` take both kinds of names), IP-Adapter,
     textual inversion, callbacks, the progress bar, `output_type` and `decode_chunk_size`.
 
-    diffusers methods that replace attention processors put ours (with their adapters) back (`processor_swaps.py`
-    lists them); after `fuse_qkv_projections` our layers keep using unfused projections.
+    Two bases: `MIVALoaderMixin` first (every adapter verb, MIVA and diffusers LoRA names routed to their owner;
+    saving and loading the pipeline folder's adapters), then `ProcessorSwapsPipeline` (`AnimateDiffPipeline` whose
+    methods that replace attention processors put ours, with their adapters, back; after `fuse_qkv_projections` our
+    layers keep using unfused projections).
+
+    Copies work: `copy.deepcopy(pipe)` or `from_pipe(pipe, unet=copy.deepcopy(pipe.unet))` carry the UNet's MIVA
+    context, processors and adapters; the copy generates what the original does and is independent of it.
 
     `MIVAPipeline.from_pipe(animatediff_pipe)` shares every component with the original, as diffusers' `from_pipe`
     does, the UNet included: the MIVA processors are installed on that shared UNet, so MIVA adapters loaded into
@@ -98,22 +102,6 @@ class MIVAPipeline(LoRACompatibleAdapterVerbs, ProcessorSwapsMixin, AnimateDiffP
         super().__init__(*components)
         if self.unet is not None:  # optional, as in diffusers (e.g. a text-only pipeline for `encode_prompt`)
             install_miva_processors(self.unet)
-
-    # ------------------------------------------------------------------------------- saving / loading the pipeline
-    def register_to_config(self, **kwargs):
-        """diffusers calls this with `_name_or_path` at the end of `from_pretrained` (also for `custom_pipeline`,
-        which never calls our `from_pretrained`): load the folder's saved MIVA adapters then, unless the UNet
-        already has adapters (`from_pipe` shares the UNet of a pipeline that loaded them)."""
-        super().register_to_config(**kwargs)
-        source = kwargs.get("_name_or_path")
-        unet = vars(self).get("unet")  # not getattr: before register_modules sets it, that reads the config
-        if source is None or unet is None or getattr(getattr(unet, "miva_context", None), "configs", None):
-            return
-        from ..loaders.pipeline_adapters import find_pipeline_adapters, load_pipeline_adapters
-
-        folder = find_pipeline_adapters(source)
-        if folder is not None:
-            load_pipeline_adapters(self, folder)
 
     # -------------------------------------------------------------------------------------------------- image
     def preprocess_image(self, image, height: int, width: int) -> torch.Tensor:
@@ -361,7 +349,7 @@ class MIVAPipeline(LoRACompatibleAdapterVerbs, ProcessorSwapsMixin, AnimateDiffP
         store = CAMapStore(ca_layers, text_tokens=embeds.text_tokens) if ca_layers else None
         # This call's values for the MIVA processors, in one place for its duration (`miva_call`).
         with miva_call(self.unet, adapter_weights=adapter_weights, adapter_prompts=bool(batch_prompt),
-                       attention_store=store):
+                       attention_store=store, num_frames=num_frames):
             iterations = self._free_init_num_iters if self.free_init_enabled else 1
             for iteration in range(iterations):
                 if self.free_init_enabled:

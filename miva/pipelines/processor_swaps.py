@@ -2,7 +2,7 @@
 
 The MIVA processors are installed once (`MIVAPipeline.__init__`, or the first adapter on a bare UNet) and kept, with
 their adapters, in `unet.miva_context.processors`. diffusers calls that replace processors:
-- pipeline verbs, wrapped here (`ProcessorSwapsMixin`): `enable_free_noise` / `disable_free_noise` (rebuild motion
+- pipeline verbs, wrapped here (`ProcessorSwapsPipeline`): `enable_free_noise` / `disable_free_noise` (rebuild motion
   blocks; need stock processors there), `load_ip_adapter` / `unload_ip_adapter` / `set_ip_adapter_scale` (re-create
   every processor), `fuse_qkv_projections` and the xformers switch (replace every processor), `save_pretrained`
   (saves the UNet stock);
@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from diffusers import AnimateDiffPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from ..attention_processors import (
@@ -32,11 +33,12 @@ from ..attention_processors.attention_utils import check_xformers_usable
 from ..attention_processors.base import MIVAProcessorBase
 from ..attention_processors.install import restore_miva_processors, set_default_attn_processor
 
-__all__ = ["ProcessorSwapsMixin", "restore_miva_processors", "set_default_attn_processor"]
+__all__ = ["ProcessorSwapsPipeline", "restore_miva_processors", "set_default_attn_processor"]
 
 
-class ProcessorSwapsMixin:
-    """Mixin listed before `AnimateDiffPipeline` in `MIVAPipeline`'s bases (`super()` reaches diffusers)."""
+class ProcessorSwapsPipeline(AnimateDiffPipeline):
+    """`AnimateDiffPipeline` whose verbs that replace attention processors keep the MIVA ones (with their adapters);
+    the base of `MIVAPipeline`, behind `MIVALoaderMixin`."""
 
     def _with_stock_processors(self, run: Callable[[], Any], temporal_only: bool = False):
         """Run a diffusers method with stock processors on our layers (IP-Adapter processors put back where we wrap
@@ -65,19 +67,19 @@ class ProcessorSwapsMixin:
             restore_miva_processors(self.unet)
 
     def enable_free_noise(self, *args, **kwargs) -> None:
-        self._with_stock_processors(lambda: super(ProcessorSwapsMixin, self).enable_free_noise(*args, **kwargs), True)
+        self._with_stock_processors(lambda: super(ProcessorSwapsPipeline, self).enable_free_noise(*args, **kwargs), True)
 
     def disable_free_noise(self) -> None:
-        self._with_stock_processors(lambda: super(ProcessorSwapsMixin, self).disable_free_noise(), True)
+        self._with_stock_processors(lambda: super(ProcessorSwapsPipeline, self).disable_free_noise(), True)
 
     def load_ip_adapter(self, *args, **kwargs) -> None:
-        self._with_stock_processors(lambda: super(ProcessorSwapsMixin, self).load_ip_adapter(*args, **kwargs))
+        self._with_stock_processors(lambda: super(ProcessorSwapsPipeline, self).load_ip_adapter(*args, **kwargs))
 
     def unload_ip_adapter(self) -> None:
-        self._with_stock_processors(lambda: super(ProcessorSwapsMixin, self).unload_ip_adapter())
+        self._with_stock_processors(lambda: super(ProcessorSwapsPipeline, self).unload_ip_adapter())
 
     def set_ip_adapter_scale(self, scale) -> None:
-        self._with_stock_processors(lambda: super(ProcessorSwapsMixin, self).set_ip_adapter_scale(scale))
+        self._with_stock_processors(lambda: super(ProcessorSwapsPipeline, self).set_ip_adapter_scale(scale))
 
     def fuse_qkv_projections(self, unet: bool = True, vae: bool = True) -> None:
         super().fuse_qkv_projections(unet=unet, vae=vae)
@@ -97,15 +99,7 @@ class ProcessorSwapsMixin:
         set_miva_attention_backend(self.unet, "sdpa")
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """diffusers' `save_pretrained` (and `push_to_hub=True`) with the UNet saved stock; the loaded MIVA adapters
-        go beside it into `miva_adapters/` (native folders plus which are active, their weights and the composition
-        mode) and come back with `MIVAPipeline.from_pretrained(folder)` or `custom_pipeline`. Fused adapters are
-        refused (unfuse first). See `miva.loaders.pipeline_adapters`."""
-        from ..loaders.pipeline_adapters import save_pipeline_adapters
-
-        text_encoder, tokenizer = self._text_parts()
-        save_pipeline_adapters(self.unet, save_directory, text_encoder=text_encoder, tokenizer=tokenizer,
-                               base_model=self._base_model_id())  # first: push_to_hub uploads the whole folder
-        return self._with_stock_processors(
-            lambda: super(ProcessorSwapsMixin, self).save_pretrained(save_directory, *args, **kwargs)
-        )
+        """diffusers' `save_pretrained` with the UNet saved stock (`MIVALoaderMixin.save_pretrained`, before this in
+        the MRO, has written the MIVA adapters beside it)."""
+        return self._with_stock_processors(lambda: super(ProcessorSwapsPipeline, self).save_pretrained(
+            save_directory, *args, **kwargs))

@@ -45,11 +45,11 @@ def run_validation(trainer: MIVATrainer) -> list[Path]:
     """
     from diffusers.utils import export_to_gif
 
+    from ..attention_processors.install import kept_adapter_settings
+
     config = trainer.config
     settings = config.validation
     unet = trainer.unet
-    context = unet.miva_context
-    saved = (list(context.active), context.enabled, context.parallel_mode)
     folder = Path(config.output_dir) / VALIDATION_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     pipe = trainer.validation_pipeline()
@@ -65,7 +65,7 @@ def run_validation(trainer: MIVATrainer) -> list[Path]:
     gifs = []
     unet.eval()
     try:
-        with torch.no_grad(), trainer.accelerator.autocast():
+        with torch.no_grad(), trainer.accelerator.autocast(), kept_adapter_settings(unet):
             for name, image in validation_images(trainer):
                 out = pipe(
                     image=image,
@@ -84,6 +84,5 @@ def run_validation(trainer: MIVATrainer) -> list[Path]:
                 gifs.append(path)
     finally:
         unet.train()
-        context.active, context.enabled, context.parallel_mode = saved
     trainer.logger.info(f"validation GIFs: {[str(g) for g in gifs]}")
     return gifs

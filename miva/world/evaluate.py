@@ -29,6 +29,7 @@ __all__ = [
     "VALIDATION_SCENE",
     "animate_scene",
     "evaluate_pipeline",
+    "evaluate_regional_pipeline",
     "reference_video",
     "summarise",
 ]
@@ -48,14 +49,15 @@ SAMPLING = {"num_frames": 8, "num_inference_steps": 25, "guidance_scale": 1.0,
             "first_frame_cond_type": "cinemo", "use_dct_init": True, "use_adain_norm": "last"}
 
 
-def animate_scene(pipe, index: int, seed: int = 0, split: str = "heldout", **call_kwargs) -> np.ndarray:
-    """Animate scene ``index`` of ``split``: ``(F, 64, 64, 3)`` ``uint8``. ``call_kwargs`` override :data:`SAMPLING`
-    and go to ``pipe(...)`` (e.g. ``adapter_weights``, ``batch_prompt``)."""
+def animate_scene(pipe, index: int, seed: int = 0, split: str = "heldout", image=None, **call_kwargs) -> np.ndarray:
+    """Animate scene ``index`` of ``split`` (from ``image`` ``(64, 64, 3)`` instead of the scene's frame 0 if given):
+    ``(F, 64, 64, 3)`` ``uint8``. ``call_kwargs`` override :data:`SAMPLING` and go to ``pipe(...)`` (e.g.
+    ``adapter_weights``, ``batch_prompt``)."""
     import torch
     from PIL import Image
 
     scene = make_scene(split, index)
-    image = Image.fromarray(render_clip(scene, Motion(), 1, 64)[0])
+    image = Image.fromarray(render_clip(scene, Motion(), 1, 64)[0] if image is None else np.asarray(image))
     kwargs = {**SAMPLING, "height": 64, "width": 64, **call_kwargs}
     kwargs.setdefault("prompt", scene.prompt)
     frames = pipe(image=image, generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).frames[0]
@@ -123,13 +125,38 @@ def evaluate_pipeline(
         rows.append(row)
         if log:
             log(f"scene {index}: class {row['class']} dir {row['direction']} speed {row['speed']:.2f} "
-                f"psnr {row['psnr']:.2f}")
+                f"psnr {row['psnr']:.2f} coherent {row['coherent_length']}")
     return {**summarise(rows), "rows": rows}
+
+
+def evaluate_regional_pipeline(pipe, layout: str, motions, scenes: int = HELDOUT_SCENES, seed: int = 0,
+                               first_scene: int = 0, log=None, **call_kwargs) -> dict:
+    """Animate frame 0 of the regional clips (:mod:`miva.world.regions`) of held-out scenes and score each region
+    inside its ground-truth mask against its motion: ``{"regions": {name: summarise(rows)}, "rows": [...]}``."""
+    from .regions import evaluate_regions, render_regional_clip
+
+    frames = call_kwargs.get("num_frames", SAMPLING["num_frames"])
+    rows = []
+    for index in range(first_scene, first_scene + scenes):
+        clip = render_regional_clip(make_scene("heldout", index), layout, motions, frames, 64)
+        video = animate_scene(pipe, index, seed=seed + index, image=clip.frames[0], **call_kwargs)
+        scores = evaluate_regions(video, clip)
+        rows.append({"scene": index, **scores})
+        if log:
+            log(f"scene {index}: " + "; ".join(f"{name} class {r['class']} dir {r['direction']}"
+                                               for name, r in scores.items()))
+    names = [name for name in rows[0] if name != "scene"] if rows else []
+    return {"regions": {name: summarise([row[name] for row in rows]) for name in names}, "rows": rows}
 
 
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None and math.isfinite(v)]
     return statistics.fmean(values) if values else None
+
+
+def _range(values) -> list | None:
+    values = [v for v in values if v is not None]
+    return [min(values), max(values)] if values else None
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -148,6 +175,10 @@ def summarise(rows: list[dict]) -> dict:
         "ssim": _mean(r["ssim"] for r in rows),
         "frame0_psnr": _mean(r["frame0_psnr"] for r in rows),
         "static_fraction": _mean(float(r["class"] == "static") for r in rows),
+        # frames each video keeps the scene (metrics.coherent_length): the mean, and the shortest and longest
+        # (rows scored before it existed have none)
+        "coherent_length": _mean(r.get("coherent_length") for r in rows),
+        "coherent_length_range": _range(r.get("coherent_length") for r in rows),
         "direction_spread": direction_spread(moving),
     }
 
@@ -156,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     from . import load_pipeline, shipped_adapters
 
     parser = argparse.ArgumentParser(prog="python -m miva.world.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--motion", required=True, help="target motion, e.g. right, zoom_in, right+down")
+    parser.add_argument("--motion", required=True,
+                        help="target motion, e.g. right, zoom_in, right+down; with --layout one per region: right,down")
+    parser.add_argument("--layout", choices=("halves", "shape"),
+                        help="score region by region on regional clips (miva.world.regions) of the held-out scenes")
     parser.add_argument("--adapter", action="append", default=[], help="shipped adapter name or folder; repeatable")
     parser.add_argument("--weight", action="append", type=float, default=[], help="adapter weights")
     parser.add_argument("--scenes", type=int, default=HELDOUT_SCENES)
@@ -175,8 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         paths = [str(shipped.get(a, a)) for a in args.adapter]
         names = [f"a{i}" for i in range(len(paths))]
         pipe.load_adapters(paths, adapter_names=names, weights=args.weight or None)
-    result = evaluate_pipeline(pipe, args.motion, args.scenes, num_inference_steps=args.steps, log=print,
-                               reference=args.reference, first_scene=args.first_scene)
+    if args.layout and args.reference:
+        parser.error("--reference scores whole-frame references; it cannot be combined with --layout")
+    if args.layout:
+        result = evaluate_regional_pipeline(pipe, args.layout, args.motion.split(","), args.scenes, log=print,
+                                            num_inference_steps=args.steps, first_scene=args.first_scene)
+    else:
+        result = evaluate_pipeline(pipe, args.motion, args.scenes, num_inference_steps=args.steps, log=print,
+                                   reference=args.reference, first_scene=args.first_scene)
     summary = {k: v for k, v in result.items() if k != "rows"}
     print(json.dumps(summary, indent=2))
     if args.out:

@@ -20,7 +20,8 @@ import numpy as np
 
 from .motions import Motion
 
-__all__ = ["COLOURS", "SHAPES", "SPLITS", "Scene", "WORLD_WORDS", "make_scene", "render_clip", "render_frame", "scene_seed"]
+__all__ = ["COLOURS", "SHAPES", "SPLITS", "Scene", "WORLD_WORDS", "make_scene", "render_clip", "render_frame", "scene_coordinates",
+           "scene_seed"]
 
 # Named colours (RGB, 0..255); prompts use the names.
 COLOURS = {
@@ -61,12 +62,10 @@ class _Shape:
     angle: float  # orientation of the shape and its stripes, radians
     stripe_period: float
 
-    def paint(self, canvas: np.ndarray, qx: np.ndarray, qy: np.ndarray, pixel: float) -> None:
-        """Alpha-blend onto ``canvas (H, W, 3)``; ``(qx, qy)`` are scene coordinates; ``pixel`` = one output pixel
-        in scene units (the anti-aliasing width)."""
-        dx, dy = qx - self.centre[0], qy - self.centre[1]
-        c, s = math.cos(self.angle), math.sin(self.angle)
-        u, v = c * dx + s * dy, -s * dx + c * dy  # shape-local coordinates
+    def alpha(self, qx: np.ndarray, qy: np.ndarray, pixel: float) -> np.ndarray:
+        """Coverage ``(...)`` in [0, 1] of the shape at scene coordinates ``(qx, qy)``, anti-aliased over ``pixel``
+        (one output pixel in scene units)."""
+        u, v = self._local(qx, qy)
         if self.kind == "disc":
             dist = np.hypot(u, v)
         elif self.kind == "square":
@@ -75,11 +74,25 @@ class _Shape:
             dist = (np.abs(u) + np.abs(v)) / math.sqrt(2.0)
         else:  # triangle pointing up in local coordinates: the max of three half-plane distances
             dist = np.maximum(v, np.maximum(-0.5 * v + 0.866 * u, -0.5 * v - 0.866 * u)) * 2.0
-        alpha = np.clip((self.radius - dist) / pixel + 0.5, 0.0, 1.0)[..., None]
+        return np.clip((self.radius - dist) / pixel + 0.5, 0.0, 1.0)
+
+    def fill(self, qx: np.ndarray, qy: np.ndarray) -> np.ndarray:
+        """The striped colour ``(..., 3)`` of the shape's interior at scene coordinates ``(qx, qy)``."""
+        u, _ = self._local(qx, qy)
         stripes = np.sin(2.0 * math.pi * u / self.stripe_period)
-        fill = np.asarray(COLOURS[self.colour_name], dtype=np.float64) * (0.8 + 0.2 * stripes[..., None])
+        return np.asarray(COLOURS[self.colour_name], dtype=np.float64) * (0.8 + 0.2 * stripes[..., None])
+
+    def paint(self, canvas: np.ndarray, qx: np.ndarray, qy: np.ndarray, pixel: float) -> None:
+        """Alpha-blend onto ``canvas (H, W, 3)``; ``(qx, qy)`` are scene coordinates; ``pixel`` = one output pixel
+        in scene units (the anti-aliasing width)."""
+        alpha = self.alpha(qx, qy, pixel)[..., None]
         canvas *= 1.0 - alpha
-        canvas += alpha * fill
+        canvas += alpha * self.fill(qx, qy)
+
+    def _local(self, qx: np.ndarray, qy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dx, dy = qx - self.centre[0], qy - self.centre[1]
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        return c * dx + s * dy, -s * dx + c * dy
 
 
 @dataclass(frozen=True)
@@ -147,8 +160,9 @@ def make_scene(split: str = "train", index: int = 0) -> Scene:
     return Scene(seed=seed, background_name=background, waves=waves, shapes=tuple(shapes))
 
 
-def render_frame(scene: Scene, motion: Motion, t: float, size: int = 64) -> np.ndarray:
-    """Frame ``t`` of ``scene`` under ``motion``: ``(size, size, 3)`` ``uint8`` (frame 0 is the scene itself)."""
+def scene_coordinates(motion: Motion, t: float, size: int = 64) -> tuple[np.ndarray, np.ndarray, float]:
+    """Where every pixel of frame ``t`` of a ``size``-pixel frame under ``motion`` comes from in the scene:
+    ``(qx, qy)``, each ``(size, size)``, and one output pixel in scene units (the anti-aliasing width)."""
     if not isinstance(size, (int, np.integer)) or size < 8:
         raise ValueError(f"size={size!r} must be an integer >= 8")
     unit = 64.0 / size  # one output pixel in scene units
@@ -160,7 +174,12 @@ def render_frame(scene: Scene, motion: Motion, t: float, size: int = 64) -> np.n
     qx = inverse[0, 0] * rx + inverse[0, 1] * ry
     qy = inverse[1, 0] * rx + inverse[1, 1] * ry
     scale = math.sqrt(abs(np.linalg.det(matrix)))  # zooming in makes one output pixel smaller in the scene
-    return np.rint(scene.render(qx, qy, unit / scale)).astype(np.uint8)
+    return qx, qy, unit / scale
+
+
+def render_frame(scene: Scene, motion: Motion, t: float, size: int = 64) -> np.ndarray:
+    """Frame ``t`` of ``scene`` under ``motion``: ``(size, size, 3)`` ``uint8`` (frame 0 is the scene itself)."""
+    return np.rint(scene.render(*scene_coordinates(motion, t, size))).astype(np.uint8)
 
 
 def render_clip(scene: Scene, motion: Motion, num_frames: int = 8, size: int = 64) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Putting MIVA on a `WanTransformer3DModel`: processors on every block's `attn1` / `attn2`, the branch-running
-block class, and the hooks that record the per-call values Wan hands to no processor.
+block class; the values Wan hands to no processor are recorded by each call from the description in
+`backbone.py`.
 
 The adapter verbs of `miva.attention_processors` then work unchanged on the transformer (`add_miva_adapter`,
 `set_miva_adapters`, `delete_miva_adapter`, `get_miva_adapter_modules`, `miva_call`), and so does the one state-dict
@@ -11,8 +12,10 @@ from __future__ import annotations
 from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 from torch import nn
 
-from ...attention_processors.context import MIVAContext
+from ...attention_processors.context import MIVAContext, install_call_hooks
 from ...attention_processors.install import add_miva_adapter
+from ...attention_processors.parts import CROSS, SELF
+from .backbone import wan_backbone
 from .config import WanAdapterConfig, check_backbone
 from .processors import MIVAWanCrossAttnProcessor, MIVAWanSelfAttnProcessor, MIVAWanTransformerBlock
 
@@ -23,28 +26,6 @@ def is_wan_transformer(model: nn.Module) -> bool:
     from diffusers import WanTransformer3DModel
 
     return isinstance(model, WanTransformer3DModel)
-
-
-def _rope_hook(context: MIVAContext, patch_frames: int):
-    """On `transformer.rope`: the only module that sees the 5-D latent `(batch, C, F, H, W)`; the blocks get
-    flattened tokens, so the cross-frame branch learns the latent frame count here."""
-
-    def hook(module, args):
-        context.call_state().forward.num_frames = args[0].shape[2] // patch_frames
-
-    return hook
-
-
-def _condition_hook(context: MIVAContext):
-    """On `transformer.condition_embedder`: the timestep (`"linear"` weight) and the time embedding before its SiLU
-    (`"adaptive"` weight) reach no block or processor in this form."""
-
-    def hook(module, args, kwargs, output):
-        values = context.call_state().forward
-        values.timestep = args[0] if args else kwargs["timestep"]
-        values.temb = output[0]
-
-    return hook
 
 
 def _register_block_class() -> None:
@@ -64,27 +45,34 @@ def install_miva_wan(transformer: nn.Module) -> MIVAContext:
     context = getattr(transformer, "miva_context", None)
     if context is None:
         _register_block_class()
-        context = MIVAContext(max_frames=10**6, temb_channels=transformer.condition_embedder.time_proj.in_features)
+        backbone = wan_backbone(transformer)
+        context = MIVAContext(max_frames=backbone.max_frames(transformer),
+                              temb_channels=backbone.temb_channels(transformer), backbone=backbone)
         transformer.miva_context = context
-        handles = [transformer.rope.register_forward_pre_hook(_rope_hook(context, transformer.config.patch_size[0]))]
-        handles.append(transformer.condition_embedder.register_forward_hook(_condition_hook(context),
-                                                                              with_kwargs=True))
-        context.hook_handles = handles
-    for index, block in enumerate(transformer.blocks):
+        install_call_hooks(transformer, context)  # a forward outside any call opens its own (recorders and all)
+    for block in transformer.blocks:
         if type(block) is WanTransformerBlock:
             block.__class__ = MIVAWanTransformerBlock  # same module, one more step in forward
-        for attn_name, kind in (("attn1", MIVAWanSelfAttnProcessor), ("attn2", MIVAWanCrossAttnProcessor)):
-            layer = f"blocks.{index}.{attn_name}.processor"
-            attn = getattr(block, attn_name)
-            processor = context.processors.get(layer)
-            if processor is None:
-                processor = kind(context, layer_name=layer)
-                for name, config in context.configs.items():
-                    processor.add_adapter(attn, name, config)
-                context.processors[layer] = processor
-            if attn.processor is not processor:
-                attn.set_processor(processor)
+    for layer, attn in _attention_layers(transformer, context.backbone):
+        processor = context.processors.get(layer)
+        if processor is None:
+            processor = _PROCESSORS[context.backbone.layer_kind(layer)](context, layer_name=layer)
+            for name, config in context.configs.items():
+                processor.add_adapter(attn, name, config)
+            context.processors[layer] = processor
+        if attn.processor is not processor:
+            attn.set_processor(processor)
     return context
+
+
+# The MIVA processor of each layer kind the description names (`backbone.layer_kind`).
+_PROCESSORS = {SELF: MIVAWanSelfAttnProcessor, CROSS: MIVAWanCrossAttnProcessor}
+
+
+def _attention_layers(transformer: nn.Module, backbone) -> list[tuple[str, nn.Module]]:
+    """`(processor key, attention module)` of every layer the description gives a MIVA processor."""
+    return [(f"{name}.processor", module) for name, module in transformer.named_modules()
+            if hasattr(module, "set_processor") and backbone.layer_kind(f"{name}.processor") is not None]
 
 
 def add_wan_adapter(transformer: nn.Module, name: str, config: WanAdapterConfig) -> None:

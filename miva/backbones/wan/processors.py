@@ -83,7 +83,7 @@ class MIVAWanSelfAttnProcessor(_WanProcessorBase):
         if not active:
             return None
         state = self.context.call_state()
-        frames = state.frames(None, self.layer_name)
+        frames = state.frames(self.layer_name)
         values = state.forward
         total = None
         for _, name, weight in active:
