@@ -42,7 +42,8 @@ def test_tiny_wan_is_the_tiny_components_and_a_saved_folder_loads_as_wan(tmp_pat
 def test_miva_infer_on_a_wan_config_equals_the_pipeline_called_directly(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     trained = load_base("tiny-wan")
-    trained.add_adapter("waves", WanAdapterConfig(sa_mode="first_prev", sa_first_frame_scale=0.5))
+    trained.add_adapter("waves", WanAdapterConfig(sa_mode="first_prev", sa_first_frame_scale="adaptive_0.2",
+                                                  ca_mode="implicit", implicit_rank=8, use_motion_lora=False))
     for module in get_miva_adapter_modules(trained.transformer, "waves").values():
         randomize(module, seed=3)
     folder = trained.save_adapter("waves", tmp_path / "waves")

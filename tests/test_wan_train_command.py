@@ -69,6 +69,17 @@ def test_the_output_is_a_wan_adapter_folder_that_trained(uninterrupted):
     assert "Wan2.1" in (uninterrupted / "adapter" / "README.md").read_text()
 
 
+def test_miva_infer_reads_what_miva_train_wrote(uninterrupted, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    infer = str(ROOT / "examples" / "configs" / "infer_wan_tiny.yaml")
+    assert main(["infer", "--config", infer, "--quiet", "--format", "png", "--set", f"output_dir={tmp_path}",
+                 "--set", f"unet_checkpoint_path={uninterrupted / 'adapter'}"]) == 0
+    assert len(list((tmp_path / "waterfall").glob("*.png"))) == 9
+    assert main(["infer", "--config", infer, "--quiet", "--set", f"output_dir={tmp_path}", "--set",
+                 f"unet_checkpoint_path={uninterrupted / 'adapter'}", "--set",
+                 "unet_additional_kwargs.implicit_rank=4"]) == 2  # the YAML disagrees with the trained adapter
+
+
 def test_what_trains_and_checkpointing_changes_nothing(uninterrupted, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     config = load_config(TRAIN, [f"output_dir={tmp_path / 'x'}"]).train_config(tiny=True)
