@@ -19,12 +19,12 @@ from miva.attention_processors import (
     MIVACrossAttnProcessor,
     MIVATemporalAttnProcessor,
     add_miva_adapter,
+    composition,
     cross_attention,
     fuse_miva_adapters,
     get_miva_adapter_modules,
     install_miva_processors,
     set_miva_adapters,
-    temporal_attention,
 )
 from miva.attention_processors.lora_bank import StackedLoRA
 from miva.attention_processors.spatiotemporal_query import SpatiotemporalQuery
@@ -116,9 +116,8 @@ def test_temporal_residual_stacked_equals_branch_by_branch(weights, monkeypatch)
     processor = _with_adapters(MIVATemporalAttnProcessor, attn, TEMPORAL, weights, max_frames=16)
     x = torch.randn(6, 8, DIM, generator=torch.Generator().manual_seed(5))  # (batch*pixels, frames, C)
     reference, fast, calls = _reference_and_fast(
-        lambda: run_processor(processor, attn, x), temporal_attention.MIVATemporalAttnProcessor,
-        "_residual_stacked", monkeypatch)
-    assert calls == [False]  # the stacked path ran at inference only
+        lambda: run_processor(processor, attn, x), StackedLoRA, "add_each", monkeypatch)
+    assert calls == [False] * 3  # Q, K and V ran stacked, at inference only
     activate(processor, [])
     with torch.no_grad():
         stock = AttnProcessor2_0()(attn, x)
@@ -195,10 +194,10 @@ def test_fused_lora_adapters_take_the_stock_path_bit_exactly(monkeypatch):
     stock.load_state_dict({key: value for key, value in unet.state_dict().items() if key in own})
     stock.set_attn_processor(AttnProcessor2_0())
     adapter_paths = []
-    for owner, method in ((cross_attention.MIVACrossAttnProcessor, "_adapted"),
-                          (temporal_attention.MIVATemporalAttnProcessor, "_weights"),
-                          (temporal_attention.MIVATemporalAttnProcessor, "_residual")):
-        monkeypatch.setattr(owner, method, lambda *a, _m=method, **k: adapter_paths.append(_m))
+    monkeypatch.setattr(cross_attention.MIVACrossAttnProcessor, "_adapted",
+                        lambda *a, **k: adapter_paths.append("_adapted"))
+    for mode in composition.COMPOSERS:  # every composer (the processors' one way into adapter code)
+        monkeypatch.setitem(composition.COMPOSERS, mode, lambda *a, _m=mode, **k: adapter_paths.append(_m))
     generator = torch.Generator().manual_seed(2)
     sample = torch.randn(2, 4, 4, 8, 8, generator=generator)
     text = torch.randn(8, 77, 32, generator=generator)

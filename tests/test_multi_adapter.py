@@ -17,6 +17,7 @@ from miva.attention_processors import (
     get_miva_context,
     install_miva_processors,
     miva_call,
+    parts,
     set_miva_adapters,
     set_parallel_mode,
     unfuse_miva_adapters,
@@ -460,6 +461,33 @@ def test_fusing_a_subset_keeps_the_others_unfused(unet):
     unfused = unet_call(unet, seed=2)
     assert fuse_miva_adapters(unet, names=["b"]) == [("b", 0.4)]
     torch.testing.assert_close(unet_call(unet, seed=2), unfused, atol=ATOL, rtol=0)
+
+
+def test_fused_is_one_record_asked_per_part_and_no_adapter_module_changes(unet):
+    """What is fused lives in the context's `FuseState` only: it answers `merged(name, part)` for exactly the fused
+    adapters' fusable parts, and no adapter module (its attributes or parameters) changes on fuse or unfuse."""
+    use(unet, ["a", "b"], [0.7, 0.4], "weights")
+    modules = {name: get_miva_adapter_modules(unet, name) for name in ("a", "b")}
+    before = {(name, layer): (_attributes(m), {k: v.clone() for k, v in m.state_dict().items()})
+              for name, bank in modules.items() for layer, m in bank.items()}
+    fuse_miva_adapters(unet, names=["b"])
+    state = get_miva_context(unet).fuse_state
+    asked = {(name, part.name): state.merged(name, part) for name in ("a", "b") for part in parts.ADAPTER_PARTS}
+    assert {key for key, merged in asked.items() if merged} == {("b", "motion_lora"), ("b", "ca_lora")}
+    assert get_miva_context(unet).fused == [("b", 0.4)]
+    for unfuse in (False, True):
+        if unfuse:
+            unfuse_miva_adapters(unet)
+            assert get_miva_context(unet).fuse_state is None and get_miva_context(unet).fused == []
+        for (name, layer), (attributes, tensors) in before.items():
+            module = modules[name][layer]
+            assert _attributes(module) == attributes
+            assert all(torch.equal(module.state_dict()[k], v) for k, v in tensors.items())
+
+
+def _attributes(module):
+    """A module's own plain attributes (`has_lora`, `training`, ...): what a flag-flipping fuse would change."""
+    return {k: v for k, v in vars(module).items() if not k.startswith("_")}
 
 
 def test_fuse_refusals(unet):

@@ -8,6 +8,7 @@ from torch import nn
 from .adapter_config import MIVAAdapterConfig
 from .attention_utils import attend
 from .context import MIVAContext
+from .parts import ADAPTER_PARTS
 
 
 class MIVAProcessorBase(nn.Module):
@@ -32,6 +33,24 @@ class MIVAProcessorBase(nn.Module):
         ctx = self.context
         return attend(query, key, value, heads, attention_mask=attention_mask, backend=ctx.attention_backend,
                       attention_op=ctx.attention_op)
+
+    def _attend(self, attn):
+        """`attend(q, k, v, mask)` at `attn`'s head count (the composer's `Site.attend`)."""
+        return lambda query, key, value, mask=None: self.attend(query, key, value, attn.heads, mask)
+
+    def merged(self, name: str, part) -> bool:
+        """Whether adapter `name`'s `part` (a `parts.AdapterPart`) is merged into the base weights: the one question,
+        answered by the context's `fusing.FuseState` (None: nothing is fused)."""
+        state = self.context.fuse_state
+        return state is not None and state.merged(name, part)
+
+    def lora_live(self, name: str) -> bool:
+        """Whether adapter `name`'s module here has LoRA deltas that still run (`has_lora`, and its LoRA parts not
+        `merged`): for processors that hold one kind of LoRA per module."""
+        adapter = self.adapters[name]
+        return getattr(adapter, "has_lora", False) and not any(
+            self.merged(name, part) for part in ADAPTER_PARTS
+            if part.fuse_into and any(getattr(adapter, a, None) is not None for a in part.fuse_into))
 
     def build_adapter(self, attn, name: str, config: MIVAAdapterConfig) -> nn.Module | None:
         """Return the module holding `config`'s part for this layer, or None when the adapter has none here."""

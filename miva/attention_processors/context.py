@@ -104,8 +104,7 @@ class MIVAContext:
     # `unet.set_default_attn_processor()` put diffusers' processors on: keep them (adapters off) until
     # `set_miva_adapters` / `enable_miva_adapters` puts ours back.
     default_processors: bool = False
-    fused: list[tuple[str, float]] = field(default_factory=list)  # (name, weight) merged into base weights
-    fuse_state: Any = None  # backups and flags of `fuse_miva_adapters`, consumed by `unfuse_miva_adapters`
+    fuse_state: Any = None  # what is merged into the base weights: a `fusing.FuseState`, None when nothing is
     # Fixed facts about the model.
     max_frames: int = 32
     temb_channels: int = 1280
@@ -133,6 +132,11 @@ class MIVAContext:
             setattr(copied, name, value)
         return copied
 
+    @property
+    def fused(self) -> list[tuple[str, float]]:
+        """`(name, weight)` of the adapters merged into the base weights (read from `fuse_state`, the one record)."""
+        return [] if self.fuse_state is None else list(self.fuse_state.fused)
+
     def call_state(self) -> CallState:
         """The one accessor of per-call values: the innermost open call; outside any call, the last bare forward's
         (for its backward), else empty values."""
@@ -144,8 +148,8 @@ class MIVAContext:
         """`(prompt chunk index, name, weight)` of the active adapters found in `available` (a processor's adapters),
         with the current call's `adapter_weights` when it gives them.
 
-        Fused adapters stay listed: `fuse_miva_adapters` merged their LoRA deltas into the base weights and marks
-        them so the processors skip those deltas, but their unfusable parts (cross-frame branch, motion embedding,
+        Fused adapters stay listed: `fuse_miva_adapters` merged their LoRA deltas into the base weights and records
+        them in `fuse_state`, so the processors skip those deltas, but their unfusable parts (cross-frame branch, motion embedding,
         spatiotemporal Q, implicit prompt) still run with the fused weight.
         """
         if not self.enabled:

@@ -9,9 +9,8 @@ from torch import nn
 from .adapter_config import MIVAAdapterConfig
 from .attention_utils import attention_probs, finish_output, prepare_mask
 from .base import MIVAProcessorBase
-from .composition import add_share, check_not_fused, merges_deltas, mix_residual, replace_share, weighted_sum
-from .lora import LoRADelta, linear_bias, linear_with_deltas, linear_without_bias, weights_readable
-from .lora_bank import StackedLoRA, stackable
+from .composition import Branch, Site, check_not_fused, compose
+from .lora import LoRADelta, linear_without_bias, weights_readable
 from .parts import CA_LORA_PART, CROSS, IMPLICIT_PART, check_same_query_layout, has_part_at
 from .spatiotemporal_query import QueryPlan, SpatiotemporalQuery
 from .split_inference import row_window
@@ -58,12 +57,6 @@ class CrossAttnAdapter(nn.Module):
             self.implicit_prompt = ImplicitPrompt(attn.to_q.out_features, attn.to_out[0].out_features,
                                                   config.implicit_rank)
 
-    @property
-    def inert(self) -> bool:
-        """Nothing left to compute (LoRA fused into the base weights, no STQ, no implicit prompt): on the shared
-        prompt this adapter's branch is the base attention, so it changes nothing in either parallel mode."""
-        return not (self.has_lora or self.implicit or self.stq[0])
-
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         """The out delta `dO(a)` (+ the constant `to_out_bias` of imported research adapters), (..., out).
 
@@ -82,6 +75,9 @@ class CrossAttnAdapter(nn.Module):
 
     def weights_readable(self) -> bool:
         return weights_readable(self) and self.to_out_lora.weights_readable()
+
+    def low_rank(self) -> LoRADelta:
+        return self.to_out_lora
 
 
 class MIVACrossAttnProcessor(MIVAProcessorBase):
@@ -115,8 +111,8 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
         state = self.context.call_state()
         active = self.context.active_adapters(self.adapters)
-        if active and not state.adapter_prompts:
-            active = [entry for entry in active if not self.adapters[entry[1]].inert]
+        if active and not state.adapter_prompts:  # on the shared prompt an adapter with nothing live is the base
+            active = [entry for entry in active if self._live(entry[1])]
         prompts = self._split_prompts(encoder_hidden_states, state.adapter_prompts)
         # W_Q x at full resolution; the spatiotemporal-Q path projects its downsampled grid instead and needs this
         # only for an implicit prompt, the base branch or IP-Adapter.
@@ -147,6 +143,19 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
                              f"{chunks - 1} adapter prompts of equal length")
         return list(text.chunk(chunks, dim=1))
 
+    def _live(self, name: str) -> bool:
+        """Whether adapter `name` has anything left to compute here (its CA-LoRA unmerged, STQ or implicit prompt)."""
+        adapter = self.adapters[name]
+        return bool(self._lora(name) or adapter.implicit or adapter.stq[0])
+
+    def _lora(self, name: str) -> dict:
+        """Adapter `name`'s live CA-LoRA deltas by projection (none when merged into the base weights)."""
+        adapter = self.adapters[name]
+        if not adapter.has_lora or self.merged(name, CA_LORA_PART):
+            return {}
+        deltas = {"to_k": adapter.to_k_lora, "to_v": adapter.to_v_lora, "to_out": adapter}  # adapter: dO + to_out_bias
+        return {"to_q": adapter.to_q_lora, **deltas} if adapter.has_q_lora else deltas
+
     def _stq(self, active) -> SpatiotemporalQuery | None:
         keys = {name: self.adapters[name].stq for _, name, _ in active}
         check_same_query_layout(keys)
@@ -173,103 +182,23 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
             j = 1 + i if state.adapter_prompts else 0
             if j not in chunks:
                 chunks[j] = plan.per_video(prompts[j])
-        texts = [chunks[1 + i if state.adapter_prompts else 0] for i, _, _ in active]
-        branches = [(self.adapters[n], w, t) for (_, n, w), t in zip(active, texts)]
-        attention = [b for b in branches if not b[0].implicit]
-        implicit = [(adapter.implicit_prompt(query()), w) for adapter, w, _ in branches if adapter.implicit]
+        branches = []
+        for i, name, w in active:
+            adapter = self.adapters[name]
+            if adapter.implicit:  # the implicit prompt reads W_Q x at full resolution, no text
+                branches.append(Branch(w, output=adapter.implicit_prompt(query())))
+            else:
+                branches.append(Branch(w, self._lora(name), context=chunks[1 + i if state.adapter_prompts else 0]))
 
-        def base():
+        def base():  # frozen attention: ordinary queries, main prompt
             key, value = attn.to_k(prompts[0]), attn.to_v(prompts[0])
             return attn.to_out[0](self.attend(query(), key, value, attn.heads))
 
-        if merges_deltas(ctx.parallel_mode):
-            # The merged attention is one branch; implicit prompts replace shares of it.
-            y = plan.upsample(self._weights_branch(attn, plan, attention)) if attention else base()
-            for f, w in implicit:
-                y = replace_share(y, f, w)
-            return y
-        y = plan.upsample(self._residual_branches(attn, plan, attention)) if attention else 0.0
-        for f, w in implicit:
-            y = add_share(y, f, w)
-        return mix_residual(y, [w for _, w, _ in branches], base)
-
-    def _residual_branches(self, attn, plan, attention):
-        """sum_i w_i (W_O a_i + b + dO_i(a_i)), every adapter on its own prompt.
-
-        The frozen K/V once per distinct prompt chunk (each branch adds its deltas); without Q-LoRAs the branches
-        share one query set and attend one by one (no copies of it), otherwise one SDPA call over the concatenated
-        branches. W_O is linear: the attention outputs are mixed first and projected once."""
-        if len(attention) == 1:
-            return self._single_branch(attn, plan, *attention[0])
-        ks, vs, shared_kv = [], [], {}
-        for adapter, _, text in attention:
-            if id(text) not in shared_kv:
-                shared_kv[id(text)] = (attn.to_k(text), attn.to_v(text))
-            k, v = shared_kv[id(text)]
-            if adapter.has_lora:
-                k, v = k + adapter.to_k_lora(text), v + adapter.to_v_lora(text)
-            k, v = plan.finish_kv(k, v)
-            ks.append(k)
-            vs.append(v)
-        if any(adapter.has_q_lora for adapter, _, _ in attention):
-            qs = [plan.finish_query(plan.q_plain + adapter.to_q_lora(plan.x_q) if adapter.has_q_lora
-                                    else plan.q_plain) for adapter, _, _ in attention]
-            parts = self.attend(torch.cat(qs), torch.cat(ks), torch.cat(vs), attn.heads).chunk(len(attention))
-        else:
-            qs = [plan.finish_query(plan.q_plain)]
-            parts = [self.attend(qs[0], k, v, attn.heads) for k, v in zip(ks, vs)]
-        self._store_maps(attn, qs[0], ks[0], plan)
-        weights = [w for _, w, _ in attention]
-        y = attn.to_out[0](weighted_sum(parts, weights))
-        if sum(weights) != 1.0:
-            bias = linear_bias(attn.to_out[0], parts[0])
-            if bias is not None:
-                y = y + bias * (sum(weights) - 1.0)
-        out_deltas = [adapter.to_out_lora if adapter.has_lora else None for adapter, _, _ in attention]
-        if stackable(out_deltas):  # inference: the N out deltas in one matmul, their constant terms added
-            y = y + StackedLoRA(out_deltas, parts[0]).mix(parts, weights)
-            for adapter, w, _ in attention:
-                bias = adapter.delta_bias() if adapter.has_lora else None
-                if bias is not None:
-                    y = y + bias.to(y.dtype) * w
-            return y
-        for (adapter, w, _), a_i in zip(attention, parts):
-            if adapter.has_lora:
-                y = y + adapter(a_i) * w
-        return y
-
-    def _single_branch(self, attn, plan, adapter, w, text):
-        """One adapter branch: its deltas merge into W_K, W_V, W_O at inference (`linear_with_deltas`)."""
-        if adapter.has_lora:
-            k = linear_with_deltas(attn.to_k, text, [(adapter.to_k_lora, 1.0)])
-            v = linear_with_deltas(attn.to_v, text, [(adapter.to_v_lora, 1.0)])
-        else:
-            k, v = attn.to_k(text), attn.to_v(text)
-        k, v = plan.finish_kv(k, v)
-        q = plan.q_plain + adapter.to_q_lora(plan.x_q) if adapter.has_q_lora else plan.q_plain
-        q = plan.finish_query(q)
-        a = self.attend(q, k, v, attn.heads)
-        self._store_maps(attn, q, k, plan)
-        y = linear_with_deltas(attn.to_out[0], a, [(adapter, 1.0)] if adapter.has_lora else [])
-        return y if w == 1.0 else y * w
-
-    def _weights_branch(self, attn, plan, attention):
-        """One attention with w_i-scaled deltas; with per-adapter prompts one softmax over all their tokens."""
-        q = plan.q_plain
-        for adapter, w, _ in attention:
-            if adapter.has_q_lora:
-                q = q + w * adapter.to_q_lora(plan.x_q)
-        q = plan.finish_query(q)
-        keys, values = [], []
-        for text in {id(t): t for _, _, t in attention}.values():  # one K/V block per distinct prompt chunk
-            loras = [(adapter, w) for adapter, w, t in attention if adapter.has_lora and t is text]
-            keys.append(linear_with_deltas(attn.to_k, text, [(adapter.to_k_lora, w) for adapter, w in loras]))
-            values.append(linear_with_deltas(attn.to_v, text, [(adapter.to_v_lora, w) for adapter, w in loras]))
-        k, v = plan.finish_kv(torch.cat(keys, dim=1), torch.cat(values, dim=1))
-        a = self.attend(q, k, v, attn.heads)
-        self._store_maps(attn, q, k, plan)
-        loras = [(adapter, w) for adapter, w, _ in attention if adapter.has_lora]
-        return linear_with_deltas(attn.to_out[0], a, loras)
+        stq_steps = {} if stq is None else dict(finish_query=plan.finish_query, finish_kv=plan.finish_kv,
+                                                  restore=plan.upsample)
+        site = Site(attn, plan.x_q, self._attend(attn), query=plan.q_plain, base=base,
+                    observe=lambda q, k: self._store_maps(attn, q, k, plan), **stq_steps)
+        return compose(ctx.parallel_mode, site, branches)
 
     # --------------------------------------------------------------------------------------------- extras
     def _ip_adapter_output(self, attn, query, ip_states):

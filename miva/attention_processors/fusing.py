@@ -6,9 +6,10 @@ low-rank deltas. Our out delta reads the attention output (the input of `W_O`), 
 the others; the constant `to_out_bias` of imported research adapters merges into `to_out[0].bias`.
 
 What cannot be merged keeps running in the processors with the fused weight: the cross-frame (I2V) branch, the motion
-embedding, spatiotemporal Q with its positional encodings and the implicit prompt. The processors know which deltas
-are merged because fusing switches the adapter modules' `has_lora` / `has_q_lora` flags off (and back on when
-unfusing); the names and weights are recorded in `context.fused`.
+embedding, spatiotemporal Q with its positional encodings and the implicit prompt. What is merged is one record, the
+context's `FuseState` (as PEFT's `merged_adapters`): the processors ask it one question, `merged(name, part)`, and
+leave merged deltas out of their branches; no adapter module changes. The adapter verbs' transaction snapshots it
+whole.
 """
 
 from __future__ import annotations
@@ -18,20 +19,33 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..guards import check_float
 from .composition import FUSED_MODE, check_fusable_mode, check_not_fused
 from .install import _attention_modules, get_miva_context
 from .lora import LoRADelta
-from .parts import CA_LORA_PART, FUSE_TARGETS, FUSED_FLAGS, IMPLICIT_PART
+from .parts import ADAPTER_PARTS, CA_LORA_PART, IMPLICIT_PART, AdapterPart
 
 
-@dataclass
+@dataclass(frozen=True)
 class FuseState:
-    """What `unfuse_miva_adapters` needs: bit-exact copies of every changed tensor and the flags it switched."""
+    """What is fused into the base weights, the one record of it (`context.fuse_state`; None: nothing is).
 
-    backups: list[tuple[nn.Module, str, torch.Tensor]] = field(default_factory=list)  # (Linear, "weight"/"bias", copy)
-    flags: list[tuple[nn.Module, str, bool]] = field(default_factory=list)  # (adapter module, flag, old value)
-    parallel_mode: str = FUSED_MODE  # the mode in use before fusing (fused adapters always compose as FUSED_MODE)
-    active_before: list[tuple[str, float]] | None = None  # weights before `fuse_adapters(lora_scale=...)` scaled them
+    - `fused`: `(name, weight)` of the fused adapters, in activation order;
+    - `parts`: `(adapter name, part name)` of every part whose deltas are in the base weights;
+    - `backups`: bit-exact copies of every changed tensor, `(Linear, "weight" | "bias", copy)`;
+    - `parallel_mode`: the mode before fusing (fused adapters compose as `FUSED_MODE`), and `active_before`: the
+      active `(name, weight)` before `fuse_miva_adapters(scale=...)` scaled them; both come back on unfusing.
+    """
+
+    fused: tuple[tuple[str, float], ...] = ()
+    parts: frozenset[tuple[str, str]] = frozenset()
+    backups: tuple[tuple[nn.Module, str, torch.Tensor], ...] = field(default=(), repr=False)
+    parallel_mode: str = FUSED_MODE
+    active_before: tuple[tuple[str, float], ...] | None = None
+
+    def merged(self, name: str, part: AdapterPart) -> bool:
+        """The one question: are adapter `name`'s `part` deltas merged into the base weights?"""
+        return (name, part.name) in self.parts
 
 
 def _base_linear(module: nn.Module) -> nn.Linear:
@@ -67,19 +81,22 @@ def _check_fusable(context, names: list[str]) -> None:
         )
 
 
-def fuse_miva_adapters(unet: nn.Module, names: str | list[str] | None = None) -> list[tuple[str, float]]:
+def fuse_miva_adapters(unet: nn.Module, names: str | list[str] | None = None,
+                       scale: float = 1.0) -> list[tuple[str, float]]:
     """Merge the LoRA deltas of the active adapters `names` (default: all active) into the base projections.
 
-    Each delta enters with its adapter's weight w_i ("weights" semantics). The original tensors are kept as
-    bit-exact clones on their device, `context.fused` records `[(name, weight)]`, and `context.parallel_mode`
-    reads `"weights"` until `unfuse_miva_adapters` (for one adapter at weight 1 this equals `"residual"`).
-    Returns the fused `(name, weight)` pairs.
+    Each delta enters with its adapter's weight w_i ("weights" semantics), times `scale` (as diffusers'
+    `fuse_lora(lora_scale=...)`: the fused adapters' weights are scaled, so their unfusable parts run with the same
+    weights). The original tensors are kept as bit-exact clones on their device in the context's `FuseState`, and
+    `context.parallel_mode` reads `"weights"` until `unfuse_miva_adapters` (for one adapter at weight 1 this equals
+    `"residual"`). Returns the fused `(name, weight)` pairs.
 
     Raises `ValueError` for a second fuse, disabled or inactive adapters, per-adapter prompts, and
     `parallel_mode="residual"` with more than one active adapter.
     """
     context = get_miva_context(unet)
     check_not_fused(context, "fuse_adapters")
+    scale = check_float("lora_scale", scale)
     if not context.enabled:
         raise ValueError("adapters are disabled (context.enabled=False); enable them before fusing")
     active = dict(context.active)
@@ -92,9 +109,12 @@ def fuse_miva_adapters(unet: nn.Module, names: str | list[str] | None = None) ->
     if inactive:
         raise ValueError(f"names={names}: {inactive} are not active; active adapters: {list(active)}")
     _check_fusable(context, names)
-
-    state = FuseState(parallel_mode=context.parallel_mode)
+    before = tuple(context.active)
+    weights = {n: float(w * scale if n in names else w) for n, w in before}
     modules = _attention_modules(unet)
+    # The fusable parts of each adapter (`parts.ADAPTER_PARTS`' `fuse_into`) that it has.
+    parts = {(name, part.name): part for name in names for part in ADAPTER_PARTS
+             if part.fuse_into and part.enabled(context.configs[name])}
     # Sum the deltas per tensor in float32 first, then add once (one rounding per weight).
     deltas: dict[tuple[int, str], tuple[nn.Linear, str, torch.Tensor]] = {}
 
@@ -104,42 +124,44 @@ def fuse_miva_adapters(unet: nn.Module, names: str | list[str] | None = None) ->
             delta = deltas[key][2] + delta
         deltas[key] = (linear, kind, delta)
 
+    backups = []
     with torch.no_grad():
         for layer_name, processor in context.processors.items():
             attn = modules[layer_name]
             for name in names:
                 adapter = processor.adapters[name] if name in processor.adapters else None
-                if adapter is None or not getattr(adapter, "has_lora", False):
+                if adapter is None:
                     continue
-                weight = active[name]
-                for attribute, (target, kind) in FUSE_TARGETS.items():  # the fusable parts' tensors (parts.py)
+                # The tensors this module holds of the adapter's fusable parts (each attribute once: MotionLoRA and
+                # CA-LoRA name their deltas alike, and a backbone may carry either at any layer kind).
+                targets = {a: t for (n, _), part in parts.items() if n == name for a, t in part.fuse_into.items()}
+                for attribute, (target, kind) in targets.items():
                     member = getattr(adapter, attribute, None)
                     if kind == "weight" and isinstance(member, LoRADelta):
-                        accumulate(_projection(attn, target), "weight", weight * member.delta_weight().float())
+                        accumulate(_projection(attn, target), "weight", weights[name] * member.delta_weight().float())
                     elif kind == "bias" and member is not None:
                         if _projection(attn, target).bias is None:
                             raise ValueError(
                                 f"{layer_name}: adapter {name!r} has an out-delta bias but to_out[0] has no "
                                 "bias to fuse it into"
                             )
-                        accumulate(_projection(attn, target), "bias", weight * member.float())
-                for flag in FUSED_FLAGS:
-                    if getattr(adapter, flag, False):
-                        state.flags.append((adapter, flag, True))
+                        accumulate(_projection(attn, target), "bias", weights[name] * member.float())
         for linear, kind, delta in deltas.values():
             tensor = getattr(linear, kind)
-            state.backups.append((linear, kind, tensor.detach().clone()))
+            backups.append((linear, kind, tensor.detach().clone()))
             tensor.copy_((tensor.float() + delta.to(tensor.device)).to(tensor.dtype))
-    for adapter, flag, _ in state.flags:
-        setattr(adapter, flag, False)
-    context.fuse_state = state
-    context.fused = [(name, float(active[name])) for name in names]
+    context.fuse_state = FuseState(
+        fused=tuple((name, weights[name]) for name in names), parts=frozenset(parts), backups=tuple(backups),
+        parallel_mode=context.parallel_mode, active_before=before if scale != 1.0 else None,
+    )
+    context.active = list(weights.items())
     context.parallel_mode = FUSED_MODE
-    return list(context.fused)
+    return list(context.fuse_state.fused)
 
 
 def unfuse_miva_adapters(unet: nn.Module) -> list[tuple[str, float]]:
-    """Restore every tensor `fuse_miva_adapters` changed, bit-exactly, and run the deltas unfused again.
+    """Restore every tensor `fuse_miva_adapters` changed, bit-exactly, the weights from before its `scale` and the
+    parallel mode; the deltas run unfused again.
 
     Returns the `(name, weight)` pairs that were fused (an empty list, and nothing done, when none are).
     """
@@ -150,10 +172,8 @@ def unfuse_miva_adapters(unet: nn.Module) -> list[tuple[str, float]]:
     with torch.no_grad():
         for linear, kind, original in state.backups:
             getattr(linear, kind).copy_(original)
-    for adapter, flag, value in state.flags:
-        setattr(adapter, flag, value)
-    fused = list(context.fused)
     context.fuse_state = None
-    context.fused = []
     context.parallel_mode = state.parallel_mode
-    return fused
+    if state.active_before is not None:
+        context.active = list(state.active_before)
+    return list(state.fused)

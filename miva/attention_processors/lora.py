@@ -49,6 +49,10 @@ class LoRADelta(nn.Module):
     def weights_readable(self) -> bool:
         return weights_readable(self.down) and weights_readable(self.up)
 
+    def low_rank(self) -> LoRADelta:
+        """The `LoRADelta` behind this delta (itself), what `lora_bank.StackedLoRA` stacks."""
+        return self
+
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha}"
 

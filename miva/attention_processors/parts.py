@@ -33,7 +33,6 @@ __all__ = [
     "STQ_PART",
     "CROSS",
     "FUSE_TARGETS",
-    "FUSED_FLAGS",
     "LORA_DELTAS",
     "SELF",
     "TEMPORAL",
@@ -129,8 +128,6 @@ I2V_PART, ADAPTIVE_WEIGHT_PART, MOTION_LORA_PART, MOTION_EMBED_PART, CA_LORA_PAR
 TRAINABLE_PARTS: tuple[str, ...] = tuple(part.name for part in ADAPTER_PARTS if part.trainable)
 # Adapter attribute -> (projection, tensor) for every fusable part (`fusing.py`).
 FUSE_TARGETS: dict[str, tuple[str, str]] = {k: v for part in ADAPTER_PARTS for k, v in part.fuse_into.items()}
-# The adapter modules' switches that say their deltas run in the processor (off while merged into the base weights).
-FUSED_FLAGS = ("has_lora", "has_q_lora")
 
 
 def adapter_parts(config: MIVAAdapterConfig) -> list[str]:

@@ -135,52 +135,51 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
         return total
 
     def _attend_group(self, adapter, queries, key, value, *, frames, heads, state, window=None, references=None):
-        """Attend each query set (batch*frames, hw, C) to the group's cross-frame keys/values; one SDPA call."""
-        if window is not None:
-            return self._attend_group_chunk(adapter, queries, value, frames=frames, heads=heads, state=state,
-                                            window=window, references=references)
-        bf, hw, channels = key.shape
-        batch, n = bf // frames, len(queries)
-        k = key.view(batch, frames, hw, channels)
-        v = value.view(batch, frames, hw, channels)
-        if adapter.sa_mode == "first":
-            # Every frame attends to frame 0 only: fold frames into the query tokens, no K/V copies.
+        """Attend each query set `(rows, hw, C)` to the group's cross-frame keys/values in one SDPA call. `window`:
+        the rows this call sees under split inference (None: whole videos), `references` their carried reference
+        frames. One path; its only fast variant: `"first"` on whole videos folds the frames into the query tokens
+        (every frame of a video attends to the same keys, so none are copied)."""
+        n = len(queries)
+        if adapter.sa_mode == "first" and window is None:
+            bf, hw, channels = key.shape
+            batch = bf // frames
             q = torch.cat([qi.reshape(batch, frames * hw, -1) for qi in queries], dim=1)
-            out = self.attend(q, k[:, 0], v[:, 0], heads)
-            return [o.reshape(bf, hw, -1) for o in out.chunk(n, dim=1)]
-        if adapter.sa_mode == "prev":
-            k_all = torch.cat([k[:, :1], k[:, :-1]], dim=1).reshape(bf, hw, channels)
-            v_all = torch.cat([v[:, :1], v[:, :-1]], dim=1).reshape(bf, hw, channels)
-        else:
-            s = adapter.first_frame_weight(state, frames)
-            s = s.to(value.dtype).view(batch, frames, 1, 1) if torch.is_tensor(s) else s
-            k_all, v_all = _first_prev_kv(k, v, s)
-        q = torch.cat(queries, dim=1) if n > 1 else queries[0]
-        out = self.attend(q, k_all, v_all, heads)
+            k, v = key.view(batch, frames, hw, channels)[:, 0], value.view(batch, frames, hw, channels)[:, 0]
+            return [o.reshape(bf, hw, -1) for o in self.attend(q, k, v, heads).chunk(n, dim=1)]
+        k_all, v_all = self._reference_kv(adapter, key, value, frames=frames, state=state, window=window,
+                                          references=references)
+        out = self.attend(torch.cat(queries, dim=1) if n > 1 else queries[0], k_all, v_all, heads)
         return list(out.chunk(n, dim=1)) if n > 1 else [out]
+
+    def _reference_kv(self, adapter, key, value, *, frames, state, window, references):
+        """What each row attends to under `adapter.sa_mode`, `(rows, hw or 2*hw, C)` keys and values: frame 0
+        (`"first"`), the previous frame (`"prev"`), or both with values `[s V_first; (1 - s) V_prev]`
+        (`"first_prev"`). Whole videos read this call's `key`/`value` `(batch*frames, hw, C)`; split inference the
+        carried `references` `(k_first, v_first, k_prev, v_prev)`."""
+        s = adapter.first_frame_weight(state, frames) if adapter.sa_mode == "first_prev" else None
+        if window is not None:
+            k_first, v_first, k_prev, v_prev = references
+            if adapter.sa_mode == "first":
+                return k_first, v_first
+            if adapter.sa_mode == "prev":
+                return k_prev, v_prev
+            if torch.is_tensor(s):
+                s = s[window[0]:window[1]].to(value.dtype)
+            return torch.cat([k_first, k_prev], dim=1), torch.cat([v_first * s, v_prev * (1 - s)], dim=1)
+        bf, hw, channels = key.shape
+        batch = bf // frames
+        k, v = key.view(batch, frames, hw, channels), value.view(batch, frames, hw, channels)
+        if adapter.sa_mode == "prev":  # ("first" on whole videos never gets here: `_attend_group` folds it)
+            return (torch.cat([k[:, :1], k[:, :-1]], dim=1).reshape(bf, hw, channels),
+                    torch.cat([v[:, :1], v[:, :-1]], dim=1).reshape(bf, hw, channels))
+        s = s.to(value.dtype).view(batch, frames, 1, 1) if torch.is_tensor(s) else s
+        return _first_prev_kv(k, v, s)
 
     def _carried_references(self, key, value, frames, window, state):
         """`(k_first, v_first, k_prev, v_prev)` of the rows `window` (split inference), each (rows, hw, C), with the
         reference frames carried over from earlier chunks (`split_inference.carried_reference_kv`)."""
         cache = state.forward.split.reference_cache(self.layer_name, window)  # emptied at a forward's first chunk
         return carried_reference_kv(cache, key, value, frames=frames, window=window)
-
-    def _attend_group_chunk(self, adapter, queries, value, *, frames, heads, state, window, references):
-        """`_attend_group` for the rows `window` of the batch (split inference), on the carried `references`."""
-        k_first, v_first, k_prev, v_prev = references
-        if adapter.sa_mode == "first":
-            k_all, v_all = k_first, v_first
-        elif adapter.sa_mode == "prev":
-            k_all, v_all = k_prev, v_prev
-        else:
-            s = adapter.first_frame_weight(state, frames)
-            if torch.is_tensor(s):
-                s = s[window[0]:window[1]].to(value.dtype)
-            k_all = torch.cat([k_first, k_prev], dim=1)
-            v_all = torch.cat([v_first * s, v_prev * (1 - s)], dim=1)
-        n = len(queries)
-        out = self.attend(torch.cat(queries, dim=1) if n > 1 else queries[0], k_all, v_all, heads)
-        return list(out.chunk(n, dim=1)) if n > 1 else [out]
 
 
 def _first_prev_kv(k: torch.Tensor, v: torch.Tensor, s) -> tuple[torch.Tensor, torch.Tensor]:

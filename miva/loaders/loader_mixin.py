@@ -242,29 +242,15 @@ class MIVALoaderMixin:
         `unfuse_adapters()` puts the weights from before back."""
         from ..attention_processors.fusing import fuse_miva_adapters
 
-        context = get_miva_context(self.unet)
-        before = list(context.active)
         with adapter_transaction(self.unet):
-            if lora_scale != 1.0:
-                names = set(dict(before)) if adapter_names is None else (
-                    {adapter_names} if isinstance(adapter_names, str) else set(adapter_names))
-                set_miva_adapters(self.unet, [n for n, _ in before],
-                                  [w * lora_scale if n in names else w for n, w in before])
-            fused = fuse_miva_adapters(self.unet, adapter_names)
-            context.fuse_state.active_before = before if lora_scale != 1.0 else None
-        return fused
+            return fuse_miva_adapters(self.unet, adapter_names, scale=lora_scale)
 
     def unfuse_adapters(self) -> list[tuple[str, float]]:
         """Restore the base weights bit-exactly; the adapters run unfused again (with their weights from before
         `fuse_adapters(lora_scale=...)`)."""
         from ..attention_processors.fusing import unfuse_miva_adapters
 
-        state = getattr(self.unet, "miva_context", None) and self.unet.miva_context.fuse_state
-        before = state.active_before if state is not None else None
-        unfused = unfuse_miva_adapters(self.unet)
-        if before is not None:
-            self.unet.miva_context.active = list(before)
-        return unfused
+        return unfuse_miva_adapters(self.unet)
 
     # ------------------------------------------------------------------------------------------ remove
     def delete_adapters(self, adapter_names: str | list[str]) -> None:

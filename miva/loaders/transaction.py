@@ -3,8 +3,9 @@
 `with adapter_transaction(unet):` records which adapter modules every MIVA processor holds (references, no
 copies) and the shared context's adapter fields; if the block raises, adapters it added are dropped, adapters it
 removed are put back (the same modules, so their weights are bit-identical), and the context fields are restored.
-Tensor values are not snapshotted: the verbs change them only after every check has passed (`fuse` keeps its own
-bit-exact backups).
+What is fused is one immutable `FuseState` (`attention_processors/fusing.py`), so restoring the `fuse_state` field
+restores it whole. Tensor values are not snapshotted: the verbs change them only after every check has passed
+(`fuse` keeps its own bit-exact backups in its `FuseState`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..attention_processors import install_miva_processors
 __all__ = ["adapter_transaction"]
 
 # The context fields an adapter verb may change (per-call fields are scoped by the pipeline itself).
-_CONTEXT_FIELDS = ("active", "parallel_mode", "enabled", "fused", "fuse_state", "attention_backend", "attention_op")
+_CONTEXT_FIELDS = ("active", "parallel_mode", "enabled", "fuse_state", "attention_backend", "attention_op")
 
 
 @contextlib.contextmanager
@@ -29,13 +30,6 @@ def adapter_transaction(unet: nn.Module) -> Iterator[None]:
     configs = dict(context.configs)
     fields = {name: _copy(getattr(context, name)) for name in _CONTEXT_FIELDS}
     banks = {layer: dict(processor.adapters) for layer, processor in context.processors.items()}
-    flags = [
-        (module, flag, getattr(module, flag))
-        for bank in banks.values()
-        for module in bank.values()
-        for flag in ("has_lora", "has_q_lora")
-        if hasattr(module, flag)
-    ]
     try:
         yield
     except BaseException:
@@ -50,8 +44,6 @@ def adapter_transaction(unet: nn.Module) -> Iterator[None]:
         context.configs.update(configs)
         for name, value in fields.items():
             setattr(context, name, value)
-        for module, flag, value in flags:
-            setattr(module, flag, value)
         raise
 
 

@@ -55,7 +55,7 @@ class _WanProcessorBase(MIVAProcessorBase):
 
     def attention(self, attn, active, *args) -> torch.Tensor:
         """The stock attention with the LoRA deltas of the `active` adapters that have some here."""
-        with_lora = [(self.adapters[name], w) for _, name, w in active if self.adapters[name].has_lora]
+        with_lora = [(self.adapters[name], w) for _, name, w in active if self.lora_live(name)]
         return lora_attention(self.stock, attn, with_lora, self.context.parallel_mode, *args)
 
 
@@ -118,7 +118,7 @@ class MIVAWanCrossAttnProcessor(_WanProcessorBase):
             for f, w in prompts:
                 y = replace_share(y, f, w)
             return y
-        lora = [(adapter, w) for _, name, w in active if (adapter := self.adapters[name]).has_lora]
+        lora = [(self.adapters[name], w) for _, name, w in active if self.lora_live(name)]
         y = sum(f if w == 1.0 else f * w for f, w in prompts)
         for adapter, w in lora:
             y = y + lora_attention(self.stock, attn, [(adapter, 1.0)], "weights", *args) * w
