@@ -155,3 +155,29 @@ def test_official_training_yaml_keys_set_the_wan_adapter_and_what_trains():
 def test_official_training_yaml_refusals_name_the_key(changes, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(with_changes(changes)).train_config(tiny=True)
+
+
+def test_two_process_ddp_on_wan(tmp_path):
+    """`accelerate launch` with two CPU processes (gloo DDP, as tests/test_training.py does for the UNet): both
+    ranks' states checkpointed, one trained Wan adapter folder."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1",
+               TRANSFORMERS_VERBOSITY="error", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(ROOT))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               str(port), "-m", "miva.training.train", "--config", TRAIN, "--tiny", "--set", f"output_dir={out}"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["num_processes"] == 2 and state["global_step"] == 4
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in (out / "checkpoint-4").iterdir()}
+    tensors = load_file(out / "adapter" / "miva_adapter.safetensors")
+    assert tensors["blocks.0.attn1.o.weight"].abs().max() > 0  # trained (o starts at zero)
