@@ -12,10 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["KNOWN_BASES", "TINY_ID", "TINY_RECORDED", "WORLD_ID", "WORLD_PATH", "KnownBase", "known_base", "resolve_base_path"]
+from .backbones.declared import UNET, WAN
+
+__all__ = ["KNOWN_BASES", "TINY_ID", "TINY_RECORDED", "TINY_WAN_ID", "WORLD_ID", "WORLD_PATH", "KnownBase", "base_backbone",
+           "known_base", "resolve_base_path"]
 
 WORLD_ID = "miva-world"
 TINY_ID = "tiny"
+TINY_WAN_ID = "tiny-wan"
 TINY_RECORDED = "miva.tiny"  # what `--tiny` runs record as their base model and motion adapter
 # The shipped MotionWorld base: a diffusers AnimateDiffPipeline folder inside the package (fp16 safetensors).
 WORLD_PATH = Path(__file__).resolve().parent / "world" / "weights" / "base"
@@ -40,13 +44,24 @@ video = pipe(image=make_test_image(64, 64), prompt="{prompt}", num_frames=8, hei
              num_inference_steps=4).frames[0]"""
 
 
+_TINY_WAN_USAGE = """\
+from miva import load_base
+from miva.tiny import make_test_image
+
+pipe = load_base("tiny-wan")  # a MIVAWanPipeline with random offline test weights: checks plumbing, not quality
+pipe.load_adapters("{where}", adapter_names="{name}")
+video = pipe(image=make_test_image(16, 16), prompt="{prompt}", num_frames=9, height=16, width=16,
+             num_inference_steps=2, max_sequence_length=16).frames[0]"""
+
+
 @dataclass(frozen=True)
 class KnownBase:
     """A base model miva resolves by name, offline.
 
     `folder`: its diffusers pipeline folder (None: built in memory from `miva.tiny`); `dtype`: the torch dtype name it
     loads in when the caller gives none; `usage`: the model-card snippet of an adapter trained on it (`{where}`,
-    `{name}` and `{prompt}` are filled in); `rebuild`: the command that makes `folder` when an install lacks it."""
+    `{name}` and `{prompt}` are filled in); `rebuild`: the command that makes `folder` when an install lacks it;
+    `backbone`: the id of its architecture in `miva.backbones.declared`."""
 
     name: str
     description: str
@@ -56,6 +71,7 @@ class KnownBase:
     dtype: str = "float32"
     rebuild: str = ""  # how to make `folder` when an install lacks it
     license: str = "apache-2.0"  # of the weights (miva's own license for both shipped bases); adapters inherit it
+    backbone: str = UNET.id
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -78,7 +94,16 @@ KNOWN_BASES: tuple[KnownBase, ...] = (
         usage=_TINY_USAGE,
         aliases=(TINY_RECORDED,),
     ),
+    KnownBase(
+        name=TINY_WAN_ID,
+        description="the offline tiny Wan2.1 test model (random weights, built in memory by miva.backbones.wan.tiny)",
+        folder=None,
+        usage=_TINY_WAN_USAGE,
+        backbone=WAN.id,
+    ),
 )
+# diffusers pipeline / transformer classes whose folders are Wan2.1 bases (`model_index.json`).
+_WAN_CLASSES = ("WanPipeline", "MIVAWanPipeline", "WanTransformer3DModel")
 
 
 def known_base(name) -> KnownBase | None:
@@ -101,3 +126,33 @@ def resolve_base_path(value):
         if base.folder is not None and value.startswith(base.name + "/"):
             return str(base.folder / value[len(base.name) + 1 :])
     return value
+
+
+def base_backbone(name_or_path) -> str:
+    """The backbone id (`miva.backbones.declared`) of a base: a known name's own; a local pipeline folder (or a Hub
+    id whose `model_index.json` is in the local cache) whose `model_index.json` names a Wan pipeline or transformer
+    class is `"wan2.1-dit"`; anything else the AnimateDiff UNet (`"animatediff-unet"`)."""
+    import json
+
+    known = known_base(name_or_path)
+    if known is not None:
+        return known.backbone
+    if not isinstance(name_or_path, str):
+        return UNET.id
+    index = Path(name_or_path) / "model_index.json"
+    if not index.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name_or_path, "model_index.json")
+        except Exception:  # not a repo id
+            cached = None
+        index = Path(cached) if isinstance(cached, str) else None
+    if index is None:
+        return UNET.id
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return UNET.id
+    classes = [data.get("_class_name")] + [v[1] for v in data.values() if isinstance(v, list) and len(v) == 2]
+    return WAN.id if any(c in _WAN_CLASSES for c in classes) else UNET.id

@@ -47,10 +47,17 @@ def build_pipeline(config, tiny: bool = False, device=None, dtype=None, progress
     `progress`: diffusers' progress bar over the denoising steps."""
     import torch
 
-    from ..base_registry import TINY_ID, known_base
+    from ..backbones.declared import WAN
+    from ..base_registry import TINY_ID, TINY_WAN_ID, known_base
     from ..config import ConfigError
     from ..loaders.base_models import load_base
+    from .backbone_run import check_wan_config, config_backbone
 
+    if config_backbone(config, tiny) == WAN.id:  # the base decides the backbone: a MIVAWanPipeline
+        check_wan_config(config)
+        pipe = load_base(TINY_WAN_ID if tiny else config.pretrained_model_path, dtype=None if tiny else dtype)
+        pipe.set_progress_bar_config(disable=not progress)
+        return pipe.to(device) if device is not None and torch.device(device).type != "cpu" else pipe
     if tiny:
         pipe = load_base(TINY_ID)
     else:
@@ -91,14 +98,17 @@ def _source_exists(source) -> bool:
 def load_config_adapters(pipe, config, tiny: bool = False) -> list[str]:
     """Load (or, without a checkpoint, add fresh) every adapter of `config` and activate them with
     `adapter_weights` and `parallel_mode`. Under `tiny`, checkpoints that do not exist are fresh adapters too."""
+    from .backbone_run import adapter_config_for, is_wan
+
     names = []
     for spec in config.adapter_sources(tiny):
+        spec.config = adapter_config_for(pipe, spec.config)
         if spec.source is None or (tiny and not _source_exists(spec.source)):
             pipe.add_adapter(spec.name, spec.config, activate=False)
             why = "no checkpoint in the config" if spec.source is None else f"{spec.source} not found (--tiny)"
             log(f"adapter {spec.name!r}: fresh, zero-initialised ({why})")
         else:
-            pipe.load_adapters(spec.source, adapter_names=[spec.name], config=spec.config)
+            pipe.load_adapters(spec.source, adapter_names=[spec.name], **({} if is_wan(pipe) else {"config": spec.config}))
             check_adapter_against_config(pipe, spec, config.explicit_adapter_keys())
             log(f"adapter {spec.name!r}: loaded from {spec.source}")
         names.append(spec.name)
@@ -110,8 +120,9 @@ def check_adapter_against_config(pipe, spec, keys: list[tuple[str, str]]) -> Non
     """A key the YAML sets must agree with the loaded adapter's own config (a native adapter brings its settings);
     otherwise one `ConfigError` line naming each key and both values. The adapter is removed again first."""
     from ..config import ConfigError
+    from .backbone_run import denoiser
 
-    loaded = pipe.unet.miva_context.configs[spec.name]
+    loaded = denoiser(pipe).miva_context.configs[spec.name]
     clashes = [f"{path}: YAML {getattr(spec.config, field)!r}, adapter {getattr(loaded, field)!r}"
                for path, field in keys if getattr(spec.config, field) != getattr(loaded, field)]
     if clashes:

@@ -43,6 +43,7 @@ def run_infer(config, tiny: bool = False, fmt: str | None = None, quiet: bool = 
     from tqdm.auto import tqdm
 
     from ..pipelines.ca_maps import save_ca_maps
+    from .backbone_run import call_kwargs_for, denoiser
     from .common import build_pipeline, device_and_dtype, load_config_adapters, load_image, load_learned_words
     from .video_io import hist_match_frames, save_video
 
@@ -55,8 +56,8 @@ def run_infer(config, tiny: bool = False, fmt: str | None = None, quiet: bool = 
     pipe = build_pipeline(config, tiny=tiny, device=device, dtype=dtype, progress=show)
     load_config_adapters(pipe, config, tiny=tiny)
     load_learned_words(pipe, config)
-    kwargs = config.pipeline_kwargs()
-    use_ip = getattr(pipe.unet, "encoder_hid_proj", None) is not None
+    kwargs = call_kwargs_for(pipe, config, config.pipeline_kwargs())
+    use_ip = getattr(denoiser(pipe), "encoder_hid_proj", None) is not None
     fmt = fmt or v.format
     if state.is_main_process:
         os.makedirs(config.output_dir, exist_ok=True)
@@ -81,7 +82,7 @@ def run_infer(config, tiny: bool = False, fmt: str | None = None, quiet: bool = 
             if v.hist_match:
                 frames = hist_match_frames(frames)
             paths = save_video(frames, config.output_dir, item.name, fmt, v.fps)
-            if out.ca_maps:
+            if getattr(out, "ca_maps", None):
                 paths += save_ca_maps(out, os.path.join(config.output_dir, f"{item.name}_CAMap"))
             log(
                 f"[process {state.process_index}] {item.name} ({item.prompt!r}): wrote {paths[0]}"

@@ -52,7 +52,7 @@ from .sections import (
     check_scheduler_kwargs,
 )
 from .trainer import both_or_neither
-from .training import DDPM_KWARGS, research_key, to_train_config, training_keys
+from .training import DDPM_KWARGS, dit_adapter_fields, research_key, to_train_config, training_keys
 
 __all__ = ["DDIM_KWARGS", "AdapterSpec", "ConfigError", "InputItem", "MIVAConfig", "load_config", "resolve_inputs"]
 # `MIVAPipeline.__call__` arguments about the adapters (left out by `pipeline_kwargs(include_adapters=False)`).
@@ -99,6 +99,8 @@ class ResearchKeys:
         convert=lambda kwargs: {k: v for k, v in kwargs.items() if k in DDPM_KWARGS},
     )
     train_data: TrainData = key(None, section(TrainData), factory=TrainData)
+    dit_kwargs: dict | None = key(None, lambda path, value: (dit_adapter_fields(value), value)[1],
+                                  "official MIVA-Wan adapter keys (Wan bases; docs/wan.md)")
 
 
 # The training keys: `TrainConfig` fields the header does not set, each a top-level key of its own name.
@@ -190,16 +192,43 @@ class MIVAConfig(TrainingKeys, ResearchKeys):
         if fed["i2v_train_q"][1] is None:
             wanted = any("i2v" in t and "to_q" in t for t in self.trainable_modules or [])
             fed["i2v_train_q"] = (fed["i2v_train_q"][0], wanted, False)
+        config_class, dit = self._adapter_class(), dit_adapter_fields(self.dit_kwargs)
+        try:
+            return self._build_adapter_configs(config_class, fed, dit, prompts, tiny)
+        except ValueError as e:  # a setting the Wan adapter does not have: name the section it came from
+            if config_class is MIVAAdapterConfig or isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"unet_additional_kwargs: {e}") from None
+
+    def _build_adapter_configs(self, config_class, fed, dit, prompts, tiny) -> list[MIVAAdapterConfig]:
         return [
-            MIVAAdapterConfig(
-                **{name: self._per_adapter(value)[i] if per_adapter else value
-                   for name, (_, value, per_adapter) in fed.items()},
+            config_class(
+                **{**{name: self._per_adapter(value)[i] if per_adapter else value
+                      for name, (_, value, per_adapter) in fed.items()}, **dit},
                 prompt=prompts[i],
                 base_model=None if tiny else self.pretrained_model_path,
                 motion_adapter=None if tiny else self.motion_module_path,
             )
             for i in range(self.num_adapters)
         ]
+
+    def _adapter_class(self) -> type:
+        """`WanAdapterConfig` on a Wan base (`base_registry.base_backbone`), else `MIVAAdapterConfig`; the official
+        `dit_kwargs` only on Wan, and not together with the `unet_additional_kwargs` keys that set the same fields."""
+        from ..backbones.declared import WAN
+        from ..base_registry import base_backbone
+
+        if base_backbone(self.pretrained_model_path) != WAN.id:
+            if self.dit_kwargs is not None:
+                raise ConfigError(f"dit_kwargs: official MIVA-Wan keys, but the base {self.pretrained_model_path!r} "
+                                  "is not a Wan2.1 one (set pretrained_model_path to a Wan folder or tiny-wan)")
+            return MIVAAdapterConfig
+        from ..backbones.wan.config import WanAdapterConfig
+
+        both = [path for path, name in self.explicit_adapter_keys() if name in dit_adapter_fields(self.dit_kwargs)]
+        if both:
+            raise ConfigError(f"{both[0]}: also set by dit_kwargs; give each adapter setting once")
+        return WanAdapterConfig
 
     def explicit_adapter_keys(self) -> list[tuple[str, str]]:
         """`(YAML key path, MIVAAdapterConfig field)` for every adapter key the YAML (or `--set`) set explicitly;

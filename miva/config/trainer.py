@@ -257,13 +257,14 @@ class TrainConfig:
         `word_to_learn`, `oa_bin_id`, `prompt` and provenance from ours."""
         if not isinstance(self.adapter, MIVAAdapterConfig):
             raise ConfigError(f"adapter={self.adapter!r} must be a MIVAAdapterConfig or a mapping of its fields")
+        self._match_backbone()
         self.adapter.validate()
         if not isinstance(self.validation, ValidationConfig):
             raise ConfigError(f"validation={self.validation!r} must be a ValidationConfig or a mapping of its fields")
         self.validation.validate()
         check_fields(self)
         if not self.tiny:
-            for name in ("pretrained_model_path", "motion_module_path"):
+            for name in ("pretrained_model_path", "motion_module_path")[: 1 if self.is_wan else 2]:
                 if not getattr(self, name):
                     raise missing(name, "(a local diffusers folder or a Hub id) unless tiny: true").as_keyword()
         if self.video_root is None and not self.tiny:
@@ -283,6 +284,35 @@ class TrainConfig:
             if not self.split_ckpt:
                 raise ConfigError("push_to_hub: true needs split_ckpt: true (the Hub format is the native adapter)")
         self._sync_adapter()
+
+    @property
+    def is_wan(self) -> bool:
+        """Whether the base is a Wan2.1 DiT (`pretrained_model_path` decides: `base_registry.base_backbone`)."""
+        from ..backbones.declared import WAN
+        from ..base_registry import base_backbone
+
+        return base_backbone(self.pretrained_model_path) == WAN.id
+
+    def _match_backbone(self) -> None:
+        """On a Wan base the adapter is a `WanAdapterConfig` (same shared fields) and no motion module is read."""
+        if not self.is_wan:
+            return
+        from ..backbones.wan.config import WanAdapterConfig
+
+        if self.motion_module_path:
+            raise ConfigError(f"motion_module_path={self.motion_module_path!r}: the base "
+                              f"{self.pretrained_model_path!r} is a Wan2.1 DiT, which has no motion module; remove it")
+        if not isinstance(self.adapter, WanAdapterConfig):
+            try:
+                self.adapter = WanAdapterConfig(**self.adapter.to_dict())
+            except ValueError as e:
+                raise ConfigError(f"adapter: {e}") from None
+        if not self.split_ckpt:
+            raise ConfigError("split_ckpt=False: the full-UNet file is a UNet format; a Wan adapter is saved as a "
+                              "native adapter folder (split_ckpt: true)")
+        if self.num_frames % 4 != 1:
+            raise ConfigError(f"num_frames={self.num_frames} is not 4k+1: Wan's VAE packs 4 frames after the first "
+                              "into one latent frame; use e.g. 9, 13 or 17")
 
     def _validate_parts(self) -> None:
         available = adapter_parts(self.adapter)
@@ -324,7 +354,9 @@ class TrainConfig:
         # What the run really uses: under tiny the model paths are ignored (miva.tiny), whatever they say.
         from ..loaders.model_card import TINY_MODELS
 
-        if self.tiny:
+        if self.tiny and self.is_wan:
+            self.adapter.base_model = "tiny-wan"
+        elif self.tiny:
             self.adapter.base_model = self.adapter.motion_adapter = TINY_MODELS
         if self.adapter.base_model is None:
             self.adapter.base_model = self.pretrained_model_path

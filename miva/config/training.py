@@ -41,6 +41,8 @@ DDPM_KWARGS = (
     "rescale_betas_zero_snr",
 )
 RESEARCH_MODULE_NAMES = (
+    "i2v_adapter",  # the official Wan branch: i2v (and its adaptive weight module)
+    "cross_attn.CA",  # the official Wan implicit prompt (CA2, CA_norm, CA3)
     "i2v_adapter.to_out",
     "i2v_adapter.to_q",
     "to_q_lora",
@@ -64,6 +66,22 @@ RESEARCH_KEY_MAP = {
     "train_data.height": "height",
     "train_data.sample_frame_rate": "sample_frame_rate",
     "train_data.random_flip": "random_flip",
+    # The official MIVA-Wan training YAML (docs/wan.md): its `dit_kwargs` set fields of the run's adapter
+    # (`TrainConfig.adapter`, a `WanAdapterConfig`); inference reads them too (`MIVAConfig.adapter_configs`).
+    "dit_kwargs.SA_mode": "adapter.sa_mode",
+    "dit_kwargs.SA_kwargs.sa_first_frame_scale": "adapter.sa_first_frame_scale",
+    "dit_kwargs.CA_mode": "adapter.ca_mode",
+    "dit_kwargs.CA_kwargs.rank": "adapter.implicit_rank",
+    "dit_kwargs.CA_kwargs.act": "adapter.implicit_act",
+    "dit_kwargs.CA_kwargs.norm_mid": "adapter.implicit_norm",
+    "dit_kwargs.CA_kwargs.bias": "adapter.implicit_bias",
+    "dit_kwargs.CA_kwargs.use_out": "adapter.",  # no field: only `true` exists in miva (DIT_VALUES)
+}
+# Official values that differ from miva's, per `dit_kwargs` key: official value -> miva value (a value missing from a
+# key's table is refused, naming the accepted ones). `CA_mode: vanilla` is Wan's text cross-attention unchanged.
+DIT_VALUES = {
+    "dit_kwargs.CA_mode": {"simple": "implicit", "vanilla": "lora"},
+    "dit_kwargs.CA_kwargs.use_out": {True: None},  # no output layer of another width is known (docs/wan.md)
 }
 # `TrainConfig` fields that are no research key: computed by `to_train_config` (from `--tiny`,
 # `unet_additional_kwargs`, `adapter_names`, `validation_data`) or trainer-layout settings the research layout
@@ -113,7 +131,7 @@ def training_keys(header) -> type:
     `TrainConfig` field that no key of dataclass `header`, no `RESEARCH_KEY_MAP` entry and no `TRAINER_ONLY` name
     covers, as a top-level key of its own name (`learning_rate`, `max_train_steps`, ...): no list to keep in step."""
     taken = {f.name for cls in (header, ResearchTrainingKeys) for f in dataclasses.fields(cls)}
-    taken |= set(RESEARCH_KEY_MAP.values()) | set(TRAINER_ONLY)
+    taken |= {v for v in RESEARCH_KEY_MAP.values() if "." not in v} | set(TRAINER_ONLY)
     shared = [(f.name, f.type, research_key(f.name)) for f in _TRAINER_FIELDS.values() if f.name not in taken]
     keys = dataclasses.make_dataclass("TrainingKeys", shared, bases=(ResearchTrainingKeys,))
     keys.__doc__ = "The training keys of the research layout: `ResearchTrainingKeys` and the `TrainConfig` fields."
@@ -143,6 +161,10 @@ def trainable_parts(entries: list[str] | None, adapter) -> list[str] | None:
         name = entry.rstrip(".")
         if name in TRAINABLE_PARTS:
             found = [name]
+        elif name.split(".")[-1] == "i2v_adapter":  # the official Wan branch, whole: with its weight module
+            found = [p for p in ("i2v", "adaptive_weight") if p in available]
+        elif any(part in name.split(".") for part in ("CA2", "CA3", "CA_norm")) or name.endswith("cross_attn.CA"):
+            found = ["implicit"]
         elif "i2v" in name:
             found = ["i2v"]
         elif "weight_module" in name:
@@ -212,3 +234,40 @@ def to_train_config(config, tiny: bool = False):
         if e.path in fed:
             raise e.renamed(fed[e.path][0]) from None
         raise
+
+
+def dit_adapter_fields(dit_kwargs: dict | None) -> dict:
+    """`{adapter field: value}` set by an official MIVA-Wan `dit_kwargs` mapping (`RESEARCH_KEY_MAP`'s
+    `dit_kwargs.*` entries, values through `DIT_VALUES`); an unknown key or value is one `ConfigError` naming it."""
+    if dit_kwargs is None:
+        return {}
+    if not isinstance(dit_kwargs, dict):
+        raise ConfigError(f"dit_kwargs: {dit_kwargs!r} must be a mapping (the official MIVA-Wan dit_kwargs)")
+    known = [k.partition(".")[2] for k in RESEARCH_KEY_MAP if k.startswith("dit_kwargs.")]
+    flat: dict = {}
+
+    def walk(data: dict, prefix: str) -> None:
+        for name, value in data.items():
+            path = f"{prefix}{name}"
+            if isinstance(value, dict) and any(k.startswith(path + ".") for k in known):
+                walk(value, path + ".")
+            elif path not in known:
+                raise ConfigError(f"dit_kwargs.{path}: not an official MIVA-Wan key miva reads; known: {known}")
+            else:
+                flat[path] = value
+
+    walk(dit_kwargs, "")
+    fields = {}
+    for path, value in flat.items():
+        key_path = f"dit_kwargs.{path}"
+        table = DIT_VALUES.get(key_path)
+        if table is not None:
+            if not any(value == k and type(value) is type(k) for k in table):
+                raise ConfigError(f"{key_path}: {value!r} is not supported (accepted: {list(table)})")
+            value = table[value]
+        target = RESEARCH_KEY_MAP[key_path].partition(".")[2]
+        if target:
+            fields[target] = value
+    if fields.get("ca_mode") == "lora":
+        fields["use_ca_lora"] = False  # `vanilla`: the text cross-attention as it is
+    return fields

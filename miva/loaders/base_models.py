@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 
-from ..base_registry import known_base, resolve_base_path
+from ..backbones.declared import WAN
+from ..base_registry import base_backbone, known_base, resolve_base_path
 
 __all__ = ["SINGLE_FILE_SUFFIXES", "load_base", "load_motion_adapter"]
 
@@ -34,11 +35,28 @@ def _dtype(name: str):
     return getattr(torch, name)
 
 
+def _load_wan_base(known, name_or_path, motion_adapter, dtype, components):
+    """A `MIVAWanPipeline`: the in-memory `tiny-wan`, or a Wan pipeline folder / Hub id."""
+    from ..pipelines.pipeline_miva_wan import MIVAWanPipeline
+
+    if motion_adapter is not None:
+        raise ValueError(f"motion_adapter={motion_adapter!r}: the base {name_or_path!r} is a {WAN.id} "
+                         f"({WAN.description}), which has no motion adapter; leave it unset")
+    if known is not None:
+        from ..backbones.wan.tiny import tiny_wan_components
+
+        pipe = MIVAWanPipeline(**{**tiny_wan_components(seed=0), **components})
+        return pipe.to(dtype=dtype) if dtype != _dtype(known.dtype) else pipe
+    kwargs = {**components, **({"dtype": dtype} if dtype is not None else {})}
+    return MIVAWanPipeline.from_pretrained(resolve_base_path(name_or_path), **kwargs)
+
+
 def load_base(name_or_path, motion_adapter=None, *, dtype=None, **components):
-    """A `MIVAPipeline` (no adapters yet) of the base `name_or_path`.
+    """A `MIVAPipeline` (no adapters yet) of the base `name_or_path`; a `MIVAWanPipeline` when the base is a Wan2.1
+    one (`"tiny-wan"`, a folder whose `model_index.json` names a Wan pipeline: `base_registry.base_backbone`).
 
     Args:
-        name_or_path: a known name (`"miva-world"`, `"tiny"`, their aliases: never the Hub), a diffusers pipeline
+        name_or_path: a known name (`"miva-world"`, `"tiny"`, `"tiny-wan"`, their aliases: never the Hub), a diffusers pipeline
             folder, or a Hub id (diffusers' `from_pretrained`, e.g. an SD1.5 repo).
         motion_adapter: a `MotionAdapter` source for `load_motion_adapter` (folder, Hub id, AnimateDiff file,
             `"miva-world/motion_adapter"`); None keeps the base's own (a known base, a saved MIVA pipeline folder).
@@ -56,6 +74,8 @@ def load_base(name_or_path, motion_adapter=None, *, dtype=None, **components):
     known = known_base(name_or_path)
     if known is not None and dtype is None:
         dtype = _dtype(known.dtype)
+    if base_backbone(name_or_path) == WAN.id:
+        return _load_wan_base(known, name_or_path, motion_adapter, dtype, components)
     if known is not None and known.folder is None:  # built in memory
         if motion_adapter is not None and known_base(motion_adapter) is not known:
             raise ValueError(

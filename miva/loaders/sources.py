@@ -33,6 +33,8 @@ import torch
 
 from ..atomic import recover_folder
 from ..attention_processors.adapter_config import MIVAAdapterConfig
+from ..backbones.declared import UNET, check_recorded_backbone
+from ..guards import read_json_object
 from .research_keys import RESEARCH_ADAPTER_MARKERS, needed_base_key
 
 logger = logging.getLogger(__name__)
@@ -144,11 +146,23 @@ def sanitize_name(text: str) -> str:
     return name or "adapter"
 
 
+def unet_config(data: Any, where: str) -> MIVAAdapterConfig:
+    """A UNet adapter's `MIVAAdapterConfig` from the dict of its fields; an adapter recorded for another backbone
+    (a Wan folder) is refused first, naming both (`miva.backbones.declared`)."""
+    check_recorded_backbone(data, UNET, where)
+    return MIVAAdapterConfig.from_dict(data)
+
+
+def _unet_config_file(path) -> MIVAAdapterConfig:
+    check_recorded_backbone(read_json_object(path, ADAPTER_CONFIG_NAME), UNET, os.fspath(Path(path).parent))
+    return MIVAAdapterConfig.from_json_file(path)
+
+
 def _as_config(value: Any, where: str) -> MIVAAdapterConfig | None:
     if value is None or isinstance(value, MIVAAdapterConfig):
         return value
     if isinstance(value, dict):
-        return MIVAAdapterConfig.from_dict(value)
+        return unet_config(value, where)
     raise TypeError(f"{where}: config must be a MIVAAdapterConfig or a dict of its fields, got {type(value).__name__}")
 
 
@@ -245,7 +259,7 @@ def _resolve_folder(folder: Path) -> AdapterSource:
             f"a native adapter has {ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME}"
         )
     tensors, metadata = _read_native_weights(weights_path)
-    config = MIVAAdapterConfig.from_json_file(config_path)
+    config = _unet_config_file(config_path)
     _warn_if_config_differs(config, metadata, config_path)
     sample = folder / SAMPLE_NAME
     return AdapterSource(
@@ -287,13 +301,13 @@ def _resolve_file(path: Path, config: MIVAAdapterConfig | None) -> AdapterSource
         tensors, metadata = _read_native_weights(path)
         if "miva_config" in metadata:
             try:
-                native_config = MIVAAdapterConfig.from_dict(json.loads(metadata["miva_config"]))
+                native_config = unet_config(json.loads(metadata["miva_config"]), os.fspath(path))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: safetensors metadata 'miva_config' is not valid JSON: {e}") from None
             except (TypeError, ValueError) as e:
                 raise type(e)(f"{path}: safetensors metadata 'miva_config': {e}") from None
         elif sibling.is_file():
-            native_config = MIVAAdapterConfig.from_json_file(sibling)
+            native_config = _unet_config_file(sibling)
         else:
             raise ValueError(
                 f"{path} has no 'miva_config' in its safetensors metadata and no {ADAPTER_CONFIG_NAME} "
@@ -372,7 +386,7 @@ def _resolve_hub(repo_id: str, hub_kwargs: dict[str, Any]) -> AdapterSource:
     return AdapterSource(
         "native",
         tensors,
-        MIVAAdapterConfig.from_json_file(config_path),
+        _unet_config_file(config_path),
         repo_id,
         sanitize_name(repo_id.split("/")[-1]),
         sample=sample,

@@ -27,6 +27,13 @@ class TrainerOutputsMixin:
                 f.write(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------------------------------- validation, saving
+    def validation_pipeline(self):
+        """The pipeline validation samples with: a `MIVAPipeline` over the training components (UNet in training)."""
+        from ..pipelines.pipeline_miva import MIVAPipeline
+
+        return MIVAPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+                            motion_adapter=None, scheduler=self.scheduler, feature_extractor=None, image_encoder=None)
+
     def validate(self) -> list[Path]:
         """Validation GIFs for the current step (main process; the others wait)."""
         acc = self.accelerator

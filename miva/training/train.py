@@ -127,15 +127,11 @@ class MIVATrainer(ckpt.CheckpointMixin, TrainerOutputsMixin):
             self.output_dir.mkdir(parents=True, exist_ok=True)
             config.to_yaml(self.output_dir / "train_config.yaml")
 
-        parts = dict(self._components) if self._components is not None else load_components(config)
-        unet = to_unet_motion(parts["unet"], parts.get("motion_adapter"))
+        parts = dict(self._components) if self._components is not None else self._load_components()
         self.vae, self.text_encoder, self.tokenizer = parts["vae"], parts["text_encoder"], parts["tokenizer"]
         self.noise_scheduler = parts.get("noise_scheduler") or DDPMScheduler.from_config(parts["scheduler"].config)
         self.scheduler = parts["scheduler"]
-
-        install_miva_processors(unet)
-        add_miva_adapter(unet, config.adapter_name, config.adapter)
-        set_miva_adapters(unet, [config.adapter_name])
+        unet = self._build_model(parts)
         self.vae.requires_grad_(False)
         self.text_encoder.requires_grad_(False)
         self.learned_token = None
@@ -143,7 +139,7 @@ class MIVATrainer(ckpt.CheckpointMixin, TrainerOutputsMixin):
             self.learned_token = LearnedToken(
                 self.tokenizer, self.text_encoder, config.word_to_learn, config.initializer_token
             )
-        self.trainable = select_trainable(unet, config.adapter_name, config.parts) if config.parts else {}
+        self.trainable = self._select_trainable(unet) if config.parts else {}
         if config.oa_bin_id is not None:
             self._apply_orthogonal_bins(unet)
         self.trainable = {k: p for k, p in self.trainable.items() if p.requires_grad}
@@ -157,8 +153,7 @@ class MIVATrainer(ckpt.CheckpointMixin, TrainerOutputsMixin):
         te_dtype = torch.float32 if self.learned_token else self.weight_dtype
         self.text_encoder.to(acc.device, dtype=te_dtype).eval()
         if config.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-            checkpoint_motion_modules(unet)
+            self._checkpoint_activations(unet)
         unet.train()
         self.unet = unet
 
@@ -189,6 +184,31 @@ class MIVATrainer(ckpt.CheckpointMixin, TrainerOutputsMixin):
             }
             acc.init_trackers("miva-train", config=flat)
         self._is_setup = True
+
+    # What differs per backbone (`miva.backbones.wan.trainer.WanTrainer` overrides these four and `prompt_embeds`).
+    def _load_components(self) -> dict:
+        return load_components(self.config)
+
+    def _build_model(self, parts: dict):
+        """The denoiser with the adapter being trained installed and active."""
+        unet = to_unet_motion(parts["unet"], parts.get("motion_adapter"))
+        install_miva_processors(unet)
+        add_miva_adapter(unet, self.config.adapter_name, self.config.adapter)
+        set_miva_adapters(unet, [self.config.adapter_name])
+        return unet
+
+    def _select_trainable(self, unet) -> dict:
+        return select_trainable(unet, self.config.adapter_name, self.config.parts)
+
+    def _checkpoint_activations(self, unet) -> None:
+        unet.enable_gradient_checkpointing()
+        checkpoint_motion_modules(unet)
+
+    def step_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """One micro-batch's loss: the research epsilon objective on the prepared (wrapped) UNet."""
+        latents = encode_frames(self.vae, batch["pixel_values"], generator)
+        return i2v_epsilon_loss(self.unet_model, latents, self.prompt_embeds(batch["prompts"]), self.noise_scheduler,
+                                generator, self.config.timestep_range)
 
     def _apply_orthogonal_bins(self, unet) -> None:
         """LoRA `up` := the bin's orthonormal columns, frozen; `down` := 0 (trains only if its part was selected)."""
@@ -316,15 +336,7 @@ class MIVATrainer(ckpt.CheckpointMixin, TrainerOutputsMixin):
                 with acc.accumulate(*self.models), miva_call(self.unet):  # per-step state, through backward
                     generator = step_generator(config.seed, epoch * batches + index, acc.process_index, acc.device)
                     with acc.autocast():
-                        latents = encode_frames(self.vae, batch["pixel_values"], generator)
-                        loss = i2v_epsilon_loss(
-                            self.unet_model,
-                            latents,
-                            self.prompt_embeds(batch["prompts"]),
-                            self.noise_scheduler,
-                            generator,
-                            config.timestep_range,
-                        )
+                        loss = self.step_loss(batch, generator)
                     acc.backward(loss)
                     if acc.sync_gradients:
                         acc.clip_grad_norm_(self.params, config.max_grad_norm)
@@ -357,8 +369,13 @@ class MIVATrainer(ckpt.CheckpointMixin, TrainerOutputsMixin):
         return path
 
 def train(config: TrainConfig, components: dict | None = None) -> Path:
-    """Train one MIVA adapter as `config` says; returns the adapter folder (or the full UNet file)."""
-    return MIVATrainer(config, components=components).train()
+    """Train one MIVA adapter as `config` says; returns the adapter folder (or the full UNet file). The base decides
+    the trainer: the one its backbone declares (`miva.backbones.declared`; a Wan2.1 base: `WanTrainer`)."""
+    from ..backbones.declared import UNET, WAN
+
+    module, _, name = (WAN if config.is_wan else UNET).trainer.partition(":")
+    trainer_class = getattr(importlib.import_module(module), name)
+    return trainer_class(config, components=components).train()
 
 
 # --------------------------------------------------------------------------------------------------------- CLI

@@ -1,7 +1,9 @@
-"""Validation videos during training: `MIVAPipeline` on the training components, GIFs per validation step."""
+"""Validation videos during training: the trainer's `validation_pipeline()` on the training components, GIFs per
+validation step."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,24 +46,20 @@ def run_validation(trainer: MIVATrainer) -> list[Path]:
     from diffusers.utils import export_to_gif
 
     from ..attention_processors.install import kept_adapter_settings
-    from ..pipelines.pipeline_miva import MIVAPipeline
 
     config = trainer.config
     settings = config.validation
     unet = trainer.unet
     folder = Path(config.output_dir) / VALIDATION_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    pipe = MIVAPipeline(
-        vae=trainer.vae,
-        text_encoder=trainer.text_encoder,
-        tokenizer=trainer.tokenizer,
-        unet=unet,
-        motion_adapter=None,
-        scheduler=trainer.scheduler,
-        feature_extractor=None,
-        image_encoder=None,
-    )
+    pipe = trainer.validation_pipeline()
     pipe.set_progress_bar_config(disable=True)
+    # The pipeline's own arguments: a UNet-only sampling setting (e.g. `use_adain_norm`) does not reach a Wan one.
+    accepted = inspect.signature(type(pipe).__call__).parameters
+    extra = {k: v for k, v in settings.pipeline_kwargs.items() if k in accepted}
+    dropped = sorted(k for k, v in settings.pipeline_kwargs.items() if k not in accepted and v is not None)
+    if dropped:
+        trainer.logger.info(f"validation: {dropped} do not apply to {type(pipe).__name__}; left out")
     prompt = settings.prompt or config.prompt or trainer.dataset.prompts[0]
     seed = config.seed if settings.seed is None else settings.seed
     gifs = []
@@ -79,7 +77,7 @@ def run_validation(trainer: MIVATrainer) -> list[Path]:
                     guidance_scale=settings.guidance_scale,
                     generator=torch.Generator().manual_seed(seed),
                     output_type="pil",
-                    **settings.pipeline_kwargs,
+                    **extra,
                 )
                 path = folder / f"step-{trainer.global_step:06d}-{name}.gif"
                 export_to_gif(out.frames[0], str(path), fps=8)

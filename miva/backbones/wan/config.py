@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...attention_processors.adapter_config import MIVAAdapterConfig, _check_choice
+from ..declared import UNET, WAN, wrong_base_message
 
 __all__ = ["IMPLICIT_ACTIVATIONS", "WAN_BACKBONE", "WanAdapterConfig", "check_backbone"]
 
-WAN_BACKBONE = "wan2.1-dit"
+WAN_BACKBONE = WAN.id
 IMPLICIT_ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu", "none")
 # Shared fields with no Wan implementation yet: field -> (the value that means "off", why).
 _NOT_ON_WAN = {
@@ -66,6 +67,5 @@ class WanAdapterConfig(MIVAAdapterConfig):
 def check_backbone(config: MIVAAdapterConfig, where: str) -> WanAdapterConfig:
     """`config` if it is a Wan adapter's config; otherwise one error naming both architectures."""
     if not isinstance(config, WanAdapterConfig):
-        raise ValueError(f"{where}: this adapter was made for the AnimateDiff UNet (SD1.5), but the base is a "
-                         f"{WAN_BACKBONE} (WanTransformer3DModel); use a WanAdapterConfig / a Wan adapter")
+        raise ValueError(wrong_base_message(where, UNET, WAN))
     return config

@@ -4,8 +4,9 @@
         --base Wan-AI/Wan2.1-T2V-1.3B-Diffusers --out waves-wan [--name waves] [--research-exact-first]
 
 `--base` is a diffusers Wan folder or Hub id (its `transformer/` supplies the frozen branch copies the checkpoint
-does not hold, and the import is test-loaded into it); `--tiny` uses the offline tiny transformer instead.
-`miva convert` itself reads the UNet's research configs and does not take these files yet (docs/wan.md).
+does not hold, and the import is test-loaded into it); `--tiny` (or `--base tiny-wan`) uses the offline tiny
+transformer instead. `miva convert --config run.yaml --checkpoint ckpt.pt --base ... --out dir` does the same from
+the main command line (docs/wan.md).
 """
 
 from __future__ import annotations
@@ -18,7 +19,25 @@ from typing import Any
 
 from .io import load_official_wan_adapter, save_wan_adapter
 
-__all__ = ["convert_official_wan_checkpoint", "main"]
+__all__ = ["convert_official_wan_checkpoint", "main", "wan_base_transformer"]
+
+
+def wan_base_transformer(base: str | None, tiny: bool = False):
+    """The `WanTransformer3DModel` an official checkpoint is imported onto: the tiny seed-0 one (`tiny` or the
+    known name `"tiny-wan"`), else `<base>/transformer` of a diffusers Wan folder or Hub id."""
+    from ...base_registry import TINY_WAN_ID, known_base, resolve_base_path
+
+    if tiny or (known_base(base) is not None and known_base(base).name == TINY_WAN_ID):
+        import torch
+
+        from .tiny import tiny_wan_transformer
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the tiny components' seed-0 transformer
+            return tiny_wan_transformer().eval()
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel.from_pretrained(resolve_base_path(base), subfolder="transformer")
 
 
 def convert_official_wan_checkpoint(checkpoint, official_config: Mapping[str, Any], transformer, out_folder,
@@ -51,18 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = OmegaConf.to_container(OmegaConf.load(args.yaml), resolve=True)
     if not isinstance(settings, dict):
         parser.error(f"--yaml {args.yaml}: expected a mapping with dit_kwargs, got {type(settings).__name__}")
-    if args.tiny:
-        import torch
-
-        from .tiny import tiny_wan_transformer
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # the tiny components' seed-0 transformer
-            transformer = tiny_wan_transformer().eval()
-    else:
-        from diffusers import WanTransformer3DModel
-
-        transformer = WanTransformer3DModel.from_pretrained(args.base, subfolder="transformer")
+    transformer = wan_base_transformer(args.base, args.tiny)
     name = args.name or Path(args.out).name
     folder = convert_official_wan_checkpoint(args.checkpoint, settings, transformer, args.out, name=name,
                                              research_exact_first=args.research_exact_first)

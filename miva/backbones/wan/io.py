@@ -8,7 +8,6 @@ A native Wan adapter folder is written by the shared `miva.loaders.adapter_io.wr
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,11 +15,13 @@ from typing import Any
 
 import torch
 
+from ...guards import read_json_object
 from ...loaders.adapter_io import save_miva_adapter
 from ...loaders.adapter_state import discard_adapter, load_adapter_state
 from ...loaders.sources import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, _read_native_weights, read_checkpoint
+from ..declared import WAN, check_recorded_backbone
 from .card import wan_model_card
-from .config import WAN_BACKBONE, WanAdapterConfig
+from .config import WanAdapterConfig
 from .install import add_wan_adapter
 from .official import convert_official_wan_state_dict
 
@@ -67,12 +68,8 @@ def read_wan_adapter(folder: str | os.PathLike) -> tuple[WanAdapterConfig, dict[
     missing = [p.name for p in (config_path, weights_path) if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} is not a MIVA adapter folder: {missing} missing")
-    data = json.loads(config_path.read_text())
-    backbone = data.get("backbone") if isinstance(data, dict) else None
-    if backbone != WAN_BACKBONE:
-        made_for = "the AnimateDiff UNet (SD1.5)" if backbone is None else repr(backbone)
-        raise ValueError(f"{folder}: this adapter was made for {made_for}, but the base is a {WAN_BACKBONE} "
-                         "(WanTransformer3DModel); load it into a MIVAPipeline / a matching base instead")
+    data = read_json_object(config_path, ADAPTER_CONFIG_NAME)
+    check_recorded_backbone(data, WAN, os.fspath(folder))
     config = WanAdapterConfig.from_dict(data)
     tensors, _ = _read_native_weights(weights_path)
     return config, tensors

@@ -1,8 +1,8 @@
 """Training MIVA adapters on Wan2.1 with the flow-matching objective (latent frame 0 pinned and out of the loss).
 
 `wan_flow_matching_loss` is one training step's loss; `train_wan_adapter` a minimal single-process loop over it
-(AdamW on the adapter's parameters, the base frozen). `miva train` (accelerate, DDP, checkpoints, exact resume) is
-written against the UNet and does not run Wan yet (docs/wan.md).
+(AdamW on the adapter's parameters, the base frozen). `miva train` on a Wan base runs the shared trainer with
+`trainer.WanTrainer` (accelerate, DDP, checkpoints, exact resume).
 
 Objective (diffusers' flow-matching convention, `FlowMatchEulerDiscreteScheduler`): `sigma = shift*u / (1 + (shift -
 1)*u)` with `u ~ U(0, 1)` per video, `x_t = (1 - sigma) x_0 + sigma * noise`, timestep `1000 * sigma`, target
@@ -45,8 +45,9 @@ def wan_flow_matching_loss(transformer, latents: torch.Tensor, prompt_embeds: to
     noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents)
     s = sigma.view(batch, 1, 1, 1, 1).to(latents)
     noisy = torch.cat([latents[:, :, :1], ((1 - s) * latents + s * noise)[:, :, 1:]], dim=2)
-    install_miva_wan(transformer)  # idempotent; a bare transformer trains nothing but still gives the loss
-    velocity = transformer(noisy.to(transformer.dtype), sigma * 1000, prompt_embeds, return_dict=False)[0]
+    model = getattr(transformer, "module", transformer)  # under DDP (accelerate's `prepare`): the wrapped model
+    install_miva_wan(model)  # idempotent; a bare transformer trains nothing but still gives the loss
+    velocity = transformer(noisy.to(model.dtype), sigma * 1000, prompt_embeds, return_dict=False)[0]
     target = noise - latents
     return F.mse_loss(velocity[:, :, 1:].float(), target[:, :, 1:].float())
 

@@ -191,7 +191,9 @@ def test_weight_zero_and_disabled_adapters_are_stock():
 
 def test_errors_name_the_field_and_both_architectures():
     model = wan_transformer()
-    with pytest.raises(ValueError, match=r"made for the AnimateDiff UNet \(SD1.5\), but the base is a wan2.1-dit"):
+    with pytest.raises(ValueError, match=r"made for the AnimateDiff UNet \(SD1.5, UNetMotionModel\) \(backbone 'animatediff-unet'\), "
+                       r"but this pipeline's base is the Wan2.1 DiT \(WanTransformer3DModel\) \(backbone 'wan2.1-dit'\); "
+                       r"load it with MIVAPipeline"):
         add_wan_adapter(model, "u", MIVAAdapterConfig())
     with pytest.raises(ValueError, match=r"q_downsample=True is not supported on Wan \(spatiotemporal Q"):
         WanAdapterConfig(q_downsample=True)

@@ -2,7 +2,9 @@
 the transformer gives the official forward's output (written out below from the official module structure, on the
 stock diffusers transformer) within 1e-5 relative, for every SA mode and weight kind and both CA modes."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -220,3 +222,44 @@ def test_convert_command_writes_a_folder_that_loads_to_the_official_output(tmp_p
     with torch.no_grad():
         ours = model(latents, t, text).sample
     assert_relative(ours, official_output(checkpoint, "first_prev", "adaptive_0.2", "simple", latents, t, text))
+
+
+def test_miva_convert_takes_the_official_run_and_refuses_what_it_lacks(tmp_path, capsys):
+    """`miva convert` (the main command) on an official run: the same folder as the module's converter, whose
+    forward equals the official one; missing --checkpoint / --base and a research-only flag named in one line."""
+    import yaml
+
+    from miva.backbones.wan.io import load_wan_adapter
+    from miva.cli import main as cli
+
+    checkpoint = official_checkpoint("prev", 0.5, "simple", seed=4, frozen_copies=False)
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    (tmp_path / "waves run.yaml").write_text(yaml.safe_dump(dit_kwargs("prev", 0.5, "simple")))
+    run_yaml = str(tmp_path / "waves run.yaml")
+    assert cli(["convert", "--config", run_yaml, "--checkpoint", str(tmp_path / "checkpoint.pt"), "--base",
+                "tiny-wan", "--out", str(tmp_path / "out")]) == 0
+    folder = tmp_path / "out" / "waves_run"  # the YAML's file name, sanitised
+    assert json.loads((folder / "adapter_config.json").read_text())["backbone"] == "wan2.1-dit"
+    latents, t, text = wan_inputs(batch=1, frames=3, size=4)
+    model = wan_transformer()
+    load_wan_adapter(model, folder, "w")
+    set_miva_adapters(model, "w")
+    with torch.no_grad():
+        ours = model(latents, t, text).sample
+    assert_relative(ours, official_output(checkpoint, "prev", 0.5, "simple", latents, t, text))
+    capsys.readouterr()
+    cases = [
+        (["--base", "tiny-wan"], "miva convert: error: --checkpoint: required with "),
+        (["--checkpoint", str(tmp_path / "checkpoint.pt")],
+         "miva convert: error: --base: required for an official MIVA-Wan checkpoint (a diffusers Wan folder, a Hub "
+         "id, or tiny-wan), or --tiny"),
+    ]
+    for extra, message in cases:
+        assert cli(["convert", "--config", run_yaml, "--out", str(tmp_path / "x"), *extra]) == 2
+        assert capsys.readouterr().err.splitlines()[0].startswith(message)
+    research = str(tmp_path.parent / "research.yaml")
+    Path(research).write_text("output_dir: o\nunet_checkpoint_path: a.safetensors\n")
+    assert cli(["convert", "--config", research, "--checkpoint", "c.pt", "--out", str(tmp_path / "y")]) == 2
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"miva convert: error: --checkpoint: only for an official MIVA-Wan run YAML (with dit_kwargs); {research} "
+        "is a research config, which names its checkpoints (unet_checkpoint_path) and base itself")

@@ -132,7 +132,9 @@ def test_unet_adapter_refused_naming_both_bases(tmp_path):
     MIVAAdapterConfig().save_pretrained(folder)
     save_file({"x": torch.zeros(1)}, folder / "miva_adapter.safetensors")
     pipe = MIVAWanPipeline(**tiny_wan_components(0))
-    with pytest.raises(ValueError, match=r"made for the AnimateDiff UNet \(SD1.5\), but the base is a wan2.1-dit"):
+    with pytest.raises(ValueError, match=r"made for the AnimateDiff UNet \(SD1.5, UNetMotionModel\) \(backbone 'animatediff-unet'\), "
+                       r"but this pipeline's base is the Wan2.1 DiT \(WanTransformer3DModel\) \(backbone 'wan2.1-dit'\); "
+                       r"load it with MIVAPipeline"):
         pipe.load_adapters(folder)
     assert pipe.get_list_adapters() == []
 
@@ -278,3 +280,33 @@ def test_classifier_free_guidance_equals_handwritten_loop():
     torch.testing.assert_close(latents, expected, rtol=1e-5, atol=1e-6)
     assert (latents - run(pipe, image, prompt="waves", output_type="latent")).abs().max() > 1e-3
 
+
+
+def test_wan_adapter_refused_by_the_unet_pipeline_naming_both_bases(tmp_path):
+    """The reverse direction: a Wan folder (and its weights file alone) on the UNet pipeline, refused before any
+    tensor is read, naming the recorded backbone and the pipeline's; the UNet pipeline is left unchanged."""
+    from miva import load_base
+
+    wan = MIVAWanPipeline(**tiny_wan_components(0))
+    wan.add_adapter("w", WanAdapterConfig(sa_mode="prev"))
+    folder = wan.save_adapter("w", tmp_path / "wan-adapter")
+    unet_pipe = load_base("tiny")
+    expected = (r"this adapter was made for the Wan2.1 DiT \(WanTransformer3DModel\) \(backbone 'wan2.1-dit'\), but "
+                r"this pipeline's base is the AnimateDiff UNet \(SD1.5, UNetMotionModel\) \(backbone "
+                r"'animatediff-unet'\); load it with MIVAWanPipeline on a wan2.1-dit base")
+    with pytest.raises(ValueError, match=expected):
+        unet_pipe.load_adapters(folder)
+    with pytest.raises(ValueError, match=expected):
+        unet_pipe.load_adapters(folder / "miva_adapter.safetensors")
+    context = getattr(unet_pipe.unet, "miva_context", None)
+    assert context is None or not context.configs
+
+
+def test_unknown_backbone_named_with_the_valid_ones(tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"backbone": "flux-dit"}')
+    save_file({"x": torch.zeros(1)}, folder / "miva_adapter.safetensors")
+    with pytest.raises(ValueError, match=r"backbone='flux-dit' is not a backbone miva knows; valid: "
+                                         r"\['animatediff-unet', 'wan2.1-dit'\]"):
+        MIVAWanPipeline(**tiny_wan_components(0)).load_adapters(folder)
