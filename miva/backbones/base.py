@@ -49,6 +49,7 @@ class Backbone:
     model (`copy.deepcopy`) shares its description."""
 
     name: str
+    kind: str  # the id of its architecture in `miva.backbones.declared` (what adapters record as `backbone`)
     # Processor key (`model.attn_processors`) -> "self_attention" / "cross_attention" / "temporal_attention"
     # (`miva.attention_processors.parts`), or None for a layer MIVA leaves alone.
     layer_kind: Callable[[str], str | None]

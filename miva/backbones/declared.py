@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BACKBONES", "UNET", "WAN", "Backbone", "backbone_named", "check_recorded_backbone", "wrong_base_message"]
+__all__ = ["BACKBONES", "UNET", "WAN", "BackboneKind", "backbone_named", "check_recorded_backbone", "wrong_base_message"]
 
 
 @dataclass(frozen=True)
-class Backbone:
-    """One base architecture: `id` (recorded in `adapter_config.json`), `description` (for messages), `pipeline`
+class BackboneKind:
+    """One base architecture (its identity; the network itself is described by `miva.backbones.base.Backbone`,
+    whose `kind` points here): `id` (recorded in `adapter_config.json`), `description` (for messages), `pipeline`
     (the miva pipeline class that loads its adapters), `config_class` (the adapter config class) and `trainer`
     (`"module:Class"` of its trainer, imported by `miva.training.train.train` when a run's base is this backbone)."""
 
@@ -26,14 +27,14 @@ class Backbone:
     trainer: str
 
 
-UNET = Backbone("animatediff-unet", "the AnimateDiff UNet (SD1.5, UNetMotionModel)", "MIVAPipeline",
+UNET = BackboneKind("animatediff-unet", "the AnimateDiff UNet (SD1.5, UNetMotionModel)", "MIVAPipeline",
                 "MIVAAdapterConfig", "miva.training.train:MIVATrainer")
-WAN = Backbone("wan2.1-dit", "the Wan2.1 DiT (WanTransformer3DModel)", "MIVAWanPipeline", "WanAdapterConfig",
+WAN = BackboneKind("wan2.1-dit", "the Wan2.1 DiT (WanTransformer3DModel)", "MIVAWanPipeline", "WanAdapterConfig",
                "miva.backbones.wan.trainer:WanTrainer")
-BACKBONES: tuple[Backbone, ...] = (UNET, WAN)
+BACKBONES: tuple[BackboneKind, ...] = (UNET, WAN)
 
 
-def backbone_named(recorded) -> Backbone:
+def backbone_named(recorded) -> BackboneKind:
     """The backbone an adapter recorded (None: the UNet, whose adapters record none); an unknown id is refused."""
     if recorded is None:
         return UNET
@@ -43,13 +44,13 @@ def backbone_named(recorded) -> Backbone:
     raise ValueError(f"backbone={recorded!r} is not a backbone miva knows; valid: {[b.id for b in BACKBONES]}")
 
 
-def wrong_base_message(where: str, recorded: Backbone, base: Backbone) -> str:
+def wrong_base_message(where: str, recorded: BackboneKind, base: BackboneKind) -> str:
     return (f"{where}: this adapter was made for {recorded.description} (backbone {recorded.id!r}), but this "
             f"pipeline's base is {base.description} (backbone {base.id!r}); load it with {recorded.pipeline} "
             f"on a {recorded.id} base")
 
 
-def check_recorded_backbone(data, base: Backbone, where: str) -> None:
+def check_recorded_backbone(data, base: BackboneKind, where: str) -> None:
     """Raise one `ValueError` naming both backbones when the adapter config dict `data` was made for another base
     than `base`. Non-dict data is left to the config class's own checks."""
     if not isinstance(data, dict):

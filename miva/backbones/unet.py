@@ -11,6 +11,7 @@ from torch import nn
 
 from ..attention_processors.parts import CROSS, SELF, TEMPORAL
 from .base import Backbone, Recorder
+from .declared import UNET
 
 
 def layer_kind(layer_name: str) -> str | None:
@@ -82,6 +83,7 @@ RECORDERS = (
 # value-recording hook there would split a compiled UNet into two graphs.
 ANIMATEDIFF_UNET = Backbone(
     name="AnimateDiff UNetMotionModel",
+    kind=UNET.id,
     layer_kind=layer_kind,
     token_layout={SELF: "(batch*frames, h*w, C)", CROSS: "(batch*frames, h*w, C)", TEMPORAL: "(batch*h*w, frames, C)"},
     processor_inputs=("encoder_hidden_states", "attention_mask"),

@@ -377,7 +377,7 @@ def test_one_key_map_imports_the_research_layout_into_the_trainer():
     from miva.config.training import TRAINER_ONLY, import_map
 
     imported = import_map(MIVAConfig)
-    # The official MIVA-Wan `dit_kwargs.*` entries set fields of `TrainConfig.adapter` (tests/test_wan_train_command.py).
+    # The official MIVA-Wan `dit_kwargs.*` entries set fields of `TrainConfig.adapter` (tests/backbones/wan/test_wan_train_command.py).
     fields = {path: name for path, name in RESEARCH_KEY_MAP.items() if not name.startswith("adapter.")}
     assert all(path.startswith("dit_kwargs.") for path in set(RESEARCH_KEY_MAP) - set(fields))
     assert {path: name for path, name in imported.items() if path != name} == fields

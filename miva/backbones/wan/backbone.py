@@ -11,6 +11,7 @@ from torch import nn
 
 from ...attention_processors.parts import CROSS, SELF
 from ..base import Backbone, Recorder
+from ..declared import WAN
 
 
 def layer_kind(layer_name: str) -> str | None:
@@ -54,6 +55,7 @@ def wan_backbone(model: nn.Module) -> Backbone:
     """The description of `model` (its patch size decides how latent frames map to token frames)."""
     return Backbone(
         name="Wan2.1 WanTransformer3DModel",
+        kind=WAN.id,
         layer_kind=layer_kind,
         token_layout={SELF: "(batch, frames*h*w, dim)", CROSS: "(batch, frames*h*w, dim)"},
         processor_inputs=("encoder_hidden_states", "attention_mask", "rotary_emb"),

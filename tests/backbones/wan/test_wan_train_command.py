@@ -17,7 +17,7 @@ from miva.cli import main
 from miva.config import ConfigError, load_config
 from miva.pipelines.pipeline_miva_wan import MIVAWanPipeline
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 TRAIN = str(ROOT / "examples" / "configs" / "train_wan_tiny.yaml")
 
 
@@ -157,23 +157,15 @@ def test_official_training_yaml_refusals_name_the_key(changes, message):
         load_config(with_changes(changes)).train_config(tiny=True)
 
 
-def test_two_process_ddp_on_wan(tmp_path):
-    """`accelerate launch` with two CPU processes (gloo DDP, as tests/test_training.py does for the UNet): both
-    ranks' states checkpointed, one trained Wan adapter folder."""
-    import os
-    import socket
+def test_two_process_ddp_on_wan(tmp_path, accelerate_launch):
+    """`accelerate launch` with two CPU processes (gloo DDP, as tests/training/test_training.py does for the UNet):
+    both ranks' states checkpointed, one trained Wan adapter folder."""
     import subprocess
-    import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_VERBOSITY="error", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(ROOT))
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-               str(port), "-m", "miva.training.train", "--config", TRAIN, "--tiny", "--set", f"output_dir={out}"]
+    command, env = accelerate_launch("miva.training.train", "--config", str(TRAIN), "--tiny", "--set",
+                                     f"output_dir={out}")
+    env["PYTHONPATH"] = str(ROOT)
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-4000:]
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())

@@ -19,7 +19,7 @@ from miva.base_registry import base_backbone
 from miva.cli import main
 from miva.pipelines.pipeline_miva_wan import MIVAWanPipeline
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 INFER = str(ROOT / "examples" / "configs" / "infer_wan_tiny.yaml")
 
 
