@@ -2,8 +2,10 @@
 
     miva bases create --config examples/configs/train_orthogonal.yaml [--out bases.safetensors] [--seed 0]
     miva bases create --tiny --out bases.safetensors --seed 0
+    miva bases create --config x.yaml --set pretrained_model_path=tiny-wan --out bases.safetensors   # a Wan base
 
-One random orthogonal matrix per LoRA layer of the configured UNet (docs/research.md#orthogonal-adapters), seeded, written to one
+One random orthogonal matrix per LoRA layer of the configured UNet or Wan2.1 transformer (`pretrained_model_path` a
+Wan base: `tiny-wan`, a Wan pipeline folder) (docs/research.md#orthogonal-adapters), seeded, written to one
 safetensors file: `--out`, else `unet_additional_kwargs.oa_bases_path`. The seed is `--seed`, else `global_seed`.
 Training with `oa_bin_id` then reads it from `oa_bases_path`.
 """
@@ -47,12 +49,25 @@ def create_bases(config, out: str | None = None, seed: int | None = None, tiny: 
         raise ConfigError(
             "unet_additional_kwargs.oa_bases_path: required to know where to write the bases (or pass --out)"
         )
-    unet = base_unet(config, tiny)
+    unet = _wan_transformer(config.pretrained_model_path) if not tiny else None
+    unet = unet if unet is not None else base_unet(config, tiny)
     if unet is None:
         raise ConfigError("pretrained_model_path: required (with motion_module_path) to size the bases, unless --tiny")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     create_bases_library(unet, path, seed=config.global_seed if seed is None else seed)
     return str(path)
+
+
+def _wan_transformer(path):
+    """The `WanTransformer3DModel` of a Wan base (`"tiny-wan"`, a Wan pipeline folder or Hub id); None otherwise."""
+    from ..backbones.declared import WAN
+    from ..base_registry import base_backbone
+
+    if path is None or base_backbone(path) != WAN.id:
+        return None
+    from ..loaders.base_models import load_base
+
+    return load_base(path).transformer
 
 
 def run(args: argparse.Namespace) -> int:

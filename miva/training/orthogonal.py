@@ -10,7 +10,13 @@ module path in the UNet without `processor.adapters.<adapter name>.`, i.e. `<att
 
 - `down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_out_lora` (spatial cross-attention; the full parameter
   is `...attn2.processor.adapters.<name>.to_out_lora.up.weight`);
-- `down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q_lora` (motion-module temporal attention).
+- `down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q_lora` (motion-module temporal attention);
+- on Wan2.1 (`WanTransformer3DModel`): `blocks.0.attn1.to_q_lora` (MotionLoRA on the 3-D self-attention) and
+  `blocks.0.attn2.to_out_lora` (CA-LoRA on the text cross-attention).
+
+Which attention layers carry LoRA deltas follows from the backbone's description (`layer_kind`) and its part table:
+on the UNet the temporal and cross-attention (`attention_processors.parts`), on Wan the self- and cross-attention
+(`backbones.wan.trainer.WAN_PART_OF`). Cross-attention K/V are left free on every backbone.
 
 The research library (a folder of `<key>.pt`, one `d x d` tensor each) names the same layers after its own UNet:
 `...attn2.processor.to_out_lora` and
@@ -30,9 +36,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from miva.attention_processors import LoRADelta, MIVACrossAttnProcessor, MIVATemporalAttnProcessor
-from miva.attention_processors.install import get_miva_context, processor_kind
-from miva.attention_processors.parts import LORA_DELTAS
+from miva.attention_processors import LoRADelta
+from miva.attention_processors.install import get_miva_context
+from miva.attention_processors.parts import ADAPTER_PARTS, CROSS, LORA_DELTAS
 
 __all__ = [
     "apply_orthogonal_bins",
@@ -66,18 +72,35 @@ def research_key_to_layer_key(key: str) -> str:
     )
 
 
-def layer_dims(unet: nn.Module) -> dict[str, int]:
-    """`layer key -> d` (out_features) for every LoRA delta a MIVA adapter can have on `unet`.
+def _lora_kinds(model: nn.Module):
+    """`(backbone description, processor kinds whose adapter modules hold LoRA deltas)` of `model`."""
+    from diffusers import WanTransformer3DModel
 
-    Spatial cross-attention (attn2) and motion-module temporal attention carry Q/K/V/out deltas; spatial
-    self-attention carries none (the cross-frame branch is not a LoRA). Works with or without MIVA processors.
+    context = getattr(model, "miva_context", None)
+    if isinstance(model, WanTransformer3DModel):
+        from miva.backbones.wan.backbone import wan_backbone
+        from miva.backbones.wan.trainer import WAN_PART_OF
+
+        backbone = context.backbone if context is not None else wan_backbone(model)
+        return backbone, {kind for kind, attribute in WAN_PART_OF if attribute in LORA_DELTAS}
+    from miva.backbones.unet import ANIMATEDIFF_UNET
+
+    backbone = context.backbone if context is not None else ANIMATEDIFF_UNET
+    return backbone, {part.kind for part in ADAPTER_PARTS if set(LORA_DELTAS) <= set(part.attributes)}
+
+
+def layer_dims(model: nn.Module) -> dict[str, int]:
+    """`layer key -> d` (out_features) for every LoRA delta a MIVA adapter can have on `model`.
+
+    UNet (`UNetMotionModel`): spatial cross-attention (attn2) and motion-module temporal attention carry Q/K/V/out
+    deltas; spatial self-attention carries none (the cross-frame branch is not a LoRA). Wan
+    (`WanTransformer3DModel`): every block's `attn1` (MotionLoRA) and `attn2` (CA-LoRA). Works with or without MIVA
+    processors.
     """
+    backbone, kinds = _lora_kinds(model)
     dims = {}
-    for name, module in unet.named_modules():
-        if not hasattr(module, "set_processor"):
-            continue
-        kind = processor_kind(f"{name}.processor")
-        if kind not in (MIVACrossAttnProcessor, MIVATemporalAttnProcessor):
+    for name, module in model.named_modules():
+        if not hasattr(module, "set_processor") or backbone.layer_kind(f"{name}.processor") not in kinds:
             continue
         for delta_name, projection in _PROJECTIONS.items():
             linear = module.to_out[0] if projection == "to_out" else getattr(module, projection)
@@ -108,13 +131,13 @@ def create_bases_library(
 ) -> dict[str, torch.Tensor]:
     """Draw one orthogonal `d x d` basis per LoRA layer and save them all in ONE safetensors file at `path`.
 
-    `unet_or_layer_dims`: a `UNetMotionModel` (layers found by `layer_dims`) or a mapping `layer key -> d`.
+    `unet_or_layer_dims`: a `UNetMotionModel` or `WanTransformer3DModel` (layers found by `layer_dims`) or a mapping `layer key -> d`.
     Deterministic for a `seed` (each layer uses its own `torch.Generator`, never the global RNG). Returns
     `layer key -> (d, d)` float32 tensors.
     """
     dims = dict(unet_or_layer_dims) if isinstance(unet_or_layer_dims, Mapping) else layer_dims(unet_or_layer_dims)
     if not dims:
-        raise ValueError("unet_or_layer_dims has no LoRA layers: pass a UNetMotionModel or {layer key: d}")
+        raise ValueError("unet_or_layer_dims has no LoRA layers: pass a UNetMotionModel, a WanTransformer3DModel or {layer key: d}")
     for key, d in dims.items():
         if isinstance(d, bool) or not isinstance(d, int) or d <= 0:
             raise ValueError(f"layer {key!r}: d={d!r} must be a positive int")
@@ -195,7 +218,7 @@ def apply_orthogonal_bins(
         for delta_name, lora in processor.adapters[adapter_name].named_modules():
             if not isinstance(lora, LoRADelta):
                 continue
-            if isinstance(processor, MIVACrossAttnProcessor) and delta_name in ("to_k_lora", "to_v_lora"):
+            if processor.adapters[adapter_name].part_kind == CROSS and delta_name in ("to_k_lora", "to_v_lora"):
                 continue  # the text-side deltas stay free (research ignore_ca_kv=True)
             key = layer_key(layer_name, delta_name)
             if key not in bases:

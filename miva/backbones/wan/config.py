@@ -5,7 +5,7 @@ the fields below are what only the Wan version has. `backbone` records the base 
 `adapter_config.json`, so an adapter is never loaded onto the wrong base silently (`check_backbone`).
 
 Not built on Wan yet, refused here with the reason: the motion embedding, spatiotemporal Q (a DiT's cross-attention already sees every frame's tokens at full resolution: the
-UNet's frame-pooled query grid has no counterpart) and orthogonal adapters (docs/wan.md).
+UNet's frame-pooled query grid has no counterpart) and learned words (docs/wan.md).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ _NOT_ON_WAN = {
     "ca_out_lora_bias": (False, "a research-import quirk of the UNet version; the official Wan version has none"),
     "q_downsample": (False, "spatiotemporal Q is a UNet-level query grid; Wan's cross-attention already reads "
                             "every frame's tokens (docs/wan.md)"),
-    "oa_bin_id": (None, "orthogonal adapters are not built on Wan yet"),
     "word_to_learn": (None, "learned words are a CLIP-text feature; Wan reads T5 embeddings"),
 }
 
