@@ -16,7 +16,7 @@ module path in the UNet without `processor.adapters.<adapter name>.`, i.e. `<att
 
 Which attention layers carry LoRA deltas follows from the backbone's description (`layer_kind`) and its part table:
 on the UNet the temporal and cross-attention (`attention_processors.parts`), on Wan the self- and cross-attention
-(`backbones.wan.trainer.WAN_PART_OF`). Cross-attention K/V are left free on every backbone.
+(`backbones.wan.parts.WAN_PART_OF`). Cross-attention K/V are left free on every backbone.
 
 The research library (a folder of `<key>.pt`, one `d x d` tensor each) names the same layers after its own UNet:
 `...attn2.processor.to_out_lora` and
@@ -79,7 +79,7 @@ def _lora_kinds(model: nn.Module):
     context = getattr(model, "miva_context", None)
     if isinstance(model, WanTransformer3DModel):
         from miva.backbones.wan.backbone import wan_backbone
-        from miva.backbones.wan.trainer import WAN_PART_OF
+        from miva.backbones.wan.parts import WAN_PART_OF
 
         backbone = context.backbone if context is not None else wan_backbone(model)
         return backbone, {kind for kind, attribute in WAN_PART_OF if attribute in LORA_DELTAS}

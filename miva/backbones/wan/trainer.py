@@ -24,19 +24,10 @@ import torch
 from ...attention_processors import get_miva_adapter_modules, set_miva_adapters
 from ...training.train import MIVATrainer
 from .install import add_wan_adapter, install_miva_wan
+from .parts import WAN_PART_OF
 from .training import encode_video_latents, wan_flow_matching_loss
 
 __all__ = ["WAN_PART_OF", "WanTrainer", "wan_parameter_parts"]
-
-# (processor kind, first attribute of the parameter name) -> trainable part; None: frozen (the branch's copies).
-WAN_PART_OF = {
-    **{("self_attention", a): "i2v" for a in ("o", "q")},
-    **{("self_attention", a): None for a in ("k", "v", "norm_q", "norm_k")},
-    ("self_attention", "weight_module"): "adaptive_weight",
-    **{("self_attention", f"to_{p}_lora"): "motion_lora" for p in ("q", "k", "v", "out")},
-    **{("cross_attention", f"to_{p}_lora"): "ca_lora" for p in ("q", "k", "v", "out")},
-    **{("cross_attention", a): "implicit" for a in ("CA2", "CA_norm", "CA3")},
-}
 
 
 def wan_parameter_parts(transformer, name: str, train_q: bool) -> dict[str, tuple[str | None, torch.nn.Parameter]]:
