@@ -224,7 +224,7 @@ def apply_orthogonal_bins(
             if key not in bases:
                 raise ValueError(
                     f"the bases library has no layer key {key!r} (needed by adapter {adapter_name!r}); "
-                    "create the library for this UNet with create_bases_library(unet, path)"
+                    "create the library for this model with create_bases_library(model, path) or `miva bases create`"
                 )
             basis, d, rank = bases[key], lora.out_features, lora.rank
             if tuple(basis.shape) != (d, d):
@@ -236,6 +236,9 @@ def apply_orthogonal_bins(
                 raise ValueError(f"layer {key!r}: rank {rank} exceeds d={d}; no bin of {rank} columns fits")
             plan.append((key, lora, basis, (bin_id % (d // rank)) * rank))
 
+    if not plan:
+        raise ValueError(f"adapter {adapter_name!r} has no LoRA deltas for orthogonal bin {bin_id} to constrain: "
+                         "orthogonal adapters need MotionLoRA (use_motion_lora) or CA-LoRA (use_ca_lora)")
     used = {}
     with torch.no_grad():
         for key, lora, basis, start in plan:

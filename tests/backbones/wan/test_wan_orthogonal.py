@@ -2,6 +2,7 @@
 `LoRADelta` paths), bins that make adapters' `up` spaces orthogonal per layer, `miva bases create` on a Wan base,
 and `miva train` applying the bin (frozen `up`), then two OA adapters composed."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,19 @@ def test_miva_train_applies_the_bin_and_keeps_up_frozen(library, tmp_path, monke
         assert down.abs().max() > 0  # started at zero, trained
         checked += 1
     assert checked == 10  # per block: 4 MotionLoRA deltas and CA-LoRA's to_out
+
+
+def test_refusals_name_the_reason(library, tmp_path):
+    transformer = wan_transformer(0)
+    add_wan_adapter(transformer, "branch_only", WanAdapterConfig(ca_mode="implicit", implicit_rank=4))
+    with pytest.raises(ValueError, match=re.escape(
+            "adapter 'branch_only' has no LoRA deltas for orthogonal bin 1 to constrain: orthogonal adapters need "
+            "MotionLoRA (use_motion_lora) or CA-LoRA (use_ca_lora)")):
+        apply_orthogonal_bins(transformer, "branch_only", load_bases_library(library), bin_id=1)
+    add_wan_adapter(transformer, "lora", WanAdapterConfig(**LORA))
+    unet_library = {"down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_out_lora": torch.eye(32)}
+    with pytest.raises(ValueError, match=re.escape(
+            "the bases library has no layer key 'blocks.0.attn1.to_q_lora' (needed by adapter 'lora'); create the "
+            "library for this model with create_bases_library(model, path) or `miva bases create`")):
+        apply_orthogonal_bins(transformer, "lora", unet_library, bin_id=0)
+    assert not any(d.up.weight.any() for d in deltas(transformer, "lora").values())  # checked before any change
