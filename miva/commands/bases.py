@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY.PATH=VALUE",
         help="override a config key, YAML-parsed; repeatable",
     )
-    create.add_argument("--tiny", action="store_true", help="for the offline miva.tiny UNet")
+    create.add_argument("--tiny", action="store_true", help="for the offline tiny model (tiny-wan on a Wan config)")
     create.add_argument("--out", help="output .safetensors (default: unet_additional_kwargs.oa_bases_path)")
     create.add_argument("--seed", type=int, help="seed of the random bases (default: global_seed)")
 
@@ -49,7 +49,7 @@ def create_bases(config, out: str | None = None, seed: int | None = None, tiny: 
         raise ConfigError(
             "unet_additional_kwargs.oa_bases_path: required to know where to write the bases (or pass --out)"
         )
-    unet = _wan_transformer(config.pretrained_model_path) if not tiny else None
+    unet = _wan_transformer(config.pretrained_model_path, tiny)
     unet = unet if unet is not None else base_unet(config, tiny)
     if unet is None:
         raise ConfigError("pretrained_model_path: required (with motion_module_path) to size the bases, unless --tiny")
@@ -58,16 +58,17 @@ def create_bases(config, out: str | None = None, seed: int | None = None, tiny: 
     return str(path)
 
 
-def _wan_transformer(path):
-    """The `WanTransformer3DModel` of a Wan base (`"tiny-wan"`, a Wan pipeline folder or Hub id); None otherwise."""
+def _wan_transformer(path, tiny: bool):
+    """The `WanTransformer3DModel` of a Wan base (`"tiny-wan"`, a Wan pipeline folder or Hub id; with `tiny`, the
+    tiny Wan model); None when `path` is no Wan base."""
     from ..backbones.declared import WAN
-    from ..base_registry import base_backbone
+    from ..base_registry import TINY_WAN_ID, base_backbone
 
     if path is None or base_backbone(path) != WAN.id:
         return None
     from ..loaders.base_models import load_base
 
-    return load_base(path).transformer
+    return load_base(TINY_WAN_ID if tiny else path).transformer
 
 
 def run(args: argparse.Namespace) -> int:

@@ -111,6 +111,9 @@ def test_bases_create_on_a_wan_base(tmp_path, monkeypatch):
     assert set(written) == set(layer_dims(transformer)) and len(written) == 16
     again = create_bases_library(transformer, tmp_path / "again.safetensors", seed=3)
     assert all(torch.equal(written[k], again[k]) for k in again)
+    tiny = tmp_path / "tiny.safetensors"  # --tiny on a Wan config: the tiny Wan model, not the tiny UNet
+    assert main(["bases", "create", "--config", TRAIN, "--tiny", "--out", str(tiny), "--seed", "3"]) == 0
+    assert load_file(tiny).keys() == written.keys()
 
 
 def test_miva_train_applies_the_bin_and_keeps_up_frozen(library, tmp_path, monkeypatch):
