@@ -47,8 +47,6 @@ __all__ = [
     "check_fusable_mode",
     "check_not_fused",
     "check_parallel_mode",
-    "mix_residual",
-    "replace_share",
     "needs_base",
     "weighted_sum",
 ]

@@ -1,7 +1,10 @@
 """MIVA's processors on Wan's attention layers, and the block that runs the cross-frame branch.
 
-- `MIVAWanSelfAttnProcessor` (every block's `attn1`): the stock `WanAttnProcessor` (with the active adapters'
-  MotionLoRA deltas), plus the cross-frame branches, which the block calls through `cross_frame` after its gated
+Both describe each active adapter as a `composition.Branch` and run `compose` on the layer's `Site`
+(`site.wan_site`); with no branch they call diffusers' `WanAttnProcessor` itself (bit for bit the stock output).
+
+- `MIVAWanSelfAttnProcessor` (every block's `attn1`): the 3-D self-attention with the active adapters'
+  MotionLoRA deltas, plus the cross-frame branches, which the block calls through `cross_frame` after its gated
   self-attention;
 - `MIVAWanCrossAttnProcessor` (every block's `attn2`): the stock text cross-attention (with CA-LoRA deltas), or
   the active adapters' implicit prompts in its place (composition as on the UNet: `composition.py`);
@@ -25,7 +28,8 @@ __all__ = ["MIVAWanCrossAttnProcessor", "MIVAWanSelfAttnProcessor", "MIVAWanTran
 
 
 class _WanProcessorBase(MIVAProcessorBase):
-    """A MIVA processor whose frozen attention is diffusers' own `WanAttnProcessor` (bit for bit)."""
+    """A MIVA processor whose frozen attention is diffusers' own `WanAttnProcessor` (bit for bit) and whose adapted
+    attention is `compose` on `wan_site` (same backend and parallel config)."""
 
     def __init__(self, context=None, layer_name: str = ""):
         super().__init__(context, layer_name)
