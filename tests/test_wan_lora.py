@@ -159,3 +159,26 @@ def test_attention_backend_reaches_the_composed_lora_attention(monkeypatch):
     attn = model.blocks[0].attn1
     attn(torch.randn(1, 12, 24), None, None, model.rope(torch.randn(1, 16, 3, 4, 4)))
     assert [b.value for b in seen] == ["native"]
+
+
+def test_implicit_prompt_and_ca_lora_adapters_compose_on_one_layer():
+    """One implicit-prompt adapter beside one CA-LoRA adapter: `"residual"` mixes the implicit output, the LoRA'd
+    attention and the text attention; `"weights"` lets the implicit prompt take its share of the LoRA'd attention."""
+    model = wan_transformer()
+    add_wan_adapter(model, "i", WanAdapterConfig(use_i2v=False, ca_mode="implicit", implicit_rank=8))
+    add_wan_adapter(model, "c", WanAdapterConfig(**CA))
+    implicit, lora = (get_miva_adapter_modules(model, n)["blocks.1.attn2.processor"] for n in "ic")
+    randomize(implicit, seed=6)
+    randomize(lora, seed=7)
+    attn = model.blocks[1].attn2
+    x, text = torch.randn(2, 12, 24), torch.randn(2, 7, 24)
+    with torch.no_grad():
+        h = implicit.CA2(attn.norm_q(attn.to_q(x)))
+        f = implicit.CA3(implicit.act(h if implicit.CA_norm is None else implicit.CA_norm(h)))
+        y_c, y_0 = merged(attn, [(lora, 1.0)])(x, text), merged(attn, [])(x, text)
+        assert (f - y_0).abs().max() > 1e-2 and (y_c - y_0).abs().max() > 1e-3
+        set_miva_adapters(model, ["i", "c"], weights=[0.6, 0.3])
+        torch.testing.assert_close(attn(x, text), 0.6 * f + 0.3 * y_c + 0.1 * y_0, rtol=1e-5, atol=1e-6)
+        set_miva_adapters(model, ["i", "c"], weights=[0.6, 0.3], parallel_mode="weights")
+        y_w = merged(attn, [(lora, 0.3)])(x, text)
+        torch.testing.assert_close(attn(x, text), 0.4 * y_w + 0.6 * f, rtol=1e-5, atol=1e-6)
