@@ -47,9 +47,6 @@ __all__ = [
     "check_fusable_mode",
     "check_not_fused",
     "check_parallel_mode",
-    "merges_deltas",
-    "mix_residual",
-    "replace_share",
     "needs_base",
     "weighted_sum",
 ]
@@ -60,12 +57,6 @@ def check_parallel_mode(mode: Any) -> str:
     if mode not in PARALLEL_MODES:
         raise ValueError(f"parallel_mode={mode!r} is not one of {list(PARALLEL_MODES)}")
     return mode
-
-
-def merges_deltas(mode: str) -> bool:
-    """Whether `mode` sums the w_i-scaled deltas into one attention (`"weights"`) rather than one branch per adapter
-    (`"residual"`)."""
-    return check_parallel_mode(mode) == "weights"
 
 
 def check_fusable_mode(mode: str, num_active: int) -> None:

@@ -241,9 +241,11 @@ def register_recorders(model: nn.Module, context: MIVAContext) -> list:
     return handles
 
 
-# A forward outside any call opens its own, so that it is recorded too. These two hooks sit on the model itself: dynamo
-# runs the hooks of the module it compiles outside the graph, which suits them (pure Python, no tensors). They find
-# the context through the module they are called with, so a deep copy of the model opens calls on its own context.
+# A forward outside any call opens its own, so that it is recorded too. These two hooks sit on the model itself and are
+# pure Python (no tensors); `torch.compiler.disable` keeps dynamo from tracing into them (it would count two graph
+# breaks around a compiled model's forward, tests/test_bench_compile.py). They find the context through the module
+# they are called with, so a deep copy of the model opens calls on its own context.
+@torch.compiler.disable
 def _open_bare_call(model: nn.Module, args, kwargs) -> None:
     context = getattr(model, "miva_context", None)
     if context is None or context.recording:
@@ -253,6 +255,7 @@ def _open_bare_call(model: nn.Module, args, kwargs) -> None:
     context.bare_calls.append(call)
 
 
+@torch.compiler.disable
 def _close_bare_call(model: nn.Module, args, kwargs, output) -> None:
     context = getattr(model, "miva_context", None)
     if context is not None and context.bare_calls:

@@ -1,7 +1,10 @@
 """MIVA's processors on Wan's attention layers, and the block that runs the cross-frame branch.
 
-- `MIVAWanSelfAttnProcessor` (every block's `attn1`): the stock `WanAttnProcessor` (with the active adapters'
-  MotionLoRA deltas), plus the cross-frame branches, which the block calls through `cross_frame` after its gated
+Both describe each active adapter as a `composition.Branch` and run `compose` on the layer's `Site`
+(`site.wan_site`); with no branch they call diffusers' `WanAttnProcessor` itself (bit for bit the stock output).
+
+- `MIVAWanSelfAttnProcessor` (every block's `attn1`): the 3-D self-attention with the active adapters'
+  MotionLoRA deltas, plus the cross-frame branches, which the block calls through `cross_frame` after its gated
   self-attention;
 - `MIVAWanCrossAttnProcessor` (every block's `attn2`): the stock text cross-attention (with CA-LoRA deltas), or
   the active adapters' implicit prompts in its place (composition as on the UNet: `composition.py`);
@@ -16,16 +19,17 @@ import torch
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanTransformerBlock
 
 from ...attention_processors.base import MIVAProcessorBase
-from ...attention_processors.composition import merges_deltas, mix_residual, replace_share
+from ...attention_processors.composition import Branch, compose
 from .config import check_backbone
-from .lora_attention import lora_attention
-from .modules import WanCrossAttnAdapter, WanSelfAttnAdapter
+from .modules import WanCrossAttnAdapter, WanSelfAttnAdapter, lora_deltas
+from .site import wan_site
 
 __all__ = ["MIVAWanCrossAttnProcessor", "MIVAWanSelfAttnProcessor", "MIVAWanTransformerBlock"]
 
 
 class _WanProcessorBase(MIVAProcessorBase):
-    """A MIVA processor whose frozen attention is diffusers' own `WanAttnProcessor` (bit for bit)."""
+    """A MIVA processor whose frozen attention is diffusers' own `WanAttnProcessor` (bit for bit) and whose adapted
+    attention is `compose` on `wan_site` (same backend and parallel config)."""
 
     def __init__(self, context=None, layer_name: str = ""):
         super().__init__(context, layer_name)
@@ -53,10 +57,17 @@ class _WanProcessorBase(MIVAProcessorBase):
         check_backbone(config, f"adapter {name!r}")
         super().add_adapter(attn, name, config)
 
-    def attention(self, attn, active, *args) -> torch.Tensor:
-        """The stock attention with the LoRA deltas of the `active` adapters that have some here."""
-        with_lora = [(self.adapters[name], w) for _, name, w in active if self.lora_live(name)]
-        return lora_attention(self.stock, attn, with_lora, self.context.parallel_mode, *args)
+    def lora_branch(self, name: str, weight: float) -> Branch | None:
+        """Adapter `name`'s branch here: its live LoRA deltas (None when it has none left to run)."""
+        return Branch(weight, lora_deltas(self.adapters[name])) if self.lora_live(name) else None
+
+    def run(self, attn, branches: list[Branch], hidden_states, encoder_hidden_states=None, attention_mask=None,
+            rotary_emb=None, query=None) -> torch.Tensor:
+        """The layer's output: the stock processor without a branch, else `compose` on the Wan `Site`."""
+        if not branches:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        site = wan_site(self.stock, attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, query)
+        return attn.to_out[1](compose(self.context.parallel_mode, site, branches))
 
 
 class MIVAWanSelfAttnProcessor(_WanProcessorBase):
@@ -74,7 +85,8 @@ class MIVAWanSelfAttnProcessor(_WanProcessorBase):
             raise ValueError(f"{self.layer_name}: context parallelism shards the tokens across devices, so frame 0's "
                              "keys/values are not beside every frame's queries; the cross-frame branch needs all "
                              "tokens: run MIVA Wan adapters without enable_parallelism (or without a branch)")
-        return self.attention(attn, active, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        branches = [b for b in (self.lora_branch(name, w) for _, name, w in active) if b is not None]
+        return self.run(attn, branches, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
 
     def cross_frame(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         """`sum_i w_i branch_i(x)` over the active adapters with a branch here (None: there is none).
@@ -106,23 +118,16 @@ class MIVAWanCrossAttnProcessor(_WanProcessorBase):
         return WanCrossAttnAdapter(attn, config)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        args = (hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         active = self.context.active_adapters(self.adapters)
-        implicit = [(self.adapters[name], w) for _, name, w in active if self.adapters[name].implicit]
-        if not implicit:
-            return self.attention(attn, active, *args)
-        q_n = attn.norm_q(attn.to_q(hidden_states))
-        prompts = [(adapter.implicit_prompt(q_n), w) for adapter, w in implicit]
-        if merges_deltas(self.context.parallel_mode):
-            y = self.attention(attn, active, *args)
-            for f, w in prompts:
-                y = replace_share(y, f, w)
-            return y
-        lora = [(self.adapters[name], w) for _, name, w in active if self.lora_live(name)]
-        y = sum(f if w == 1.0 else f * w for f, w in prompts)
-        for adapter, w in lora:
-            y = y + lora_attention(self.stock, attn, [(adapter, 1.0)], "weights", *args) * w
-        return mix_residual(y, [w for _, _, w in active], lambda: self.stock(attn, *args))
+        query = attn.to_q(hidden_states) if any(self.adapters[name].implicit for _, name, _ in active) else None
+        branches = []
+        for _, name, w in active:
+            adapter = self.adapters[name]
+            if adapter.implicit:  # reads the frozen normalised queries, not the text
+                branches.append(Branch(w, output=adapter.implicit_prompt(attn.norm_q(query))))
+            elif (branch := self.lora_branch(name, w)) is not None:
+                branches.append(branch)
+        return self.run(attn, branches, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, query)
 
 
 class MIVAWanTransformerBlock(WanTransformerBlock):
