@@ -9,12 +9,14 @@ import shutil
 
 import pytest
 import torch
+from bare_pipe import BarePipe
+from no_hub import hub_cache
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from miva.attention_processors import MIVAAdapterConfig, get_miva_context
-from miva.loaders import MIVALoaderMixin, adapter_state_dict, load_miva_adapter, save_miva_adapter
-from miva.tiny import tiny_components, tiny_unet_motion
+from miva.loaders import adapter_state_dict, load_miva_adapter, save_miva_adapter
+from miva.tiny import tiny_components
 
 FULL = MIVAAdapterConfig(
     use_i2v=True, i2v_train_q=True, sa_mode="first_prev", sa_first_frame_scale="adaptive_0.2", use_motion_lora=True,
@@ -22,21 +24,6 @@ FULL = MIVAAdapterConfig(
     q_downsample_ratio=2, ca_pe_mode="rope_3d", prompt="water flowing",
 )  # fmt: skip
 IMPLICIT = MIVAAdapterConfig(use_i2v=False, motion_lora_rank=2, ca_mode="implicit", implicit_rank=8)
-
-
-class _Pipe(MIVALoaderMixin):
-    def __init__(self, unet, text_encoder=None, tokenizer=None):
-        self.unet, self.text_encoder, self.tokenizer = unet, text_encoder, tokenizer
-
-
-@pytest.fixture(scope="module")
-def base_unet():
-    return tiny_unet_motion(seed=0)
-
-
-@pytest.fixture
-def pipe(base_unet):
-    return _Pipe(copy.deepcopy(base_unet))
 
 
 def randomize(unet, name, seed=0):
@@ -59,7 +46,7 @@ def forward(unet, seed=0):
 def saved(base_unet, tmp_path_factory):
     """A trained FULL adapter saved by a pipeline: (folder, its state dict, the UNet output with it active)."""
     folder = tmp_path_factory.mktemp("adapters") / "waterfall"
-    pipe = _Pipe(copy.deepcopy(base_unet))
+    pipe = BarePipe(copy.deepcopy(base_unet))
     pipe.add_adapter("w", FULL)
     randomize(pipe.unet, "w", seed=1)
     pipe.save_adapter("w", folder)
@@ -80,7 +67,7 @@ def assert_same_state(a, b):
 
 @pytest.mark.parametrize("config", [FULL, IMPLICIT], ids=["full", "implicit"])
 def test_save_load_round_trip_is_bit_exact(base_unet, tmp_path, config):
-    src, dst = _Pipe(copy.deepcopy(base_unet)), _Pipe(copy.deepcopy(base_unet))
+    src, dst = BarePipe(copy.deepcopy(base_unet)), BarePipe(copy.deepcopy(base_unet))
     src.add_adapter("a", config)
     randomize(src.unet, "a", seed=2)
     src.save_adapter("a", tmp_path / "a")
@@ -122,26 +109,11 @@ def test_single_file_sources(pipe, saved, tmp_path):
     assert torch.equal(forward(pipe.unet), output)
 
 
-def _hub_cache(root, repo_id, files, sha="0123456789abcdef0123456789abcdef01234567"):
-    """The layout huggingface_hub writes: blobs, snapshot symlinks, refs/main."""
-    repo = root / f"models--{repo_id.replace('/', '--')}"
-    (repo / "blobs").mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(sha)
-    for i, (path_in_repo, source) in enumerate(files.items()):
-        blob = repo / "blobs" / f"{i:040d}"
-        shutil.copy(source, blob)
-        link = repo / "snapshots" / sha / path_in_repo
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    return sha
-
-
 def test_hub_repo_id_offline_from_cache(pipe, saved, tmp_path):
     folder, state, output = saved
     files = {name: folder / name for name in ("adapter_config.json", "miva_adapter.safetensors")}
     files.update({f"motions/{name}": path for name, path in files.items()})
-    sha = _hub_cache(tmp_path / "hub", "someone/miva-waterfall", files)
+    sha = hub_cache(tmp_path / "hub", "someone/miva-waterfall", files)
     pipe.load_adapters("someone/miva-waterfall", cache_dir=tmp_path / "hub")
     pipe.load_adapters(
         "someone/miva-waterfall",
@@ -161,7 +133,7 @@ def test_hub_repo_id_offline_from_cache(pipe, saved, tmp_path):
 
 def test_learned_word_embedding_round_trip(base_unet, tmp_path):
     parts = [tiny_components(seed=0, with_image_encoder=False) for _ in range(2)]
-    src = _Pipe(copy.deepcopy(base_unet), parts[0]["text_encoder"], parts[0]["tokenizer"])
+    src = BarePipe(copy.deepcopy(base_unet), parts[0]["text_encoder"], parts[0]["tokenizer"])
     src.tokenizer.add_tokens(["<flow>"])
     src.text_encoder.resize_token_embeddings(len(src.tokenizer))
     token_id = src.tokenizer.convert_tokens_to_ids("<flow>")
@@ -172,7 +144,7 @@ def test_learned_word_embedding_round_trip(base_unet, tmp_path):
     assert torch.equal(
         load_file(tmp_path / "flow" / "miva_adapter.safetensors")["text_embeddings.<flow>"], torch.linspace(-1, 1, 32)
     )
-    dst = _Pipe(copy.deepcopy(base_unet), parts[1]["text_encoder"], parts[1]["tokenizer"])
+    dst = BarePipe(copy.deepcopy(base_unet), parts[1]["text_encoder"], parts[1]["tokenizer"])
     dst.load_adapters(tmp_path / "flow")
     new_id = dst.tokenizer.convert_tokens_to_ids("<flow>")
     assert torch.equal(dst.text_encoder.get_input_embeddings().weight[new_id], torch.linspace(-1, 1, 32))
@@ -186,7 +158,7 @@ def test_learned_word_embedding_round_trip(base_unet, tmp_path):
 
 def test_low_level_functions_without_a_pipeline(base_unet, tmp_path):
     unet, other = copy.deepcopy(base_unet), copy.deepcopy(base_unet)
-    _Pipe(unet).add_adapter("m", IMPLICIT)
+    BarePipe(unet).add_adapter("m", IMPLICIT)
     randomize(unet, "m", seed=3)
     folder = save_miva_adapter(unet, "m", tmp_path / "m", base_model="stable-diffusion-v1-5/stable-diffusion-v1-5")
     assert json.loads((folder / "adapter_config.json").read_text())["base_model"].startswith("stable-diffusion")
@@ -276,7 +248,7 @@ def test_adapters_loaded_together_must_agree_on_stq(pipe, tmp_path):
             q_downsample_ratio=2,
             ca_pe_mode=mode,
         )
-        helper = _Pipe(copy.deepcopy(pipe.unet))
+        helper = BarePipe(copy.deepcopy(pipe.unet))
         helper.add_adapter(name, cfg)
         helper.save_adapter(name, tmp_path / name)
     with pytest.raises(ValueError, match=r"must agree on spatiotemporal Q.*\['a'\].*'rope_3d'.*\['b'\].*'temporal'"):
@@ -288,7 +260,7 @@ def test_failed_load_leaves_previous_adapters_working(pipe, saved, tmp_path):
     folder, _, output = saved
     pipe.load_adapters(folder, adapter_names="w")
     good = tmp_path / "good"
-    helper = _Pipe(copy.deepcopy(pipe.unet))
+    helper = BarePipe(copy.deepcopy(pipe.unet))
     helper.add_adapter("g", MIVAAdapterConfig(use_i2v=False, motion_lora_rank=2))
     helper.save_adapter("g", good)
     bad = _edited_copy(folder, tmp_path / "bad", lambda t: t.pop(next(iter(t))))
@@ -361,7 +333,7 @@ def test_adapter_of_another_base_names_both_bases_before_the_keys(pipe, base_une
     import miva.world
 
     world = miva.world.load_pipeline()
-    tiny = _Pipe(copy.deepcopy(base_unet))
+    tiny = BarePipe(copy.deepcopy(base_unet))
     tiny.add_adapter("w", FULL)
     tiny.save_adapter("w", tmp_path / "tiny_w", base_model="my-tiny-sd15")
     with pytest.raises(ValueError) as error:

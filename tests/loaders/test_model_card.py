@@ -5,13 +5,14 @@ import shutil
 
 import pytest
 import torch
+from bare_pipe import BarePipe
 from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 
 from miva.attention_processors import MIVAAdapterConfig
-from miva.loaders import MIVALoaderMixin, adapter_state_dict, miva_model_card
 from miva.loaders import adapter_io as adapter_io_module
+from miva.loaders import adapter_state_dict, miva_model_card
 from miva.tiny import make_test_image, tiny_unet_motion
 
 CONFIG = MIVAAdapterConfig(
@@ -21,14 +22,9 @@ CONFIG = MIVAAdapterConfig(
 )  # fmt: skip
 
 
-class _Pipe(MIVALoaderMixin):
-    def __init__(self, unet, text_encoder=None, tokenizer=None):
-        self.unet, self.text_encoder, self.tokenizer = unet, text_encoder, tokenizer
-
-
 @pytest.fixture(scope="module")
 def pipe():
-    pipe = _Pipe(tiny_unet_motion(seed=0))
+    pipe = BarePipe(tiny_unet_motion(seed=0))
     pipe.add_adapter("clouds", CONFIG)
     return pipe
 
@@ -117,7 +113,7 @@ def test_push_adapter_to_hub_uploads_a_saved_folder(pipe, sample_gif, tmp_path, 
 
 def test_card_for_a_second_pipe_with_copied_unet(pipe, tmp_path):
     """Cards are deterministic: the same adapter saved twice gives the same README."""
-    other = _Pipe(copy.deepcopy(pipe.unet))
+    other = BarePipe(copy.deepcopy(pipe.unet))
     a = pipe.save_adapter("clouds", tmp_path / "a")
     b = other.save_adapter("clouds", tmp_path / "b")
     assert (a / "README.md").read_text() == (b / "README.md").read_text()
@@ -162,7 +158,7 @@ def test_world_adapter_card_shows_code_that_runs_offline(tmp_path, monkeypatch):
 def test_tiny_adapter_card_shows_code_that_runs_offline(tmp_path, monkeypatch):
     import dataclasses
 
-    pipe = _Pipe(tiny_unet_motion(seed=0))  # what `--tiny` training records as its base: "miva.tiny"
+    pipe = BarePipe(tiny_unet_motion(seed=0))  # what `--tiny` training records as its base: "miva.tiny"
     pipe.add_adapter("clouds", dataclasses.replace(CONFIG, base_model="miva.tiny", motion_adapter="miva.tiny"))
     folder = pipe.save_adapter("clouds", tmp_path / "clouds")
     card = ModelCard.load(folder / "README.md")

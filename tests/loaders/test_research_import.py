@@ -13,35 +13,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from bare_pipe import BarePipe
 
 from miva.attention_processors import MIVAAdapterConfig, get_miva_context
 from miva.loaders import (
-    MIVALoaderMixin,
     adapter_state_dict,
     convert_research_checkpoint,
     convert_research_state_dict,
     remap_research_keys_for_index,
 )
 from miva.loaders.research import base_weights_from_unet
-from miva.tiny import tiny_unet_motion
 
 FRAMES = 16  # the research `video_length`: its 1-D rotary uses arange(16)
 RANK, ALPHA = 4, 2.0
-
-
-class _Pipe(MIVALoaderMixin):
-    def __init__(self, unet, text_encoder=None, tokenizer=None):
-        self.unet, self.text_encoder, self.tokenizer = unet, text_encoder, tokenizer
-
-
-@pytest.fixture(scope="module")
-def base_unet():
-    return tiny_unet_motion(seed=0)
-
-
-@pytest.fixture
-def pipe(base_unet):
-    return _Pipe(copy.deepcopy(base_unet))
 
 
 # ------------------------------------------------------------------------------------ research reference maths
@@ -392,7 +376,7 @@ def test_full_unet_safetensors_and_convert(base_unet, tmp_path):
     a, b = load_file(out_full / "miva_adapter.safetensors"), load_file(out_split / "miva_adapter.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # and the converted folder loads as a native adapter
-    pipe = _Pipe(unet)
+    pipe = BarePipe(unet)
     pipe.load_adapters(out_full, adapter_names="conv")
     assert get_miva_context(unet).configs["conv"].ca_out_lora_bias
 

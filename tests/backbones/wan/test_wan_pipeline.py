@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
+from no_hub import hub_cache
 from safetensors.torch import save_file
-from wan_helpers import hub_cache, randomize
+from wan_helpers import randomize
 
 from miva.attention_processors import MIVAAdapterConfig, get_miva_adapter_modules
 from miva.backbones.wan.config import WanAdapterConfig

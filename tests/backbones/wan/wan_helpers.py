@@ -26,21 +26,3 @@ def randomize(module: torch.nn.Module, seed: int = 0, std: float = 0.3) -> None:
     with torch.no_grad():
         for p in module.parameters():
             p.add_(torch.randn(p.shape, generator=g) * std)
-
-
-def hub_cache(root, repo_id, files, sha="0123456789abcdef0123456789abcdef01234567"):
-    """Files laid out as huggingface_hub's cache holds a repo (blobs, snapshot symlinks, refs/main)."""
-    import os
-    import shutil
-
-    repo = root / f"models--{repo_id.replace('/', '--')}"
-    (repo / "blobs").mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(sha)
-    for i, (path_in_repo, source) in enumerate(files.items()):
-        blob = repo / "blobs" / f"{i:040d}"
-        shutil.copy(source, blob)
-        link = repo / "snapshots" / sha / path_in_repo
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    return sha
