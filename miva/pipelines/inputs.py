@@ -217,22 +217,34 @@ def check_miva_inputs(pipe, options: SamplingOptions, *, num_frames, height, wid
             f"cil_ratio={options.cil_ratio!r} needs a DDIMScheduler (it steps by timestep value), "
             f"got {type(pipe.scheduler).__name__}; use cil_ratio=1"
         )
-    active = [name for name, _ in context.active]
-    for arg, value in (("batch_prompt", batch_prompt), ("adapter_weights", adapter_weights)):
-        if value is not None and (not isinstance(value, (list, tuple)) or len(value) != len(active)):
-            raise ValueError(
-                f"{arg}={value!r} must be a list with one entry per active adapter, in order "
-                f"{active} ({len(active)} entries)"
-            )
-    if batch_prompt is not None and not all(p is None or isinstance(p, (str, dict)) for p in batch_prompt):
-        raise ValueError(f"batch_prompt={batch_prompt!r} entries must be strings, {{frame: text}} dicts "
-                         "(FreeNoise prompt interpolation) or None")
+    check_per_adapter_list(context, "adapter_weights", adapter_weights)
+    check_batch_prompt(context, batch_prompt)
     for i, weight in enumerate(adapter_weights or []):
         check_float(f"adapter_weights[{i}]", weight)  # NaN / inf would poison every frame
+    if not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:
+        raise ValueError(f"decode_chunk_size={decode_chunk_size!r} must be a positive int")
+
+
+def check_per_adapter_list(context, arg: str, value) -> None:
+    """`value` (argument `arg`) is None or a list with one entry per active adapter of `context`."""
+    active = [name for name, _ in context.active]
+    if value is not None and (not isinstance(value, (list, tuple)) or len(value) != len(active)):
+        raise ValueError(f"{arg}={value!r} must be a list with one entry per active adapter, in order "
+                         f"{active} ({len(active)} entries)")
+
+
+def check_batch_prompt(context, batch_prompt, *, interpolation: bool = True) -> None:
+    """The per-adapter prompts of a call (UNet or Wan): one entry per active adapter, each a string, None (the
+    adapter's config prompt, else the main prompt) or, with `interpolation`, a FreeNoise `{frame: text}` dict;
+    refused while adapters are fused."""
+    check_per_adapter_list(context, "batch_prompt", batch_prompt)
+    kinds = (str, dict) if interpolation else (str,)
+    if batch_prompt is not None and not all(p is None or isinstance(p, kinds) for p in batch_prompt):
+        what = "strings, {frame: text} dicts (FreeNoise prompt interpolation) or None" if interpolation else (
+            "strings or None")
+        raise ValueError(f"batch_prompt={batch_prompt!r} entries must be {what}")
     fused = [name for name, _ in context.fused]
     if batch_prompt and fused:
         raise ValueError(f"batch_prompt (one prompt per adapter) cannot be used while adapters {fused} are fused "
                          "(each adapter's K/V delta applies to a different prompt); call pipe.unfuse_adapters() "
                          "first, or leave batch_prompt out")
-    if not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:
-        raise ValueError(f"decode_chunk_size={decode_chunk_size!r} must be a positive int")

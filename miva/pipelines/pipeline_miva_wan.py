@@ -17,6 +17,7 @@ from diffusers.utils import replace_example_docstring
 
 from ..attention_processors import miva_call
 from ..backbones.wan.install import install_miva_wan
+from .inputs import check_batch_prompt
 from .latent_init import build_initial_latents
 from .wan_adapter_verbs import WanAdapterVerbsMixin
 
@@ -112,11 +113,14 @@ class MIVAWanPipeline(WanAdapterVerbsMixin, WanPipeline):
                  adapter_weights: list[float] | None = None, first_frame_cond_type: str = "lamp",
                  shared_noise_ratio: float = 0.0, use_dct_init: bool = False, dct_cutoff_ratio: float = 0.23,
                  dct_cutoff_shape: str = "rect", callback_on_step_end: Callable | None = None, callback_on_step_end_tensor_inputs=("latents",),
-                 max_sequence_length: int = 512, attention_kwargs: dict | None = None):
+                 max_sequence_length: int = 512, attention_kwargs: dict | None = None,
+                 batch_prompt: list[str | None] | None = None):
         r"""Animate `image` (`PIL.Image`, array or tensor; or one per video) into `num_frames` (4k+1) frames.
 
         `prompt` defaults to the empty prompt and `guidance_scale` to 1 (the official recipe; CFG when > 1);
-        `adapter_weights`: this call's weights of the active adapters. The research latent init
+        `adapter_weights`: this call's weights of the active adapters; `batch_prompt`: one prompt per active
+        adapter (None: the adapter's config prompt, else the main prompt), read by its CA-LoRA branch (an
+        implicit-prompt adapter reads no text); under CFG every adapter's chunk is the negative prompt. The research latent init
         (`latent_init.build_initial_latents`): `first_frame_cond_type` "lamp" (noise; default) or "cinemo" (the
         image forward-noised to t = 975 on the flow path, `FlowForwardNoise`), `shared_noise_ratio`,
         `use_dct_init` / `dct_cutoff_ratio` / `dct_cutoff_shape`. Other arguments as in `WanPipeline`.
@@ -133,6 +137,7 @@ class MIVAWanPipeline(WanAdapterVerbsMixin, WanPipeline):
             raise ValueError(f"height={height}, width={width} must be multiples of {multiple} (VAE x patch size)")
         self.check_inputs(prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds,
                           list(callback_on_step_end_tensor_inputs))
+        check_batch_prompt(self.transformer.miva_context, batch_prompt, interpolation=False)
         self._guidance_scale, self._attention_kwargs, self._interrupt = guidance_scale, attention_kwargs, False
         # A diffusers verb called directly (`transformer.set_attn_processor`, ...) may have replaced ours: put them
         # back, adapters and all (idempotent; diffusers gives no hook for it).
@@ -152,6 +157,9 @@ class MIVAWanPipeline(WanAdapterVerbsMixin, WanPipeline):
         prompt_embeds = prompt_embeds.to(dtype)
         if negative_prompt_embeds is not None:
             negative_prompt_embeds = negative_prompt_embeds.to(dtype)
+        if batch_prompt:
+            prompt_embeds, negative_prompt_embeds = self.add_adapter_prompts(
+                batch_prompt, prompt_embeds, negative_prompt_embeds, max_sequence_length)
         total = batch_size * num_videos_per_prompt
         first = self.encode_image_latents(image, height, width, total).to(torch.float32)
 
@@ -168,7 +176,7 @@ class MIVAWanPipeline(WanAdapterVerbsMixin, WanPipeline):
         self.scheduler.set_begin_index(0)
 
         # 4. Denoising loop: frame 0 is the image latent in every transformer input and after every step.
-        with miva_call(self.transformer, adapter_weights=adapter_weights), \
+        with miva_call(self.transformer, adapter_weights=adapter_weights, adapter_prompts=bool(batch_prompt)), \
                 self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
                 self._current_timestep = t
@@ -199,6 +207,25 @@ class MIVAWanPipeline(WanAdapterVerbsMixin, WanPipeline):
             video = self.decode_latents(latents, output_type)
         self.maybe_free_model_hooks()
         return WanPipelineOutput(frames=video) if return_dict else (video,)
+
+    def add_adapter_prompts(self, batch_prompt: list[str | None], cond: torch.Tensor, uncond: torch.Tensor | None,
+                            max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`cond` `(videos, T, D)` -> `(videos, T * (1 + P), D)`: the main prompt, then each active adapter's
+        (entry None: its config prompt, else the main prompt); T5 pads every prompt to `max_sequence_length`, so the
+        chunks have equal length. `uncond` (CFG) repeats the negative prompt in every chunk, as on the UNet
+        (docs/research.md#multi-adapter)."""
+        context = self.transformer.miva_context
+        chunks = [cond]
+        for entry, (name, _) in zip(batch_prompt, context.active):
+            text = entry if entry is not None else context.configs[name].prompt
+            if text is None:
+                chunks.append(cond)
+                continue
+            embeds = self._get_t5_prompt_embeds(text, max_sequence_length=max_sequence_length,
+                                                device=cond.device, dtype=cond.dtype)
+            chunks.append(embeds.expand(cond.shape[0], -1, -1))
+        cond = torch.cat(chunks, dim=1)
+        return cond, None if uncond is None else torch.cat([uncond] * len(chunks), dim=1)
 
     def decode_latents(self, latents: torch.Tensor, output_type: str = "np"):
         """Un-normalise `(batch, z_dim, frames, h, w)` latents, decode with the VAE and post-process (as Wan)."""

@@ -19,7 +19,7 @@ import torch
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanTransformerBlock
 
 from ...attention_processors.base import MIVAProcessorBase
-from ...attention_processors.composition import Branch, compose
+from ...attention_processors.composition import Branch, check_not_fused, compose
 from .config import check_backbone
 from .modules import WanCrossAttnAdapter, WanSelfAttnAdapter, lora_deltas
 from .site import wan_site
@@ -119,15 +119,33 @@ class MIVAWanCrossAttnProcessor(_WanProcessorBase):
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         active = self.context.active_adapters(self.adapters)
+        chunks = self._split_prompts(attn, encoder_hidden_states)
         query = attn.to_q(hidden_states) if any(self.adapters[name].implicit for _, name, _ in active) else None
         branches = []
-        for _, name, w in active:
+        for index, name, w in active:
             adapter = self.adapters[name]
-            if adapter.implicit:  # reads the frozen normalised queries, not the text
+            if adapter.implicit:  # reads the frozen normalised queries, not the text (its prompt chunk is unused)
                 branches.append(Branch(w, output=adapter.implicit_prompt(attn.norm_q(query))))
             elif (branch := self.lora_branch(name, w)) is not None:
+                branch.context = chunks[1 + index] if len(chunks) > 1 else None
                 branches.append(branch)
-        return self.run(attn, branches, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, query)
+        return self.run(attn, branches, hidden_states, chunks[0], attention_mask, rotary_emb, query)
+
+    def _split_prompts(self, attn, text: torch.Tensor) -> list[torch.Tensor]:
+        """[main prompt, active adapter 0's prompt, ...], each (batch, T, D), when the call passes per-adapter
+        prompts (`miva_call(..., adapter_prompts=True)`: `text` (batch, T * (1 + P), D)); else [text]."""
+        if not self.context.call_state().adapter_prompts:
+            return [text]
+        check_not_fused(self.context, f"{self.layer_name}: per-adapter prompts (each adapter's K/V delta applies to "
+                        "a different prompt)")
+        if attn.add_k_proj is not None:
+            raise ValueError(f"{self.layer_name}: per-adapter prompts are not supported on Wan's I2V base (its image "
+                             "tokens precede the text); use the T2V base or leave batch_prompt out")
+        chunks = 1 + len(self.context.active)
+        if text.shape[1] % chunks:
+            raise ValueError(f"{self.layer_name}: {text.shape[1]} text tokens cannot hold the main prompt and "
+                             f"{chunks - 1} adapter prompts of equal length")
+        return list(text.chunk(chunks, dim=1))
 
 
 class MIVAWanTransformerBlock(WanTransformerBlock):
