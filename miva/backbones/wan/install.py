@@ -53,6 +53,10 @@ def install_miva_wan(transformer: nn.Module) -> MIVAContext:
     for block in transformer.blocks:
         if type(block) is WanTransformerBlock:
             block.__class__ = MIVAWanTransformerBlock  # same module, one more step in forward
+    # `compile_repeated_blocks` compiles the blocks whose class *name* is in `_repeated_blocks`: name ours too.
+    repeated = list(getattr(transformer, "_repeated_blocks", None) or [])
+    if MIVAWanTransformerBlock.__name__ not in repeated:
+        transformer._repeated_blocks = [*repeated, MIVAWanTransformerBlock.__name__]
     for layer, attn in _attention_layers(transformer, context.backbone):
         processor = context.processors.get(layer)
         if processor is None:

@@ -60,3 +60,16 @@ def test_a_bare_forward_equals_one_inside_a_call_and_a_deepcopy_matches():
         copied = copy.deepcopy(model)(latents, timestep, text).sample
     torch.testing.assert_close(bare, called, rtol=0, atol=0)
     torch.testing.assert_close(copied, bare, rtol=0, atol=0)
+
+
+def test_compile_repeated_blocks_compiles_the_miva_blocks_and_matches_eager():
+    """diffusers' regional compilation matches blocks by class name; the branch-running subclass must be found
+    (without it, diffusers raises "Regional compilation failed ...") and give the eager output."""
+    model = _branch_model()
+    latents, timestep, text = wan_inputs(frames=3)
+    with torch.no_grad():
+        eager = model(latents, timestep, text).sample
+        model.compile_repeated_blocks(backend="eager", fullgraph=False)
+        assert all(getattr(block, "_compiled_call_impl", None) is not None for block in model.blocks)
+        compiled = model(latents, timestep, text).sample
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
