@@ -48,6 +48,7 @@ __all__ = [
     "check_not_fused",
     "check_parallel_mode",
     "needs_base",
+    "split_prompt_chunks",
     "weighted_sum",
 ]
 
@@ -82,6 +83,19 @@ def check_not_fused(context, action: str, names: Sequence[str] | None = None) ->
 
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out")  # the keys of `Branch.deltas`
 
+
+
+def split_prompt_chunks(context, text: torch.Tensor, layer_name: str) -> list[torch.Tensor]:
+    """Per-adapter prompts (`miva_call(..., adapter_prompts=True)`): `text` `(rows, T * (1 + P), D)` -> [main prompt,
+    active adapter 0's prompt, ...], each `(rows, T, D)`, P = number of active adapters. Refused while adapters are
+    fused (each adapter's K/V delta applies to a different prompt)."""
+    check_not_fused(context, f"{layer_name}: per-adapter prompts (each adapter's K/V delta applies to a different "
+                    "prompt)")
+    chunks = 1 + len(context.active)
+    if text.shape[1] % chunks:
+        raise ValueError(f"{layer_name}: {text.shape[1]} text tokens cannot hold the main prompt and {chunks - 1} "
+                         "adapter prompts of equal length")
+    return list(text.chunk(chunks, dim=1))
 
 @dataclass
 class Branch:

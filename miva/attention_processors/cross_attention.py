@@ -9,7 +9,7 @@ from torch import nn
 from .adapter_config import MIVAAdapterConfig
 from .attention_utils import attention_probs, finish_output, prepare_mask
 from .base import MIVAProcessorBase
-from .composition import Branch, Site, check_not_fused, compose
+from .composition import Branch, Site, compose, split_prompt_chunks
 from .lora import LoRADelta, linear_without_bias, weights_readable
 from .parts import CA_LORA_PART, CROSS, IMPLICIT_PART, check_same_query_layout, has_part_at
 from .spatiotemporal_query import QueryPlan, SpatiotemporalQuery
@@ -133,15 +133,7 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
 
     def _split_prompts(self, text: torch.Tensor, adapter_prompts: bool) -> list[torch.Tensor]:
         """[main prompt, adapter 0's prompt, ...] each (batch*frames, T, D)."""
-        if not adapter_prompts:
-            return [text]
-        check_not_fused(self.context, f"{self.layer_name}: per-adapter prompts (each adapter's K/V delta applies to "
-                        "a different prompt)")
-        chunks = 1 + len(self.context.active)
-        if text.shape[1] % chunks:
-            raise ValueError(f"{self.layer_name}: {text.shape[1]} text tokens cannot hold the main prompt and "
-                             f"{chunks - 1} adapter prompts of equal length")
-        return list(text.chunk(chunks, dim=1))
+        return split_prompt_chunks(self.context, text, self.layer_name) if adapter_prompts else [text]
 
     def _live(self, name: str) -> bool:
         """Whether adapter `name` has anything left to compute here (its CA-LoRA unmerged, STQ or implicit prompt)."""

@@ -7,8 +7,8 @@ explicit references built from its weights; a module-scoped tiny `UNetMotionMode
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import activate, add_standalone_adapter, run_processor, standalone_processor
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from processor_harness import activate, add_standalone_adapter, run_processor, standalone_processor
 
 from miva.attention_processors import (
     MIVAAdapterConfig,

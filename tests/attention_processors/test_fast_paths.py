@@ -10,8 +10,8 @@
 
 import pytest
 import torch
-from conftest import activate, add_standalone_adapter, run_processor, standalone_processor
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from processor_harness import activate, add_standalone_adapter, run_processor, standalone_processor
 
 from miva.attention_processors import (
     LoRADelta,

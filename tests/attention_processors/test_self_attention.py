@@ -7,8 +7,8 @@ the spatial transformer passes them: `(videos*frames, h*w, channels)`, frame the
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import add_standalone_adapter, call_values, run_processor, standalone_processor
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from processor_harness import add_standalone_adapter, call_values, run_processor, standalone_processor
 
 from miva.attention_processors import MIVAAdapterConfig, MIVASelfAttnProcessor
 

@@ -11,8 +11,8 @@ import math
 
 import pytest
 import torch
-from conftest import run_processor, standalone_processor
 from diffusers.models.attention_processor import Attention
+from processor_harness import run_processor, standalone_processor
 
 from miva.attention_processors import MIVAAdapterConfig, MIVACrossAttnProcessor
 

@@ -9,8 +9,8 @@ same processor at ratio 1 on the kept pixels; only the grid is under test here.
 
 import pytest
 import torch
-from conftest import run_processor, standalone_processor
 from diffusers.models.attention_processor import Attention
+from processor_harness import run_processor, standalone_processor
 
 from miva.attention_processors import MIVAAdapterConfig, MIVACrossAttnProcessor
 from miva.attention_processors.adapter_config import CA_PE_MODES

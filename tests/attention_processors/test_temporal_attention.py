@@ -5,8 +5,8 @@ Inputs are laid out as the motion modules pass them: `(batch*pixels, frames, cha
 
 import pytest
 import torch
-from conftest import activate, add_standalone_adapter, standalone_processor
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from processor_harness import activate, add_standalone_adapter, standalone_processor
 
 from miva.attention_processors import MIVAAdapterConfig, MIVATemporalAttnProcessor
 

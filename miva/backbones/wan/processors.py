@@ -19,7 +19,7 @@ import torch
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanTransformerBlock
 
 from ...attention_processors.base import MIVAProcessorBase
-from ...attention_processors.composition import Branch, check_not_fused, compose
+from ...attention_processors.composition import Branch, compose, split_prompt_chunks
 from .config import check_backbone
 from .modules import WanCrossAttnAdapter, WanSelfAttnAdapter, lora_deltas
 from .site import wan_site
@@ -136,16 +136,10 @@ class MIVAWanCrossAttnProcessor(_WanProcessorBase):
         prompts (`miva_call(..., adapter_prompts=True)`: `text` (batch, T * (1 + P), D)); else [text]."""
         if not self.context.call_state().adapter_prompts:
             return [text]
-        check_not_fused(self.context, f"{self.layer_name}: per-adapter prompts (each adapter's K/V delta applies to "
-                        "a different prompt)")
         if attn.add_k_proj is not None:
             raise ValueError(f"{self.layer_name}: per-adapter prompts are not supported on Wan's I2V base (its image "
                              "tokens precede the text); use the T2V base or leave batch_prompt out")
-        chunks = 1 + len(self.context.active)
-        if text.shape[1] % chunks:
-            raise ValueError(f"{self.layer_name}: {text.shape[1]} text tokens cannot hold the main prompt and "
-                             f"{chunks - 1} adapter prompts of equal length")
-        return list(text.chunk(chunks, dim=1))
+        return split_prompt_chunks(self.context, text, self.layer_name)
 
 
 class MIVAWanTransformerBlock(WanTransformerBlock):
