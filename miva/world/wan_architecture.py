@@ -1,0 +1,78 @@
+"""The MotionWorld Wan base's architecture: diffusers' own Wan2.1 classes at small sizes.
+
+64x64 RGB frames; an ``AutoencoderKLWan`` with two spatial downsamplings and no temporal one (``scale_factor_spatial``
+4, ``scale_factor_temporal`` 1) gives one 16x16x8 latent frame per video frame, like the UNet world, so frame 0 of
+the video is latent frame 0 exactly; a six-block ``WanTransformer3DModel`` (width 128, patch 1x2x2: 64 tokens per
+frame) reads prompts from a two-layer ``UMT5EncoderModel`` (width 64) with an in-memory T5 tokenizer whose vocabulary
+has every word of MotionWorld's prompts; a ``FlowMatchEulerDiscreteScheduler`` (shift 3: small latents need less
+shift than Wan's 480p). About 6M parameters in all.
+
+Clips are encoded in ``1 + 4k`` frames (the Wan VAE encodes frame 0, then chunks of four), so the world's Wan clips
+have 9 or 17 frames.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..tiny import TINY_WORDS
+from .scenes import WORLD_WORDS
+
+__all__ = ["FRAME_SIZE", "FRAMES", "MAX_SEQUENCE_LENGTH", "build_wan_components", "wan_world_tokenizer"]
+
+FRAME_SIZE = 64
+FRAMES = 9  # 1 + 4k: what the Wan VAE encodes without dropping frames
+MAX_SEQUENCE_LENGTH = 32  # T5 tokens per prompt (MotionWorld prompts have at most ~12 words)
+Z_DIM = 8
+TEXT_DIM = 64
+FLOW_SHIFT = 3.0
+
+
+def wan_world_tokenizer():
+    """The in-memory T5 tokenizer: MotionWorld's words and miva's tiny vocabulary are single pieces."""
+    from ..backbones.wan.tiny import tiny_t5_tokenizer
+
+    return tiny_t5_tokenizer(list(WORLD_WORDS) + list(TINY_WORDS))
+
+
+def _transformer():
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=Z_DIM, out_channels=Z_DIM,
+        text_dim=TEXT_DIM, freq_dim=64, ffn_dim=384, num_layers=6, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
+    )
+
+
+def _vae():
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(
+        base_dim=16, z_dim=Z_DIM, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, False],
+        latents_mean=[0.0] * Z_DIM, latents_std=[1.0] * Z_DIM, scale_factor_temporal=1, scale_factor_spatial=4,
+    )
+
+
+def _text_encoder(tokenizer):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = UMT5Config(vocab_size=len(tokenizer), d_model=TEXT_DIM, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                        relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id,
+                        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+    return UMT5EncoderModel(config)
+
+
+def build_wan_components(seed: int = 0) -> dict:
+    """Freshly initialised components (seeded; the global RNG is restored):
+    ``dict(transformer, vae, text_encoder, tokenizer, scheduler)``, ready for ``MIVAWanPipeline(**components)``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    tokenizer = wan_world_tokenizer()
+    modules = {}
+    with torch.random.fork_rng(devices=[]):
+        for name, build in {"transformer": _transformer, "vae": _vae,
+                            "text_encoder": lambda: _text_encoder(tokenizer)}.items():
+            torch.manual_seed(seed)
+            modules[name] = build()
+    return {**modules, "tokenizer": tokenizer, "scheduler": FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFT)}
