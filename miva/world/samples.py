@@ -73,11 +73,11 @@ def write_adapter_sample(folder: str | Path, name: str, motion: str, scene: int 
     folder = Path(folder)
     pipe = load_pipeline(base=base)
     pipe.set_progress_bar_config(disable=True)
-    base = animate_scene(pipe, scene)
+    alone = animate_scene(pipe, scene)
     pipe.load_adapters([str(folder)], adapter_names=[name])
     adapted = animate_scene(pipe, scene)
-    truth = render_clip(make_scene("heldout", scene), get_motion(motion), base.shape[0], 64)
-    gif = write_gif(side_by_side([truth, base, adapted], labels=comparison_labels(name)),
+    truth = render_clip(make_scene("heldout", scene), get_motion(motion), alone.shape[0], 64)
+    gif = write_gif(side_by_side([truth, alone, adapted], labels=comparison_labels(name)),
                     folder.parent / f".{name}_sample.gif")
     pipe.save_adapter(name, folder, sample_gif=str(gif), base_model=WORLD_BASES[base])
     gif.unlink()
