@@ -45,7 +45,7 @@ from miva.world.evaluate import sampling_defaults
 pipe = load_pipeline(base="wan")  # the MotionWorld Wan base (miva-world-wan): offline, float32 on the CPU
 pipe.load_adapters("{where}", adapter_names="{name}")  # shipped ones: str(miva.world.shipped_adapters("wan")["{name}"])
 video = pipe(image=scene_image(0), prompt=make_scene("heldout", 0).prompt, height=64, width=64,
-             **sampling_defaults("wan")).frames[0]  # 9 frames, 25 flow-matching steps
+             output_type="pil", **sampling_defaults("wan")).frames[0]  # 9 frames, 25 flow-matching steps
 export_to_gif(video, "output.gif")"""
 
 _TINY_USAGE = """\

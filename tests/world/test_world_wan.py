@@ -167,3 +167,13 @@ def test_a_wan_world_adapter_trains_ships_and_loads(wan_world, monkeypatch, tmp_
     assert before.shape == after.shape == (9, 64, 64, 3) and not np.array_equal(before, after)
     with pytest.raises(ValueError, match=r"names=\['left'\] are not shipped adapters of the wan base"):
         world_adapters.ship(["left"], base="wan")
+    # its card's usage is the registry's snippet for miva-world-wan, and it runs (folder for the placeholder)
+    readme = (folder / "README.md").read_text()
+    assert 'load_pipeline(base="wan")' in readme and "from_pretrained" not in readme and "base_model:" not in readme
+    snippet = readme.split("```python\n")[1].split("```")[0].replace("path/to/right", str(folder))
+    monkeypatch.chdir(tmp_path)
+    exec(snippet, {})
+    from PIL import Image
+
+    with Image.open(tmp_path / "output.gif") as gif:
+        assert gif.n_frames == 9 and gif.size == (64, 64)
