@@ -43,6 +43,16 @@ def _latent_frames(model: nn.Module):
     return read
 
 
+def _token_grid(model: nn.Module):
+    pf, ph, pw = model.config.patch_size
+
+    def read(args, kwargs, output):
+        hidden_states = args[0] if args else kwargs["hidden_states"]  # (batch, C, frames, H, W)
+        return hidden_states.shape[2] // pf, hidden_states.shape[3] // ph, hidden_states.shape[4] // pw
+
+    return read
+
+
 def _timestep(args, kwargs, output):
     return args[0] if args else kwargs["timestep"]  # (batch,) or (batch, tokens) for Wan2.2's per-token timesteps
 
@@ -64,6 +74,9 @@ def wan_backbone(model: nn.Module) -> Backbone:
             Recorder("num_frames", _rope, _latent_frames(model), before=True,
                      why="`rope` is the only module that sees the 5-D latent (batch, C, frames, H, W); blocks and "
                          "processors get flattened tokens, and the cross-frame branch needs the frame count"),
+            Recorder("grid", _rope, _token_grid(model), before=True,
+                     why="the token grid (frames, h, w) after patchify: adapter masks are resized to it, and the "
+                         "processors see only the flattened tokens"),
             Recorder("timestep", _condition_embedder, _timestep, before=True,
                      why="the timestep (the cross-frame 'linear' weight) reaches no block or processor as such"),
             Recorder("temb", _condition_embedder, _temb, before=False,
