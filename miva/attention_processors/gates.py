@@ -25,14 +25,15 @@ _SCHEDULE_KEYS = ("frames", "steps")
 
 
 def _array(label: str, value: Any) -> torch.Tensor:
-    """A mask or schedule given as a PIL image (L or RGB: luminance / 255), numpy array or tensor -> float32 CPU."""
+    """A mask or schedule given as a PIL image (L or RGB: luminance / 255), numpy array or tensor -> float64 CPU
+    (float64 so that a constant folds into the weight as the very number given: a schedule 0.6 is the weight 0.6)."""
     if isinstance(value, PIL.Image.Image):
-        return torch.from_numpy(np.asarray(value.convert("L"), dtype=np.float32) / 255.0)
+        return torch.from_numpy(np.asarray(value.convert("L"), dtype=np.float64) / 255.0)
     if torch.is_tensor(value):
-        return value.detach().to("cpu", torch.float32)
+        return value.detach().to("cpu", torch.float64)
     if isinstance(value, (np.ndarray, list, tuple)):
         try:
-            return torch.from_numpy(np.asarray(value, dtype=np.float32))
+            return torch.from_numpy(np.asarray(value, dtype=np.float64))
         except (TypeError, ValueError) as error:
             raise ValueError(f"{label} cannot be read as numbers ({error}); give a PIL image, a numpy array or a "
                              "tensor") from None
@@ -50,7 +51,7 @@ def _check_values(label: str, values: torch.Tensor, unit: bool) -> None:
 
 
 def normalise_mask(label: str, value: Any, num_frames: int | None) -> torch.Tensor:
-    """One mask -> `(1, H, W)` (whole video) or `(F, H, W)` (per frame), float32 in [0, 1]."""
+    """One mask -> `(1, H, W)` (whole video) or `(F, H, W)` (per frame), float64 in [0, 1]."""
     field = _array(label, value)
     if field.ndim == 2:
         field = field[None]
@@ -79,7 +80,7 @@ def _sequence(label: str, value: Any, length: int | None, what: str) -> tuple[fl
             except (TypeError, ValueError) as error:
                 raise ValueError(f"{label}({index}) did not return a number ({error}); a schedule callable maps "
                                  f"a {what[:-1]} index to a float") from None
-        values = torch.tensor(values)
+        values = torch.tensor(values, dtype=torch.float64)
     else:
         values = _array(label, value)
         if values.ndim != 1 or values.shape[0] != length:
@@ -132,7 +133,7 @@ class CallGates:
             if steps is not None:
                 self.steps[name] = steps
             if frames is not None:
-                factor = torch.tensor(frames).view(-1, 1, 1)
+                factor = torch.tensor(frames, dtype=torch.float64).view(-1, 1, 1)
                 fields[name] = factor * fields[name] if name in fields else factor
         for name, field in fields.items():
             if bool((field == field.flatten()[0]).all()):  # constant: folds into the weight
