@@ -248,3 +248,17 @@ def test_a_frame_schedule_switches_frames_off(case):
     # Spatial layouts: frame = row % frames; temporal: the frame axis.
     on = on.repeat(VIDEOS)[:, None, None] if kind is not MIVATemporalAttnProcessor else on[None, :, None]
     torch.testing.assert_close(got, torch.where(on, full, base), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["residual", "weights"])
+def test_a_masked_adapter_beside_an_unmasked_one(mode):
+    """Inside the mask both adapters act, outside only the unmasked one ("weights": `y_W(U) + g (y_W(U + a) -
+    y_W(U))`, U = the unmasked adapters; "residual" likewise, each adapter's difference added)."""
+    kind, config = CASES["ca_lora"]
+    attn = _attn(True)
+    processor = _with_adapters(kind, attn, MIVAAdapterConfig(**config), mode)
+    x, text, inside = _inputs(kind)
+    both = _run(processor, attn, x, text, [("a", 0.6), ("b", 0.8)])
+    only_b = _run(processor, attn, x, text, [("b", 0.8)])
+    got = _run(processor, attn, x, text, [("a", 0.6), ("b", 0.8)], adapter_masks={"a": _left()})
+    torch.testing.assert_close(got, torch.where(inside[..., None], both, only_b), rtol=1e-5, atol=1e-5)
