@@ -118,7 +118,8 @@ class CallGates:
         self.fields: dict[str, torch.Tensor] = {}  # name -> (F or 1, H, W) varying gate
         self.constants: dict[str, float] = {}  # name -> the constant value of a gate that does not vary
         self.steps: dict[str, tuple[float, ...]] = {}  # name -> per-step factors
-        self._levels: dict = {}  # (name, frames, size) -> the gate at that level
+        self._levels: dict = {}  # (name, frames, size) -> the gate at that level (CPU, float64)
+        self._placed_gates: dict = {}  # (layout, name, ..., device, dtype) -> the gate in a layer's token layout
         for kind, given in (("adapter_masks", masks), ("adapter_schedules", schedules)):
             if given is not None and not isinstance(given, Mapping):
                 raise ValueError(f"{kind}={type(given).__name__}; give a dict keyed by active adapter name")
@@ -171,36 +172,54 @@ class CallGates:
                 window: tuple[int, int] | None, like: torch.Tensor) -> torch.Tensor | None:
         """UNet spatial layout `(rows, h*w, 1)`, rows = batch*frames (frame inner), or the `window` of them that
         FreeNoise split inference hands this call."""
-        gate = self.level(name, frames, size)
-        if gate is None:
+        if name not in self.fields:
             return None
-        gate = gate.flatten(1)[..., None]  # (frames or 1, h*w, 1)
-        start, stop = window if window is not None else (0, rows)
-        index = torch.arange(start, stop) % frames if gate.shape[0] > 1 else torch.zeros(stop - start, dtype=torch.long)
-        return gate[index].to(like.device, like.dtype)
+
+        def build():
+            gate = self.level(name, frames, size).flatten(1)[..., None]  # (frames or 1, h*w, 1)
+            start, stop = window if window is not None else (0, rows)
+            index = torch.arange(start, stop) % frames if gate.shape[0] > 1 else torch.zeros(stop - start,
+                                                                                              dtype=torch.long)
+            return gate[index]
+
+        return self._placed(("spatial", name, frames, tuple(size), rows, window), build, like)
 
     def temporal(self, name: str, *, frames: int, size: tuple[int, int], rows: int, window_frames: int,
                  like: torch.Tensor) -> torch.Tensor | None:
         """UNet temporal layout `(rows, window_frames, 1)`, rows = batch*h*w (pixel inner)."""
-        gate = self.level(name, frames, size)
-        if gate is None:
+        if name not in self.fields:
             return None
-        gate = gate.flatten(1).T  # (h*w, frames or 1)
-        if gate.shape[1] == 1:
-            gate = gate.expand(-1, window_frames)
-        elif window_frames != frames:
-            raise ValueError(f"adapter_masks / adapter_schedules[{name!r}]: a gate that varies over frames cannot act "
-                             f"on FreeNoise's {window_frames}-frame windows of {frames} frames at temporal attention; "
-                             "give an (H, W) mask and no frame schedule, or run without enable_free_noise")
-        return gate.repeat(rows // gate.shape[0], 1)[..., None].to(like.device, like.dtype)
+
+        def build():
+            gate = self.level(name, frames, size).flatten(1).T  # (h*w, frames or 1)
+            if gate.shape[1] == 1:
+                gate = gate.expand(-1, window_frames)
+            elif window_frames != frames:
+                raise ValueError(f"adapter_masks / adapter_schedules[{name!r}]: a gate that varies over frames "
+                                 f"cannot act on FreeNoise's {window_frames}-frame windows of {frames} frames at "
+                                 "temporal attention; give an (H, W) mask and no frame schedule, or run without "
+                                 "enable_free_noise")
+            return gate.repeat(rows // gate.shape[0], 1)[..., None]
+
+        return self._placed(("temporal", name, frames, tuple(size), rows, window_frames), build, like)
 
     def tokens(self, name: str, *, grid: tuple[int, int, int], batch: int, like: torch.Tensor) -> torch.Tensor | None:
         """DiT layout `(batch, f*h*w, 1)`, frame-major, for the token `grid` (f, h, w)."""
-        gate = self.level(name, grid[0], grid[1:])
-        if gate is None:
+        if name not in self.fields:
             return None
-        gate = gate.expand(grid[0], -1, -1).reshape(1, -1, 1)
-        return gate.expand(batch, -1, -1).to(like.device, like.dtype)
+
+        def build():
+            gate = self.level(name, grid[0], grid[1:]).expand(grid[0], -1, -1).reshape(1, -1, 1)
+            return gate.expand(batch, -1, -1)
+
+        return self._placed(("tokens", name, tuple(grid), batch), build, like)
+
+    def _placed(self, key: tuple, build, like: torch.Tensor) -> torch.Tensor:
+        """`build()` on `like`'s device and dtype, once per call for each layout (layers of a level share it)."""
+        key = (*key, like.device, like.dtype)
+        if key not in self._placed_gates:
+            self._placed_gates[key] = build().to(like.device, like.dtype)
+        return self._placed_gates[key]
 
 
 def _to_frames(field: torch.Tensor, frames: int, name: str) -> torch.Tensor:
