@@ -185,8 +185,9 @@ class CallGates:
         return self._placed(("spatial", name, frames, tuple(size), rows, window), build, like)
 
     def temporal(self, name: str, *, frames: int, size: tuple[int, int], rows: int, window_frames: int,
-                 like: torch.Tensor) -> torch.Tensor | None:
-        """UNet temporal layout `(rows, window_frames, 1)`, rows = batch*h*w (pixel inner)."""
+                 like: torch.Tensor, window: tuple[int, int] | None = None) -> torch.Tensor | None:
+        """UNet temporal layout `(rows, window_frames, 1)`, rows = batch*h*w (pixel inner); `window`: the rows
+        `[start, stop)` of them that split inference hands this call (None: all)."""
         if name not in self.fields:
             return None
 
@@ -201,7 +202,8 @@ class CallGates:
                                  "enable_free_noise")
             return gate.repeat(rows // gate.shape[0], 1)[..., None]
 
-        return self._placed(("temporal", name, frames, tuple(size), rows, window_frames), build, like)
+        gate = self._placed(("temporal", name, frames, tuple(size), rows, window_frames), build, like)
+        return gate if window is None else gate[window[0]:window[1]]
 
     def tokens(self, name: str, *, grid: tuple[int, int, int], batch: int, like: torch.Tensor) -> torch.Tensor | None:
         """DiT layout `(batch, f*h*w, 1)`, frame-major, for the token `grid` (f, h, w)."""
@@ -252,13 +254,14 @@ def _resize(field: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return resized[:, 0]
 
 
-def temporal_level(sizes: Mapping[str, tuple[int, int]], layer_name: str, pixels: int) -> tuple[int, int]:
-    """`(h, w)` of the level a UNet temporal layer runs at, from the spatial sizes the call recorded: its block's
-    spatial transformers (`down_blocks.1.motion_modules.0...` -> `down_blocks.1.attentions...`) with h*w = `pixels`,
-    else any recorded level of that many pixels."""
+def temporal_level(sizes: Mapping[str, tuple[int, int]], layer_name: str, pixels: int | None) -> tuple[int, int]:
+    """`(h, w)` of the level a UNet temporal layer runs at, from the spatial sizes the call recorded: the one level
+    of its block's spatial transformers (`down_blocks.1.motion_modules.0...` -> `down_blocks.1.attentions...`; a
+    block's resampler comes after them), else any recorded level of `pixels` (h*w) pixels."""
     prefix = layer_name.split(".motion_modules.")[0] + "."
-    found = [size for layer, size in sizes.items() if layer.startswith(prefix) and size[0] * size[1] == pixels]
-    found = found or [size for size in sizes.values() if size[0] * size[1] == pixels]
+    found = list({size for layer, size in sizes.items() if layer.startswith(prefix)})
+    if len(found) != 1 and pixels is not None:
+        found = [size for size in sizes.values() if size[0] * size[1] == pixels]
     if not found or len(set(found)) > 1:
         raise ValueError(f"{layer_name}: the level size of its {pixels} pixels was not recorded (or is ambiguous: "
                          f"{sorted(set(found))}); run the whole UNet so that the MIVA hooks record the level sizes")

@@ -69,7 +69,8 @@ class MIVATemporalAttnProcessor(MIVAProcessorBase):
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
         residual = hidden_states
         active = self.context.active_adapters(self.adapters)
-        branches = [branch for branch in (self._branch(name, w, hidden_states) for _, name, w in active)
+        gates = self._gates(hidden_states, active)
+        branches = [branch for branch in (self._branch(name, w, gates.get(name)) for _, name, w in active)
                     if branch is not None]
         batch = hidden_states.shape[0]
         kv_source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
@@ -82,7 +83,7 @@ class MIVATemporalAttnProcessor(MIVAProcessorBase):
             out = compose_gated(self.context.parallel_mode, site, branches)
         return finish_output(attn, attn.to_out[1](out), residual)
 
-    def _branch(self, name: str, weight: float, hidden_states: torch.Tensor) -> Branch | None:
+    def _branch(self, name: str, weight: float, gate: torch.Tensor | None) -> Branch | None:
         """Adapter `name`'s branch: its live MotionLoRA deltas on Q/K/V/O (none once merged into the base weights),
         its motion embedding and its mask; None when nothing is left to compute (the branch would be the base)."""
         adapter = self.adapters[name]
@@ -91,20 +92,28 @@ class MIVATemporalAttnProcessor(MIVAProcessorBase):
         embed = adapter if adapter.motion_embed is not None else None
         if not deltas and embed is None:
             return None
-        return Branch(weight, deltas, embed=embed, gate=self._gate(name, hidden_states))
+        return Branch(weight, deltas, embed=embed, gate=gate)
 
-    def _gate(self, name: str, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        """Adapter `name`'s mask here, `(batch*h*w, frames, 1)`, at the level size the call recorded for this
-        block's spatial layers (None: it has none)."""
+    def _gates(self, hidden_states: torch.Tensor, active) -> dict[str, torch.Tensor]:
+        """The masks of the active adapters that have one, name -> `(rows, frames, 1)` for `hidden_states`
+        `(rows, frames, C)`, at the level the call recorded for this block's spatial layers; under split inference
+        the rows of this chunk (found once per call: the chunks follow one another)."""
         state = self.context.call_state()
         gates = state.gates
-        if gates is None or name not in gates.fields:
-            return None
+        names = [name for _, name, _ in active if gates is not None and name in gates.fields]
+        if not names:
+            return {}
         timestep = state.forward.timestep
         if timestep is None:
-            raise ValueError(f"{self.layer_name}: adapter_masks[{name!r}] needs the batch and level size of this "
+            raise ValueError(f"{self.layer_name}: adapter_masks[{names[0]!r}] needs the batch and level size of this "
                              "layer; run the whole UNet so that the MIVA hooks record them")
-        rows = hidden_states.shape[0]
+        rows, frames, window_frames = hidden_states.shape[0], state.frames(self.layer_name), hidden_states.shape[1]
         size = temporal_level(state.forward.spatial_sizes, self.layer_name, rows // timestep.shape[0])
-        return gates.temporal(name, frames=state.frames(self.layer_name), size=size, rows=rows,
-                              window_frames=hidden_states.shape[1], like=hidden_states)
+        whole = timestep.shape[0] * size[0] * size[1]
+        window = state.forward.split.temporal_rows(self.layer_name, rows, whole)  # split inference's chunk
+        if window is not None and window_frames != frames:
+            raise ValueError(f"{self.layer_name}: adapter_masks[{names[0]!r}] cannot follow split inference's row "
+                             f"chunks through FreeNoise's {window_frames}-frame windows; run without "
+                             "enable_free_noise_split_inference() or without this mask")
+        return {name: gates.temporal(name, frames=frames, size=size, rows=whole, window_frames=window_frames,
+                                     like=hidden_states, window=window) for name in names}

@@ -136,3 +136,21 @@ def test_errors_name_the_adapter(pipe, image):
             run(pipe, image, adapter_masks={"a": half()})
     finally:
         pipe.unfuse_adapters()
+
+
+@torch.no_grad()
+def test_split_inference_chunks_follow_the_mask(pipe, image):
+    """FreeNoise split inference hands spatial layers chunks of the (videos x frames) rows and motion modules chunks
+    of the (videos x h x w) rows: each chunk's gate is its rows' part of the whole one."""
+    pipe.set_adapters(["a", "b"], [0.6, 0.7], parallel_mode="residual")
+    mask = torch.rand(FRAMES, HEIGHT, WIDTH, generator=gen(5))
+    masks = {"a": mask, "b": 1.0 - half()}
+    pipe.enable_free_noise(context_length=FRAMES, context_stride=2)  # one window: the frame-varying mask is allowed
+    try:
+        whole = run(pipe, image, guidance_scale=7.5, adapter_masks=masks)
+        pipe.enable_free_noise_split_inference(spatial_split_size=40, temporal_split_size=3)
+        split = run(pipe, image, guidance_scale=7.5, adapter_masks=masks)
+    finally:
+        pipe.disable_free_noise()
+    torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-5)  # float rounding of other chunk sizes, x 7.5
+    assert (whole - run(pipe, image, guidance_scale=7.5)).abs().max() > 1e-3
