@@ -211,7 +211,7 @@ def miva_call(target: Any, *, adapter_weights=None, adapter_prompts: bool = Fals
         raise ValueError("MIVA processors are not installed on this UNet: call install_miva_processors(unet) first")
     weights = None if adapter_weights is None else tuple(float(w) for w in adapter_weights)
     gates = None
-    if adapter_masks or adapter_schedules:
+    if adapter_masks is not None or adapter_schedules is not None:
         gates = CallGates(adapter_masks, adapter_schedules, active=[name for name, _ in context.active],
                           num_frames=num_frames, num_steps=num_steps)
         check_not_fused(context, f"adapter_masks / adapter_schedules for {sorted(gates.names)}", list(gates.names))

@@ -127,9 +127,10 @@ class CallGates:
                 if name not in active:
                     raise ValueError(f"{kind}[{name!r}]: {name!r} is not an active adapter; the active adapters are "
                                      f"{active}")
-        fields = {name: normalise_mask(f"adapter_masks[{name!r}]", mask, num_frames)
-                  for name, mask in (masks or {}).items()}
-        for name, schedule in (schedules or {}).items():
+        masks = {name: mask for name, mask in (masks or {}).items() if mask is not None}  # None: no mask
+        schedules = {name: schedule for name, schedule in (schedules or {}).items() if schedule is not None}
+        fields = {name: normalise_mask(f"adapter_masks[{name!r}]", mask, num_frames) for name, mask in masks.items()}
+        for name, schedule in schedules.items():
             frames, steps = normalise_schedule(f"adapter_schedules[{name!r}]", schedule, num_frames, num_steps)
             if steps is not None:
                 self.steps[name] = steps

@@ -67,6 +67,7 @@ def test_constants_fold_into_the_weight_and_step_factors_follow_the_step():
     assert [gates.scale("c") for gates.step in range(3)] == [1.0, 0.25, 0.0]
     assert gates.scale("a") == 0.4 and gates.scale("b") == 1.0
     torch.testing.assert_close(gates.level("b", 2, (2, 2)).float(), torch.tensor([1.0, 0.0]).view(2, 1, 1).expand(2, 2, 2))
+    assert CallGates({"a": None}, {"a": None}, active=["a"], num_frames=2, num_steps=3).names == set()  # None: none
     calls = []
     CallGates(None, {"a": lambda f: calls.append(f) or f / 2}, active=["a"], num_frames=3, num_steps=None)
     assert calls == [0, 1, 2]
