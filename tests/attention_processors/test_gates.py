@@ -159,8 +159,10 @@ LAYERS = {
 }
 SPATIAL = LAYERS[MIVASelfAttnProcessor]
 VIDEOS, FRAMES = 2, 3  # two videos (as under CFG)
-CASES = {  # kind -> (config, whether its attention reads text)
+CASES = {  # case -> (processor class, adapter config)
     "ca_lora": (MIVACrossAttnProcessor, dict(use_i2v=False, use_motion_lora=False, use_ca_lora=True, ca_lora_rank=4)),
+    "spatiotemporal_q": (MIVACrossAttnProcessor, dict(use_i2v=False, use_motion_lora=False, use_ca_lora=True,
+                                                      ca_lora_rank=4, q_downsample=True, q_downsample_ratio=2)),
     "implicit": (MIVACrossAttnProcessor, dict(use_i2v=False, use_motion_lora=False, ca_mode="implicit",
                                               implicit_rank=4)),
     "cross_frame": (MIVASelfAttnProcessor, dict(use_motion_lora=False, sa_mode="first_prev")),
