@@ -36,7 +36,7 @@ class ForwardValues:
     timestep: torch.Tensor | None = None  # (batch,) as the UNet saw it
     temb: torch.Tensor | None = None  # (batch, temb_channels), one row per video
     spatial_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # spatial layer name -> its level (h, w)
-    grid: tuple[int, int, int] | None = None  # a DiT's token grid (frames, h, w) after patchify
+    grid: tuple[int, int, int] | None = None  # a DiT's token grid (frames, h, w) after patchify (sets num_frames)
     split: SplitInference = field(default_factory=SplitInference)  # FreeNoise split inference's chunks
 
     def record(self, value: str, data: Any, block: str, layers: tuple[str, ...]) -> None:
@@ -48,8 +48,9 @@ class ForwardValues:
             self.temb = data
         elif value == "num_frames":
             self.num_frames = data
-        elif value == "grid":
+        elif value == "grid":  # a DiT's (frames, h, w) token grid: its frames are the frame count
             self.grid = data
+            self.num_frames = data[0]
         else:  # "level": (rows, (h, w)) of a spatial transformer's input
             rows, size = data
             for layer in layers:
