@@ -101,3 +101,23 @@ def test_exact_identities_with_cfg_and_batch_prompt(mode):
     assert torch.equal(run(adapter_schedules={"a": [0.6] * 5}, **extra), both)
     with pytest.raises(ValueError, match=r"^adapter_schedules\['a'\] has 2 values but the call has 5 frames"):
         run(adapter_schedules={"a": [1.0, 0.5]})
+
+
+@torch.no_grad()
+def test_step_schedule_equals_switching_the_adapter_off_by_hand():
+    pipe = pipe_with([("a", FULL), ("b", FULL)], [0.6, 0.3])
+    image = make_test_image(48, 32)
+
+    def run(**kw):
+        return pipe(image=image, prompt="a cat", generator=torch.Generator().manual_seed(0), **CALL, **kw).frames
+
+    scheduled = run(adapter_schedules={"a": {"steps": [1.0, 0.0]}})
+
+    def switch(p, i, t, tensors):  # after step 0, "a" leaves the active adapters (the reference, by hand)
+        p.set_adapters(["b"], weights=[0.3])
+        return tensors
+
+    by_hand = run(callback_on_step_end=switch)
+    pipe.set_adapters(["a", "b"], weights=[0.6, 0.3])
+    assert torch.equal(scheduled, by_hand)
+    assert (scheduled - run()).abs().max() > 1e-4
