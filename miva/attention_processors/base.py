@@ -9,6 +9,7 @@ from .adapter_config import MIVAAdapterConfig
 from .attention_utils import attend
 from .context import MIVAContext
 from .parts import ADAPTER_PARTS
+from .split_inference import row_window
 
 
 class MIVAProcessorBase(nn.Module):
@@ -37,6 +38,21 @@ class MIVAProcessorBase(nn.Module):
     def _attend(self, attn):
         """`attend(q, k, v, mask)` at `attn`'s head count (the composer's `Site.attend`)."""
         return lambda query, key, value, mask=None: self.attend(query, key, value, attn.heads, mask)
+
+    def spatial_gate(self, state, name: str, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        """Adapter `name`'s mask at this UNet spatial layer, `(batch*frames, h*w, 1)` for `hidden_states`
+        (the rows of a FreeNoise split-inference chunk), from the level size the call recorded; None: it has none."""
+        gates = state.gates
+        if gates is None or name not in gates.fields:
+            return None
+        frames = state.frames(self.layer_name)
+        size = state.spatial_size(self.layer_name)
+        if size is None or size[0] * size[1] != hidden_states.shape[1]:
+            raise ValueError(f"{self.layer_name}: adapter_masks[{name!r}] needs this level's size, which was not "
+                             f"recorded (got {size}); run the whole UNet so that the MIVA hooks record it")
+        rows = hidden_states.shape[0]
+        window = row_window(state, self.layer_name, rows=rows, frames=frames)
+        return gates.spatial(name, frames=frames, size=size, rows=rows, window=window, like=hidden_states)
 
     def merged(self, name: str, part) -> bool:
         """Whether adapter `name`'s `part` (a `parts.AdapterPart`) is merged into the base weights: the one question,

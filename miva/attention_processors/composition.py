@@ -108,7 +108,9 @@ class Branch:
     - `context`: `(batch, kv_tokens, D)` the tokens its keys/values read (its prompt chunk); None: the site's;
     - `embed`: `embed(x, weight)` adds the adapter's input embedding to the query tokens `(batch, tokens, C)`;
     - `output`: `(batch, tokens, out)` in the processor's layout, a precomputed output that takes the branch's share
-      instead of an attention (the implicit prompt); the other fields are then unused.
+      instead of an attention (the implicit prompt); the other fields are then unused;
+    - `gate`: `(batch, tokens, 1)` in the processor's output layout, the adapter's per-token mask (None: everywhere);
+      composed by `gating.compose_gated`.
     """
 
     weight: float
@@ -116,6 +118,7 @@ class Branch:
     context: torch.Tensor | None = None
     embed: Callable[[torch.Tensor, float], torch.Tensor] | None = None
     output: torch.Tensor | None = None
+    gate: torch.Tensor | None = None
 
 
 @dataclass
@@ -164,6 +167,8 @@ class Site:
 
 def compose(mode: str, site: Site, branches: Sequence[Branch]) -> torch.Tensor:
     """The composed attention output (before `to_out[1]`, the dropout) of `branches` at `site` under `mode`."""
+    if any(b.gate is not None for b in branches):
+        raise ValueError("a gated Branch composes through gating.compose_gated")
     return COMPOSERS[check_parallel_mode(mode)](site, list(branches))
 
 

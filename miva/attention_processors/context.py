@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .composition import PARALLEL_MODES  # noqa: F401  (the modes live in composition.py; kept importable here)
+from .composition import PARALLEL_MODES, check_not_fused  # noqa: F401  (PARALLEL_MODES: kept importable here)
+from .gates import CallGates
 from .split_inference import SplitInference
 
 
@@ -35,6 +36,7 @@ class ForwardValues:
     timestep: torch.Tensor | None = None  # (batch,) as the UNet saw it
     temb: torch.Tensor | None = None  # (batch, temb_channels), one row per video
     spatial_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # spatial layer name -> its level (h, w)
+    grid: tuple[int, int, int] | None = None  # a DiT's token grid (frames, h, w) after patchify (sets num_frames)
     split: SplitInference = field(default_factory=SplitInference)  # FreeNoise split inference's chunks
 
     def record(self, value: str, data: Any, block: str, layers: tuple[str, ...]) -> None:
@@ -46,6 +48,9 @@ class ForwardValues:
             self.temb = data
         elif value == "num_frames":
             self.num_frames = data
+        elif value == "grid":  # a DiT's (frames, h, w) token grid: its frames are the frame count
+            self.grid = data
+            self.num_frames = data[0]
         else:  # "level": (rows, (h, w)) of a spatial transformer's input
             rows, size = data
             for layer in layers:
@@ -69,6 +74,7 @@ class CallState:
     attention_store: Any = None  # CA-map store with `wants(layer_name)` and `add(...)`
     num_frames: int | None = None  # frames per video, as the caller knows them (a forward's own count comes first)
     bare: bool = False  # opened by the model itself for a forward run outside any call
+    gates: Any = None  # the per-adapter masks and schedules (`gates.CallGates`; None: every adapter acts everywhere)
     forward: ForwardValues = field(default_factory=ForwardValues)
 
     def frames(self, layer_name: str) -> int:
@@ -166,10 +172,16 @@ class MIVAContext:
             if changed or not set(fused_weights) <= {name for name, _ in self.active}:
                 raise ValueError(f"adapter_weights={list(weights)} for {[name for name, _ in self.active]} changes "
                                  f"the fused adapters {self.fused}; call pipe.unfuse_adapters() first")
+        gates = self.call_state().gates
         chosen = []
         for index, (name, weight) in enumerate(self.active):
             if weight_override is not None:
                 weight = weight_override[index]
+            if gates is not None and name in gates.names:  # a gate's constant part folds into the weight
+                scale = gates.scale(name)
+                if scale == 0.0:
+                    continue  # gated off: exactly as if the adapter were not active
+                weight = float(weight) * scale
             if name in available:
                 chosen.append((index, name, float(weight)))
         return chosen
@@ -180,14 +192,17 @@ _PER_CALL_FIELDS = {"calls": list, "recording": bool, "bare_calls": list, "last_
 
 @contextmanager
 def miva_call(target: Any, *, adapter_weights=None, adapter_prompts: bool = False, attention_store: Any = None,
-              num_frames: int | None = None, _bare: bool = False, **forward_values: Any) -> Iterator[CallState]:
+              num_frames: int | None = None, adapter_masks=None, adapter_schedules=None, num_steps: int | None = None,
+              _bare: bool = False, **forward_values: Any) -> Iterator[CallState]:
     """Open a `CallState` on `target` (a model with MIVA processors, its `MIVAContext`, or a processor) for the
     duration of the `with` block; the previous one is back afterwards (calls nest).
 
     On a model, the outermost call registers the backbone's recorders (the hooks that fill the call's `forward`
     values) and removes them when it closes. `adapter_weights`: this call's weights of the active adapters;
-    `num_frames`: frames per video (a forward's recorded count comes first). `forward_values` (`timestep`, `temb`,
-    `spatial_sizes`) pre-fill what the recorders would record, for processors run outside a model.
+    `num_frames`: frames per video (a forward's recorded count comes first). `adapter_masks` / `adapter_schedules`
+    (docs/regions.md): per-adapter gates, checked here (`gates.CallGates`); `num_steps`: the denoising steps a step
+    schedule covers. `forward_values` (`timestep`, `temb`, `spatial_sizes`, `grid`) pre-fill what the recorders
+    would record, for processors run outside a model.
     """
     model = getattr(target, "_orig_mod", target)  # a torch.compile'd model: hooks go on the module it wraps
     context = model if isinstance(model, MIVAContext) else getattr(model, "context", None)
@@ -196,8 +211,13 @@ def miva_call(target: Any, *, adapter_weights=None, adapter_prompts: bool = Fals
     if context is None:
         raise ValueError("MIVA processors are not installed on this UNet: call install_miva_processors(unet) first")
     weights = None if adapter_weights is None else tuple(float(w) for w in adapter_weights)
+    gates = None
+    if adapter_masks is not None or adapter_schedules is not None:
+        gates = CallGates(adapter_masks, adapter_schedules, active=[name for name, _ in context.active],
+                          num_frames=num_frames, num_steps=num_steps)
+        check_not_fused(context, f"adapter_masks / adapter_schedules for {sorted(gates.names)}", list(gates.names))
     state = CallState(adapter_weights=weights, adapter_prompts=bool(adapter_prompts), attention_store=attention_store,
-                      num_frames=num_frames, bare=_bare, forward=ForwardValues(**forward_values))
+                      num_frames=num_frames, bare=_bare, gates=gates, forward=ForwardValues(**forward_values))
     owner = getattr(model, "miva_context", None) is context  # the model itself (not a processor or the context)
     record = owner and context.backbone is not None and not context.recording
     context.calls.append(state)

@@ -9,7 +9,8 @@ from torch import nn
 from .adapter_config import MIVAAdapterConfig
 from .attention_utils import attention_probs, finish_output, prepare_mask
 from .base import MIVAProcessorBase
-from .composition import Branch, Site, compose, split_prompt_chunks
+from .composition import Branch, Site, split_prompt_chunks
+from .gating import compose_gated
 from .lora import LoRADelta, linear_without_bias, weights_readable
 from .parts import CA_LORA_PART, CROSS, IMPLICIT_PART, check_same_query_layout, has_part_at
 from .spatiotemporal_query import QueryPlan, SpatiotemporalQuery
@@ -177,10 +178,12 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         branches = []
         for i, name, w in active:
             adapter = self.adapters[name]
+            gate = self.spatial_gate(state, name, x)  # (batch*frames, h*w, 1) on the restored output, or None
             if adapter.implicit:  # the implicit prompt reads W_Q x at full resolution, no text
-                branches.append(Branch(w, output=adapter.implicit_prompt(query())))
+                branches.append(Branch(w, output=adapter.implicit_prompt(query()), gate=gate))
             else:
-                branches.append(Branch(w, self._lora(name), context=chunks[1 + i if state.adapter_prompts else 0]))
+                branches.append(Branch(w, self._lora(name), context=chunks[1 + i if state.adapter_prompts else 0],
+                                       gate=gate))
 
         def base():  # frozen attention: ordinary queries, main prompt
             key, value = attn.to_k(prompts[0]), attn.to_v(prompts[0])
@@ -190,7 +193,7 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
                                                   restore=plan.upsample)
         site = Site(attn, plan.x_q, self._attend(attn), query=plan.q_plain, base=base,
                     observe=lambda q, k: self._store_maps(attn, q, k, plan), **stq_steps)
-        return compose(ctx.parallel_mode, site, branches)
+        return compose_gated(ctx.parallel_mode, site, branches)
 
     # --------------------------------------------------------------------------------------------- extras
     def _ip_adapter_output(self, attn, query, ip_states):

@@ -92,6 +92,9 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
             if window is None and hidden_states.shape[0] % frames:
                 raise ValueError(f"{self.layer_name}: batch {hidden_states.shape[0]} is not a multiple of "
                                  f"num_frames={frames}")
+            # A masked adapter's branch is scaled per token: w_i * g_i, (batch*frames, h*w, 1).
+            active = [(i, name, _gated_weight(w, self.spatial_gate(state, name, hidden_states)))
+                      for i, name, w in active]
             out = out + self._branches(hidden_states, query, key, value, active=active, frames=frames,
                                        heads=attn.heads, window=window, state=state)
         return finish_output(attn, out, residual)
@@ -124,10 +127,11 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
                                          window=window, references=references)
             for qi, output in enumerate(outputs):
                 readers = [member for member, i in zip(members, index_of) if i == qi]
-                if len(readers) == 1 or not all(weights_readable(a.to_out) for a, _ in readers):
+                if len(readers) == 1 or not all(weights_readable(a.to_out) and not torch.is_tensor(w)
+                                                for a, w in readers):
                     for adapter, weight in readers:  # through to_out's forward (offloading hooks may own it)
                         branch = adapter.to_out(output)
-                        total = total + (branch if weight == 1.0 else branch * weight)
+                        total = total + (branch if _is_one(weight) else branch * weight)
                 else:  # same attention output: sum_i w_i (W_i o + b_i) = (sum_i w_i W_i) o + sum_i w_i b_i, one matmul
                     weight = sum(adapter.to_out.weight * w for adapter, w in readers)
                     bias = sum(adapter.to_out.bias * w for adapter, w in readers)
@@ -180,6 +184,15 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
         reference frames carried over from earlier chunks (`split_inference.carried_reference_kv`)."""
         cache = state.forward.split.reference_cache(self.layer_name, window)  # emptied at a forward's first chunk
         return carried_reference_kv(cache, key, value, frames=frames, window=window)
+
+
+def _gated_weight(weight: float, gate: torch.Tensor | None):
+    """`weight`, or `weight * gate` (a per-token tensor) for a masked adapter."""
+    return weight if gate is None else gate * weight
+
+
+def _is_one(weight) -> bool:
+    return not torch.is_tensor(weight) and weight == 1.0
 
 
 def _first_prev_kv(k: torch.Tensor, v: torch.Tensor, s) -> tuple[torch.Tensor, torch.Tensor]:

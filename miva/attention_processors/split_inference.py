@@ -29,12 +29,14 @@ class SplitInference:
         self.windows: dict[str, tuple[int, int]] = {}  # spatial layer -> (start, stop) of its current chunk
         self.cursors: dict[str, int] = {}  # Transformer2DModel name -> where its next chunk starts
         self.references: dict[str, dict] = {}  # spatial layer -> {global row: (key, value)} (`carried_reference_kv`)
+        self.row_cursors: dict[str, int] = {}  # temporal layer -> where its next chunk of (batch*h*w) rows starts
 
     def new_forward(self) -> None:
         """A UNet forward starts: every layer's chunks start again at row 0, nothing is carried over."""
         self.windows.clear()
         self.cursors.clear()
         self.references.clear()
+        self.row_cursors.clear()
 
     def record(self, block: str, layers: tuple[str, ...], rows: int, whole: int | None) -> None:
         """`block` (a `Transformer2DModel`) runs on `rows` rows of the `whole` `(batch*frames)` batch (None: unknown,
@@ -45,6 +47,15 @@ class SplitInference:
         self.cursors[block] = start + rows
         for layer in layers:
             self.windows[layer] = (start, start + rows)
+
+    def temporal_rows(self, layer_name: str, rows: int, whole: int) -> tuple[int, int] | None:
+        """`(start, stop)` of the `(batch*h*w)` rows a temporal layer sees when split inference chunks the motion
+        modules (chunks run in order from row 0, one attention call each), or None for the whole batch."""
+        if rows == whole:
+            return None
+        start = self.row_cursors.get(layer_name, 0) % whole
+        self.row_cursors[layer_name] = start + rows
+        return start, start + rows
 
     def reference_cache(self, layer_name: str, window: tuple[int, int]) -> dict:
         """The carried keys/values of `layer_name` (emptied at a forward's first chunk)."""

@@ -8,7 +8,9 @@ from torch import nn
 from .adapter_config import MIVAAdapterConfig
 from .attention_utils import finish_output, prepare_mask
 from .base import MIVAProcessorBase
-from .composition import PROJECTIONS, Branch, Site, compose
+from .composition import PROJECTIONS, Branch, Site
+from .gates import temporal_level
+from .gating import compose_gated
 from .lora import LoRADelta
 from .parts import MOTION_EMBED_PART, MOTION_LORA_PART, TEMPORAL, has_part_at
 
@@ -67,7 +69,9 @@ class MIVATemporalAttnProcessor(MIVAProcessorBase):
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
         residual = hidden_states
         active = self.context.active_adapters(self.adapters)
-        branches = [branch for branch in (self._branch(name, w) for _, name, w in active) if branch is not None]
+        gates = self._gates(hidden_states, active)
+        branches = [branch for branch in (self._branch(name, w, gates.get(name)) for _, name, w in active)
+                    if branch is not None]
         batch = hidden_states.shape[0]
         kv_source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         mask = prepare_mask(attn, attention_mask, kv_source.shape[1], batch)
@@ -76,14 +80,40 @@ class MIVATemporalAttnProcessor(MIVAProcessorBase):
             out = attn.to_out[0](out)
         else:
             site = Site(attn, hidden_states, self._attend(attn), context=encoder_hidden_states, mask=mask)
-            out = compose(self.context.parallel_mode, site, branches)
+            out = compose_gated(self.context.parallel_mode, site, branches)
         return finish_output(attn, attn.to_out[1](out), residual)
 
-    def _branch(self, name: str, weight: float) -> Branch | None:
-        """Adapter `name`'s branch: its live MotionLoRA deltas on Q/K/V/O (none once merged into the base weights)
-        and its motion embedding; None when nothing is left to compute (the branch would be the base attention)."""
+    def _branch(self, name: str, weight: float, gate: torch.Tensor | None) -> Branch | None:
+        """Adapter `name`'s branch: its live MotionLoRA deltas on Q/K/V/O (none once merged into the base weights),
+        its motion embedding and its mask; None when nothing is left to compute (the branch would be the base)."""
         adapter = self.adapters[name]
         live = adapter.has_lora and not self.merged(name, MOTION_LORA_PART)
         deltas = {p: getattr(adapter, f"{p}_lora") for p in PROJECTIONS} if live else {}
         embed = adapter if adapter.motion_embed is not None else None
-        return Branch(weight, deltas, embed=embed) if deltas or embed is not None else None
+        if not deltas and embed is None:
+            return None
+        return Branch(weight, deltas, embed=embed, gate=gate)
+
+    def _gates(self, hidden_states: torch.Tensor, active) -> dict[str, torch.Tensor]:
+        """The masks of the active adapters that have one, name -> `(rows, frames, 1)` for `hidden_states`
+        `(rows, frames, C)`, at the level the call recorded for this block's spatial layers; under split inference
+        the rows of this chunk (found once per call: the chunks follow one another)."""
+        state = self.context.call_state()
+        gates = state.gates
+        names = [name for _, name, _ in active if gates is not None and name in gates.fields]
+        if not names:
+            return {}
+        timestep = state.forward.timestep
+        if timestep is None:
+            raise ValueError(f"{self.layer_name}: adapter_masks[{names[0]!r}] needs the batch and level size of this "
+                             "layer; run the whole UNet so that the MIVA hooks record them")
+        rows, frames, window_frames = hidden_states.shape[0], state.frames(self.layer_name), hidden_states.shape[1]
+        size = temporal_level(state.forward.spatial_sizes, self.layer_name, rows // timestep.shape[0])
+        whole = timestep.shape[0] * size[0] * size[1]
+        window = state.forward.split.temporal_rows(self.layer_name, rows, whole)  # split inference's chunk
+        if window is not None and window_frames != frames:
+            raise ValueError(f"{self.layer_name}: adapter_masks[{names[0]!r}] cannot follow split inference's row "
+                             f"chunks through FreeNoise's {window_frames}-frame windows; run without "
+                             "enable_free_noise_split_inference() or without this mask")
+        return {name: gates.temporal(name, frames=frames, size=size, rows=whole, window_frames=window_frames,
+                                     like=hidden_states, window=window) for name in names}

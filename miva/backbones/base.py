@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 # The values a recorder may give a call (`miva.attention_processors.context.ForwardValues.record`).
-RECORDED_VALUES = ("timestep", "temb", "num_frames", "level")
+RECORDED_VALUES = ("timestep", "temb", "num_frames", "level", "grid")
 
 
 @dataclass(frozen=True)

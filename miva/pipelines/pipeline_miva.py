@@ -16,6 +16,7 @@ from diffusers.utils import replace_example_docstring
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ..attention_processors import install_miva_processors, miva_call
+from ..attention_processors.gates import set_denoising_step
 from ..loaders import MIVALoaderMixin
 from .ca_maps import CAMapStore, resolve_ca_map_resolutions
 from .inputs import (
@@ -149,6 +150,7 @@ class MIVAPipeline(MIVALoaderMixin, ProcessorSwapsPipeline):
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
+                set_denoising_step(self.unet.miva_context.call_state(), i)  # per-step adapter schedules
                 model_input = torch.cat([latents] * 2) if cfg else latents
                 model_input = self._pin_first_frame(
                     self.scheduler.scale_model_input(model_input, t), image_latents.repeat(2 if cfg else 1, 1, 1, 1, 1)
@@ -212,6 +214,8 @@ class MIVAPipeline(MIVALoaderMixin, ProcessorSwapsPipeline):
         cil_analytic: bool = False,
         batch_prompt: list[str | None] | None = None,
         adapter_weights: list[float] | None = None,
+        adapter_masks: dict[str, Any] | None = None,
+        adapter_schedules: dict[str, Any] | None = None,
         word_to_replace: str | list[str] | None = None,
         text_emb_dir: str | None = None,
         ca_map_resolutions: str | list[str] | None = None,
@@ -240,6 +244,9 @@ class MIVAPipeline(MIVALoaderMixin, ProcessorSwapsPipeline):
             batch_prompt: one prompt per active adapter (None = the adapter's config prompt, else the main
                 prompt); each adapter's cross-attention reads its own prompt.
             adapter_weights: weights of the active adapters for this call only.
+            adapter_masks / adapter_schedules: where and when each active adapter acts (docs/regions.md): a mask
+                `(H, W)` or `(F, H, W)` in [0, 1] (PIL: luminance); a schedule per frame (F values or a callable) or
+                `{"frames": ..., "steps": ...}` (steps: one factor per denoising step).
             word_to_replace: word(s) whose learned token (added with `load_textual_inversion`, named `<word>` or
                 `word`) replaces the word's first token in the prompts. text_emb_dir: precomputed embeddings.
             ca_map_resolutions: None, "all", or a list of "low" / "middle" / "high": return mean cross-attention
@@ -349,7 +356,8 @@ class MIVAPipeline(MIVALoaderMixin, ProcessorSwapsPipeline):
         store = CAMapStore(ca_layers, text_tokens=embeds.text_tokens) if ca_layers else None
         # This call's values for the MIVA processors, in one place for its duration (`miva_call`).
         with miva_call(self.unet, adapter_weights=adapter_weights, adapter_prompts=bool(batch_prompt),
-                       attention_store=store, num_frames=num_frames):
+                       attention_store=store, num_frames=num_frames, adapter_masks=adapter_masks,
+                       adapter_schedules=adapter_schedules, num_steps=num_inference_steps):
             iterations = self._free_init_num_iters if self.free_init_enabled else 1
             for iteration in range(iterations):
                 if self.free_init_enabled:

@@ -16,6 +16,7 @@ from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils import replace_example_docstring
 
 from ..attention_processors import miva_call
+from ..attention_processors.gates import set_denoising_step
 from ..backbones.wan.install import install_miva_wan
 from .inputs import check_batch_prompt
 from .latent_init import build_initial_latents
@@ -114,7 +115,8 @@ class MIVAWanPipeline(WanAdapterVerbsMixin, WanPipeline):
                  shared_noise_ratio: float = 0.0, use_dct_init: bool = False, dct_cutoff_ratio: float = 0.23,
                  dct_cutoff_shape: str = "rect", callback_on_step_end: Callable | None = None, callback_on_step_end_tensor_inputs=("latents",),
                  max_sequence_length: int = 512, attention_kwargs: dict | None = None,
-                 batch_prompt: list[str | None] | None = None):
+                 batch_prompt: list[str | None] | None = None, adapter_masks: dict | None = None,
+                 adapter_schedules: dict | None = None):
         r"""Animate `image` (`PIL.Image`, array or tensor; or one per video) into `num_frames` (4k+1) frames.
 
         `prompt` defaults to the empty prompt and `guidance_scale` to 1 (the official recipe; CFG when > 1);
@@ -123,7 +125,9 @@ class MIVAWanPipeline(WanAdapterVerbsMixin, WanPipeline):
         implicit-prompt adapter reads no text); under CFG every adapter's chunk is the negative prompt. The research latent init
         (`latent_init.build_initial_latents`): `first_frame_cond_type` "lamp" (noise; default) or "cinemo" (the
         image forward-noised to t = 975 on the flow path, `FlowForwardNoise`), `shared_noise_ratio`,
-        `use_dct_init` / `dct_cutoff_ratio` / `dct_cutoff_shape`. Other arguments as in `WanPipeline`.
+        `use_dct_init` / `dct_cutoff_ratio` / `dct_cutoff_shape`. `adapter_masks` / `adapter_schedules`: where and
+        when each active adapter acts (docs/regions.md; frames are the video's `num_frames`, grouped onto latent
+        frames as the VAE groups them). Other arguments as in `WanPipeline`.
 
         Examples:
         """
@@ -176,9 +180,11 @@ class MIVAWanPipeline(WanAdapterVerbsMixin, WanPipeline):
         self.scheduler.set_begin_index(0)
 
         # 4. Denoising loop: frame 0 is the image latent in every transformer input and after every step.
-        with miva_call(self.transformer, adapter_weights=adapter_weights, adapter_prompts=bool(batch_prompt)), \
-                self.progress_bar(total=num_inference_steps) as progress_bar:
+        with miva_call(self.transformer, adapter_weights=adapter_weights, adapter_prompts=bool(batch_prompt),
+                       num_frames=num_frames, adapter_masks=adapter_masks, adapter_schedules=adapter_schedules,
+                       num_steps=num_inference_steps) as call, self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
+                set_denoising_step(call, i)  # per-step adapter schedules
                 self._current_timestep = t
                 model_input = latents.to(dtype)
                 timestep = t.expand(latents.shape[0])

@@ -33,12 +33,12 @@ def _condition_embedder(model: nn.Module):
     return [("condition_embedder", model.condition_embedder, ())]
 
 
-def _latent_frames(model: nn.Module):
-    patch_frames = model.config.patch_size[0]
+def _token_grid(model: nn.Module):
+    pf, ph, pw = model.config.patch_size
 
     def read(args, kwargs, output):
         hidden_states = args[0] if args else kwargs["hidden_states"]  # (batch, C, frames, H, W)
-        return hidden_states.shape[2] // patch_frames
+        return hidden_states.shape[2] // pf, hidden_states.shape[3] // ph, hidden_states.shape[4] // pw
 
     return read
 
@@ -61,9 +61,10 @@ def wan_backbone(model: nn.Module) -> Backbone:
         processor_inputs=("encoder_hidden_states", "attention_mask", "rotary_emb"),
         qk_norm="rms_norm",
         recorders=(
-            Recorder("num_frames", _rope, _latent_frames(model), before=True,
+            Recorder("grid", _rope, _token_grid(model), before=True,
                      why="`rope` is the only module that sees the 5-D latent (batch, C, frames, H, W); blocks and "
-                         "processors get flattened tokens, and the cross-frame branch needs the frame count"),
+                         "processors get flattened tokens, and the cross-frame branch needs the frame count, adapter "
+                         "masks the token grid (frames, h, w) after patchify"),
             Recorder("timestep", _condition_embedder, _timestep, before=True,
                      why="the timestep (the cross-frame 'linear' weight) reaches no block or processor as such"),
             Recorder("temb", _condition_embedder, _temb, before=False,

@@ -19,7 +19,8 @@ import torch
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanTransformerBlock
 
 from ...attention_processors.base import MIVAProcessorBase
-from ...attention_processors.composition import Branch, compose, split_prompt_chunks
+from ...attention_processors.composition import Branch, split_prompt_chunks
+from ...attention_processors.gating import compose_gated, gated
 from .config import check_backbone
 from .modules import WanCrossAttnAdapter, WanSelfAttnAdapter, lora_deltas
 from .site import wan_site
@@ -57,9 +58,24 @@ class _WanProcessorBase(MIVAProcessorBase):
         check_backbone(config, f"adapter {name!r}")
         super().add_adapter(attn, name, config)
 
-    def lora_branch(self, name: str, weight: float) -> Branch | None:
-        """Adapter `name`'s branch here: its live LoRA deltas (None when it has none left to run)."""
-        return Branch(weight, lora_deltas(self.adapters[name])) if self.lora_live(name) else None
+    def lora_branch(self, name: str, weight: float, hidden_states: torch.Tensor) -> Branch | None:
+        """Adapter `name`'s branch here: its live LoRA deltas and its mask (None when it has no delta left)."""
+        if not self.lora_live(name):
+            return None
+        return Branch(weight, lora_deltas(self.adapters[name]), gate=self.token_gate(name, hidden_states))
+
+    def token_gate(self, name: str, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        """Adapter `name`'s mask at this layer, `(batch, frames*h*w, 1)` on the token grid the call recorded
+        (`gates.CallGates.tokens`); None: it has none."""
+        state = self.context.call_state()
+        gates = state.gates
+        if gates is None or name not in gates.fields:
+            return None
+        grid = state.forward.grid
+        if grid is None or grid[0] * grid[1] * grid[2] != hidden_states.shape[1]:
+            raise ValueError(f"{self.layer_name}: adapter_masks[{name!r}] needs the token grid, which was not "
+                             f"recorded (got {grid}); run the whole transformer so that the MIVA hooks record it")
+        return gates.tokens(name, grid=grid, batch=hidden_states.shape[0], like=hidden_states)
 
     def run(self, attn, branches: list[Branch], hidden_states, encoder_hidden_states=None, attention_mask=None,
             rotary_emb=None, query=None) -> torch.Tensor:
@@ -67,7 +83,7 @@ class _WanProcessorBase(MIVAProcessorBase):
         if not branches:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         site = wan_site(self.stock, attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, query)
-        return attn.to_out[1](compose(self.context.parallel_mode, site, branches))
+        return attn.to_out[1](compose_gated(self.context.parallel_mode, site, branches))
 
 
 class MIVAWanSelfAttnProcessor(_WanProcessorBase):
@@ -85,7 +101,7 @@ class MIVAWanSelfAttnProcessor(_WanProcessorBase):
             raise ValueError(f"{self.layer_name}: context parallelism shards the tokens across devices, so frame 0's "
                              "keys/values are not beside every frame's queries; the cross-frame branch needs all "
                              "tokens: run MIVA Wan adapters without enable_parallelism (or without a branch)")
-        branches = [b for b in (self.lora_branch(name, w) for _, name, w in active) if b is not None]
+        branches = [b for b in (self.lora_branch(name, w, hidden_states) for _, name, w in active) if b is not None]
         return self.run(attn, branches, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
 
     def cross_frame(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
@@ -101,7 +117,7 @@ class MIVAWanSelfAttnProcessor(_WanProcessorBase):
         for _, name, weight in active:
             branch = self.adapters[name].branch(hidden_states, frames, timestep=values.timestep, temb=values.temb,
                                                 backend=self._attention_backend)
-            branch = branch if weight == 1.0 else branch * weight
+            branch = gated(branch if weight == 1.0 else branch * weight, self.token_gate(name, hidden_states))
             total = branch if total is None else total + branch
         return total
 
@@ -125,8 +141,9 @@ class MIVAWanCrossAttnProcessor(_WanProcessorBase):
         for index, name, w in active:
             adapter = self.adapters[name]
             if adapter.implicit:  # reads the frozen normalised queries, not the text (its prompt chunk is unused)
-                branches.append(Branch(w, output=adapter.implicit_prompt(attn.norm_q(query))))
-            elif (branch := self.lora_branch(name, w)) is not None:
+                branches.append(Branch(w, output=adapter.implicit_prompt(attn.norm_q(query)),
+                                       gate=self.token_gate(name, hidden_states)))
+            elif (branch := self.lora_branch(name, w, hidden_states)) is not None:
                 branch.context = chunks[1 + index] if len(chunks) > 1 else None
                 branches.append(branch)
         return self.run(attn, branches, hidden_states, chunks[0], attention_mask, rotary_emb, query)
