@@ -108,3 +108,12 @@ def test_malformed_flags_are_one_line_naming_the_flag(masks, schedules, message)
     with pytest.raises(ConfigError) as error:
         flag_overrides(masks, schedules)
     assert str(error.value) == message
+
+
+def test_a_training_config_refuses_regions_instead_of_ignoring_them():
+    data = {"adapter_names": ["water"], "validation_data": {"video_length": 4, "adapter_schedules": {"water": [1] * 4}}}
+    with pytest.raises(ConfigError) as error:
+        load_config(data).train_config(tiny=True)
+    assert str(error.value) == ("validation_data.adapter_schedules: inference only (miva infer); the validation "
+                                "videos of training use no masks or schedules, remove it from a training config")
+    load_config({**data, "validation_data": {"video_length": 4}}).train_config(tiny=True)
