@@ -70,6 +70,7 @@ def test_painted_region_and_ramp_reach_the_pipeline(served, tmp_path):
                                                        args=["--headless", "--no-sandbox", "--disable-gpu"],
                                                        viewport={"width": 1280, "height": 1400})
         page = browser.new_page()
+        page.set_default_timeout(300_000)  # a loaded machine takes ~50 s to render the page (30 s by default)
         page.goto(url)
         page.wait_for_selector("#generate")
         page.set_input_files("#input-image input[type=file]", str(image))
