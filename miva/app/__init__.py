@@ -6,7 +6,8 @@
     miva app --base runwayml/stable-diffusion-v1-5 --motion-adapter guoyww/animatediff-motion-adapter-v1-5-3
 
 Modules: `bases` (which model, and its defaults: sampling, training recipe, notes on shipped adapters), `registry`
-(which adapters), `animate` (the Animate tab's work), `upload` (the image input's check), `training` (the Train tab's
+(which adapters), `animate` (the Animate tab's work), `regions` (each adapter row's painted region and
+schedule), `upload` (the image input's check), `training` (the Train tab's
 work, the project's trainer in a background thread, Stop), `parts` (the adapter parts the Train form offers), `clips`
 (the Train tab's clip checks and messages in the form's words), `layout` (the page). Importing this package does not
 import Gradio; `build_app` does.

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .bases import Base, fresh_pipeline
 from .clips import in_form_words
+from .regions import check_schedule, mask_from_editor, parse_schedule, region_arguments
 from .registry import NO_ADAPTER, AdapterRegistry, AppInputError, page_html
 
 logger = logging.getLogger("miva.app")
@@ -55,11 +56,15 @@ class BadUpload:
 
 @dataclass
 class AdapterPick:
-    """One picker row: the picker's value (a registered name, a folder or a Hub id), its weight, its own prompt."""
+    """One picker row: the picker's value (a registered name, a folder or a Hub id), its weight, its own prompt,
+    where it acts (`mask`: `(H, W)` in [0, 1] over the input image, None: everywhere) and its per-frame weights
+    (`schedule`: one per frame, None: none)."""
 
     choice: str
     weight: float = 1.0
     prompt: str = ""
+    mask: object = None
+    schedule: list[float] | None = None
 
 
 @dataclass
@@ -113,6 +118,9 @@ def check_request(request: AnimateRequest, max_frames: int) -> None:
     twice = sorted({c for c in picked if picked.count(c) > 1})
     if twice:
         raise AppInputError(f"adapter {twice[0]!r} is picked twice; pick each adapter once and set its weight")
+    for p in request.adapters:
+        if p.schedule is not None:
+            check_schedule(p.schedule, int(request.num_frames), f"Schedule of {p.choice!r}")
 
 
 class Animator:
@@ -192,6 +200,7 @@ class Animator:
                     callback_on_step_end=step_end,
                     output_type="np",
                     **request.sampling,
+                    **region_arguments(picks, int(request.height), int(request.width)),
                 )
             except ValueError as e:  # the pipeline's input checks name the argument and the valid values
                 raise AppInputError(in_form_words(str(e), FORM_LABELS)) from e
@@ -213,10 +222,15 @@ class Animator:
 # ----------------------------------------------------------------------------------------------- page callback
 def request_from_form(form, values: dict, defaults) -> AnimateRequest:
     """The `AnimateRequest` that the Animate form's `values` (`{component: value}`) describe."""
-    picks = [
-        AdapterPick(values[row.choice] or "", float(values[row.weight]), values[row.prompt] or "")
-        for row in form.adapters
-    ]
+    frames = int(values[form.num_frames])
+    picks = []
+    for k, row in enumerate(form.adapters):
+        choice = values[row.choice] or ""
+        if choice.strip() in ("", NO_ADAPTER):  # an empty row: its region and schedule are not read
+            continue
+        picks.append(AdapterPick(choice, float(values[row.weight]), values[row.prompt] or "",
+                                 mask_from_editor(values.get(row.mask)),
+                                 parse_schedule(values.get(row.schedule), frames, f"Adapter {k + 1} schedule")))
     seed = values[form.seed]
     if values[form.random_seed]:
         seed = random.randrange(SEED_RANGE)
@@ -226,9 +240,9 @@ def request_from_form(form, values: dict, defaults) -> AnimateRequest:
         image=values[form.image],
         prompt=values[form.prompt] or "",
         negative_prompt=values[form.negative_prompt] or "",
-        adapters=[p for p in picks if p.choice.strip() not in ("", NO_ADAPTER)],
+        adapters=picks,
         parallel_mode=values[form.parallel_mode],
-        num_frames=int(values[form.num_frames]),
+        num_frames=frames,
         height=defaults.height,
         width=defaults.width,
         num_inference_steps=int(values[form.steps]),

@@ -24,6 +24,8 @@ class AdapterRow:
     choice: object
     weight: object
     prompt: object
+    mask: object = None  # an ImageEditor over the input image: the painted layer is where the adapter acts
+    schedule: object = None  # a Textbox: per-frame weights or a ramp (miva.app.regions)
 
 
 @dataclass
@@ -47,7 +49,8 @@ class AnimateForm:
     gallery: object = None
 
     def inputs(self) -> set:
-        rows = [c for row in self.adapters for c in (row.choice, row.weight, row.prompt)]
+        rows = [c for row in self.adapters for c in (row.choice, row.weight, row.prompt, row.mask, row.schedule)
+                if c is not None]
         plain = [self.image, self.prompt, self.negative_prompt, self.parallel_mode, self.num_frames, self.steps]
         return {*plain, self.guidance, self.seed, self.random_seed, self.ca_maps, *rows, *self.sampling.values()}
 
@@ -125,6 +128,29 @@ def _research_options(gr, base_sampling: dict, names=None) -> dict:
     return options if names is None else {k: v for k, v in options.items() if k in names}
 
 
+def _region_inputs(gr, k: int) -> tuple:
+    """Adapter row `k`'s region (paint on the input image) and schedule, in a closed accordion."""
+    with gr.Accordion(f"Adapter {k + 1}: where and when it acts (optional)", open=False):
+        mask = gr.ImageEditor(
+            type="pil",
+            label=f"Adapter {k + 1} region: paint where it acts (nothing painted: everywhere)",
+            sources=(),  # the input image above is the canvas (set when it changes), not an upload of its own
+            transforms=(),  # no crop / resize: the painted layer must stay aligned with the input image
+            layers=False,
+            brush=gr.Brush(colors=["#ff3b30"], color_mode="fixed"),
+            format="png",
+            height=240,
+            elem_id=f"adapter-{k}-region",
+        )
+        schedule = gr.Textbox(
+            "",
+            label=f"Adapter {k + 1} schedule",
+            placeholder="1, 1, 0.5, 0 (one weight per frame) or 1 -> 0 (a ramp); empty: every frame alike",
+            elem_id=f"adapter-{k}-schedule",
+        )
+    return mask, schedule
+
+
 def _animate_tab(gr, base, registry: AdapterRegistry, out_dir: Path, max_frames: int) -> AnimateForm:
     from .upload import checked_image
 
@@ -158,7 +184,7 @@ def _animate_tab(gr, base, registry: AdapterRegistry, out_dir: Path, max_frames:
                         )
                         weight = gr.Slider(-1.0, 2.0, value=1.0, step=0.05, label="weight", scale=2)
                         prompt = gr.Textbox("", label="its own prompt (optional)", scale=3)
-                    form.adapters.append(AdapterRow(choice, weight, prompt))
+                    form.adapters.append(AdapterRow(choice, weight, prompt, *_region_inputs(gr, k)))
             form.parallel_mode = gr.Radio(list(PARALLEL_MODES), value=PARALLEL_MODES[0], label="Composition")
             with gr.Row():
                 form.num_frames = gr.Slider(
@@ -258,6 +284,7 @@ def build_app(base, registry: AdapterRegistry, out_dir: Path, animator: Animator
     """The page for `base`; outputs go under `out_dir`. `animator` (the loaded pipeline) defaults to a new one."""
     import gradio as gr
 
+    from .regions import editor_value
     from .upload import check_upload
 
     out_dir = Path(out_dir)
@@ -288,6 +315,10 @@ def build_app(base, registry: AdapterRegistry, out_dir: Path, animator: Animator
         )
         # An upload that is not an image: its one-line message at once, not at Generate.
         animate.image.upload(check_upload, inputs=[animate.image], outputs=None)
+        # Each row's region is painted on the input image; a new image clears what was painted on the last one.
+        editors = [row.mask for row in animate.adapters]
+        animate.image.change(lambda image: [editor_value(image)] * len(editors), inputs=[animate.image],
+                             outputs=editors)
         train.train.click(
             lambda values: on_train(trainer, train, values),
             inputs=train.inputs(),

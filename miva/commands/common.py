@@ -30,9 +30,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True)
 
 
 def load_args_config(args: argparse.Namespace):
+    """The config of `--config` with `--set` and, where the command has them, `--mask` / `--schedule` (which set
+    the `validation_data` keys of `miva.config.regions`) applied."""
     from ..config import load_config
+    from ..config.regions import flag_overrides
 
-    return load_config(args.config, args.overrides)
+    extra = flag_overrides(getattr(args, "masks", None), getattr(args, "schedules", None))
+    return load_config(args.config, [*args.overrides, *extra])
 
 
 def log(message: str) -> None:

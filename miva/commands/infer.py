@@ -9,7 +9,9 @@ Builds `MIVAPipeline` from `pretrained_model_path` + `motion_module_path`, loads
 video per input image (`validation_data.image_path` + `prompt_path`), named after the image, in `output_dir`; with
 `CA_Map_visualization_resolution` also the cross-attention maps (`<output_dir>/<image>_CAMap/<level>/...png`). The
 resolved config is written to `<output_dir>/config.yaml`. Each video's noise comes from a generator seeded with
-`global_seed`, so a video does not depend on how the images are split across processes.
+`global_seed`, so a video does not depend on how the images are split across processes. `--mask NAME=PATH` and
+`--schedule NAME=v1,v2,...` set `validation_data.adapter_masks` / `adapter_schedules` (`miva.config.regions`): where
+and in which frames each adapter acts.
 """
 
 from __future__ import annotations
@@ -32,6 +34,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output format (default: validation_data.format, else gif)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars (videos and denoising steps)")
+    parser.add_argument(
+        "--mask",
+        dest="masks",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="where adapter NAME acts: a mask image (white: acts, black: not), for every input image; sets "
+        "validation_data.adapter_masks.NAME; repeatable",
+    )
+    parser.add_argument(
+        "--schedule",
+        dest="schedules",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2,...",
+        help="adapter NAME's weight in each frame (video_length numbers); sets "
+        "validation_data.adapter_schedules.NAME; repeatable",
+    )
 
 
 def run_infer(config, tiny: bool = False, fmt: str | None = None, quiet: bool = False) -> list[str]:
@@ -45,6 +65,7 @@ def run_infer(config, tiny: bool = False, fmt: str | None = None, quiet: bool = 
     from ..pipelines.ca_maps import save_ca_maps
     from .backbone_run import call_kwargs_for, denoiser
     from .common import build_pipeline, device_and_dtype, load_config_adapters, load_image, load_learned_words
+    from .regions import config_region_kwargs
     from .video_io import hist_match_frames, save_video
 
     # Several processes without CUDA (torchrun / `accelerate launch` on CPUs): gloo on the CPU.
@@ -52,6 +73,8 @@ def run_infer(config, tiny: bool = False, fmt: str | None = None, quiet: bool = 
     device, dtype = device_and_dtype(state)
     v = config.validation_data
     items = config.inputs(must_exist=not tiny)
+    names = [item.name for item in items]
+    regions = [config_region_kwargs(config, item, names) for item in items]  # every mask checked before any video
     show = not quiet and state.is_main_process
     pipe = build_pipeline(config, tiny=tiny, device=device, dtype=dtype, progress=show)
     load_config_adapters(pipe, config, tiny=tiny)
@@ -77,6 +100,7 @@ def run_infer(config, tiny: bool = False, fmt: str | None = None, quiet: bool = 
                 output_type="np",
                 **({"ip_adapter_image": image} if use_ip else {}),
                 **kwargs,
+                **regions[index],
             )
             frames = out.frames[0]
             if v.hist_match:

@@ -43,6 +43,7 @@ from .fields import (
     string,
 )
 from .inputs import InputItem, resolve_inputs
+from .regions import check_adapter_names
 from .sections import (
     ADAPTER_PATH_KEYS,
     DDIM_KWARGS,
@@ -126,6 +127,7 @@ class MIVAConfig(TrainingKeys, ResearchKeys):
                 f"{self.num_adapters} prompts (one per adapter), got {v.batch_prompt!r}"
             )
         both_or_neither(self.word_to_learn, self.initializer_token)
+        check_adapter_names(v, self.names())
         if self.use_ip_adapter:
             for name in ("ip_ckpt", "image_encoder_path"):
                 if getattr(self, name) is None:

@@ -40,6 +40,7 @@ from .fields import (
     string,
 )
 from .fields import suggest as _suggest
+from .regions import check_schedule_lengths, image_mask_map, mask_map, schedule_map
 from .training import research_key
 
 ADAPTER_PATH_KEYS = ("adapter_i2v_path", "adapter_lora_path", "ca_lora_path")
@@ -290,8 +291,13 @@ class ValidationData:
     hist_match: bool = key(False, boolean, "match frames to frame 0 (miva infer)")
     format: str = key("gif", choice(OUTPUT_FORMATS), "miva infer output")
     fps: int = key(8, integer(1), "miva infer output")
+    # Where and when each adapter acts (miva.config.regions): MIVAPipeline(adapter_masks=, adapter_schedules=).
+    adapter_masks: dict = key(None, mask_map, "adapter -> mask image, every image", factory=dict)
+    image_masks: dict = key(None, image_mask_map, "image name -> {adapter -> mask image}", factory=dict)
+    adapter_schedules: dict = key(None, schedule_map, "adapter -> one weight per frame", factory=dict)
 
     def __post_init__(self) -> None:
+        check_schedule_lengths(self)
         if self.use_dct_init and self.first_frame_cond_type != "cinemo":
             raise ConfigError(
                 f"validation_data.use_dct_init: true needs first_frame_cond_type: cinemo, got "

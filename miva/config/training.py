@@ -205,6 +205,10 @@ def to_train_config(config, tiny: bool = False):
             )
     adapter = config.adapter_configs(tiny)[0]
     v = config.validation_data
+    for name in ("adapter_masks", "image_masks", "adapter_schedules"):  # miva.config.regions
+        if getattr(v, name):
+            raise ConfigError(f"validation_data.{name}: inference only (miva infer); the validation videos of "
+                              "training use no masks or schedules, remove it from a training config")
     fed = fed_values(config, "TrainConfig")
     kwargs = {name: value for name, (_, value, _) in fed.items()}
     roots = [kwargs["video_root"]] if isinstance(kwargs["video_root"], str) else kwargs["video_root"] or []
