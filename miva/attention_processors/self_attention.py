@@ -36,6 +36,10 @@ class CrossFrameAdapter(nn.Module):
         nn.init.zeros_(self.to_out.weight)
         nn.init.zeros_(self.to_out.bias)
         self.weight_module = nn.Linear(temb_channels, 2) if self.scale_kind == "adaptive" else None
+        # Mask branch (docs/mask_branch.md): the mask stream's W_Q / W_O, trainable copies of attn1's frozen ones.
+        mask = config.use_mask_branch
+        self.mask_to_q = copy.deepcopy(attn.to_q).requires_grad_(True) if mask else None
+        self.mask_to_out = copy.deepcopy(attn.to_out[0]).requires_grad_(True) if mask else None
 
     def group_key(self, name: str) -> tuple:
         """Branches with equal keys share keys/values (and are batched into one SDPA call)."""
