@@ -69,6 +69,7 @@ class CallState:
     attention_store: Any = None  # CA-map store with `wants(layer_name)` and `add(...)`
     num_frames: int | None = None  # frames per video, as the caller knows them (a forward's own count comes first)
     bare: bool = False  # opened by the model itself for a forward run outside any call
+    mask_guidance: Any = None  # the mask branch's `mask_guidance.MaskGuidance` (docs/mask_branch.md), or None
     forward: ForwardValues = field(default_factory=ForwardValues)
 
     def frames(self, layer_name: str) -> int:
@@ -180,13 +181,15 @@ _PER_CALL_FIELDS = {"calls": list, "recording": bool, "bare_calls": list, "last_
 
 @contextmanager
 def miva_call(target: Any, *, adapter_weights=None, adapter_prompts: bool = False, attention_store: Any = None,
-              num_frames: int | None = None, _bare: bool = False, **forward_values: Any) -> Iterator[CallState]:
+              num_frames: int | None = None, mask_guidance: Any = None, _bare: bool = False,
+              **forward_values: Any) -> Iterator[CallState]:
     """Open a `CallState` on `target` (a model with MIVA processors, its `MIVAContext`, or a processor) for the
     duration of the `with` block; the previous one is back afterwards (calls nest).
 
     On a model, the outermost call registers the backbone's recorders (the hooks that fill the call's `forward`
     values) and removes them when it closes. `adapter_weights`: this call's weights of the active adapters;
-    `num_frames`: frames per video (a forward's recorded count comes first). `forward_values` (`timestep`, `temb`,
+    `num_frames`: frames per video (a forward's recorded count comes first); `mask_guidance`: the mask branch's
+    per-call values (docs/mask_branch.md). `forward_values` (`timestep`, `temb`,
     `spatial_sizes`) pre-fill what the recorders would record, for processors run outside a model.
     """
     model = getattr(target, "_orig_mod", target)  # a torch.compile'd model: hooks go on the module it wraps
@@ -197,7 +200,8 @@ def miva_call(target: Any, *, adapter_weights=None, adapter_prompts: bool = Fals
         raise ValueError("MIVA processors are not installed on this UNet: call install_miva_processors(unet) first")
     weights = None if adapter_weights is None else tuple(float(w) for w in adapter_weights)
     state = CallState(adapter_weights=weights, adapter_prompts=bool(adapter_prompts), attention_store=attention_store,
-                      num_frames=num_frames, bare=_bare, forward=ForwardValues(**forward_values))
+                      num_frames=num_frames, bare=_bare, mask_guidance=mask_guidance,
+                      forward=ForwardValues(**forward_values))
     owner = getattr(model, "miva_context", None) is context  # the model itself (not a processor or the context)
     record = owner and context.backbone is not None and not context.recording
     context.calls.append(state)

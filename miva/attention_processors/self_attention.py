@@ -87,17 +87,28 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
         kv_source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         mask = prepare_mask(attn, attention_mask, kv_source.shape[1], hidden_states.shape[0])
         query, key, value = attn.to_q(hidden_states), attn.to_k(kv_source), attn.to_v(kv_source)
+        guidance = self.context.call_state().mask_guidance  # the mask branch (docs/mask_branch.md)
+        stream = None
+        if guidance is not None and guidance.stream_rows:  # the mask stream's rows follow the video's
+            if mask is not None:
+                raise ValueError(f"{self.layer_name}: attention masks are not supported with the mask branch")
+            stream = guidance.stream_attention(self, attn, hidden_states, key, value)
+            video = guidance.video_rows(hidden_states.shape[0])
+            hidden_states, query, key, value = hidden_states[:video], query[:video], key[:video], value[:video]
         out = project_out(attn, self.attend(query, key, value, attn.heads, mask))
         active = self.context.active_adapters(self.adapters)
         if active:
             state = self.context.call_state()
             frames = state.frames(self.layer_name)
-            window = row_window(state, self.layer_name, rows=hidden_states.shape[0], frames=frames)
+            window = None if stream is not None else row_window(state, self.layer_name, rows=hidden_states.shape[0],
+                                                                frames=frames)  # (the mask rows: whole videos)
             if window is None and hidden_states.shape[0] % frames:
                 raise ValueError(f"{self.layer_name}: batch {hidden_states.shape[0]} is not a multiple of "
                                  f"num_frames={frames}")
             out = out + self._branches(hidden_states, query, key, value, active=active, frames=frames,
                                        heads=attn.heads, window=window, state=state)
+        if stream is not None:
+            out = torch.cat([out, attn.to_out[1](stream)])
         return finish_output(attn, out, residual)
 
     def _branches(self, x, query, key, value, *, active, frames, heads, window, state):
@@ -106,10 +117,16 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
         the call's `CallState`."""
         # Under split inference: each row's reference frames' keys/values, once for all groups of this call.
         references = self._carried_references(key, value, frames, window, state) if window is not None else None
+        guidance = state.mask_guidance
+        gated = guidance is not None and guidance.gates(SELF)
+        if gated and window is not None:
+            raise ValueError(f"{self.layer_name}: mask-guided attention does not support FreeNoise split inference")
         groups: dict[tuple, list] = {}
         for _, name, weight in active:
             adapter = self.adapters[name]
-            groups.setdefault(adapter.group_key(name), []).append((adapter, weight))
+            gate = None if not gated else guidance.gate(name, state.spatial_size(self.layer_name), x.shape[0],
+                                                        x.dtype)
+            groups.setdefault(adapter.group_key(name), []).append((adapter, weight if gate is None else gate * weight))
         total = 0.0
         for members in groups.values():
             adapters = [a for a, _ in members]
@@ -128,10 +145,11 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
                                          window=window, references=references)
             for qi, output in enumerate(outputs):
                 readers = [member for member, i in zip(members, index_of) if i == qi]
-                if len(readers) == 1 or not all(weights_readable(a.to_out) for a, _ in readers):
+                tensors = any(torch.is_tensor(w) for _, w in readers)  # per-token weights (mask guidance)
+                if len(readers) == 1 or tensors or not all(weights_readable(a.to_out) for a, _ in readers):
                     for adapter, weight in readers:  # through to_out's forward (offloading hooks may own it)
                         branch = adapter.to_out(output)
-                        total = total + (branch if weight == 1.0 else branch * weight)
+                        total = total + (branch if not torch.is_tensor(weight) and weight == 1.0 else branch * weight)
                 else:  # same attention output: sum_i w_i (W_i o + b_i) = (sum_i w_i W_i) o + sum_i w_i b_i, one matmul
                     weight = sum(adapter.to_out.weight * w for adapter, w in readers)
                     bias = sum(adapter.to_out.bias * w for adapter, w in readers)
