@@ -79,9 +79,11 @@ class MaskGuidance:
         """Whether processors of `kind` restrict the adapters to their regions in this mode."""
         return kind in _GATED_KINDS[self.mode]
 
-    def gate(self, name: str, size: tuple[int, int] | None, rows: int, dtype: torch.dtype) -> torch.Tensor | None:
+    def gate(self, name: str, size: tuple[int, int] | None, rows: int, dtype: torch.dtype, *,
+             includes_stream: bool = True) -> torch.Tensor | None:
         """Per-token weights `(rows, h*w, 1)` of adapter `name` at a level of `size` `(h, w)`: its soft mask on every
-        video row (the same mask on both CFG halves), 1 on mask-stream rows. None for an adapter without a mask."""
+        video row (the same mask on both CFG halves), 1 on mask-stream rows. `rows`: the forward's rows, or only its
+        video rows with `includes_stream=False`. None for an adapter without a mask."""
         if name not in self.soft:
             return None
         if size is None:
@@ -91,7 +93,7 @@ class MaskGuidance:
             masks = F.interpolate(self.soft[name].float(), size=size, mode="area")  # (videos, F, h, w)
             self._levels[key] = masks.reshape(self.block, size[0] * size[1], 1)
         per_video = self._levels[key].to(dtype)
-        video = self.video_rows(rows)
+        video = self.video_rows(rows) if includes_stream else rows
         if video % self.block:
             raise ValueError(f"mask guidance: {video} video rows are not a multiple of videos*frames={self.block}")
         gate = per_video.repeat(video // self.block, 1, 1)  # [uncond; cond] halves hold the same videos in order

@@ -125,7 +125,7 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
         for _, name, weight in active:
             adapter = self.adapters[name]
             gate = None if not gated else guidance.gate(name, state.spatial_size(self.layer_name), x.shape[0],
-                                                        x.dtype)
+                                                        x.dtype, includes_stream=False)  # x: the video rows
             groups.setdefault(adapter.group_key(name), []).append((adapter, weight if gate is None else gate * weight))
         total = 0.0
         for members in groups.values():

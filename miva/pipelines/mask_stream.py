@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -73,11 +73,11 @@ def mask_from_input(mask, name: str, videos: int, height: int, width: int) -> to
     tensor = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask)
     if tensor.dtype == torch.uint8:
         tensor = tensor.float() / 255.0
-    tensor = tensor.float()
+    tensor, given = tensor.float(), tuple(tensor.shape)
     if tensor.ndim == 2:
         tensor = tensor[None]
     if tensor.ndim != 3 or tuple(tensor.shape[1:]) != (height, width) or tensor.shape[0] not in (1, videos):
-        raise ValueError(f"mask_branch.masks[{name!r}] has shape {tuple(tensor.shape)}; give (H, W) or "
+        raise ValueError(f"mask_branch.masks[{name!r}] has shape {given}; give (H, W) or "
                          f"({videos}, H, W) with H, W = {height}, {width} (the video's size)")
     if not torch.isfinite(tensor).all() or tensor.min() < 0 or tensor.max() > 1:
         raise ValueError(f"mask_branch.masks[{name!r}] has values outside [0, 1]")
@@ -89,7 +89,14 @@ class MaskStream:
 
     def __init__(self, pipe, inputs: MaskBranchInputs | dict, *, videos: int, num_frames: int, height: int,
                  width: int, num_steps: int, dtype: torch.dtype, device, uses_ca_maps: bool):
-        inputs = inputs if isinstance(inputs, MaskBranchInputs) else MaskBranchInputs(**inputs)
+        if isinstance(inputs, dict):
+            valid = [f.name for f in fields(MaskBranchInputs)]
+            unknown = [k for k in inputs if k not in valid]
+            if unknown:
+                raise ValueError(f"mask_branch: unknown field {unknown[0]!r}; the fields are {valid}")
+            inputs = MaskBranchInputs(**inputs)
+        if not isinstance(inputs, MaskBranchInputs):
+            raise ValueError(f"mask_branch={inputs!r:.60} must be a MaskBranchInputs or a dict of its fields")
         context = get_miva_context(pipe.unet)
         active = [name for name, _ in context.active] if context.enabled else []
         for name in inputs.masks:
