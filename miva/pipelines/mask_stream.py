@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import torch
 
 from ..attention_processors import get_miva_context
 from ..attention_processors.mask_guidance import MaskGuidance, check_mask_attention_mode
+from .inputs import preprocess_image
 
 __all__ = ["MaskBranchInputs", "MaskStream", "mask_from_input"]
 
@@ -33,8 +36,9 @@ __all__ = ["MaskBranchInputs", "MaskStream", "mask_from_input"]
 class MaskBranchInputs:
     """`MIVAPipeline(mask_branch=...)`: the frame-0 masks and how the mask stream runs (docs/mask_branch.md).
 
-    - `masks`: mask-branch adapter name -> its region's frame-0 mask at the video size, `(H, W)` or one per video
-      `(B, H, W)`: a tensor / array in [0, 1] (uint8: 0..255) or a PIL image (grey);
+    - `masks`: mask-branch adapter name -> its region's frame-0 mask, `(H, W)` or one per video `(B, H, W)`: a
+      tensor / array in [0, 1] (uint8: 0..255), a PIL image or an image path (grey); scaled and cropped like the
+      input image when its size differs from the video's;
     - `mask_inference_stride`: predict the stream's noise every this many steps (positive int);
     - `mask_inference_cutoff`: fraction of the steps, in (0, 1], during which the stream is stepped;
     - `mask_attention_mode`: `"SA"`, `"CA"` or `"original"` (both), where the adapter is restricted to its region;
@@ -67,20 +71,28 @@ class MaskBranchInputs:
 
 
 def mask_from_input(mask, name: str, videos: int, height: int, width: int) -> torch.Tensor:
-    """One adapter's frame-0 mask(s) as float `(videos, H, W)` in [0, 1]; a one-line error naming the adapter."""
+    """One adapter's frame-0 mask(s) as float `(videos, H, W)` in [0, 1]; a one-line error naming the adapter. A
+    mask of another size is scaled and cropped as the input image is (`inputs.preprocess_image`: cover, centre)."""
+    if isinstance(mask, (str, os.PathLike)):
+        if not os.path.isfile(mask):
+            raise ValueError(f"mask_branch.masks[{name!r}]: {os.fspath(mask)!r} is not a file")
+        with PIL.Image.open(mask) as image:
+            mask = image.convert("L")
     if hasattr(mask, "convert"):  # PIL
-        mask = np.asarray(mask.convert("L"))
+        mask = np.array(mask.convert("L"))  # a writable copy
     tensor = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask)
     if tensor.dtype == torch.uint8:
         tensor = tensor.float() / 255.0
     tensor, given = tensor.float(), tuple(tensor.shape)
     if tensor.ndim == 2:
         tensor = tensor[None]
-    if tensor.ndim != 3 or tuple(tensor.shape[1:]) != (height, width) or tensor.shape[0] not in (1, videos):
-        raise ValueError(f"mask_branch.masks[{name!r}] has shape {given}; give (H, W) or "
-                         f"({videos}, H, W) with H, W = {height}, {width} (the video's size)")
+    if tensor.ndim != 3 or tensor.shape[0] not in (1, videos) or min(tensor.shape[1:]) < 1:
+        raise ValueError(f"mask_branch.masks[{name!r}] has shape {given}; give (H, W) or ({videos}, H, W)")
     if not torch.isfinite(tensor).all() or tensor.min() < 0 or tensor.max() > 1:
         raise ValueError(f"mask_branch.masks[{name!r}] has values outside [0, 1]")
+    if tuple(tensor.shape[1:]) != (height, width):
+        pixels = preprocess_image(tensor[:, None].expand(-1, 3, -1, -1), height, width)  # in [-1, 1]
+        tensor = ((pixels[:, 0] + 1) / 2).clamp(0, 1)
     return tensor.expand(videos, -1, -1).contiguous()
 
 

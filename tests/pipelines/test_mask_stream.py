@@ -103,12 +103,29 @@ def test_call_errors(mpipe, image):
     with pytest.raises(ValueError, match=r"^mask_branch.masks: 'x' is not an active adapter with a mask branch; "
                                          r"valid: \['m'\]$"):
         _call(mpipe, image, {"masks": {"x": _mask()}})
-    with pytest.raises(ValueError, match=r"^mask_branch.masks\['m'\] has shape \(32, 32\); give \(H, W\) or "
-                                         r"\(1, H, W\) with H, W = 64, 64 \(the video's size\)$"):
-        _call(mpipe, image, {"masks": {"m": torch.zeros(32, 32)}})
+    with pytest.raises(ValueError, match=r"^mask_branch.masks\['m'\] has shape \(1, 1, 32, 32\); give \(H, W\) or "
+                                         r"\(1, H, W\)$"):
+        _call(mpipe, image, {"masks": {"m": torch.zeros(1, 1, 32, 32)}})
     with pytest.raises(ValueError, match=r"^mask_branch.masks\['m'\] has values outside \[0, 1\]$"):
         _call(mpipe, image, {"masks": {"m": _mask() * 2}})
     with pytest.raises(ValueError, match=r"^mask_branch: unknown field 'm'; the fields are \['masks', "):
         _call(mpipe, image, {"m": _mask()})
     with pytest.raises(ValueError, match=r"^mask_branch: not supported together with ca_map_resolutions"):
         _call(mpipe, image, {"masks": {"m": _mask()}}, ca_map_resolutions="all")
+
+
+def test_mask_of_another_size_and_a_path(tmp_path):
+    from PIL import Image
+
+    from miva.pipelines.mask_stream import mask_from_input
+
+    small = torch.zeros(32, 32)
+    small[:, :16] = 1
+    resized = mask_from_input(small, "m", 2, SIZE, SIZE)  # scaled 2x like the image (bicubic): the edge blurs
+    assert resized.shape == (2, SIZE, SIZE)
+    assert torch.allclose(resized[..., :30], torch.ones(2, SIZE, 30), atol=1e-3)
+    assert torch.allclose(resized[..., 34:], torch.zeros(2, SIZE, 30), atol=1e-3)
+    Image.fromarray((_mask().numpy() * 255).astype("uint8")).save(tmp_path / "mask.png")
+    assert torch.equal(mask_from_input(str(tmp_path / "mask.png"), "m", 1, SIZE, SIZE), _mask()[None])
+    with pytest.raises(ValueError, match=r"^mask_branch.masks\['m'\]: '.*missing.png' is not a file$"):
+        mask_from_input(str(tmp_path / "missing.png"), "m", 1, SIZE, SIZE)
