@@ -48,7 +48,7 @@ class MaskTrainingFields:
         """The rule between fields: mask data and a mask-branch adapter go together."""
         if self.mask_root is not None and not use_mask_branch:
             raise ConfigError(f"mask_root={self.mask_root!r} needs adapter.use_mask_branch: true")
-        if use_mask_branch and self.mask_root is None and not getattr(self, "tiny", False):
+        if use_mask_branch and self.mask_root is None:
             raise ConfigError("adapter.use_mask_branch: true needs mask_root (the clips' mask videos; "
                               "docs/mask_branch.md#training)")
 
