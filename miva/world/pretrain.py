@@ -93,12 +93,15 @@ def _vae_batch(seed: int, step: int, batch: int) -> torch.Tensor:
     return _to_pixels(np.stack(images))
 
 
-def _clip_batch(seed: int, step: int, batch: int, frames: int, dropout: float) -> tuple[torch.Tensor, list[str]]:
+def _clip_batch(seed: int, step: int, batch: int, frames: int, dropout: float,
+                sample_motion=sample_generic_motion) -> tuple[torch.Tensor, list[str]]:
+    """``(batch, frames, 3, 64, 64)`` clips in [-1, 1] of fresh training scenes under ``sample_motion(rng)``, and
+    their prompts (``""`` with probability ``dropout``)."""
     rng = _rng(seed, 2, step)
     clips, prompts = [], []
     for _ in range(batch):
         scene = make_scene("train", int(rng.integers(_TRAIN_SCENES)))
-        clips.append(render_clip(scene, sample_generic_motion(rng), frames, FRAME_SIZE))
+        clips.append(render_clip(scene, sample_motion(rng), frames, FRAME_SIZE))
         prompts.append("" if rng.random() < dropout else scene.prompt)
     return _to_pixels(np.stack(clips)), prompts
 

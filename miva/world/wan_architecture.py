@@ -2,7 +2,7 @@
 
 64x64 RGB frames; an ``AutoencoderKLWan`` with two spatial downsamplings and no temporal one (``scale_factor_spatial``
 4, ``scale_factor_temporal`` 1) gives one 16x16x8 latent frame per video frame, like the UNet world, so frame 0 of
-the video is latent frame 0 exactly; a six-block ``WanTransformer3DModel`` (width 128, patch 1x2x2: 64 tokens per
+the video is latent frame 0 exactly; a six-block ``WanTransformer3DModel`` (width 192, patch 1x2x2: 64 tokens per
 frame) reads prompts from a two-layer ``UMT5EncoderModel`` (width 64) with an in-memory T5 tokenizer whose vocabulary
 has every word of MotionWorld's prompts; a ``FlowMatchEulerDiscreteScheduler`` (shift 3: small latents need less
 shift than Wan's 480p). About 6M parameters in all.
@@ -39,8 +39,8 @@ def _transformer():
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=Z_DIM, out_channels=Z_DIM,
-        text_dim=TEXT_DIM, freq_dim=64, ffn_dim=384, num_layers=6, cross_attn_norm=True,
+        patch_size=(1, 2, 2), num_attention_heads=6, attention_head_dim=32, in_channels=Z_DIM, out_channels=Z_DIM,
+        text_dim=TEXT_DIM, freq_dim=64, ffn_dim=768, num_layers=6, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
     )
 
