@@ -22,7 +22,8 @@ class CrossFrameAdapter(nn.Module):
 
     Keys/values are attn1's own (frozen); the branch owns `to_out` (zero-init, so a new adapter is a no-op), an
     optional trainable copy of attn1's `to_q`, and for `sa_first_frame_scale="adaptive_<T>"` a `weight_module`
-    (`Linear(temb_channels, 2)`) giving the first-frame weight `s = softmax(W SiLU(temb) / T)[0]`.
+    (`Linear(temb_channels, 2)`) giving the first-frame weight `s = softmax(W SiLU(temb) / T)[0]`. With
+    `use_mask_branch`, also the mask stream's `mask_to_q` / `mask_to_out` (docs/mask_branch.md).
     """
 
     part_kind = SELF

@@ -58,3 +58,11 @@ def test_config_errors():
     with pytest.raises(ValueError, match=r"^use_mask_branch='yes' must be true or false$"):
         MIVAAdapterConfig(use_mask_branch="yes")
     assert MIVAAdapterConfig.from_dict(MASK.to_dict()) == MASK
+
+
+def test_wan_adapters_refuse_the_mask_branch():
+    from miva.backbones.wan.config import WanAdapterConfig
+
+    with pytest.raises(ValueError, match=r"^use_mask_branch=True is not supported on Wan \(the mask branch is built "
+                                         r"for the AnimateDiff UNet's attn1"):
+        WanAdapterConfig(use_mask_branch=True)
