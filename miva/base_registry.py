@@ -1,8 +1,8 @@
 """The base models miva knows by name: the one registry behind `load_base`, model cards and path resolution.
 
 A known name (or one of its aliases) never reaches the Hugging Face Hub: `"miva-world"` is the MotionWorld base that
-ships inside the package (`"miva-world/<subfolder>"` one of its components), `"tiny"` the offline `miva.tiny` test
-model built in memory. Anything else is a local path or a Hub id, for diffusers' `from_pretrained`.
+ships inside the package (`"miva-world/<subfolder>"` one of its components), `"miva-world-wan"` its Wan2.1-architecture
+counterpart (docs/motionworld.md#two-bases), `"tiny"` the offline `miva.tiny` test model built in memory. Anything else is a local path or a Hub id, for diffusers' `from_pretrained`.
 
 This module imports nothing heavy (no torch, no diffusers) so that configs, cards and `miva.world` can consult it.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from .backbones.declared import UNET, WAN
 
-__all__ = ["KNOWN_BASES", "TINY_ID", "TINY_RECORDED", "TINY_WAN_ID", "WORLD_ID", "WORLD_PATH", "KnownBase", "base_backbone",
-           "known_base", "resolve_base_path"]
+__all__ = ["KNOWN_BASES", "TINY_ID", "TINY_RECORDED", "TINY_WAN_ID", "WORLD_ID", "WORLD_PATH", "WORLD_WAN_ID",
+           "WORLD_WAN_PATH", "KnownBase", "base_backbone", "known_base", "resolve_base_path"]
 
 WORLD_ID = "miva-world"
 TINY_ID = "tiny"
@@ -23,6 +23,9 @@ TINY_WAN_ID = "tiny-wan"
 TINY_RECORDED = "miva.tiny"  # what `--tiny` runs record as their base model and motion adapter
 # The shipped MotionWorld base: a diffusers AnimateDiffPipeline folder inside the package (fp16 safetensors).
 WORLD_PATH = Path(__file__).resolve().parent / "world" / "weights" / "base"
+# The MotionWorld Wan base: a diffusers WanPipeline folder beside it (fp16 safetensors), `miva.world.pretrain_wan`.
+WORLD_WAN_ID = "miva-world-wan"
+WORLD_WAN_PATH = WORLD_PATH.parent / "wan_base"
 
 _WORLD_USAGE = """\
 from diffusers.utils import export_to_gif
@@ -32,6 +35,17 @@ from miva.world.evaluate import SAMPLING  # 8 frames, 25 DDIM steps: what the sh
 pipe = load_pipeline()  # the MotionWorld base shipped inside miva: offline, float32 on the CPU
 pipe.load_adapters("{where}", adapter_names="{name}")  # shipped ones: str(miva.world.shipped_adapters()["{name}"])
 video = pipe(image=scene_image(0), prompt=make_scene("heldout", 0).prompt, height=64, width=64, **SAMPLING).frames[0]
+export_to_gif(video, "output.gif")"""
+
+_WORLD_WAN_USAGE = """\
+from diffusers.utils import export_to_gif
+from miva.world import load_pipeline, make_scene, scene_image
+from miva.world.evaluate import sampling_defaults
+
+pipe = load_pipeline(base="wan")  # the MotionWorld Wan base (miva-world-wan): offline, float32 on the CPU
+pipe.load_adapters("{where}", adapter_names="{name}")  # shipped ones: str(miva.world.shipped_adapters("wan")["{name}"])
+video = pipe(image=scene_image(0), prompt=make_scene("heldout", 0).prompt, height=64, width=64,
+             output_type="pil", **sampling_defaults("wan")).frames[0]  # 9 frames, 25 flow-matching steps
 export_to_gif(video, "output.gif")"""
 
 _TINY_USAGE = """\
@@ -86,6 +100,15 @@ KNOWN_BASES: tuple[KnownBase, ...] = (
         usage=_WORLD_USAGE,
         aliases=("world",),  # `miva app --base world`
         rebuild=f"python -m miva.world.pretrain --out {WORLD_PATH}",
+    ),
+    KnownBase(
+        name=WORLD_WAN_ID,
+        description="the MotionWorld Wan2.1-architecture base (64x64 frames, 9-frame clips, docs/motionworld.md)",
+        folder=WORLD_WAN_PATH,
+        usage=_WORLD_WAN_USAGE,
+        aliases=("world-wan",),  # `miva app --base world-wan`
+        rebuild=f"python -m miva.world.pretrain_wan --out {WORLD_WAN_PATH}",
+        backbone=WAN.id,
     ),
     KnownBase(
         name=TINY_ID,

@@ -5,6 +5,7 @@ package (`miva.world`); the scene is a held-out one, never seen in training. Wri
 a side-by-side GIF (columns captioned ground truth | base | base + adapter) and the measured motion of both (`motion.json`).
 
     miva demo --out outputs/demo --adapter right       # also: zoom_in, rotate_cw
+    miva demo --base wan                               # the Wan2.1-architecture world base (miva-world-wan)
     miva demo --tiny                                   # the random tiny components: mechanics only, no real motion
 """
 
@@ -96,12 +97,16 @@ def run_demo(
     out_dir: str = "outputs/demo",
     adapter: str = "right",
     scene: int = 0,
-    frames: int = 8,
-    steps: int = 25,
+    frames: int | None = None,
+    steps: int | None = None,
     seed: int = 0,
     log=print,
+    base: str = "unet",
 ) -> dict[str, str]:
-    """Animate held-out MotionWorld scene `scene` with the base alone and with shipped adapter `adapter`.
+    """Animate held-out MotionWorld scene `scene` with world base `base` ("unet": miva-world, "wan": miva-world-wan)
+    alone and with its shipped adapter `adapter`; `frames` / `steps` None: the base's sampling defaults
+    (`miva.world.evaluate.sampling_defaults`). A base with no shipped adapter yet is shown alone (the log says how
+    to build them).
 
     Writes `demo.mp4` and `demo.gif` (with the adapter), `side_by_side.gif` (ground truth of the adapter's motion |
     base | base + adapter) and `motion.json` (the fitted motion and scores of both videos) into `out_dir`; returns
@@ -111,44 +116,56 @@ def run_demo(
     from PIL import Image
 
     from .world import load_pipeline, make_scene, shipped_adapters
-    from .world.adapters import SHIPPED
-    from .world.evaluate import animate_scene
+    from .world.adapters import shipped_recipes
+    from .world.evaluate import animate_scene, sampling_defaults
     from .world.metrics import evaluate_video
     from .world.motions import get_motion
     from .world.samples import comparison_labels, side_by_side, write_gif
     from .world.scenes import render_clip
 
-    shipped = shipped_adapters()
-    if adapter not in shipped:
-        raise ValueError(f"adapter={adapter!r} is not a shipped MotionWorld adapter; choose one of {sorted(shipped)}")
+    defaults = sampling_defaults(base)
+    frames = defaults["num_frames"] if frames is None else frames
+    steps = defaults["num_inference_steps"] if steps is None else steps
+    shipped = shipped_adapters(base)
+    if shipped and adapter not in shipped:
+        raise ValueError(f"adapter={adapter!r} is not a shipped MotionWorld adapter of the {base} base; choose one of "
+                         f"{sorted(shipped)}")
     if frames < 2:
         raise ValueError(f"frames={frames} must be >= 2 (frame 0 is the input image)")
     if steps < 1:
         raise ValueError(f"steps={steps} must be >= 1")
     start = time.perf_counter()
-    pipe = load_pipeline()
+    pipe = load_pipeline(base=base)  # a missing base folder: FileNotFoundError naming the rebuild command
     pipe.set_progress_bar_config(disable=True)
     call = {"num_frames": frames, "num_inference_steps": steps}
-    base = animate_scene(pipe, scene, seed=seed, **call)
-    pipe.load_adapters([str(shipped[adapter])], adapter_names=[adapter])
-    adapted = animate_scene(pipe, scene, seed=seed, **call)
-    motion = SHIPPED[adapter].motion if adapter in SHIPPED else adapter  # a shipped folder SHIPPED does not list
+    videos = {"base": animate_scene(pipe, scene, seed=seed, **call)}
+    if shipped:
+        pipe.load_adapters([str(shipped[adapter])], adapter_names=[adapter])
+        videos[adapter] = animate_scene(pipe, scene, seed=seed, **call)
+    else:
+        log(f"no adapter is shipped for the {base} base yet (build them with `python -m miva.world.adapters --base "
+            f"{base} --ship`); showing the base alone")
+    recipes = shipped_recipes(base)
+    motion = recipes[adapter].motion if adapter in recipes else adapter  # a shipped folder the recipes do not list
     world_scene, target = make_scene("heldout", scene), get_motion(motion)
     truth = render_clip(world_scene, target, frames, 64)
-    scores = {"base": evaluate_video(base, world_scene, target), adapter: evaluate_video(adapted, world_scene, target)}
+    scores = {name: evaluate_video(video, world_scene, target) for name, video in videos.items()}
+    shown = videos[adapter] if shipped else videos["base"]
+    labels = comparison_labels(adapter) if shipped else ("ground truth", "base")
     os.makedirs(out_dir, exist_ok=True)
     paths = {kind: os.path.join(out_dir, name) for kind, name in (
         ("mp4", "demo.mp4"), ("gif", "demo.gif"), ("side_by_side", "side_by_side.gif"), ("motion", "motion.json"))}
-    export_to_video([Image.fromarray(f) for f in adapted], paths["mp4"], fps=8)
-    write_gif(adapted, paths["gif"])
-    write_gif(side_by_side([truth, base, adapted], labels=comparison_labels(adapter)), paths["side_by_side"])
+    export_to_video([Image.fromarray(f) for f in shown], paths["mp4"], fps=8)
+    write_gif(shown, paths["gif"])
+    write_gif(side_by_side([truth, *videos.values()], labels=labels), paths["side_by_side"])
     with open(paths["motion"], "w", encoding="utf-8") as f:
-        json.dump({"scene": scene, "prompt": world_scene.prompt, "target": target.describe(), **scores}, f, indent=2)
+        json.dump({"scene": scene, "prompt": world_scene.prompt, "target": target.describe(), "world_base": base,
+                   "num_frames": frames, **scores}, f, indent=2)
     log(f"held-out scene {scene}: {world_scene.prompt!r}; target motion of {adapter!r}: {target.describe()}")
-    for name, _video in (("base alone", base), (f"with {adapter!r}", adapted)):
-        row = scores["base" if name == "base alone" else adapter]
-        log(f"  {name:>16}: {_describe(row)}; PSNR vs ground truth {row['psnr']:.1f} dB")
-    log(f"{frames} frames, {steps} steps, 2 videos in {time.perf_counter() - start:.1f} s")
+    for name, row in scores.items():
+        label = "base alone" if name == "base" else f"with {name!r}"
+        log(f"  {label:>16}: {_describe(row)}; PSNR vs ground truth {row['psnr']:.1f} dB")
+    log(f"{base} base, {frames} frames, {steps} steps, {len(videos)} videos in {time.perf_counter() - start:.1f} s")
     for kind in ("mp4", "gif", "side_by_side", "motion"):
         log(f"wrote {paths[kind]}")
     return paths
@@ -164,7 +181,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     parser.add_argument("--adapter", default="right", help="shipped MotionWorld adapter (default: right)")
     parser.add_argument("--scene", type=int, default=0, help="held-out scene index (default: 0)")
-    parser.add_argument("--frames", type=int, default=8, help="number of frames, >= 2 (default: 8)")
+    parser.add_argument("--base", choices=("unet", "wan"), default="unet",
+                        help="MotionWorld base: unet (miva-world, default) or wan (miva-world-wan, Wan2.1 DiT)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="number of frames, >= 2 (default: the base's, 8 on unet, 9 on wan; 8 with --tiny)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: 25; 4 with --tiny)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
     parser.add_argument("--tiny", action="store_true", help="random tiny components instead (mechanics only)")
@@ -172,8 +192,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.tiny:
-        run_tiny_demo(args.out, frames=args.frames, steps=args.steps or 4, seed=args.seed)
+        run_tiny_demo(args.out, frames=args.frames or 8, steps=args.steps or 4, seed=args.seed)
     else:
-        run_demo(args.out, adapter=args.adapter, scene=args.scene, frames=args.frames, steps=args.steps or 25,
-                 seed=args.seed)
+        run_demo(args.out, adapter=args.adapter, scene=args.scene, frames=args.frames, steps=args.steps,
+                 seed=args.seed, base=args.base)
     return 0

@@ -87,3 +87,31 @@ def accelerate_launch(tmp_path):
         return command, env
 
     return launch
+
+
+@pytest.fixture(scope="session")
+def wan_world_base(tmp_path_factory):
+    """A smoke MotionWorld Wan base folder: `pretrain_wan` with 2 + 2 steps (~20 s, once per session). Random-ish
+    weights: for plumbing (names, folders, frame counts, cards), never for motion quality."""
+    from miva.world.pretrain_wan import WanPretrainRecipe, pretrain_wan
+
+    out = tmp_path_factory.mktemp("wan_world") / "base"
+    return pretrain_wan(out, WanPretrainRecipe(vae_steps=2, transformer_steps=2), log=lambda message: None)
+
+
+@pytest.fixture
+def wan_world(monkeypatch, wan_world_base, tmp_path):
+    """The registry's `miva-world-wan` pointed at the smoke base, and its shipped adapters at an empty temporary
+    folder (`miva.world.WAN_ADAPTERS_PATH`). Returns the base folder."""
+    import dataclasses
+
+    import miva.base_registry as registry
+    import miva.world as world
+    import miva.world.adapters as world_adapters
+
+    bases = tuple(dataclasses.replace(base, folder=wan_world_base) if base.name == registry.WORLD_WAN_ID else base
+                  for base in registry.KNOWN_BASES)
+    monkeypatch.setattr(registry, "KNOWN_BASES", bases)
+    monkeypatch.setattr(world, "WAN_ADAPTERS_PATH", tmp_path / "wan_adapters")
+    monkeypatch.setattr(world_adapters, "WAN_ADAPTERS_PATH", tmp_path / "wan_adapters")
+    return wan_world_base

@@ -128,7 +128,7 @@ class Animator:
     @property
     def max_frames(self) -> int:
         """The most frames the base's motion module makes (its `motion_max_seq_length`)."""
-        return self.pipe.unet.miva_context.max_frames
+        return (getattr(self.pipe, "unet", None) or self.pipe.transformer).miva_context.max_frames
 
     def adapter_name(self, choice: str) -> str | None:
         """The pipeline's name for picker value `choice`, loading its source on first use (None: no adapter).
@@ -188,7 +188,7 @@ class Animator:
                     guidance_scale=float(request.guidance_scale),
                     generator=torch.Generator().manual_seed(int(request.seed)),
                     batch_prompt=own_prompts if any(own_prompts) else None,
-                    ca_map_resolutions="all" if request.ca_maps else None,
+                    **({"ca_map_resolutions": "all"} if request.ca_maps else {}),  # a Wan base has none
                     callback_on_step_end=step_end,
                     output_type="np",
                     **request.sampling,

@@ -1,5 +1,6 @@
-"""The base model behind `miva app`: the shipped MotionWorld (`--base world`), the offline tiny model (`--base tiny`)
-or an SD1.5 diffusers folder / Hub id with an AnimateDiff motion adapter (`--base <repo or folder>`).
+"""The base model behind `miva app`: the shipped MotionWorld (`--base world`), its Wan2.1-architecture counterpart
+(`--base world-wan`), the offline tiny model (`--base tiny`) or an SD1.5 diffusers folder / Hub id with an AnimateDiff
+motion adapter (`--base <repo or folder>`).
 
 A `Base` knows how to build a fresh `MIVAPipeline` (the Animate tab keeps one; each training run gets its own, so
 training never touches the weights the Animate tab samples with), which adapters ship with it, a few example
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..base_registry import TINY_ID, WORLD_ID, known_base
+from ..base_registry import TINY_ID, WORLD_ID, WORLD_WAN_ID, known_base
 
 WORLD_MODULE = "miva.world"
 
@@ -42,6 +43,11 @@ class SamplingDefaults:
     guidance_scale: float = 1.0
     prompt: str = ""
     sampling: dict = field(default_factory=dict)
+    # Frame counts the base makes are 2.. in steps of `frame_step` from `min_frames` (a Wan base: 1 + k * its VAE's
+    # temporal factor); `research_options`: the research sampling options its pipeline takes (None: all of them).
+    min_frames: int = 2
+    frame_step: int = 1
+    research_options: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,8 @@ class TrainDefaults:
     random_flip: bool = True
     parts: tuple[str, ...] = ("i2v", "motion_lora")
     recipe: Callable[[int], dict] | None = None
+    min_frames: int = 2  # frame counts of a training sample: min_frames, min_frames + frame_step, ...
+    frame_step: int = 1
 
 
 @dataclass(frozen=True)
@@ -78,47 +86,73 @@ class Base:
     train_motion_path: str | None = None
 
 
-def _world_base() -> Base:
+def _world_base(kind: str = "unet") -> Base:
+    """A MotionWorld base of `miva.world`: `kind` "unet" (miva-world) or "wan" (miva-world-wan), with its shipped
+    adapters, its sampling defaults (`miva.world.evaluate.BASE_SAMPLING`) and its adapter recipe for the Train tab."""
+    flag = "world" if kind == "unet" else "world-wan"
     try:
         world = importlib.import_module(WORLD_MODULE)
         adapters, scene = world.shipped_adapters, world.scene_image
     except (ImportError, AttributeError) as e:
         raise BaseUnavailable(
-            f"--base world needs {WORLD_MODULE} (the shipped MotionWorld base), which this install lacks ({e}); "
+            f"--base {flag} needs {WORLD_MODULE} (the shipped MotionWorld base), which this install lacks ({e}); "
             "try --base tiny"
         ) from e
     from ..world.adapters import world_train_config
-    from ..world.evaluate import SAMPLING
+    from ..world.evaluate import sampling_defaults
 
-    shipped = {name: Path(path) for name, path in adapters().items()}
+    name = WORLD_ID if kind == "unet" else WORLD_WAN_ID
+    known = known_base(name)
+    if kind == "wan" and not (known.folder / "model_index.json").is_file():
+        raise BaseUnavailable(f"--base {flag}: no base in {known.folder}; build it with `{known.rebuild}`")
+    sampling = sampling_defaults(kind)
+    shipped = {name: Path(path) for name, path in adapters(kind).items()}
+    wan = {}
+    if kind == "wan":  # 1 + k * the VAE's temporal factor (1 on the world Wan VAE: any count >= 2)
+        step = _temporal_factor(known.folder)
+        wan = {"frame_step": step, "min_frames": 1 + step, "research_options": WAN_RESEARCH_OPTIONS}
     return Base(
-        label="MotionWorld (shipped)",
-        load=lambda: load_base(WORLD_ID),
+        label="MotionWorld (shipped)" if kind == "unet" else "MotionWorld Wan2.1 (miva-world-wan)",
+        load=lambda: load_base(name),
         defaults=SamplingDefaults(  # how the world's videos (the README's GIF, its benchmark) are sampled
-            num_frames=SAMPLING["num_frames"],
-            num_inference_steps=SAMPLING["num_inference_steps"],
-            guidance_scale=SAMPLING["guidance_scale"],
-            sampling={k: v for k, v in SAMPLING.items() if k not in _PLAIN_SAMPLING},
+            num_frames=sampling["num_frames"],
+            num_inference_steps=sampling["num_inference_steps"],
+            guidance_scale=sampling["guidance_scale"],
+            sampling={k: v for k, v in sampling.items() if k not in _PLAIN_SAMPLING},
+            **wan,
         ),
         shipped_adapters=shipped,
         train_defaults=_recipe_defaults(
-            lambda rank=None: world_train_config(".", ".", adapter_name="app", **({"rank": rank} if rank else {}))
+            lambda rank=None: world_train_config(".", ".", adapter_name="app", world=kind,
+                                                 **({"rank": rank} if rank else {})),
+            **({"min_frames": 5, "frame_step": 4} if kind == "wan" else {}),  # miva train on Wan: 4k + 1 frames
         ),
         adapter_notes={name: note for name, path in shipped.items() if (note := motion_note(path))},
         example_images=lambda: [scene(seed) for seed in range(3)],
         example_prompts=lambda: [world.make_scene("heldout", seed).prompt for seed in range(3)],  # scene_image's
-        train_model_path=WORLD_ID,  # "miva-world": load_base resolves it to the shipped folder
-        train_motion_path=f"{WORLD_ID}/motion_adapter",
+        train_model_path=name,  # a registry name: load_base resolves it to the shipped folder
+        train_motion_path=f"{WORLD_ID}/motion_adapter" if kind == "unet" else None,
     )
 
 
+def _temporal_factor(folder: Path) -> int:
+    """The temporal compression of a Wan base folder's VAE (`scale_factor_temporal` of `vae/config.json`)."""
+    import json
+
+    config = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+    return int(config.get("scale_factor_temporal", 4))
+
+
+# The research sampling options MIVAWanPipeline takes (no AdaIN, no CIL); `max_sequence_length` is a call setting.
+WAN_RESEARCH_OPTIONS = ("shared_noise_ratio", "first_frame_cond_type", "use_dct_init", "dct_cutoff_ratio",
+                        "dct_cutoff_shape")
 _PLAIN_SAMPLING = ("num_frames", "num_inference_steps", "guidance_scale", "height", "width")
 # A shipped adapter "makes its motion" when most of its validation videos do (the recorded class accuracy).
 MAKES_MOTION = 0.5
 NOT_YET = "does not make its motion yet"
 
 
-def _recipe_defaults(recipe: Callable) -> TrainDefaults:
+def _recipe_defaults(recipe: Callable, **frames) -> TrainDefaults:
     """The Train form's defaults read from a recipe (`recipe(rank=None)`: `TrainConfig` fields, as
     `miva.world.adapters.world_train_config` returns them)."""
     from .parts import parts_of
@@ -133,6 +167,7 @@ def _recipe_defaults(recipe: Callable) -> TrainDefaults:
         random_flip=config["random_flip"],
         parts=tuple(parts_of(config["adapter"])),
         recipe=recipe,
+        **frames,
     )
 
 
@@ -189,12 +224,15 @@ def _pretrained_base(path: str, motion_adapter: str | None) -> Base:
 
 
 def resolve_base(name: str, motion_adapter: str | None = None) -> Base:
-    """`name` is "world" / "miva-world", "tiny", or an SD1.5 diffusers folder / Hub id (then `motion_adapter` is required).
+    """`name` is "world" / "miva-world", "world-wan" / "miva-world-wan", "tiny", or an SD1.5 diffusers folder / Hub id
+    (then `motion_adapter` is required).
 
     Raises `BaseUnavailable` (one line) when the base cannot be used here; nothing heavy is loaded yet."""
     known = known_base(name)  # the registry's names and aliases ("world" = "miva-world", "tiny")
     if known is not None and known.name == WORLD_ID:
-        return _world_base()
+        return _world_base("unet")
+    if known is not None and known.name == WORLD_WAN_ID:
+        return _world_base("wan")
     if known is not None and known.name == TINY_ID:
         return _tiny_base()
     return _pretrained_base(name, motion_adapter)

@@ -90,9 +90,10 @@ def example_paths(base, out_dir: Path) -> list[str]:
     return paths
 
 
-def _research_options(gr, base_sampling: dict) -> dict:
+def _research_options(gr, base_sampling: dict, names=None) -> dict:
     """The research sampling options of `MIVAPipeline.__call__`, starting from the pipeline's defaults with the
-    base's own sampling (`SamplingDefaults.sampling`) over them."""
+    base's own sampling (`SamplingDefaults.sampling`) over them; only `names` when given (what the base's pipeline
+    takes: `SamplingDefaults.research_options`)."""
     value = {
         "use_adain_norm": "off",
         "shared_noise_ratio": 0.0,
@@ -103,7 +104,7 @@ def _research_options(gr, base_sampling: dict) -> dict:
         "cil_ratio": 1.0,
         **base_sampling,
     }
-    return {
+    options = {
         "use_adain_norm": gr.Radio(
             ["off", "on", "last"], value=value["use_adain_norm"], label="AdaIN normalisation (LAMP)", elem_id="adain"
         ),
@@ -121,6 +122,7 @@ def _research_options(gr, base_sampling: dict) -> dict:
         "dct_cutoff_shape": gr.Radio(["rect", "tri"], value=value["dct_cutoff_shape"], label="DCT cutoff shape"),
         "cil_ratio": gr.Slider(0.5, 1.0, value=value["cil_ratio"], step=0.01, label="CIL ratio (timestep scaling)"),
     }
+    return options if names is None else {k: v for k, v in options.items() if k in names}
 
 
 def _animate_tab(gr, base, registry: AdapterRegistry, out_dir: Path, max_frames: int) -> AnimateForm:
@@ -160,10 +162,10 @@ def _animate_tab(gr, base, registry: AdapterRegistry, out_dir: Path, max_frames:
             form.parallel_mode = gr.Radio(list(PARALLEL_MODES), value=PARALLEL_MODES[0], label="Composition")
             with gr.Row():
                 form.num_frames = gr.Slider(
-                    2,
+                    d.min_frames,
                     max_frames,
                     value=min(d.num_frames, max_frames),
-                    step=1,
+                    step=d.frame_step,
                     label="Frames",
                     elem_id="frames",
                     info=f"at most {max_frames}: what this base's motion module makes",
@@ -174,7 +176,7 @@ def _animate_tab(gr, base, registry: AdapterRegistry, out_dir: Path, max_frames:
                 form.seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="seed")
                 form.random_seed = gr.Checkbox(False, label="Random seed", elem_id="random-seed")
             with gr.Accordion("Research sampling options (this base's defaults)", open=False):
-                form.sampling = _research_options(gr, d.sampling)
+                form.sampling = _research_options(gr, d.sampling, d.research_options)
             form.ca_maps = gr.Checkbox(False, label="Show cross-attention maps")
             form.generate = gr.Button("Generate", variant="primary", elem_id="generate")
         with gr.Column(scale=1):
@@ -212,10 +214,10 @@ def _train_tab(gr, base, max_frames: int) -> TrainForm:
                 form.rank = gr.Number(rank, label="LoRA rank", precision=0, minimum=1, elem_id="train-rank")
             with gr.Row():
                 form.num_frames = gr.Slider(
-                    2,
+                    t.min_frames,
                     max_frames,
                     value=min(t.num_frames, max_frames),
-                    step=1,
+                    step=t.frame_step,
                     label="Frames per sample",
                     elem_id="train-frames",
                 )

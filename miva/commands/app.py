@@ -1,6 +1,7 @@
 """`miva app`: serve the web app (Gradio) that animates images with MIVA adapters and trains new ones.
 
     miva app                                   # MotionWorld, the base shipped with miva, and its adapters; offline
+    miva app --base world-wan                  # the MotionWorld Wan2.1 base (miva-world-wan) and its adapters
     miva app --base tiny                       # the offline random tiny model (the page's mechanics only)
     miva app --base ./sd15 --motion-adapter ./animatediff-v1-5-3 --adapter waterfall=./adapters/waterfall
     miva app --host 0.0.0.0 --port 7861        # reachable from other machines
@@ -22,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--base",
         default="world",
-        help="'world' (default: the shipped MotionWorld base), 'tiny' (random offline weights), or an SD1.5 "
-        "diffusers folder / Hub id (then also --motion-adapter)",
+        help="'world' (default: the shipped MotionWorld base), 'world-wan' (its Wan2.1 counterpart), 'tiny' (random "
+        "offline weights), or an SD1.5 diffusers folder / Hub id (then also --motion-adapter)",
     )
     parser.add_argument("--motion-adapter", help="MotionAdapter folder, Hub id or AnimateDiff file (for an SD1.5 base)")
     parser.add_argument(

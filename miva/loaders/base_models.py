@@ -35,25 +35,35 @@ def _dtype(name: str):
     return getattr(torch, name)
 
 
+def _missing_folder(known) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{known.name}: no base in {known.folder} ({known.description}); rebuild it with `{known.rebuild}`"
+    )
+
+
 def _load_wan_base(known, name_or_path, motion_adapter, dtype, components):
-    """A `MIVAWanPipeline`: the in-memory `tiny-wan`, or a Wan pipeline folder / Hub id."""
+    """A `MIVAWanPipeline`: the in-memory `tiny-wan`, a known base's folder (`miva-world-wan`), or a Wan pipeline
+    folder / Hub id."""
     from ..pipelines.pipeline_miva_wan import MIVAWanPipeline
 
     if motion_adapter is not None:
         raise ValueError(f"motion_adapter={motion_adapter!r}: the base {name_or_path!r} is a {WAN.id} "
                          f"({WAN.description}), which has no motion adapter; leave it unset")
-    if known is not None:
+    if known is not None and known.folder is None:  # built in memory
         from ..backbones.wan.tiny import tiny_wan_components
 
         pipe = MIVAWanPipeline(**{**tiny_wan_components(seed=0), **components})
         return pipe.to(dtype=dtype) if dtype != _dtype(known.dtype) else pipe
+    if known is not None and not (known.folder / "model_index.json").is_file():
+        raise _missing_folder(known)
     kwargs = {**components, **({"dtype": dtype} if dtype is not None else {})}
-    return MIVAWanPipeline.from_pretrained(resolve_base_path(name_or_path), **kwargs)
+    path = known.folder if known is not None else resolve_base_path(name_or_path)
+    return MIVAWanPipeline.from_pretrained(path, **kwargs)
 
 
 def load_base(name_or_path, motion_adapter=None, *, dtype=None, **components):
     """A `MIVAPipeline` (no adapters yet) of the base `name_or_path`; a `MIVAWanPipeline` when the base is a Wan2.1
-    one (`"tiny-wan"`, a folder whose `model_index.json` names a Wan pipeline: `base_registry.base_backbone`).
+    one (`"tiny-wan"`, `"miva-world-wan"`, a folder whose `model_index.json` names a Wan pipeline: `base_registry.base_backbone`).
 
     Args:
         name_or_path: a known name (`"miva-world"`, `"tiny"`, `"tiny-wan"`, their aliases: never the Hub), a diffusers pipeline
@@ -87,9 +97,7 @@ def load_base(name_or_path, motion_adapter=None, *, dtype=None, **components):
         pipe = MIVAPipeline(**{**tiny_components(seed=0), **components})
         return pipe.to(dtype=dtype) if dtype != _dtype(known.dtype) else pipe
     if known is not None and not (known.folder / "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"{known.name}: no base in {known.folder} ({known.description}); rebuild it with `{known.rebuild}`"
-        )
+        raise _missing_folder(known)
     path = resolve_base_path(name_or_path)
     kwargs = dict(components)
     if motion_adapter is not None:

@@ -2,11 +2,14 @@
 
     python -m miva.world.adapters --motion right --out outputs/world/right               # one adapter
     python -m miva.world.adapters --ship [right ...]                                     # rebuild the shipped ones
+    python -m miva.world.adapters --base wan --ship [right ...]                          # ... on the Wan base
 
 :func:`world_train_config` is the recipe as a `miva train` config dict (also written next to the adapter as
-``train_config.yaml``, so ``miva train --config that.yaml`` repeats it): 10 clips of 8 frames at 64x64 of training
-scenes under one motion, prompts that describe the scene only, the research adapter (cross-frame branch "first" +
-MotionLoRA + CA-LoRA, research loss), no flips (a flip would turn "right" into "left").
+``train_config.yaml``, so ``miva train --config that.yaml`` repeats it): 10 clips of training scenes under one
+motion at 64x64, prompts that describe the scene only, no flips (a flip would turn "right" into "left"). On the UNet
+base (``world="unet"``): 8 frames, the research adapter (cross-frame branch "first" + MotionLoRA + CA-LoRA). On the
+Wan base (``world="wan"``): 9 frames, the official MIVA-Wan adapter (cross-frame branch "first_prev" with the
+adaptive first-frame weight + the implicit prompt) plus miva's MotionLoRA (:data:`WAN_PARTS`).
 """
 
 from __future__ import annotations
@@ -19,14 +22,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import ADAPTERS_PATH, WORLD_ID, base_fingerprint
+from . import ADAPTERS_PATH, WAN_ADAPTERS_PATH, WORLD_BASES, base_fingerprint, world_base
 from .data import write_world_clips
 
 __all__ = [
+    "RECIPES",
     "RECIPE_STEPS",
     "SHIPPED",
+    "SHIPPED_WAN",
+    "WAN_PARTS",
+    "WAN_RECIPE",
     "ShippedAdapter",
     "recipe_fingerprint",
+    "shipped_recipes",
     "world_recipe_fingerprint",
     "saved_recipe_fingerprint",
     "ship",
@@ -41,6 +49,19 @@ RESEARCH_PARTS = {"use_i2v": True, "sa_mode": "first", "use_motion_lora": True, 
 WORLD_PARTS = {**RESEARCH_PARTS, "i2v_train_q": True}
 RECIPE_STEPS = 600  # training steps of the recipe (batch 2: 120 passes over 10 clips)
 RECIPE_CLIPS = 10
+# The Wan world's parts (docs/wan.md): the official MIVA-Wan adapter, i.e. the cross-frame branch "first_prev" (keys
+# of frame 0 and of the previous frame under one softmax, frame 0's share from the adaptive weight) and the implicit
+# prompt in place of the text cross-attention; plus miva's MotionLoRA on the 3-D self-attention and the branch's own
+# W_Q (both helped on the UNet world). CA-LoRA is refused beside the implicit prompt, spatiotemporal Q is UNet-only.
+WAN_PARTS = {"use_i2v": True, "sa_mode": "first_prev", "sa_first_frame_scale": "adaptive_0.2", "i2v_train_q": True,
+             "ca_mode": "implicit", "use_ca_lora": False, "use_motion_lora": True}
+# The recipe's numbers per base (the lead tunes the Wan ones on the validation scenes; not measured yet). `rank`
+# sets the MotionLoRA rank (alpha = rank) and, on Wan, the implicit prompt's rank.
+WAN_RECIPE = {"steps": 600, "learning_rate": 1e-3, "rank": 16, "batch_size": 2, "num_frames": 9}
+RECIPES = {
+    "unet": {"steps": RECIPE_STEPS, "learning_rate": 3e-3, "rank": 16, "batch_size": 2, "num_frames": 8},
+    "wan": WAN_RECIPE,
+}
 
 
 @dataclass(frozen=True)
@@ -52,10 +73,11 @@ class ShippedAdapter:
     motion: str
     recipe: dict = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
+    world: str = "unet"  # the MotionWorld base it is trained on: "unet" / "wan"
 
     @property
     def steps(self) -> int:
-        return self.recipe.get("steps", RECIPE_STEPS)
+        return self.recipe.get("steps", RECIPES[self.world]["steps"])
 
     @property
     def clips(self) -> int:
@@ -70,6 +92,19 @@ SHIPPED = {
     "zoom_in": ShippedAdapter("zoom_in"),
     "rotate_cw": ShippedAdapter("rotate_cw"),
 }
+# The Wan world's: the same three motions on the plain Wan recipe (miva/world/weights/wan_adapters/<name>).
+SHIPPED_WAN = {name: ShippedAdapter(name, world="wan") for name in ("right", "zoom_in", "rotate_cw")}
+
+
+def shipped_recipes(base: str = "unet") -> dict[str, ShippedAdapter]:
+    """:data:`SHIPPED` (``base="unet"``) or :data:`SHIPPED_WAN` (``"wan"``)."""
+    world_base(base)
+    return SHIPPED if base == "unet" else SHIPPED_WAN
+
+
+def _ship_folder(base: str) -> Path:
+    """Where ``--ship`` writes the adapters of MotionWorld ``base`` (:func:`miva.world.adapters_path`)."""
+    return ADAPTERS_PATH if base == "unet" else WAN_ADAPTERS_PATH
 
 # TrainConfig fields that say where files are or how a run is logged and checkpointed, not what is trained
 # (checkpoints resume exactly, so where they fall changes no weight).
@@ -118,28 +153,40 @@ def world_train_config(
     *,
     adapter_name: str,
     adapter: dict | None = None,
-    steps: int = RECIPE_STEPS,
-    learning_rate: float = 3e-3,
-    rank: int = 16,
+    steps: int | None = None,
+    learning_rate: float | None = None,
+    rank: int | None = None,
     seed: int = 0,
-    batch_size: int = 2,
+    batch_size: int | None = None,
     extra: dict | None = None,
-    base: str | Path = WORLD_ID,
+    base: str | Path | None = None,
+    world: str = "unet",
 ) -> dict:
-    """The MotionWorld adapter recipe as a ``TrainConfig`` dict (the layout of ``miva train --config``)."""
-    parts = {**WORLD_PARTS, **(adapter or {})}
+    """The MotionWorld adapter recipe of base ``world`` (``"unet"`` / ``"wan"``) as a ``TrainConfig`` dict (the
+    layout of ``miva train --config``). ``steps``, ``learning_rate``, ``rank``, ``batch_size`` None: the base's
+    :data:`RECIPES`; ``base``: the model path recorded (default: the world base's registry name)."""
+    world_base(world)  # a clear error for anything but "unet" / "wan"
+    numbers = RECIPES[world]
+    steps, learning_rate, rank, batch_size = (numbers[k] if v is None else v for k, v in (
+        ("steps", steps), ("learning_rate", learning_rate), ("rank", rank), ("batch_size", batch_size)))
+    base = str(base or WORLD_BASES[world])
+    parts = {**(WAN_PARTS if world == "wan" else WORLD_PARTS), **(adapter or {})}
     parts.setdefault("motion_lora_rank", rank)
-    parts.setdefault("ca_lora_rank", rank)
     parts.setdefault("motion_lora_scale", float(rank))  # alpha = rank: a delta factor of 1 on this small model
-    parts.setdefault("ca_lora_scale", float(rank))
+    if world == "wan":
+        parts.setdefault("implicit_rank", rank)
+        models = {"pretrained_model_path": base}  # a Wan base has no motion module
+    else:
+        parts.setdefault("ca_lora_rank", rank)
+        parts.setdefault("ca_lora_scale", float(rank))
+        models = {"pretrained_model_path": base, "motion_module_path": f"{base}/motion_adapter"}
     return {
         "output_dir": str(output_dir),
-        "pretrained_model_path": str(base),
-        "motion_module_path": f"{base}/motion_adapter",
+        **models,
         "adapter_name": adapter_name,
         "adapter": parts,
         "video_root": str(video_root),
-        "num_frames": 8,
+        "num_frames": numbers["num_frames"],
         "sample_frame_rate": 1,
         "width": 64,
         "height": 64,
@@ -169,7 +216,7 @@ def train_world_adapter(
     **recipe,
 ) -> dict:
     """Write the clips, train with :func:`miva.training.train.train`, return ``{"adapter": folder, "seconds",
-    "config"}``. ``recipe`` goes to :func:`world_train_config`."""
+    "config"}``. ``recipe`` goes to :func:`world_train_config` (``world="wan"``: on the Wan base)."""
     from omegaconf import OmegaConf
 
     from ..training.train import train
@@ -177,8 +224,8 @@ def train_world_adapter(
 
     output_dir = Path(output_dir)
     clips = output_dir / "clips"
-    write_world_clips(clips, motion, num_clips=num_clips, first_scene=first_scene)
     config = world_train_config(output_dir, clips, adapter_name=adapter_name or motion.replace("+", "_"), **recipe)
+    write_world_clips(clips, motion, num_clips=num_clips, num_frames=config["num_frames"], first_scene=first_scene)
     (output_dir / "train_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)), encoding="utf-8")
     start = time.perf_counter()
     adapter = train(TrainConfig.from_dict(config))
@@ -193,12 +240,12 @@ def validation_rank(summary: dict) -> tuple[float, float]:
     return summary["class_accuracy"], summary["psnr"]
 
 
-def _validate(adapter: Path, motion: str) -> dict:
-    """Scores of ``adapter`` on the validation scenes (held-out, never the reported ones)."""
+def _validate(adapter: Path, motion: str, base: str = "unet") -> dict:
+    """Scores of ``adapter`` on the validation scenes (held-out, never the reported ones) of MotionWorld ``base``."""
     from . import load_pipeline
     from .evaluate import HELDOUT_SCENES, VALIDATION_SCENE, evaluate_pipeline
 
-    pipe = load_pipeline()
+    pipe = load_pipeline(base=base)
     pipe.set_progress_bar_config(disable=True)
     pipe.load_adapters([str(adapter)], adapter_names=["candidate"])
     result = evaluate_pipeline(pipe, motion, scenes=HELDOUT_SCENES, first_scene=VALIDATION_SCENE)
@@ -208,45 +255,49 @@ def _validate(adapter: Path, motion: str) -> dict:
 def _train_candidate(name: str, shipped: ShippedAdapter, seed: int, log) -> dict:
     """Train (or take from an interrupted ``--ship`` of the same recipe) one seed of ``shipped`` and validate it:
     ``{"work", "seed", "seconds", "validation"}``."""
-    work = ADAPTERS_PATH.parent / f".train_{name}_seed{seed}"
-    recipe = {**shipped.recipe, "seed": seed}
+    prefix = "" if shipped.world == "unet" else f"{shipped.world}_"
+    work = _ship_folder(shipped.world).parent / f".train_{prefix}{name}_seed{seed}"
+    recipe = {**shipped.recipe, "seed": seed, "world": shipped.world}
     record = work / "training.json"
     if record.is_file() and saved_recipe_fingerprint(work) == world_recipe_fingerprint(**recipe):
         return {"work": work, **json.loads(record.read_text())}
     shutil.rmtree(work, ignore_errors=True)
     result = train_world_adapter(shipped.motion, work, adapter_name=name, log=log, **recipe)
     candidate = {"seed": seed, "seconds": round(result["seconds"], 1),
-                 "validation": _validate(result["adapter"], shipped.motion)}
+                 "validation": _validate(result["adapter"], shipped.motion, shipped.world)}
     log(f"{name} seed {seed}: validation {candidate['validation']}")
     record.write_text(json.dumps(candidate), encoding="utf-8")
     return {"work": work, **candidate}
 
 
-def ship(names: list[str] | None = None, log=print) -> None:
-    """Retrain shipped adapters (default: all of :data:`SHIPPED`) into ``miva/world/weights/adapters/<name>``: each
-    seed of its recipe is trained and scored on the validation scenes, the best (:func:`validation_rank`) is kept
-    with its ``train_config.yaml``, a sample GIF and a ``training.json`` that records the motion, steps, clips,
-    seed, every candidate's validation scores and the base (:func:`~miva.world.base_fingerprint`)."""
+def ship(names: list[str] | None = None, log=print, base: str = "unet") -> None:
+    """Retrain the adapters shipped for MotionWorld ``base`` (default: all of :func:`shipped_recipes`) into
+    ``miva/world/weights/adapters/<name>`` (``wan_adapters/<name>`` on the Wan base): each seed of its recipe is
+    trained and scored on the validation scenes, the best (:func:`validation_rank`) is kept with its
+    ``train_config.yaml``, a sample GIF and a ``training.json`` that records the motion, steps, clips, seed, every
+    candidate's validation scores and the base (:func:`~miva.world.base_fingerprint`)."""
     from .samples import write_adapter_sample
 
-    unknown = sorted(set(names or ()) - set(SHIPPED))
+    recipes = shipped_recipes(base)
+    unknown = sorted(set(names or ()) - set(recipes))
     if unknown:
-        raise ValueError(f"names={unknown} are not shipped adapters; choose from {sorted(SHIPPED)}")
-    ADAPTERS_PATH.mkdir(parents=True, exist_ok=True)
-    for name in names or SHIPPED:
-        shipped = SHIPPED[name]
+        raise ValueError(f"names={unknown} are not shipped adapters of the {base} base; choose from {sorted(recipes)}")
+    folder = _ship_folder(base)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names or recipes:
+        shipped = recipes[name]
         candidates = [_train_candidate(name, shipped, seed, log) for seed in shipped.seeds]
         best = max(candidates, key=lambda candidate: validation_rank(candidate["validation"]))
-        target = ADAPTERS_PATH / name
+        target = folder / name
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(best["work"] / "adapter", target)
         shutil.copy2(best["work"] / "train_config.yaml", target / "train_config.yaml")
         record = {"motion": shipped.motion, "seconds": best["seconds"], "clips": shipped.clips, "steps": shipped.steps,
-                  "seed": best["seed"], "base": base_fingerprint(),
+                  "seed": best["seed"], "base": base_fingerprint(base=base),
                   "validation": {str(c["seed"]): c["validation"] for c in candidates}}
         (target / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        write_adapter_sample(target, name, shipped.motion)
+        write_adapter_sample(target, name, shipped.motion, base=base)
         for candidate in candidates:
             shutil.rmtree(candidate["work"], ignore_errors=True)
 
@@ -255,17 +306,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m miva.world.adapters", description=__doc__.split("\n")[0])
     parser.add_argument("--motion", help="motion name (e.g. right, zoom_in, rotate_cw, right+down)")
     parser.add_argument("--out", help="output folder")
+    parser.add_argument("--base", choices=sorted(WORLD_BASES), default="unet",
+                        help="the MotionWorld base: unet (miva-world, default) or wan (miva-world-wan)")
     parser.add_argument("--clips", type=int, default=RECIPE_CLIPS)
-    parser.add_argument("--steps", type=int, default=RECIPE_STEPS)
+    parser.add_argument("--steps", type=int, help="training steps (default: the base's recipe)")
     parser.add_argument("--ship", nargs="*", metavar="NAME", choices=sorted(SHIPPED),
                         help="rebuild the shipped adapters (all, or the names given)")
     args = parser.parse_args(argv)
     if args.ship is not None:
-        ship(args.ship or None)
+        ship(args.ship or None, base=args.base)
         return 0
     if not args.motion or not args.out:
         parser.error("--motion and --out are required (or --ship)")
-    train_world_adapter(args.motion, args.out, num_clips=args.clips, steps=args.steps)
+    train_world_adapter(args.motion, args.out, num_clips=args.clips, steps=args.steps, world=args.base)
     return 0
 
 

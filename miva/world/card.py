@@ -1,4 +1,6 @@
-"""The model card of the shipped MotionWorld base (``README.md`` in its folder), built from ``pretrain_log.json``."""
+"""The model cards of the MotionWorld bases (``README.md`` in their folders), built from ``pretrain_log.json``: the
+UNet base (:mod:`miva.world.pretrain`) and the Wan2.1-architecture base (:mod:`miva.world.pretrain_wan`; its log
+has ``transformer_seconds``)."""
 
 from __future__ import annotations
 
@@ -55,6 +57,55 @@ Text encoder: randomly initialised and frozen (its embeddings still tell prompts
 """
 
 
+_WAN_BODY = """
+# MotionWorld Wan base (miva)
+
+A small image-to-video model in diffusers' own Wan2.1 architecture (`WanTransformer3DModel`, `AutoencoderKLWan`,
+`UMT5EncoderModel` with an in-memory T5 tokenizer, `FlowMatchEulerDiscreteScheduler` with shift {shift}), pretrained
+from scratch on **MotionWorld**: procedural scenes of textured shapes on textured backgrounds, rendered analytically
+under known motions. The Wan counterpart of the UNet base `miva-world` (docs/motionworld.md#two-bases), so that
+MIVA's Wan adapters can be trained and *measured* offline on a CPU.
+
+- Frames: 64x64 RGB; the autoencoder compresses 4x in space and not in time: one 16x16x{z_dim} latent per frame
+  (frame 0 of the video is latent frame 0 exactly). Clips of {frames} frames (1 + 4k: the Wan VAE's chunking);
+  prompts of at most {max_sequence_length} T5 tokens; flow-matching Euler sampling.
+- It learned the world's images and **generic** motion under the *rich* mix (`miva.world.motions.sample_rich_motion`,
+  zoom and turn as common as drift): {mix}; prompts describe the scene but never the motion ({dropout:.0%} empty). Alone it animates an image with no particular motion; a
+  MIVA adapter trained on ~10 clips of one motion steers it.
+- Parameters: {params}.
+- Weights: fp16 safetensors, {size_mb:.1f} MB in all; load in float32 on a CPU.
+
+## Usage
+
+```python
+from miva.world import load_pipeline, make_scene, scene_image, shipped_adapters
+from miva.world.evaluate import sampling_defaults  # 9 frames, 25 flow steps: what Wan world adapters are measured with
+
+pipe = load_pipeline(base="wan")   # = miva.load_base("miva-world-wan"): this folder, offline, float32
+video = pipe(image=scene_image(0), prompt=make_scene("heldout", 0).prompt, height=64, width=64,
+             **sampling_defaults("wan")).frames[0]
+```
+
+Configs and adapter metadata name this base `miva-world-wan` (alias `world-wan`); miva resolves the name to this
+folder offline (`miva/base_registry.py`). The folder is an ordinary diffusers `WanPipeline` folder.
+
+## Training recipe (seeded, resumable)
+
+`{command}`
+
+1. Autoencoder: {vae_steps} steps, batch {vae_batch} clips of {vae_frames} frames, AdamW lr {vae_lr} (warm-up,
+   cosine), MSE + 0.5 L1 + 1e-6 KL; then `latents_mean` / `latents_std` set per channel from encoded clips.
+2. Transformer: {transformer_steps} steps, batch {batch} clips of {frames} frames, AdamW lr {lr} (warm-up {warmup},
+   cosine), grad clip 1, EMA {ema_decay}; miva's Wan image-to-video objective (latent frame 0 clean, velocity MSE on
+   frames 1..F-1); every step draws fresh training scenes (held-out scenes are never seen).
+
+Time: autoencoder {vae_min:.1f} min, transformer {transformer_min:.1f} min on {machine}.
+
+Text encoder: randomly initialised and frozen (its embeddings still tell prompts apart; the transformer learns to
+read them).
+"""
+
+
 def _stages_text(record: dict) -> str:
     """The earlier stages of a base continued with ``--init-from`` (oldest first), and the total time."""
     stages = record.get("stages", [])
@@ -75,25 +126,54 @@ def _stages_text(record: dict) -> str:
     return "\n".join(lines)
 
 
+def _rich_mix() -> str:
+    """The rich mix's shares, as :func:`~miva.world.motions.sample_rich_motion` documents them (its "Here:" line)."""
+    from .motions import sample_rich_motion
+
+    text = " ".join(sample_rich_motion.__doc__.split())
+    return text.split("Here: ", 1)[1].rstrip(".")
+
+
+def _wan_body(record: dict, params: str, size: int) -> str:
+    from .wan_architecture import FLOW_SHIFT, MAX_SEQUENCE_LENGTH, Z_DIM
+
+    recipe = record["recipe"]
+    return _WAN_BODY.format(mix=_rich_mix(),
+        shift=FLOW_SHIFT, z_dim=Z_DIM, max_sequence_length=MAX_SEQUENCE_LENGTH, dropout=recipe["prompt_dropout"],
+        params=params, size_mb=size / 2**20, command=record["command"], vae_min=record["vae_seconds"] / 60,
+        transformer_min=record["transformer_seconds"] / 60, machine=record["machine"], **recipe,
+    )
+
+
 def write_base_card(folder: str | Path) -> Path:
-    """Write ``<folder>/README.md`` from ``<folder>/pretrain_log.json``; returns its path."""
+    """Write ``<folder>/README.md`` from ``<folder>/pretrain_log.json`` (a UNet or a Wan base's); returns its path."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from ..base_registry import WORLD_ID, known_base
-    from .architecture import MAX_FRAMES
+    from ..base_registry import WORLD_ID, WORLD_WAN_ID, known_base
 
     folder = Path(folder)
     record = json.loads((folder / "pretrain_log.json").read_text(encoding="utf-8"))
-    recipe = record["recipe"]
+    wan = "transformer_seconds" in record
     size = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
     params = ", ".join(f"{name} {count / 1e6:.2f}M" for name, count in record["parameters"].items())
     data = ModelCardData(
-        license=known_base(WORLD_ID).license,
+        license=known_base(WORLD_WAN_ID if wan else WORLD_ID).license,
         library_name="diffusers",
         pipeline_tag="image-to-video",
-        tags=["miva", "animatediff", "motionworld", "image-to-video", "synthetic-data"],
+        tags=["miva", "wan2.1" if wan else "animatediff", "motionworld", "image-to-video", "synthetic-data"],
     )
-    body = _BODY.format(
+    body = _wan_body(record, params, size) if wan else _unet_body(record, params, size)
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+    path = folder / "README.md"
+    card.save(path)
+    return path
+
+
+def _unet_body(record: dict, params: str, size: int) -> str:
+    from .architecture import MAX_FRAMES
+
+    recipe = record["recipe"]
+    return _BODY.format(
         stages=_stages_text(record),
         max_frames=MAX_FRAMES,
         params=params,
@@ -105,7 +185,3 @@ def write_base_card(folder: str | Path) -> Path:
         machine=record["machine"],
         **recipe,
     )
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
-    path = folder / "README.md"
-    card.save(path)
-    return path

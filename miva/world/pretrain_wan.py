@@ -202,6 +202,9 @@ def pretrain_wan(out: str | Path, recipe: WanPretrainRecipe | None = None, work:
             f" --{k.replace('_', '-')} {getattr(recipe, k)}" for k in ("seed", "vae_steps", "transformer_steps")),
     }
     (out / "pretrain_log.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    from .card import write_base_card
+
+    write_base_card(out)  # README.md: the model card, from pretrain_log.json
     shutil.rmtree(work, ignore_errors=True)
     log(f"wrote {out} (vae {vae_seconds / 60:.1f} min, transformer {transformer_seconds / 60:.1f} min)")
     return out

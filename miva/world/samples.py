@@ -64,21 +64,22 @@ def write_gif(video: np.ndarray, path: str | Path, fps: int = 8) -> Path:
     return Path(path)
 
 
-def write_adapter_sample(folder: str | Path, name: str, motion: str, scene: int = 0) -> Path:
-    """Animate held-out ``scene`` with the base and with adapter ``folder``; write ``sample.gif`` (ground truth |
-    base | adapter) and re-save the adapter with it so the model card shows it. Returns the GIF path."""
-    from . import WORLD_ID, load_pipeline
+def write_adapter_sample(folder: str | Path, name: str, motion: str, scene: int = 0, base: str = "unet") -> Path:
+    """Animate held-out ``scene`` with MotionWorld base ``base`` (``"unet"`` / ``"wan"``) and with adapter ``folder``;
+    write ``sample.gif`` (ground truth | base | adapter) and re-save the adapter with it so the model card shows it.
+    Returns the GIF path."""
+    from . import WORLD_BASES, load_pipeline
 
     folder = Path(folder)
-    pipe = load_pipeline()
+    pipe = load_pipeline(base=base)
     pipe.set_progress_bar_config(disable=True)
-    base = animate_scene(pipe, scene)
+    alone = animate_scene(pipe, scene)
     pipe.load_adapters([str(folder)], adapter_names=[name])
     adapted = animate_scene(pipe, scene)
-    truth = render_clip(make_scene("heldout", scene), get_motion(motion), base.shape[0], 64)
-    gif = write_gif(side_by_side([truth, base, adapted], labels=comparison_labels(name)),
+    truth = render_clip(make_scene("heldout", scene), get_motion(motion), alone.shape[0], 64)
+    gif = write_gif(side_by_side([truth, alone, adapted], labels=comparison_labels(name)),
                     folder.parent / f".{name}_sample.gif")
-    pipe.save_adapter(name, folder, sample_gif=str(gif), base_model=WORLD_ID)
+    pipe.save_adapter(name, folder, sample_gif=str(gif), base_model=WORLD_BASES[base])
     gif.unlink()
     fitted = estimate_motion(adapted).summary
     print(f"{name}: held-out scene {scene}: {fitted.describe()}")

@@ -14,6 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from bare_pipe import BarePipe
+from research_checkpoints import (
+    RANK,
+    research_ca_checkpoint,
+    research_motion_and_i2v_checkpoints,
+    spatial_cross_attentions,
+)
 
 from miva.attention_processors import MIVAAdapterConfig, get_miva_context
 from miva.loaders import (
@@ -25,7 +31,7 @@ from miva.loaders import (
 from miva.loaders.research import base_weights_from_unet
 
 FRAMES = 16  # the research `video_length`: its 1-D rotary uses arange(16)
-RANK, ALPHA = 4, 2.0
+ALPHA = 2.0
 
 
 # ------------------------------------------------------------------------------------ research reference maths
@@ -122,66 +128,6 @@ def research_cross_attention(attn, x, text, ckpt, layer, *, size, ratio, pe_mode
     return y.permute(0, 2, 3, 1).reshape(bf, hgt * wid, c)
 
 
-# ------------------------------------------------------------------------------------ research checkpoint writers
-
-
-def _spatial_attn2(unet):
-    return [
-        n[: -len(".processor")] for n in unet.attn_processors if n.endswith("attn2.processor") and "motion" not in n
-    ]
-
-
-def research_ca_checkpoint(unet, seed=1, q_lora=True):
-    """`...attn2.processor.to_{q,k,v,out}_lora.{down,up}.weight` with non-zero `up` (trained-looking)."""
-    g = torch.Generator().manual_seed(seed)
-    ckpt = {}
-    for layer in _spatial_attn2(unet):
-        attn = unet.get_submodule(layer)
-        projs = {"to_k": attn.to_k, "to_v": attn.to_v, "to_out": attn.to_out[0]}
-        if q_lora:
-            projs["to_q"] = attn.to_q
-        for proj, linear in projs.items():
-            ckpt[f"{layer}.processor.{proj}_lora.down.weight"] = torch.randn(RANK, linear.in_features, generator=g) / 4
-            ckpt[f"{layer}.processor.{proj}_lora.up.weight"] = torch.randn(linear.out_features, RANK, generator=g) / 4
-    return ckpt
-
-
-def research_motion_and_i2v_checkpoints(unet, seed=2):
-    """Research split files: motion LoRAs under `temporal_transformer...attention_blocks.K.processor`, and the I2V
-    adapter (`i2v_adapter.to_q/k/v` copies of attn1, a retrained to_q, random to_out) at every spatial block."""
-    g = torch.Generator().manual_seed(seed)
-    motion, i2v, modules = {}, {}, {}
-    for prefix, blocks in (("down_blocks", unet.down_blocks), ("up_blocks", unet.up_blocks)):
-        for i, block in enumerate(blocks):
-            for j, mm in enumerate(getattr(block, "motion_modules", [])):
-                for k in range(2):
-                    attn = getattr(mm.transformer_blocks[0], f"attn{k + 1}")
-                    base = f"{prefix}.{i}.motion_modules.{j}.temporal_transformer.transformer_blocks.0"
-                    key = f"{base}.attention_blocks.{k}.processor"
-                    modules[key] = attn
-                    for proj, linear in (
-                        ("to_q", attn.to_q),
-                        ("to_k", attn.to_k),
-                        ("to_v", attn.to_v),
-                        ("to_out", attn.to_out[0]),
-                    ):
-                        motion[f"{key}.{proj}_lora.down.weight"] = (
-                            torch.randn(RANK, linear.in_features, generator=g) / 4
-                        )
-                        motion[f"{key}.{proj}_lora.up.weight"] = torch.randn(linear.out_features, RANK, generator=g) / 4
-    for name in unet.attn_processors:
-        if name.endswith("attn1.processor") and "motion" not in name:
-            block = name[: -len(".attn1.processor")]
-            attn1 = unet.get_submodule(f"{block}.attn1")
-            c = attn1.to_q.weight.shape[0]
-            i2v[f"{block}.i2v_adapter.to_q.weight"] = attn1.to_q.weight + torch.randn(c, c, generator=g) / 10
-            i2v[f"{block}.i2v_adapter.to_k.weight"] = attn1.to_k.weight.clone()
-            i2v[f"{block}.i2v_adapter.to_v.weight"] = attn1.to_v.weight.clone()
-            i2v[f"{block}.i2v_adapter.to_out.0.weight"] = torch.randn(c, c, generator=g) / 4
-            i2v[f"{block}.i2v_adapter.to_out.0.bias"] = torch.randn(c, generator=g) / 4
-    return motion, i2v, modules
-
-
 # ------------------------------------------------------------------------------------ running and capturing
 
 
@@ -236,7 +182,7 @@ def test_ca_lora_with_stq_matches_research(pipe, tmp_path, pe_mode):
     assert (loaded.ca_lora_rank, loaded.use_q_lora, loaded.ca_out_lora_bias) == (RANK, True, True)
     assert loaded.pe_style == "research"  # every import, also without a PE mode (research STQ grid)
     sample, text = inputs()
-    layers = _spatial_attn2(unet)
+    layers = spatial_cross_attentions(unet)
     seen = capture(unet, layers, sample, text)
     sizes = {8 * 8: (8, 8), 4 * 4: (4, 4)}
     for layer in layers:
@@ -256,7 +202,7 @@ def test_ca_lora_without_stq_matches_research_in_both_modes(pipe, tmp_path, para
     config = MIVAAdapterConfig(use_i2v=False, use_motion_lora=False, ca_lora_scale=ALPHA)
     pipe.load_adapters({"ca_lora_path": tmp_path / "ca.pt"}, config=config, parallel_mode=parallel_mode)
     sample, text = inputs(batch=1)
-    layers = _spatial_attn2(unet)
+    layers = spatial_cross_attentions(unet)
     seen = capture(unet, layers, sample, text)
     for layer in layers:
         x, e, out = seen[layer]

@@ -17,6 +17,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from research_checkpoints import research_ca_checkpoint
 from state_snapshot import expect_clean_failure, take_snapshot
 
 from miva import MIVAAdapterConfig, MIVAPipeline, load_config
@@ -303,22 +304,6 @@ def test_non_finite_adapter_tensors_are_refused(pipe, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- research .pt import
-def _research_ca(unet, rank=4):
-    """A research CA-LoRA checkpoint (K/V LoRAs, no out-LoRA) for every spatial cross-attention of `unet`."""
-    g = torch.Generator().manual_seed(0)
-    state = {}
-    for name in unet.attn_processors:
-        layer = name[: -len(".processor")]
-        if not layer.endswith("attn2") or ".motion_modules." in layer:
-            continue
-        attn = unet.get_submodule(layer)
-        for proj in ("to_k", "to_v"):
-            linear = getattr(attn, proj)
-            state[f"{layer}.processor.{proj}_lora.down.weight"] = torch.randn(rank, linear.in_features, generator=g)
-            state[f"{layer}.processor.{proj}_lora.up.weight"] = torch.randn(linear.out_features, rank, generator=g)
-    return state
-
-
 @pytest.mark.parametrize(
     "edit, match",
     [
@@ -332,7 +317,7 @@ def _research_ca(unet, rank=4):
     ],
 )
 def test_malformed_research_pt_names_file_and_key(shared, tmp_path, edit, match):
-    state = _research_ca(shared.unet)
+    state = research_ca_checkpoint(shared.unet, seed=0, q_lora=False, out_lora=False)
     edit(state)
     path = tmp_path / "ca.pt"
     torch.save(state, path)
@@ -342,7 +327,7 @@ def test_malformed_research_pt_names_file_and_key(shared, tmp_path, edit, match)
 
 def test_damaged_pt_is_corrupt_not_unsafe(shared, tmp_path):
     path = tmp_path / "ca.pt"
-    torch.save(_research_ca(shared.unet), path)
+    torch.save(research_ca_checkpoint(shared.unet, seed=0, q_lora=False, out_lora=False), path)
     shared.load_adapters(path, adapter_names="r")  # the intact file loads
     shared.delete_adapters("r")
     shared.set_adapters(["a"])  # as the fixture had it

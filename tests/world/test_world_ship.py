@@ -21,7 +21,7 @@ from miva.world.adapters import (
 def fake_world(tmp_path, monkeypatch):
     """Ship into a temporary folder with trainings and validations that only write what the real ones write."""
     monkeypatch.setattr(world_adapters, "ADAPTERS_PATH", tmp_path / "adapters")
-    monkeypatch.setattr(world_adapters, "base_fingerprint", lambda: "b" * 12)
+    monkeypatch.setattr(world_adapters, "base_fingerprint", lambda base="unet": "b" * 12)
     trained, validated = [], []
     # validation scores by seed: seed 1 makes the motion more often, seed 2 as often but with a lower PSNR
     scores = {0: (0.5, 18.0), 1: (0.9, 17.0), 2: (0.9, 16.0)}
@@ -35,7 +35,7 @@ def fake_world(tmp_path, monkeypatch):
         TrainConfig.from_dict(config).to_yaml(work / "train_config.yaml")
         return {"adapter": work / "adapter", "seconds": 2.0 + seed, "config": config}
 
-    def validate(adapter, motion):
+    def validate(adapter, motion, base="unet"):
         seed = (adapter / "miva_adapter.safetensors").read_bytes()[0]
         validated.append(seed)
         accuracy, psnr = scores[seed]
@@ -44,7 +44,7 @@ def fake_world(tmp_path, monkeypatch):
 
     monkeypatch.setattr(world_adapters, "train_world_adapter", train)
     monkeypatch.setattr(world_adapters, "_validate", validate)
-    monkeypatch.setattr("miva.world.samples.write_adapter_sample", lambda folder, name, motion: None)
+    monkeypatch.setattr("miva.world.samples.write_adapter_sample", lambda folder, name, motion, base="unet": None)
     recipe = {"adapter": {"sa_mode": "prev"}, "steps": 8}
     monkeypatch.setattr(world_adapters, "SHIPPED", {"right": ShippedAdapter("right", recipe, seeds=(0, 1, 2)),
                                                     "down": ShippedAdapter("down")})
@@ -65,7 +65,7 @@ def test_ship_keeps_the_seed_with_the_best_validation_and_records_every_candidat
     assert saved_recipe_fingerprint(shipped) == recipe_fingerprint(expected)
     assert sorted(p.name for p in adapters_path.parent.iterdir()) == ["adapters"]  # no training left behind
     assert not (adapters_path / "down").exists()  # only the names asked for
-    with pytest.raises(ValueError, match=r"names=\['left'\] are not shipped adapters; choose from \['down', 'right'\]"):
+    with pytest.raises(ValueError, match=r"names=\['left'\] are not shipped adapters of the unet base; choose from \['down', 'right'\]"):
         world_adapters.ship(["left"])
 
 

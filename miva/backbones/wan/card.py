@@ -35,10 +35,16 @@ def wan_component_lines(config: WanAdapterConfig) -> list[str]:
 
 def wan_model_card(config: WanAdapterConfig, adapter_name: str, repo_id: str | None = None) -> ModelCard:
     """A `ModelCard` describing the adapter, its parts and how to load it onto Wan2.1."""
+    from ...base_registry import known_base
+
     source = repo_id or f"path/to/{adapter_name}"
+    known = known_base(config.base_model)  # a base miva knows by name (miva-world-wan): its own snippet, no Hub id
     data = ModelCardData(library_name="diffusers", license="apache-2.0", pipeline_tag="image-to-video",
-                         base_model=config.base_model or BASE, tags=["miva", "wan2.1", "image-to-video", "diffusers"])
+                         base_model=None if known else config.base_model or BASE,
+                         tags=["miva", "wan2.1", "image-to-video", "diffusers"])
     contents = "\n".join(wan_component_lines(config)) or "- (no parts)"
+    usage = _usage(config, adapter_name, source) if known is None else known.usage.format(
+        where=source, name=adapter_name, prompt=config.prompt or "")
     text = f"""---
 {data.to_yaml()}
 ---
@@ -55,16 +61,21 @@ A **miva** image-to-video adapter for diffusers' Wan2.1 text-to-video transforme
 ## Usage
 
 ```python
-import torch
+{usage}
+```
+
+The adapter files are `adapter_config.json` (`backbone: {config.backbone}`) and `miva_adapter.safetensors`.
+"""
+    return ModelCard(text)
+
+
+def _usage(config: WanAdapterConfig, adapter_name: str, source: str) -> str:
+    """The snippet for a Wan2.1 base loaded with `from_pretrained` (a Hub id or a folder)."""
+    return f"""import torch
 from diffusers.utils import export_to_video, load_image
 from miva import MIVAWanPipeline
 
 pipe = MIVAWanPipeline.from_pretrained("{config.base_model or BASE}", dtype=torch.bfloat16).to("cuda")
 pipe.load_adapters("{source}", adapter_names="{adapter_name}")
 video = pipe(image=load_image("input.png"), num_frames=17, height=480, width=832).frames[0]
-export_to_video(video, "output.mp4", fps=16)
-```
-
-The adapter files are `adapter_config.json` (`backbone: {config.backbone}`) and `miva_adapter.safetensors`.
-"""
-    return ModelCard(text)
+export_to_video(video, "output.mp4", fps=16)"""
