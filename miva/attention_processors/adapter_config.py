@@ -105,6 +105,10 @@ class MIVAAdapterConfig:
     q_downsample_mode: str = field(default="nearest", metadata={"help": f"One of {Q_DOWNSAMPLE_MODES}."})
     ca_pe_mode: str | None = field(default=None, metadata={"help": f"Positional encoding of Q: None or {CA_PE_MODES}."})
     pe_style: str = field(default="standard", metadata={"help": f"One of {PE_STYLES}; 'research' keeps its quirks."})
+    # Mask branch (M-MIVA, docs/mask_branch.md): a second latent stream predicting the adapter's region mask video.
+    use_mask_branch: bool = field(
+        default=False, metadata={"help": "Mask-stream Q/O projections at attn1 (needs use_i2v); see docs/mask_branch.md."}
+    )
     # Orthogonal adapters, learned word, prompt and provenance.
     oa_bin_id: int | None = field(default=None, metadata={"help": "Orthogonal-adapter bases bin (None: off)."})
     word_to_learn: str | None = field(default=None, metadata={"help": "New token whose embedding ships along."})
@@ -118,9 +122,12 @@ class MIVAAdapterConfig:
     def validate(self) -> None:
         """Raise `ValueError` naming the field, the value and what would be valid."""
         for name in ("use_i2v", "i2v_train_q", "use_motion_lora", "use_motion_embed", "use_ca_lora", "use_q_lora",
-                     "ca_out_lora_bias", "q_downsample"):
+                     "ca_out_lora_bias", "q_downsample", "use_mask_branch"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
+        if self.use_mask_branch and not self.use_i2v:
+            raise ValueError("use_mask_branch=True needs use_i2v=True: the mask stream's projections live beside the "
+                             "cross-frame branch at spatial self-attention (docs/mask_branch.md)")
         _check_choice("sa_mode", self.sa_mode, SA_MODES)
         parse_first_frame_scale(self.sa_first_frame_scale)
         _check_choice("ca_mode", self.ca_mode, CA_MODES)

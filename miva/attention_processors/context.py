@@ -75,6 +75,7 @@ class CallState:
     num_frames: int | None = None  # frames per video, as the caller knows them (a forward's own count comes first)
     bare: bool = False  # opened by the model itself for a forward run outside any call
     gates: Any = None  # the per-adapter masks and schedules (`gates.CallGates`; None: every adapter acts everywhere)
+    mask_guidance: Any = None  # the mask branch's `mask_guidance.MaskGuidance` (docs/mask_branch.md), or None
     forward: ForwardValues = field(default_factory=ForwardValues)
 
     def frames(self, layer_name: str) -> int:
@@ -193,7 +194,7 @@ _PER_CALL_FIELDS = {"calls": list, "recording": bool, "bare_calls": list, "last_
 @contextmanager
 def miva_call(target: Any, *, adapter_weights=None, adapter_prompts: bool = False, attention_store: Any = None,
               num_frames: int | None = None, adapter_masks=None, adapter_schedules=None, num_steps: int | None = None,
-              _bare: bool = False, **forward_values: Any) -> Iterator[CallState]:
+              mask_guidance: Any = None, _bare: bool = False, **forward_values: Any) -> Iterator[CallState]:
     """Open a `CallState` on `target` (a model with MIVA processors, its `MIVAContext`, or a processor) for the
     duration of the `with` block; the previous one is back afterwards (calls nest).
 
@@ -201,8 +202,9 @@ def miva_call(target: Any, *, adapter_weights=None, adapter_prompts: bool = Fals
     values) and removes them when it closes. `adapter_weights`: this call's weights of the active adapters;
     `num_frames`: frames per video (a forward's recorded count comes first). `adapter_masks` / `adapter_schedules`
     (docs/regions.md): per-adapter gates, checked here (`gates.CallGates`); `num_steps`: the denoising steps a step
-    schedule covers. `forward_values` (`timestep`, `temb`, `spatial_sizes`, `grid`) pre-fill what the recorders
-    would record, for processors run outside a model.
+    schedule covers; `mask_guidance`: the mask branch's per-call values (docs/mask_branch.md). `forward_values`
+    (`timestep`, `temb`, `spatial_sizes`, `grid`) pre-fill what the recorders would record, for processors run
+    outside a model.
     """
     model = getattr(target, "_orig_mod", target)  # a torch.compile'd model: hooks go on the module it wraps
     context = model if isinstance(model, MIVAContext) else getattr(model, "context", None)
@@ -217,7 +219,8 @@ def miva_call(target: Any, *, adapter_weights=None, adapter_prompts: bool = Fals
                           num_frames=num_frames, num_steps=num_steps)
         check_not_fused(context, f"adapter_masks / adapter_schedules for {sorted(gates.names)}", list(gates.names))
     state = CallState(adapter_weights=weights, adapter_prompts=bool(adapter_prompts), attention_store=attention_store,
-                      num_frames=num_frames, bare=_bare, gates=gates, forward=ForwardValues(**forward_values))
+                      num_frames=num_frames, bare=_bare, gates=gates, mask_guidance=mask_guidance,
+                      forward=ForwardValues(**forward_values))
     owner = getattr(model, "miva_context", None) is context  # the model itself (not a processor or the context)
     record = owner and context.backbone is not None and not context.recording
     context.calls.append(state)

@@ -28,6 +28,7 @@ __all__ = [
     "CA_LORA_PART",
     "I2V_PART",
     "IMPLICIT_PART",
+    "MASK_BRANCH_PART",
     "MOTION_EMBED_PART",
     "MOTION_LORA_PART",
     "STQ_PART",
@@ -122,9 +123,17 @@ ADAPTER_PARTS: tuple[AdapterPart, ...] = (
         line=lambda c: (f"- spatiotemporal query: ratio {c.q_downsample_ratio} ({c.q_downsample_mode}), "
                         f"`ca_pe_mode={c.ca_pe_mode!r}`, `pe_style={c.pe_style!r}`"),
     ),
+    # The mask stream's own W_Q / W_O at spatial attn1, copies of the frozen ones (docs/mask_branch.md).
+    AdapterPart(
+        "mask_branch", "use_mask_branch", SELF, lambda c: c.use_mask_branch, ("mask_to_q", "mask_to_out"),
+        tag=lambda c: "mask-branch",
+        line=lambda c: ("- mask branch (M-MIVA): predicts its region's mask video from the frame-0 mask in a second "
+                        "latent stream and restricts the adapter to that region (docs/mask_branch.md)"),
+    ),
 )
 
-I2V_PART, ADAPTIVE_WEIGHT_PART, MOTION_LORA_PART, MOTION_EMBED_PART, CA_LORA_PART, IMPLICIT_PART, STQ_PART = ADAPTER_PARTS
+(I2V_PART, ADAPTIVE_WEIGHT_PART, MOTION_LORA_PART, MOTION_EMBED_PART, CA_LORA_PART, IMPLICIT_PART, STQ_PART,
+ MASK_BRANCH_PART) = ADAPTER_PARTS
 TRAINABLE_PARTS: tuple[str, ...] = tuple(part.name for part in ADAPTER_PARTS if part.trainable)
 # Adapter attribute -> (projection, tensor) for every fusable part (`fusing.py`).
 FUSE_TARGETS: dict[str, tuple[str, str]] = {k: v for part in ADAPTER_PARTS for k, v in part.fuse_into.items()}

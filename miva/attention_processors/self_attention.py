@@ -22,7 +22,8 @@ class CrossFrameAdapter(nn.Module):
 
     Keys/values are attn1's own (frozen); the branch owns `to_out` (zero-init, so a new adapter is a no-op), an
     optional trainable copy of attn1's `to_q`, and for `sa_first_frame_scale="adaptive_<T>"` a `weight_module`
-    (`Linear(temb_channels, 2)`) giving the first-frame weight `s = softmax(W SiLU(temb) / T)[0]`.
+    (`Linear(temb_channels, 2)`) giving the first-frame weight `s = softmax(W SiLU(temb) / T)[0]`. With
+    `use_mask_branch`, also the mask stream's `mask_to_q` / `mask_to_out` (docs/mask_branch.md).
     """
 
     part_kind = SELF
@@ -36,6 +37,10 @@ class CrossFrameAdapter(nn.Module):
         nn.init.zeros_(self.to_out.weight)
         nn.init.zeros_(self.to_out.bias)
         self.weight_module = nn.Linear(temb_channels, 2) if self.scale_kind == "adaptive" else None
+        # Mask branch (docs/mask_branch.md): the mask stream's W_Q / W_O, trainable copies of attn1's frozen ones.
+        mask = config.use_mask_branch
+        self.mask_to_q = copy.deepcopy(attn.to_q).requires_grad_(True) if mask else None
+        self.mask_to_out = copy.deepcopy(attn.to_out[0]).requires_grad_(True) if mask else None
 
     def group_key(self, name: str) -> tuple:
         """Branches with equal keys share keys/values (and are batched into one SDPA call)."""
@@ -83,12 +88,21 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
         kv_source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         mask = prepare_mask(attn, attention_mask, kv_source.shape[1], hidden_states.shape[0])
         query, key, value = attn.to_q(hidden_states), attn.to_k(kv_source), attn.to_v(kv_source)
+        guidance = self.context.call_state().mask_guidance  # the mask branch (docs/mask_branch.md)
+        stream = None
+        if guidance is not None and guidance.stream_rows:  # the mask stream's rows follow the video's
+            if mask is not None:
+                raise ValueError(f"{self.layer_name}: attention masks are not supported with the mask branch")
+            stream = guidance.stream_attention(self, attn, hidden_states, key, value)
+            video = guidance.video_rows(hidden_states.shape[0])
+            hidden_states, query, key, value = hidden_states[:video], query[:video], key[:video], value[:video]
         out = project_out(attn, self.attend(query, key, value, attn.heads, mask))
         active = self.context.active_adapters(self.adapters)
         if active:
             state = self.context.call_state()
             frames = state.frames(self.layer_name)
-            window = row_window(state, self.layer_name, rows=hidden_states.shape[0], frames=frames)
+            window = None if stream is not None else row_window(state, self.layer_name, rows=hidden_states.shape[0],
+                                                                frames=frames)  # (the mask rows: whole videos)
             if window is None and hidden_states.shape[0] % frames:
                 raise ValueError(f"{self.layer_name}: batch {hidden_states.shape[0]} is not a multiple of "
                                  f"num_frames={frames}")
@@ -97,6 +111,8 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
                       for i, name, w in active]
             out = out + self._branches(hidden_states, query, key, value, active=active, frames=frames,
                                        heads=attn.heads, window=window, state=state)
+        if stream is not None:
+            out = torch.cat([out, attn.to_out[1](stream)])
         return finish_output(attn, out, residual)
 
     def _branches(self, x, query, key, value, *, active, frames, heads, window, state):
@@ -105,10 +121,16 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
         the call's `CallState`."""
         # Under split inference: each row's reference frames' keys/values, once for all groups of this call.
         references = self._carried_references(key, value, frames, window, state) if window is not None else None
+        guidance = state.mask_guidance
+        gated = guidance is not None and guidance.gates(SELF)
+        if gated and window is not None:
+            raise ValueError(f"{self.layer_name}: mask-guided attention does not support FreeNoise split inference")
         groups: dict[tuple, list] = {}
         for _, name, weight in active:
             adapter = self.adapters[name]
-            groups.setdefault(adapter.group_key(name), []).append((adapter, weight))
+            gate = None if not gated else guidance.gate(name, state.spatial_size(self.layer_name), x.shape[0],
+                                                        x.dtype, includes_stream=False)  # x: the video rows
+            groups.setdefault(adapter.group_key(name), []).append((adapter, weight if gate is None else gate * weight))
         total = 0.0
         for members in groups.values():
             adapters = [a for a, _ in members]

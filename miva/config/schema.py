@@ -43,6 +43,7 @@ from .fields import (
     string,
 )
 from .inputs import InputItem, resolve_inputs
+from .mask_keys import mask_branch_inputs
 from .regions import check_adapter_names
 from .sections import (
     ADAPTER_PATH_KEYS,
@@ -280,6 +281,8 @@ class MIVAConfig(TrainingKeys, ResearchKeys):
         v = self.validation_data
         kwargs = {name: value for name, (_, value, _) in fed_values(self, "MIVAPipeline").items()}
         kwargs.update(adapter_weights=self.adapter_weights(), batch_prompt=list(v.batch_prompt) if v.multi_ca else None)
+        if v.mask_path is not None:  # the mask branch (docs/mask_branch.md)
+            kwargs["mask_branch"] = mask_branch_inputs(v, self.names(), self.adapter_configs(tiny=True))
         if not include_adapters:
             kwargs = {k: value for k, value in kwargs.items() if k not in ADAPTER_CALL_ARGS}
         return kwargs

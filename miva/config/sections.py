@@ -40,6 +40,7 @@ from .fields import (
     string,
 )
 from .fields import suggest as _suggest
+from .mask_keys import mask_attention_mode
 from .regions import check_schedule_lengths, image_mask_map, mask_map, schedule_map
 from .training import research_key
 
@@ -230,6 +231,7 @@ class UNetAdditionalKwargs:
     i2v_lora_rank: int = key(32, integer(1, MAX_RANK), "inert: the I2V LoRAs are off")
     i2v_lora_scale: float = key(1.0, fixed([1, 1.0], "research I2V LoRAs are imported with network_alpha 1"))
     use_motion_lora: bool = key(True, boolean, "miva: MotionLoRA", feeds="MIVAAdapterConfig.use_motion_lora")
+    use_mask_branch: bool = key(False, boolean, "mask branch (M-MIVA)", feeds="MIVAAdapterConfig.use_mask_branch")
     # Orthogonal adapters and multi-adapter settings.
     oa_bin_id: int | None = research_key("unet_additional_kwargs.oa_bin_id", feeds="MIVAAdapterConfig.oa_bin_id")
     oa_bases_path: str | None = research_key("unet_additional_kwargs.oa_bases_path", check=path_value)
@@ -252,6 +254,7 @@ class TrainData:
     height: int = research_key("train_data.height")
     sample_frame_rate: int | list[int] = research_key("train_data.sample_frame_rate")
     random_flip: bool = research_key("train_data.random_flip")
+    mask_root: str | None = research_key("train_data.mask_root")
 
 
 @dataclass
@@ -288,6 +291,12 @@ class ValidationData:
     CA_Map_visualization_resolution: str | list[str] | None = key(
         None, _ca_maps, "", feeds="MIVAPipeline.ca_map_resolutions"
     )
+    # The mask branch (docs/mask_branch.md): MIVAPipeline(mask_branch=...) via MIVAConfig.mask_branch_inputs.
+    mask_path: str | list[str] | None = key(None, optional(one_or_list(string)), "frame-0 mask of each mask adapter")
+    mask_inference_stride: int = key(1, integer(1), "predict the mask stream every N steps")
+    mask_inference_cutoff: float = key(1.0, number(0.0, 1.0, open_low=True), "fraction of steps the stream runs")
+    mask_attention_mode: str = key("original", mask_attention_mode, "SA, CA or original (both)")
+    use_image_guidance: bool = key(True, boolean, "the mask stream attends to the video's tokens too")
     hist_match: bool = key(False, boolean, "match frames to frame 0 (miva infer)")
     format: str = key("gif", choice(OUTPUT_FORMATS), "miva infer output")
     fps: int = key(8, integer(1), "miva infer output")

@@ -50,6 +50,7 @@ from .fields import (
     unknown_key,
     word,
 )
+from .mask_keys import MaskTrainingFields
 
 __all__ = ["TRAINABLE_PARTS", "TrainConfig", "ValidationConfig", "adapter_parts", "both_or_neither"]
 
@@ -172,7 +173,7 @@ def _known(cls, data: Any, prefix: str = "") -> dict:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(MaskTrainingFields):
     """Everything one MIVA adapter training run needs. Construct it directly, or with `from_dict` / `from_yaml`.
 
     Raises `ConfigError` (a `ValueError`) naming the field, the value and what is valid, at construction and in
@@ -270,6 +271,7 @@ class TrainConfig:
         if self.video_root is None and not self.tiny:
             raise missing("video_root", "(a folder of clips or a list of clip paths)").as_keyword()
         self._validate_parts()
+        self.validate_mask_fields(self.adapter.use_mask_branch)
         if self.lr_scheduler == "constant" and self.lr_warmup_steps:
             raise ConfigError(f"lr_warmup_steps={self.lr_warmup_steps} has no effect with lr_scheduler='constant'; "
                               "use 'constant_with_warmup' (or another schedule)")

@@ -66,6 +66,7 @@ RESEARCH_KEY_MAP = {
     "train_data.height": "height",
     "train_data.sample_frame_rate": "sample_frame_rate",
     "train_data.random_flip": "random_flip",
+    "train_data.mask_root": "mask_root",
     # The official MIVA-Wan training YAML (docs/wan.md): its `dit_kwargs` set fields of the run's adapter
     # (`TrainConfig.adapter`, a `WanAdapterConfig`); inference reads them too (`MIVAConfig.adapter_configs`).
     "dit_kwargs.SA_mode": "adapter.sa_mode",

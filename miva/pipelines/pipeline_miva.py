@@ -29,6 +29,7 @@ from .inputs import (
     preprocess_image,
 )
 from .latent_init import adain_last, adain_step, build_initial_latents, cil_analytic_noise_std, scale_timesteps
+from .mask_stream import MaskBranchInputs, MaskStream
 from .output import MIVAPipelineOutput
 from .processor_swaps import ProcessorSwapsPipeline, restore_miva_processors
 from .prompts import check_interpolation_inputs, encode_call_prompts
@@ -139,7 +140,8 @@ class MIVAPipeline(MIVALoaderMixin, ProcessorSwapsPipeline):
         return torch.cat([image_latents.to(latents.dtype), latents[:, :, 1:]], dim=2)
 
     def _denoise(
-        self, latents, *, image_latents, timesteps, text, uncond, cond_kwargs, step_kwargs, adain, callback, inputs
+        self, latents, *, image_latents, timesteps, text, uncond, cond_kwargs, step_kwargs, adain, callback, inputs,
+        masks=None,
     ):
         """One pass of the denoising loop over `timesteps` (already CIL-scaled): the UNet sees every frame (frame 0
         clean), the scheduler steps frames 1..F-1, frame 0 is put back; AdaIN "on" and the step-end callback
@@ -155,13 +157,12 @@ class MIVAPipeline(MIVALoaderMixin, ProcessorSwapsPipeline):
                 model_input = self._pin_first_frame(
                     self.scheduler.scale_model_input(model_input, t), image_latents.repeat(2 if cfg else 1, 1, 1, 1, 1)
                 )
-                noise_pred = self.unet(
-                    model_input,
-                    t,
-                    encoder_hidden_states=text,
-                    added_cond_kwargs=cond_kwargs,
-                    cross_attention_kwargs=self.cross_attention_kwargs,
-                ).sample
+                def run(sample, embeds, t=t):
+                    return self.unet(sample, t, encoder_hidden_states=embeds, added_cond_kwargs=cond_kwargs,
+                                     cross_attention_kwargs=self.cross_attention_kwargs).sample
+
+                # The mask branch's streams join this forward at their steps (`mask_stream.MaskStream`).
+                noise_pred = run(model_input, text) if masks is None else masks.denoise(run, model_input, text, i, t, cfg)
                 if cfg:
                     noise_uncond, noise_text = noise_pred.chunk(2)
                     noise_pred = noise_uncond + self.guidance_scale * (noise_text - noise_uncond)
@@ -219,6 +220,7 @@ class MIVAPipeline(MIVALoaderMixin, ProcessorSwapsPipeline):
         word_to_replace: str | list[str] | None = None,
         text_emb_dir: str | None = None,
         ca_map_resolutions: str | list[str] | None = None,
+        mask_branch: MaskBranchInputs | dict | None = None,
     ) -> MIVAPipelineOutput | tuple:
         r"""Animate `image`.
 
@@ -251,6 +253,8 @@ class MIVAPipeline(MIVALoaderMixin, ProcessorSwapsPipeline):
                 `word`) replaces the word's first token in the prompts. text_emb_dir: precomputed embeddings.
             ca_map_resolutions: None, "all", or a list of "low" / "middle" / "high": return mean cross-attention
                 maps in `output.ca_maps` (see `miva.pipelines.ca_maps`; `save_ca_maps` draws them).
+            mask_branch: a `MaskBranchInputs` (or its fields): the frame-0 masks of mask-branch adapters; their
+                predicted mask videos come back in `output.masks` (docs/mask_branch.md).
             output_type: "pil", "np", "pt" or "latent". callback_on_step_end: called after every step with the
                 tensors named in `callback_on_step_end_tensor_inputs` ("latents", "prompt_embeds",
                 "negative_prompt_embeds"); returned "latents" replace the current ones (frame 0 stays pinned).
@@ -354,10 +358,14 @@ class MIVAPipeline(MIVALoaderMixin, ProcessorSwapsPipeline):
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         store = CAMapStore(ca_layers, text_tokens=embeds.text_tokens) if ca_layers else None
+        masks = None if mask_branch is None else MaskStream(
+            self, mask_branch, videos=total, num_frames=num_frames, height=height, width=width,
+            num_steps=len(timesteps), dtype=text.dtype, device=device, uses_ca_maps=bool(ca_layers))
         # This call's values for the MIVA processors, in one place for its duration (`miva_call`).
         with miva_call(self.unet, adapter_weights=adapter_weights, adapter_prompts=bool(batch_prompt),
                        attention_store=store, num_frames=num_frames, adapter_masks=adapter_masks,
-                       adapter_schedules=adapter_schedules, num_steps=num_inference_steps):
+                       adapter_schedules=adapter_schedules, num_steps=num_inference_steps,
+                       mask_guidance=None if masks is None else masks.guidance):
             iterations = self._free_init_num_iters if self.free_init_enabled else 1
             for iteration in range(iterations):
                 if self.free_init_enabled:
@@ -371,7 +379,7 @@ class MIVAPipeline(MIVALoaderMixin, ProcessorSwapsPipeline):
                 latents, text = self._denoise(
                     latents, image_latents=image_latents, timesteps=timesteps, text=text, uncond=uncond,
                     cond_kwargs=added_cond_kwargs, step_kwargs=extra_step_kwargs, adain=options.use_adain_norm,
-                    callback=callback_on_step_end, inputs=callback_on_step_end_tensor_inputs,
+                    callback=callback_on_step_end, inputs=callback_on_step_end_tensor_inputs, masks=masks,
                 )
         if options.use_adain_norm == "last":
             latents = adain_last(latents)
@@ -387,5 +395,6 @@ class MIVAPipeline(MIVALoaderMixin, ProcessorSwapsPipeline):
         if store is not None:  # keep the conditional half under CFG
             ca_maps = {level: maps[-total:] for level, maps in store.maps().items()}
         self.maybe_free_model_hooks()
-        output = MIVAPipelineOutput(frames=video, ca_maps=ca_maps)
+        output = MIVAPipelineOutput(frames=video, ca_maps=ca_maps,
+                                    masks=None if masks is None else masks.mask_videos())
         return output if return_dict else output.to_tuple()

@@ -20,9 +20,10 @@ class TrainerOutputsMixin:
     `output_dir`, `global_step`, `last_gif`, `last_gif_step` and `logger`."""
 
     def _log_step(self, epoch: int, loss: float, seconds: float, lr: float) -> None:
-        self.accelerator.log({"loss": loss, "lr": lr}, step=self.global_step)
+        extra = getattr(self, "step_logs", {})  # e.g. the mask branch's Dice score (mask_trainer.py)
+        self.accelerator.log({"loss": loss, "lr": lr, **extra}, step=self.global_step)
         if self.accelerator.is_main_process:
-            record = dict(step=self.global_step, epoch=epoch, loss=loss, lr=lr, step_time=seconds)
+            record = dict(step=self.global_step, epoch=epoch, loss=loss, lr=lr, step_time=seconds, **extra)
             with open(self.output_dir / LOG_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 

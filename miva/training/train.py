@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from ..attention_processors import add_miva_adapter, install_miva_processors, miva_call, set_miva_adapters
 from . import checkpointing as ckpt
 from .checkpointing import LOG_FILE  # noqa: F401  (public name)
+from .mask_trainer import MaskBranchMixin
 from .outputs import ADAPTER_FOLDER, FULL_UNET_FILE, TrainerOutputsMixin  # noqa: F401  (public names)
 from .train_config import TrainConfig
 from .trainer_parts import (
@@ -44,7 +45,7 @@ from .trainer_parts import (
 
 __all__ = ["MIVATrainer", "SeededShuffleSampler", "main", "train"]
 
-class MIVATrainer(ckpt.CheckpointMixin, TrainerOutputsMixin):
+class MIVATrainer(ckpt.CheckpointMixin, TrainerOutputsMixin, MaskBranchMixin):
     """One training run. `MIVATrainer(config).train()` returns the saved adapter folder (or full UNet file).
 
     `components` may hold ready base components (`unet` (2-D + `motion_adapter`, or a `UNetMotionModel`), `vae`,
@@ -206,6 +207,8 @@ class MIVATrainer(ckpt.CheckpointMixin, TrainerOutputsMixin):
 
     def step_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """One micro-batch's loss: the research epsilon objective on the prepared (wrapped) UNet."""
+        if self.mask_guidance is not None:  # the mask branch's step (mask_trainer.py)
+            return self.mask_step_loss(batch, generator)
         latents = encode_frames(self.vae, batch["pixel_values"], generator)
         return i2v_epsilon_loss(self.unet_model, latents, self.prompt_embeds(batch["prompts"]), self.noise_scheduler,
                                 generator, self.config.timestep_range)
@@ -221,8 +224,6 @@ class MIVATrainer(ckpt.CheckpointMixin, TrainerOutputsMixin):
                 param.requires_grad_(False)
 
     def _setup_data(self) -> None:
-        from .data import ClipDataset, collate_clips
-
         config, acc = self.config, self.accelerator
         root = config.video_root
         if root is None:  # only reachable with tiny: true
@@ -230,7 +231,8 @@ class MIVATrainer(ckpt.CheckpointMixin, TrainerOutputsMixin):
         rate = (
             tuple(config.sample_frame_rate) if isinstance(config.sample_frame_rate, list) else config.sample_frame_rate
         )
-        self.dataset = ClipDataset(
+        dataset_class, collate, extra = self.mask_data()  # the plain ClipDataset without a mask branch
+        self.dataset = dataset_class(
             root,
             prompt=config.prompt,
             num_frames=config.num_frames,
@@ -239,15 +241,15 @@ class MIVATrainer(ckpt.CheckpointMixin, TrainerOutputsMixin):
             height=config.height,
             random_flip=config.random_flip,
             seed=config.seed,
+            **extra,
         )
         if self.learned_token:
             check_prompts_contain(self.tokenizer, self.dataset.prompts, config.word_to_learn)
         self.sampler = SeededShuffleSampler(len(self.dataset), config.seed)
         self.dataloader = DataLoader(
             self.dataset,
-            batch_size=config.train_batch_size,
-            sampler=self.sampler,
-            collate_fn=collate_clips,
+            **self.batching(self.sampler),
+            collate_fn=collate,
             num_workers=config.dataloader_num_workers,
             generator=torch.Generator().manual_seed(config.seed),
         )
@@ -333,7 +335,7 @@ class MIVATrainer(ckpt.CheckpointMixin, TrainerOutputsMixin):
             start = skip if epoch == first_epoch else 0
             loader = skip_first_batches(self.dataloader, start) if start else self.dataloader
             for index, batch in enumerate(loader, start=start):
-                with acc.accumulate(*self.models), miva_call(self.unet):  # per-step state, through backward
+                with acc.accumulate(*self.models), miva_call(self.unet, mask_guidance=self.mask_guidance):  # through backward
                     generator = step_generator(config.seed, epoch * batches + index, acc.process_index, acc.device)
                     with acc.autocast():
                         loss = self.step_loss(batch, generator)

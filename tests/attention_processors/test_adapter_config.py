@@ -173,7 +173,8 @@ def test_parts_declaration_is_the_one_answer():
     from miva.attention_processors import parts
     from miva.loaders.model_card import component_tags
 
-    assert parts.TRAINABLE_PARTS == ("i2v", "adaptive_weight", "motion_lora", "motion_embed", "ca_lora", "implicit")
+    assert parts.TRAINABLE_PARTS == ("i2v", "adaptive_weight", "motion_lora", "motion_embed", "ca_lora", "implicit",
+                                     "mask_branch")
     full = MIVAAdapterConfig(**FULL)
     assert parts.adapter_parts(full) == ["i2v", "adaptive_weight", "motion_lora", "motion_embed", "ca_lora"]
     assert parts.adapter_parts(MIVAAdapterConfig(**{**FULL, "ca_mode": "implicit", "sa_mode": "first"})) == [

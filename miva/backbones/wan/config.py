@@ -26,6 +26,7 @@ _NOT_ON_WAN = {
     "q_downsample": (False, "spatiotemporal Q is a UNet-level query grid; Wan's cross-attention already reads "
                             "every frame's tokens (docs/wan.md)"),
     "word_to_learn": (None, "learned words are a CLIP-text feature; Wan reads T5 embeddings"),
+    "use_mask_branch": (False, "the mask branch is built for the AnimateDiff UNet's attn1 (docs/mask_branch.md)"),
 }
 
 
