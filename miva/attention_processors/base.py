@@ -39,9 +39,11 @@ class MIVAProcessorBase(nn.Module):
         """`attend(q, k, v, mask)` at `attn`'s head count (the composer's `Site.attend`)."""
         return lambda query, key, value, mask=None: self.attend(query, key, value, attn.heads, mask)
 
-    def spatial_gate(self, state, name: str, hidden_states: torch.Tensor) -> torch.Tensor | None:
+    def spatial_gate(self, state, name: str, hidden_states: torch.Tensor,
+                     whole_videos: bool = False) -> torch.Tensor | None:
         """Adapter `name`'s mask at this UNet spatial layer, `(batch*frames, h*w, 1)` for `hidden_states`
-        (the rows of a FreeNoise split-inference chunk), from the level size the call recorded; None: it has none."""
+        (the rows of a FreeNoise split-inference chunk), from the level size the call recorded; None: it has none.
+        `whole_videos`: the rows are whole videos though fewer than the forward's (the mask stream's rows cut off)."""
         gates = state.gates
         if gates is None or name not in gates.fields:
             return None
@@ -51,7 +53,7 @@ class MIVAProcessorBase(nn.Module):
             raise ValueError(f"{self.layer_name}: adapter_masks[{name!r}] needs this level's size, which was not "
                              f"recorded (got {size}); run the whole UNet so that the MIVA hooks record it")
         rows = hidden_states.shape[0]
-        window = row_window(state, self.layer_name, rows=rows, frames=frames)
+        window = None if whole_videos else row_window(state, self.layer_name, rows=rows, frames=frames)
         return gates.spatial(name, frames=frames, size=size, rows=rows, window=window, like=hidden_states)
 
     def merged(self, name: str, part) -> bool:

@@ -12,7 +12,6 @@ from .base import MIVAProcessorBase
 from .composition import Branch, Site, split_prompt_chunks
 from .gating import compose_gated
 from .lora import LoRADelta, linear_without_bias, weights_readable
-from .mask_guidance import gated_compose
 from .parts import CA_LORA_PART, CROSS, IMPLICIT_PART, check_same_query_layout, has_part_at
 from .spatiotemporal_query import QueryPlan, SpatiotemporalQuery
 from .split_inference import row_window
@@ -195,11 +194,12 @@ class MIVACrossAttnProcessor(MIVAProcessorBase):
         site = Site(attn, plan.x_q, self._attend(attn), query=plan.q_plain, base=base,
                     observe=lambda q, k: self._store_maps(attn, q, k, plan), **stq_steps)
         guidance = state.mask_guidance  # mask-guided attention (docs/mask_branch.md): adapters gated by region
-        if guidance is not None and guidance.gates(CROSS):
+        if guidance is not None and guidance.gates(CROSS):  # the region gate multiplies the user's mask gate
             size = state.spatial_size(self.layer_name)
-            gates = [guidance.gate(name, size, x.shape[0], x.dtype) for _, name, _ in active]
-            if any(g is not None for g in gates):
-                return gated_compose(ctx.parallel_mode, site, branches, gates, base)
+            for b, (_, name, _) in zip(branches, active):
+                region = guidance.gate(name, size, x.shape[0], x.dtype)
+                if region is not None:
+                    b.gate = region if b.gate is None else b.gate * region
         return compose_gated(ctx.parallel_mode, site, branches)
 
     # --------------------------------------------------------------------------------------------- extras

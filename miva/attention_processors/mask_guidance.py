@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from ..guards import did_you_mean
-from .composition import compose
 from .parts import CROSS, SELF
 
-__all__ = ["MASK_ATTENTION_MODES", "MaskGuidance", "check_mask_attention_mode", "gated_compose"]
+__all__ = ["MASK_ATTENTION_MODES", "MaskGuidance", "check_mask_attention_mode"]
 
 # Which processor kinds restrict an adapter to its region, per mode.
 _GATED_KINDS = {"SA": (SELF,), "CA": (CROSS,), "original": (SELF, CROSS)}
@@ -121,15 +120,3 @@ class MaskGuidance:
             query = adapter.mask_to_q(hidden_states[rows])
             outputs.append(adapter.mask_to_out(processor.attend(query, k, v, attn.heads)))
         return torch.cat(outputs)
-
-
-def gated_compose(mode: str, site, branches, gates, base) -> torch.Tensor:
-    """Cross-attention with each adapter restricted to its region: `y_base + sum_i g_i (y_i - y_base)`, `y_i` the
-    output with adapter i alone (`compose(mode, site, [branch_i])`, its weight included) and `g_i` its gate
-    `(rows, tokens, 1)` (None: 1). With every gate 1 and one adapter this is `compose(mode, site, branches)`."""
-    y_base = base()
-    total = y_base
-    for branch, gate in zip(branches, gates):
-        delta = compose(mode, site, [branch]) - y_base
-        total = total + (delta if gate is None else delta * gate)
-    return total

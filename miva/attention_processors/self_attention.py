@@ -107,7 +107,8 @@ class MIVASelfAttnProcessor(MIVAProcessorBase):
                 raise ValueError(f"{self.layer_name}: batch {hidden_states.shape[0]} is not a multiple of "
                                  f"num_frames={frames}")
             # A masked adapter's branch is scaled per token: w_i * g_i, (batch*frames, h*w, 1).
-            active = [(i, name, _gated_weight(w, self.spatial_gate(state, name, hidden_states)))
+            active = [(i, name, _gated_weight(w, self.spatial_gate(state, name, hidden_states,
+                                                                   whole_videos=stream is not None)))
                       for i, name, w in active]
             out = out + self._branches(hidden_states, query, key, value, active=active, frames=frames,
                                        heads=attn.heads, window=window, state=state)

@@ -129,3 +129,28 @@ def test_mask_of_another_size_and_a_path(tmp_path):
     assert torch.equal(mask_from_input(str(tmp_path / "mask.png"), "m", 1, SIZE, SIZE), _mask()[None])
     with pytest.raises(ValueError, match=r"^mask_branch.masks\['m'\]: '.*missing.png' is not a file$"):
         mask_from_input(str(tmp_path / "missing.png"), "m", 1, SIZE, SIZE)
+
+
+def test_adapter_masks_compose_with_the_mask_branch(mpipe, image):
+    """A user's `adapter_masks` gate and the mask branch's region gate multiply (one gated composition): a varying
+    mask changes the video, a mask of ones does not."""
+    from miva.attention_processors import get_miva_adapter_modules
+
+    params = [p for module in get_miva_adapter_modules(mpipe.unet, "m").values() for p in module.parameters()]
+    saved = [p.detach().clone() for p in params]
+    generator = torch.Generator().manual_seed(1)
+    try:
+        with torch.no_grad():
+            for p in params:  # a trained-looking adapter: every delta non-zero
+                p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+        guided = {"masks": {"m": _mask()}}
+        right = 1 - _mask()
+        alone = _call(mpipe, image, guided).frames
+        ones = _call(mpipe, image, guided, adapter_masks={"m": torch.ones(SIZE, SIZE)}).frames
+        masked = _call(mpipe, image, guided, adapter_masks={"m": right}).frames
+    finally:
+        with torch.no_grad():
+            for p, value in zip(params, saved):
+                p.copy_(value)
+    assert torch.equal(ones, alone)
+    assert not torch.allclose(masked, alone, atol=1e-4)
