@@ -91,12 +91,13 @@ def accelerate_launch(tmp_path):
 
 @pytest.fixture(scope="session")
 def wan_world_base(tmp_path_factory):
-    """A smoke MotionWorld Wan base folder: `pretrain_wan` with 2 + 2 steps (~20 s, once per session). Random-ish
+    """A smoke MotionWorld Wan base folder: `pretrain_wan` with 2 + 2 + 2 steps (~20 s, once per session). Random-ish
     weights: for plumbing (names, folders, frame counts, cards), never for motion quality."""
     from miva.world.pretrain_wan import WanPretrainRecipe, pretrain_wan
 
     out = tmp_path_factory.mktemp("wan_world") / "base"
-    return pretrain_wan(out, WanPretrainRecipe(vae_steps=2, transformer_steps=2), log=lambda message: None)
+    return pretrain_wan(out, WanPretrainRecipe(vae_steps=2, transformer_steps=2, decoder_steps=2),
+                       log=lambda message: None)
 
 
 @pytest.fixture

@@ -98,8 +98,10 @@ folder offline (`miva/base_registry.py`). The folder is an ordinary diffusers `W
 2. Transformer: {transformer_steps} steps, batch {batch} clips of {frames} frames, AdamW lr {lr} (warm-up {warmup},
    cosine), grad clip 1, EMA {ema_decay}; miva's Wan image-to-video objective (latent frame 0 clean, velocity MSE on
    frames 1..F-1); every step draws fresh training scenes (held-out scenes are never seen).
+3. Decoder refinement: {decoder_steps} steps, the autoencoder's decoder alone (encoder frozen, so the latent space of
+   phase 2 is unchanged), AdamW lr {decoder_lr} (warm-up, cosine), MSE + 0.5 L1.
 
-Time: autoencoder {vae_min:.1f} min, transformer {transformer_min:.1f} min on {machine}.
+Time: autoencoder {vae_min:.1f} min, transformer {transformer_min:.1f} min, decoder {decoder_min:.1f} min on {machine}.
 
 Text encoder: randomly initialised and frozen (its embeddings still tell prompts apart; the transformer learns to
 read them).
@@ -141,7 +143,8 @@ def _wan_body(record: dict, params: str, size: int) -> str:
     return _WAN_BODY.format(mix=_rich_mix(),
         shift=FLOW_SHIFT, z_dim=Z_DIM, max_sequence_length=MAX_SEQUENCE_LENGTH, dropout=recipe["prompt_dropout"],
         params=params, size_mb=size / 2**20, command=record["command"], vae_min=record["vae_seconds"] / 60,
-        transformer_min=record["transformer_seconds"] / 60, machine=record["machine"], **recipe,
+        transformer_min=record["transformer_seconds"] / 60, decoder_min=record["decoder_seconds"] / 60,
+        machine=record["machine"], **recipe,
     )
 
 

@@ -12,7 +12,12 @@ exact resume), on the architecture of :mod:`miva.world.wan_architecture`:
 2. the ``WanTransformer3DModel`` learns image-to-video with miva's Wan objective
    (:func:`miva.backbones.wan.training.wan_flow_matching_loss`: latent frame 0 clean, velocity MSE on frames 1..F-1)
    on fresh training scenes under the RICH motion mix (:func:`~miva.world.motions.sample_rich_motion`: zoom and turn
-   as common as drift) with prompts that describe the scene, never the motion (10% empty). An EMA ships.
+   as common as drift) with prompts that describe the scene, never the motion (10% empty). An EMA ships;
+3. the VAE's decoder alone is refined (encoder frozen, so the latent space the transformer learned stays exactly
+   the same): reconstructions, and with them every video the base makes, get sharper at no cost to phase 2.
+
+``--init-from FOLDER`` takes phases 1-2 from a folder this command wrote (its ``pretrain_log.json`` gives their
+recipe and time) and runs phase 3 only.
 
 The result is an ordinary diffusers folder (``model_index.json`` of ``WanPipeline``; fp16 safetensors), plus
 ``pretrain_log.json`` and a model card.
@@ -53,7 +58,10 @@ class WanPretrainRecipe(argparse.Namespace):
     warmup = 100
     ema_decay = 0.999
     prompt_dropout = 0.1
+    decoder_steps = 1200
+    decoder_lr = 5e-4
     checkpoint_every = 200
+    init_from = None  # a folder with phases 1-2 done (see the module docstring)
 
 
 def _video(pixels: torch.Tensor) -> torch.Tensor:
@@ -111,6 +119,29 @@ def _train_vae(vae, recipe, work: Path, log) -> float:
 
     return _train_loop("vae", vae, list(vae.parameters()), recipe.vae_lr, recipe.vae_steps, recipe, work, log,
                        step_loss)
+
+
+def _refine_decoder(vae, recipe, work: Path, log) -> float:
+    """Phase 3: train ``vae.decoder`` and ``vae.post_quant_conv`` on latents of the frozen encoder (MSE + 0.5 L1)."""
+    vae.requires_grad_(False)
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for param in params:
+        param.requires_grad_(True)
+
+    def step_loss(step: int) -> torch.Tensor:
+        pixels, _ = _clip_batch(recipe.seed, 2 * 10**7 + step, recipe.vae_batch, recipe.vae_frames, 0.0,
+                                sample_rich_motion)
+        x = _video(pixels)
+        generator = torch.Generator().manual_seed(recipe.seed * 100019 + step)
+        with torch.no_grad():  # the encoder is frozen: the latents the transformer learned on do not move
+            latents = vae.encode(x).latent_dist.sample(generator)
+        recon = vae.decode(latents).sample
+        return F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
+
+    seconds = _train_loop("decoder", vae, params, recipe.decoder_lr, recipe.decoder_steps, recipe, work, log,
+                          step_loss)
+    vae.requires_grad_(False)
+    return seconds
 
 
 @torch.no_grad()
@@ -171,6 +202,39 @@ def _write_folder(components: dict, out: Path) -> None:
     os.replace(tmp, out)
 
 
+def _phases_from_folder(folder: Path) -> tuple[dict, dict]:
+    """Phases 1-2 of an earlier run: its components (float32) and its ``pretrain_log.json``."""
+    from diffusers import WanPipeline
+
+    record_path = folder / "pretrain_log.json"
+    if not record_path.is_file():
+        raise FileNotFoundError(f"init_from={str(folder)!r} has no pretrain_log.json: give a folder that "
+                                "`python -m miva.world.pretrain_wan` wrote")
+    pipe = WanPipeline.from_pretrained(folder, dtype=torch.float32)
+    return dict(pipe.components), json.loads(record_path.read_text(encoding="utf-8"))
+
+
+def _record(recipe, components: dict, seconds: dict, mean, std, earlier: dict | None) -> dict:
+    """``pretrain_log.json``: the recipe (phases 1-2 from ``earlier`` when they were taken from a folder), the time of
+    each phase, the latent statistics, the machine, the parameter counts and the command that rebuilds it all."""
+    own = {k: getattr(recipe, k) for k in dir(WanPretrainRecipe) if not k.startswith("_") and k != "init_from"}
+    if earlier is not None:
+        own.update({k: v for k, v in earlier["recipe"].items() if not k.startswith("decoder")})
+    return {
+        "recipe": own,
+        **{f"{phase}_seconds": round(value, 1) for phase, value in seconds.items()},
+        "latents_mean": mean,
+        "latents_std": std,
+        "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        "parameters": {name: sum(p.numel() for p in components[name].parameters())
+                       for name in ("transformer", "vae", "text_encoder")},
+        "command": "python -m miva.world.pretrain_wan --out <folder>" + "".join(
+            f" --{k.replace('_', '-')} {own[k]}" for k in ("seed", "vae_steps", "transformer_steps", "decoder_steps")),
+        **({"phases_1_2_from": earlier["machine"]} if earlier is not None else {}),
+    }
+
+
 def pretrain_wan(out: str | Path, recipe: WanPretrainRecipe | None = None, work: str | Path | None = None,
                  log=print) -> Path:
     """Run (or resume) the recipe; write the pipeline folder ``out``; return it. Checkpoints go to ``work``
@@ -180,33 +244,30 @@ def pretrain_wan(out: str | Path, recipe: WanPretrainRecipe | None = None, work:
     work = Path(work) if work else out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
-    components = build_wan_components(recipe.seed)
-    components["text_encoder"].eval().requires_grad_(False)
-    vae_seconds = _train_vae(components["vae"], recipe, work, log)
-    components["vae"].eval().requires_grad_(False)
-    mean, std = _set_latent_statistics(components["vae"], recipe.seed)
-    log(f"latent std per channel {std}")
-    transformer_seconds = _train_transformer(components, recipe, work, log)
+    if recipe.init_from:
+        components, earlier = _phases_from_folder(Path(recipe.init_from))
+        seconds = {key: earlier[f"{key}_seconds"] for key in ("vae", "transformer")}
+        mean, std = earlier["latents_mean"], earlier["latents_std"]
+        log(f"phases 1-2 from {recipe.init_from}")
+    else:
+        earlier = None
+        components = build_wan_components(recipe.seed)
+        components["text_encoder"].eval().requires_grad_(False)
+        seconds = {"vae": _train_vae(components["vae"], recipe, work, log)}
+        components["vae"].eval().requires_grad_(False)
+        mean, std = _set_latent_statistics(components["vae"], recipe.seed)
+        log(f"latent std per channel {std}")
+        seconds["transformer"] = _train_transformer(components, recipe, work, log)
+    components["transformer"].requires_grad_(False)
+    seconds["decoder"] = _refine_decoder(components["vae"], recipe, work, log)
     _write_folder(components, out)
-    record = {
-        "recipe": {k: getattr(recipe, k) for k in dir(WanPretrainRecipe) if not k.startswith("_")},
-        "vae_seconds": round(vae_seconds, 1),
-        "transformer_seconds": round(transformer_seconds, 1),
-        "latents_mean": mean,
-        "latents_std": std,
-        "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
-        "parameters": {name: sum(p.numel() for p in components[name].parameters())
-                       for name in ("transformer", "vae", "text_encoder")},
-        "command": "python -m miva.world.pretrain_wan --out <folder>" + "".join(
-            f" --{k.replace('_', '-')} {getattr(recipe, k)}" for k in ("seed", "vae_steps", "transformer_steps")),
-    }
+    record = _record(recipe, components, seconds, mean, std, earlier)
     (out / "pretrain_log.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     from .card import write_base_card
 
     write_base_card(out)  # README.md: the model card, from pretrain_log.json
     shutil.rmtree(work, ignore_errors=True)
-    log(f"wrote {out} (vae {vae_seconds / 60:.1f} min, transformer {transformer_seconds / 60:.1f} min)")
+    log(f"wrote {out} (" + ", ".join(f"{phase} {value / 60:.1f} min" for phase, value in seconds.items()) + ")")
     return out
 
 
@@ -214,9 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m miva.world.pretrain_wan", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output pipeline folder")
     parser.add_argument("--work", help="checkpoint folder (default <out>.work); an existing one is resumed")
-    for key in ("seed", "vae_steps", "transformer_steps", "batch", "checkpoint_every", "warmup"):
+    for key in ("seed", "vae_steps", "transformer_steps", "decoder_steps", "batch", "checkpoint_every", "warmup"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=getattr(WanPretrainRecipe, key))
-    parser.add_argument("--lr", type=float, default=WanPretrainRecipe.lr)
+    for key in ("lr", "decoder_lr"):
+        parser.add_argument(f"--{key.replace('_', '-')}", type=float, default=getattr(WanPretrainRecipe, key))
+    parser.add_argument("--init-from", help="a folder this command wrote: keep its phases 1-2, run phase 3 only")
     args = parser.parse_args(argv)
     recipe = WanPretrainRecipe(**{k: v for k, v in vars(args).items() if k not in ("out", "work")})
     pretrain_wan(args.out, recipe, args.work)

@@ -1,6 +1,6 @@
 """The MotionWorld Wan base (`miva-world-wan`, issue 31 items 1-3): loaded by name offline from its folder, a clear
 message when the folder is missing, its model card, the evaluation at 9 frames, and Wan world adapters trained with
-`miva train` and shipped. Runs on the session's smoke base (`wan_world_base`: pretrain_wan, 2 + 2 steps)."""
+`miva train` and shipped. Runs on the session's smoke base (`wan_world_base`: pretrain_wan, 2 + 2 + 2 steps)."""
 
 import json
 
@@ -62,6 +62,43 @@ def test_the_wan_base_card_is_built_from_its_pretraining_log(wan_world_base):
     assert f"on {log['machine']}." in card and f"`{log['command']}`" in card
     assert "transformer_steps 2" not in card and "Transformer: 2 steps, batch 4 clips of 9 frames" in card
     assert "10% static, 26% drift, 24% zoom (U[1.02, 1.06]/frame), 24% turn (U[2, 6] deg/frame)" in card
+
+
+def test_decoder_refinement_keeps_the_latent_space_and_sharpens_only_the_decoder(wan_world_base, tmp_path):
+    """Phase 3 (`--init-from` a finished folder): the transformer, the text encoder and the VAE's encoder are stored
+    bit for bit as before (so the transformer's latent space is unchanged), the decoder moved, and the log and card
+    keep phases 1-2's recipe and time and add phase 3's."""
+    from diffusers import WanPipeline
+
+    from miva.world.pretrain_wan import WanPretrainRecipe, pretrain_wan
+
+    lines = []
+    out = pretrain_wan(tmp_path / "refined", WanPretrainRecipe(decoder_steps=3, warmup=1, init_from=str(wan_world_base)),
+                       log=lines.append)
+    assert lines[0] == f"phases 1-2 from {wan_world_base}" and not any(l.startswith(("vae step", "transformer step"))
+                                                                           for l in lines)
+    before, after = WanPipeline.from_pretrained(wan_world_base), WanPipeline.from_pretrained(out)
+    for name in ("transformer", "text_encoder"):
+        for key, value in getattr(before, name).state_dict().items():
+            assert torch.equal(getattr(after, name).state_dict()[key], value), (name, key)
+    vae_before, vae_after = before.vae.state_dict(), after.vae.state_dict()
+    frozen = [k for k in vae_before if k.startswith(("encoder.", "quant_conv."))]
+    assert frozen and all(torch.equal(vae_after[k], vae_before[k]) for k in frozen)
+    moved = [k for k in vae_before if k.startswith("decoder.") and not torch.equal(vae_after[k], vae_before[k])]
+    assert moved, "the decoder did not train"
+    earlier, record = (json.loads((folder / "pretrain_log.json").read_text()) for folder in (wan_world_base, out))
+    assert record["vae_seconds"] == earlier["vae_seconds"] and record["recipe"]["transformer_steps"] == 2
+    assert record["recipe"]["decoder_steps"] == 3 and record["latents_std"] == earlier["latents_std"]
+    assert record["command"].endswith("--vae-steps 2 --transformer-steps 2 --decoder-steps 3")
+    assert "3. Decoder refinement: 3 steps" in (out / "README.md").read_text()
+
+
+def test_init_from_a_folder_without_a_pretraining_log_names_it(tmp_path):
+    from miva.world.pretrain_wan import WanPretrainRecipe, pretrain_wan
+
+    with pytest.raises(FileNotFoundError, match=rf"init_from='{tmp_path}' has no pretrain_log.json: give a folder that "
+                                                r"`python -m miva.world.pretrain_wan` wrote"):
+        pretrain_wan(tmp_path / "out", WanPretrainRecipe(init_from=str(tmp_path)))
 
 
 def test_metrics_score_nine_frame_videos():
