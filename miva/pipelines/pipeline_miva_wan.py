@@ -35,6 +35,18 @@ class FlowForwardNoise:
         sigma = (timesteps.to(noise.dtype) / 1000.0).view(-1, 1, 1, 1, 1)
         return (1 - sigma) * original + sigma * noise
 
+# WanPipeline's T5 prompt length (its `max_sequence_length` default), and the longest a Wan base reads.
+WAN_PROMPT_LENGTH = 512
+
+
+def default_prompt_length(tokenizer) -> int:
+    """The T5 length prompts are padded to when a call gives no `max_sequence_length`: the tokenizer's
+    `model_max_length` (the length the base was trained with: T5 pads with zeros that the transformer attends to
+    unmasked, so the padding length is part of the conditioning; the MotionWorld Wan base's tokenizer says 32), at
+    most Wan's 512 (a tokenizer without a limit reports a huge sentinel)."""
+    return min(WAN_PROMPT_LENGTH, int(getattr(tokenizer, "model_max_length", WAN_PROMPT_LENGTH)))
+
+
 EXAMPLE_DOC_STRING = """
     Examples:
         ```py
@@ -114,7 +126,7 @@ class MIVAWanPipeline(WanAdapterVerbsMixin, WanPipeline):
                  adapter_weights: list[float] | None = None, first_frame_cond_type: str = "lamp",
                  shared_noise_ratio: float = 0.0, use_dct_init: bool = False, dct_cutoff_ratio: float = 0.23,
                  dct_cutoff_shape: str = "rect", callback_on_step_end: Callable | None = None, callback_on_step_end_tensor_inputs=("latents",),
-                 max_sequence_length: int = 512, attention_kwargs: dict | None = None,
+                 max_sequence_length: int | None = None, attention_kwargs: dict | None = None,
                  batch_prompt: list[str | None] | None = None, adapter_masks: dict | None = None,
                  adapter_schedules: dict | None = None):
         r"""Animate `image` (`PIL.Image`, array or tensor; or one per video) into `num_frames` (4k+1) frames.
@@ -153,6 +165,7 @@ class MIVAWanPipeline(WanAdapterVerbsMixin, WanPipeline):
             batch_size = 1 if isinstance(prompt, str) else len(prompt)
 
         # 2. Encode the prompt and the image (frame 0).
+        max_sequence_length = max_sequence_length or default_prompt_length(self.tokenizer)
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=guidance_scale > 1.0,
             num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=prompt_embeds,

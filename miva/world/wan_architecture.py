@@ -29,10 +29,12 @@ FLOW_SHIFT = 3.0
 
 
 def wan_world_tokenizer():
-    """The in-memory T5 tokenizer: MotionWorld's words and miva's tiny vocabulary are single pieces."""
+    """The in-memory T5 tokenizer: MotionWorld's words and miva's tiny vocabulary are single pieces. Its
+    `model_max_length` is :data:`MAX_SEQUENCE_LENGTH`, so the pipeline and the trainer pad prompts to the length the
+    base was pretrained with (`pipeline_miva_wan.default_prompt_length`)."""
     from ..backbones.wan.tiny import tiny_t5_tokenizer
 
-    return tiny_t5_tokenizer(list(WORLD_WORDS) + list(TINY_WORDS))
+    return tiny_t5_tokenizer(list(WORLD_WORDS) + list(TINY_WORDS), model_max_length=MAX_SEQUENCE_LENGTH)
 
 
 def _transformer():

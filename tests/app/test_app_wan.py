@@ -23,7 +23,7 @@ def test_the_app_knows_both_world_bases_with_their_defaults(wan_world):
     assert (unet.defaults.min_frames, unet.defaults.frame_step, unet.defaults.research_options) == (2, 1, None)
     d = wan.defaults
     assert (d.num_frames, d.num_inference_steps, d.guidance_scale) == (9, 25, 1.0)
-    assert d.sampling == {"max_sequence_length": 32, "first_frame_cond_type": "cinemo", "use_dct_init": True}
+    assert d.sampling == {"first_frame_cond_type": "cinemo", "use_dct_init": True}
     assert {**d.sampling, "num_frames": 9, "num_inference_steps": 25, "guidance_scale": 1.0} == WAN_SAMPLING
     # the world Wan VAE keeps every frame (temporal factor 1): any count >= 2; training clips are 4k + 1 frames
     assert (d.min_frames, d.frame_step, d.research_options) == (2, 1, WAN_RESEARCH_OPTIONS)

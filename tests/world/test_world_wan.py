@@ -119,7 +119,7 @@ def test_evaluate_base_wan_end_to_end_records_base_and_frames(wan_world, tmp_pat
     from miva.world.evaluate import WAN_SAMPLING, main, sampling_defaults
 
     assert sampling_defaults("wan") == WAN_SAMPLING == {
-        "num_frames": 9, "num_inference_steps": 25, "guidance_scale": 1.0, "max_sequence_length": 32,
+        "num_frames": 9, "num_inference_steps": 25, "guidance_scale": 1.0,
         "first_frame_cond_type": "cinemo", "use_dct_init": True}
     out = tmp_path / "wan.json"
     assert main(["--motion", "right", "--base", "wan", "--scenes", "1", "--steps", "2", "--out", str(out)]) == 0

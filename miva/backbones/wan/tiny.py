@@ -28,16 +28,17 @@ TINY_TEXT_DIM = 32  # width of the tiny text encoder's output (the transformer's
 _SPACE = "\u2581"  # SentencePiece's word-start marker
 
 
-def tiny_t5_tokenizer(words: tuple[str, ...] | list[str] = TINY_WORDS):
+def tiny_t5_tokenizer(words: tuple[str, ...] | list[str] = TINY_WORDS, model_max_length: int = 512):
     """A small in-memory `T5Tokenizer` (Unigram): `<pad>`=0, `</s>`=1, `<unk>`=2, `▁`, one piece `▁word` per word
-    of `words`, then every lowercase letter and digit alone and after `▁` (so other words split into letters)."""
+    of `words`, then every lowercase letter and digit alone and after `▁` (so other words split into letters).
+    `model_max_length`: the prompt length the pipeline and trainer pad to by default."""
     from transformers import T5Tokenizer
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), (_SPACE, -2.0)]
     pieces += [(_SPACE + word.lower(), -1.0) for word in dict.fromkeys(words)]
     for char in string.ascii_lowercase + string.digits:
         pieces += [(_SPACE + char, -5.0), (char, -6.0)]
-    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=model_max_length)
 
 
 def tiny_wan_transformer(**overrides):

@@ -48,8 +48,6 @@ class WanTrainer(MIVATrainer):
     """`MIVATrainer` on a Wan2.1 base (`config.is_wan`); `components` may hold `transformer`, `vae`,
     `text_encoder`, `tokenizer`, `scheduler` instead of loading the base. `unet` is the (unwrapped) transformer."""
 
-    max_sequence_length = 512  # T5 tokens per prompt (Wan's default)
-
     def _load_components(self) -> dict:
         from ...base_registry import TINY_WAN_ID
         from ...loaders.base_models import load_base
@@ -94,13 +92,16 @@ class WanTrainer(MIVATrainer):
                                       shift=self.shift)
 
     def prompt_embeds(self, prompts: list[str]) -> torch.Tensor:
-        """`(B, max_sequence_length, text_dim)` T5 states (`WanPipeline.encode_prompt`), cached per prompt."""
+        """`(B, T, text_dim)` T5 states (`WanPipeline.encode_prompt`), cached per prompt; `T` is the length the
+        pipeline pads to by default (`default_prompt_length`: the tokenizer's), so training sees what sampling does."""
+        from ...pipelines.pipeline_miva_wan import default_prompt_length
+
         missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
         if missing:
             with torch.no_grad():
                 embeds = self.validation_pipeline().encode_prompt(
-                    missing, do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length,
-                    device=self.accelerator.device)[0]
+                    missing, do_classifier_free_guidance=False, max_sequence_length=default_prompt_length(
+                        self.tokenizer), device=self.accelerator.device)[0]
             self._prompt_cache.update(zip(missing, embeds[:, None]))
         return torch.cat([self._prompt_cache[p] for p in prompts])
 

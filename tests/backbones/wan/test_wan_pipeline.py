@@ -49,6 +49,26 @@ def handwritten_i2v(components, image, seed=0, steps=3, prompt="", guidance=1.0)
     return latents, (video / 2 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4)
 
 
+def test_default_prompt_length_is_the_tokenizers():
+    """Without `max_sequence_length` a call pads prompts to the tokenizer's `model_max_length` (at most Wan's 512;
+    a tokenizer's huge "no limit" sentinel gives 512): the length decides how many zero tokens cross-attention sees."""
+    from miva.pipelines.pipeline_miva_wan import default_prompt_length
+
+    image = make_test_image(16, 16)
+    pipe = MIVAWanPipeline(**tiny_wan_components(0))
+    call = {k: v for k, v in CALL.items() if k != "max_sequence_length"}
+    pipe.tokenizer.model_max_length = 16
+    assert default_prompt_length(pipe.tokenizer) == 16
+    short = run(pipe, image, prompt="waves")  # max_sequence_length=16, given
+    assert np.array_equal(pipe(image=image, prompt="waves", generator=torch.Generator().manual_seed(0), **call).frames,
+                          short)
+    pipe.tokenizer.model_max_length = int(1e30)
+    assert default_prompt_length(pipe.tokenizer) == 512
+    default = pipe(image=image, prompt="waves", generator=torch.Generator().manual_seed(0), **call).frames
+    assert np.array_equal(default, run(pipe, image, prompt="waves", max_sequence_length=512))
+    assert not np.array_equal(default, short)
+
+
 @pytest.mark.parametrize("with_adapter", [False, True])
 def test_pipeline_equals_handwritten_loop_over_stock_parts(with_adapter):
     image = make_test_image(16, 16)

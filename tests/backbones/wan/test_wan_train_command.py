@@ -96,6 +96,23 @@ def test_what_trains_and_checkpointing_changes_nothing(uninterrupted, tmp_path, 
     assert [losses(out)[s] for s in (1, 2)] == pytest.approx([reference[1], reference[2]], rel=1e-5)
 
 
+def test_training_pads_prompts_to_the_length_the_tokenizer_declares(tmp_path, monkeypatch):
+    """The trainer's T5 states have the pipeline's default length (the tokenizer's `model_max_length`), so an
+    adapter trains under the padding it samples with (the base pretrained at 32 tokens must not train at 512)."""
+    monkeypatch.chdir(ROOT)
+    config = load_config(TRAIN, [f"output_dir={tmp_path / 'x'}"]).train_config(tiny=True)
+    trainer = WanTrainer(config)
+    trainer.setup()
+    for length in (512, 24):
+        trainer.tokenizer.model_max_length = length
+        trainer._prompt_cache.clear()
+        embeds = trainer.prompt_embeds(["waves", "waves", "sea"])
+        pipe = trainer.validation_pipeline()
+        stock, _ = pipe.encode_prompt(["waves", "waves", "sea"], do_classifier_free_guidance=False,
+                                      max_sequence_length=length)
+        assert embeds.shape == (3, length, stock.shape[-1]) and torch.equal(embeds, stock)
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("train_data.n_sample_frames=8", "num_frames=8 is not 4k+1: Wan's VAE packs 4 frames after the first"),
     ("motion_module_path=guoyww/x", "motion_module_path='guoyww/x': the base 'tiny-wan' is a Wan2.1 DiT, which has "
