@@ -66,7 +66,7 @@ def run_infer(config, tiny: bool = False, fmt: str | None = None, quiet: bool = 
     from .backbone_run import call_kwargs_for, denoiser
     from .common import build_pipeline, device_and_dtype, load_config_adapters, load_image, load_learned_words
     from .regions import config_region_kwargs
-    from .video_io import hist_match_frames, save_video
+    from .video_io import hist_match_frames, save_mask_videos, save_video
 
     # Several processes without CUDA (torchrun / `accelerate launch` on CPUs): gloo on the CPU.
     state = PartialState(cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
@@ -106,6 +106,8 @@ def run_infer(config, tiny: bool = False, fmt: str | None = None, quiet: bool = 
             if v.hist_match:
                 frames = hist_match_frames(frames)
             paths = save_video(frames, config.output_dir, item.name, fmt, v.fps)
+            if getattr(out, "masks", None):  # mask-branch adapters: their predicted mask videos
+                paths += save_mask_videos(out.masks, config.output_dir, item.name, fmt, v.fps)
             if getattr(out, "ca_maps", None):
                 paths += save_ca_maps(out, os.path.join(config.output_dir, f"{item.name}_CAMap"))
             log(

@@ -69,3 +69,13 @@ def save_video(frames: np.ndarray, output_dir: str, name: str, fmt: str, fps: in
     if not paths:
         raise ValueError(f"format={fmt!r} is not one of ['gif', 'mp4', 'png', 'images', 'eval']")
     return paths
+
+
+def save_mask_videos(masks: dict, output_dir: str, name: str, fmt: str, fps: int = 8) -> list[str]:
+    """Write each mask-branch adapter's predicted mask video (`output.masks[adapter]`: `(1, F, H, W)` in [0, 1],
+    docs/mask_branch.md) in grey as `<name>_mask_<adapter>` in `fmt` (:func:`save_video`). Returns the written paths."""
+    paths = []
+    for adapter, video in masks.items():
+        frames = np.asarray(video[0].float().cpu())[..., None].repeat(3, axis=-1)  # (F, H, W, 3)
+        paths += save_video(frames, output_dir, f"{name}_mask_{adapter}", fmt, fps)
+    return paths
