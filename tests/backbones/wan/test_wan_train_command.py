@@ -96,6 +96,21 @@ def test_what_trains_and_checkpointing_changes_nothing(uninterrupted, tmp_path, 
     assert [losses(out)[s] for s in (1, 2)] == pytest.approx([reference[1], reference[2]], rel=1e-5)
 
 
+def test_the_saved_train_config_reads_back_as_the_same_wan_recipe(uninterrupted, monkeypatch):
+    """The full `train_config.yaml` a Wan run writes (its adapter has Wan-only fields such as `implicit_act`) reads
+    back as a `TrainConfig` with a `WanAdapterConfig`, and with the same recipe fingerprint: what an interrupted
+    `python -m miva.world.adapters --ship --base wan` compares before it reuses a training."""
+    from miva.config.trainer import TrainConfig
+    from miva.world.adapters import recipe_fingerprint, saved_recipe_fingerprint
+
+    monkeypatch.chdir(ROOT)
+    saved = TrainConfig.from_yaml(uninterrupted / "train_config.yaml")
+    assert type(saved.adapter) is WanAdapterConfig and "implicit_act" in saved.adapter.to_dict()
+    original = load_config(TRAIN, [f"output_dir={uninterrupted}", "validation_steps=100"]).train_config(tiny=True)
+    assert saved.adapter == original.adapter
+    assert saved_recipe_fingerprint(uninterrupted) == recipe_fingerprint(original.to_dict())
+
+
 def test_training_pads_prompts_to_the_length_the_tokenizer_declares(tmp_path, monkeypatch):
     """The trainer's T5 states have the pipeline's default length (the tokenizer's `model_max_length`), so an
     adapter trains under the padding it samples with (the base pretrained at 32 tokens must not train at 512)."""
