@@ -101,7 +101,7 @@ folder offline (`miva/base_registry.py`). The folder is an ordinary diffusers `W
 3. Decoder refinement: {decoder_steps} steps, the autoencoder's decoder alone (encoder frozen, so the latent space of
    phase 2 is unchanged), AdamW lr {decoder_lr} (warm-up, cosine), MSE + 0.5 L1.
 
-Time: autoencoder {vae_min:.1f} min, transformer {transformer_min:.1f} min, decoder {decoder_min:.1f} min on {machine}.
+Time: {time_line}
 
 Text encoder: randomly initialised and frozen (its embeddings still tell prompts apart; the transformer learns to
 read them).
@@ -136,6 +136,17 @@ def _rich_mix() -> str:
     return text.split("Here: ", 1)[1].rstrip(".")
 
 
+def _wan_time(record: dict) -> str:
+    """Each phase's time and machine; phases 1-2 taken from an earlier folder (`--init-from`) name their own machine."""
+    phases = (f"autoencoder {record['vae_seconds'] / 60:.1f} min, transformer {record['transformer_seconds'] / 60:.1f} "
+              "min")
+    decoder = f"decoder {record['decoder_seconds'] / 60:.1f} min"
+    if "phases_1_2_from" in record:
+        return (f"{phases} on {record['phases_1_2_from']}; {decoder} (`--init-from` the folder of phases 1-2) on "
+                f"{record['machine']}.")
+    return f"{phases}, {decoder} on {record['machine']}."
+
+
 def _wan_body(record: dict, params: str, size: int) -> str:
     from .wan_architecture import FLOW_SHIFT, MAX_SEQUENCE_LENGTH, Z_DIM
 
@@ -143,8 +154,7 @@ def _wan_body(record: dict, params: str, size: int) -> str:
     return _WAN_BODY.format(mix=_rich_mix(),
         shift=FLOW_SHIFT, z_dim=Z_DIM, max_sequence_length=MAX_SEQUENCE_LENGTH, dropout=recipe["prompt_dropout"],
         params=params, size_mb=size / 2**20, command=record["command"], vae_min=record["vae_seconds"] / 60,
-        transformer_min=record["transformer_seconds"] / 60, decoder_min=record["decoder_seconds"] / 60,
-        machine=record["machine"], **recipe,
+        time_line=_wan_time(record), **recipe,
     )
 
 

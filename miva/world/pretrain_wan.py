@@ -226,7 +226,7 @@ def _record(recipe, components: dict, seconds: dict, mean, std, earlier: dict | 
         "latents_mean": mean,
         "latents_std": std,
         "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}",
         "parameters": {name: sum(p.numel() for p in components[name].parameters())
                        for name in ("transformer", "vae", "text_encoder")},
         "command": "python -m miva.world.pretrain_wan --out <folder>" + "".join(
