@@ -97,9 +97,7 @@ folder offline (`miva/base_registry.py`). The folder is an ordinary diffusers `W
    cosine), MSE + 0.5 L1 + 1e-6 KL; then `latents_mean` / `latents_std` set per channel from encoded clips.
 2. Transformer: {transformer_steps} steps, batch {batch} clips of {frames} frames, AdamW lr {lr} (warm-up {warmup},
    cosine), grad clip 1, EMA {ema_decay}; miva's Wan image-to-video objective (latent frame 0 clean, velocity MSE on
-   frames 1..F-1); every step draws fresh training scenes (held-out scenes are never seen).
-3. Decoder refinement: {decoder_steps} steps, the autoencoder's decoder alone (encoder frozen, so the latent space of
-   phase 2 is unchanged), AdamW lr {decoder_lr} (warm-up, cosine), MSE + 0.5 L1.
+   frames 1..F-1); every step draws fresh training scenes (held-out scenes are never seen).{decoder_phase}
 
 Time: {time_line}
 
@@ -140,11 +138,23 @@ def _wan_time(record: dict) -> str:
     """Each phase's time and machine; phases 1-2 taken from an earlier folder (`--init-from`) name their own machine."""
     phases = (f"autoencoder {record['vae_seconds'] / 60:.1f} min, transformer {record['transformer_seconds'] / 60:.1f} "
               "min")
+    if "decoder_seconds" not in record:  # no phase 3
+        return f"{phases} on {record['machine']}."
     decoder = f"decoder {record['decoder_seconds'] / 60:.1f} min"
     if "phases_1_2_from" in record:
         return (f"{phases} on {record['phases_1_2_from']}; {decoder} (`--init-from` the folder of phases 1-2) on "
                 f"{record['machine']}.")
     return f"{phases}, {decoder} on {record['machine']}."
+
+
+def _decoder_phase(record: dict) -> str:
+    """The recipe's phase 3 line (decoder refinement), or nothing when the base had none."""
+    if "decoder_seconds" not in record:
+        return ""
+    recipe = record["recipe"]
+    return (f"\n3. Decoder refinement: {recipe['decoder_steps']} steps, the autoencoder's decoder alone (encoder "
+            f"frozen, so the latent space of\n   phase 2 is unchanged), AdamW lr {recipe['decoder_lr']} (warm-up, "
+            "cosine), MSE + 0.5 L1.")
 
 
 def _wan_body(record: dict, params: str, size: int) -> str:
@@ -154,7 +164,7 @@ def _wan_body(record: dict, params: str, size: int) -> str:
     return _WAN_BODY.format(mix=_rich_mix(),
         shift=FLOW_SHIFT, z_dim=Z_DIM, max_sequence_length=MAX_SEQUENCE_LENGTH, dropout=recipe["prompt_dropout"],
         params=params, size_mb=size / 2**20, command=record["command"], vae_min=record["vae_seconds"] / 60,
-        time_line=_wan_time(record), **recipe,
+        time_line=_wan_time(record), decoder_phase=_decoder_phase(record), **recipe,
     )
 
 

@@ -93,12 +93,28 @@ def test_decoder_refinement_keeps_the_latent_space_and_sharpens_only_the_decoder
     assert "3. Decoder refinement: 3 steps" in (out / "README.md").read_text()
 
 
-def test_init_from_a_folder_without_a_pretraining_log_names_it(tmp_path):
+def test_init_from_errors_name_the_field(tmp_path):
     from miva.world.pretrain_wan import WanPretrainRecipe, pretrain_wan
 
     with pytest.raises(FileNotFoundError, match=rf"init_from='{tmp_path}' has no pretrain_log.json: give a folder that "
                                                 r"`python -m miva.world.pretrain_wan` wrote"):
+        pretrain_wan(tmp_path / "out", WanPretrainRecipe(init_from=str(tmp_path), decoder_steps=1))
+    with pytest.raises(ValueError, match=rf"init_from='{tmp_path}' keeps phases 1-2 and runs phase 3 only, but "
+                                         r"decoder_steps=0; give decoder_steps >= 1"):
         pretrain_wan(tmp_path / "out", WanPretrainRecipe(init_from=str(tmp_path)))
+
+
+def test_a_base_without_phase_3_has_a_card_without_it(tmp_path):
+    """The shipped recipe has no decoder phase (decoder_steps 0): its log and card say two phases only."""
+    from miva.world.card import write_base_card
+    from miva.world.pretrain_wan import WanPretrainRecipe
+
+    assert WanPretrainRecipe.decoder_steps == 0
+    record = json.loads((registry.WORLD_WAN_PATH / "pretrain_log.json").read_text())
+    assert "decoder_seconds" not in record and "--decoder-steps" not in record["command"]
+    (tmp_path / "pretrain_log.json").write_text(json.dumps(record))
+    card = write_base_card(tmp_path).read_text()
+    assert "2. Transformer:" in card and "3. Decoder" not in card and "decoder" not in card.split("Time:")[1]
 
 
 def test_metrics_score_nine_frame_videos():
