@@ -39,6 +39,9 @@ def halves(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     return left, 1.0 - left
 
 
+CASES = ("no_masks", "masks", "schedule")
+
+
 def evaluate_schedule(pipe, names, motions, scenes: int, frames: int, **call_kwargs) -> dict:
     """The hand-over at the middle frame, scored per segment (mean direction error and drift speed)."""
     mid = frames // 2
@@ -64,6 +67,9 @@ def main(argv=None) -> int:
     parser.add_argument("--base", choices=("unet", "wan"), default="wan")
     parser.add_argument("--adapter", action="append", required=True, help="NAME=FOLDER, twice (left, then right)")
     parser.add_argument("--scenes", type=int, default=20)
+    parser.add_argument("--parallel-mode", choices=("residual", "weights"), default="residual",
+                        help="how the two adapters compose (docs/regions.md)")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="which cases to run")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     pairs = [item.split("=", 1) for item in args.adapter]
@@ -74,16 +80,21 @@ def main(argv=None) -> int:
     pipe = load_pipeline(base=args.base)
     pipe.set_progress_bar_config(disable=True)
     pipe.load_adapters([folder for _, folder in pairs], adapter_names=names)
+    pipe.set_adapters(names, parallel_mode=args.parallel_mode)
     call = sampling_defaults(args.base)
     left, right = halves()
-    results, start = {"base": args.base, "adapters": dict(pairs), "scenes": args.scenes}, time.perf_counter()
+    results, start = ({"base": args.base, "adapters": dict(pairs), "scenes": args.scenes,
+                       "parallel_mode": args.parallel_mode}, time.perf_counter())
     for case, extra in (("no_masks", {}), ("masks", {"adapter_masks": {names[0]: left, names[1]: right}})):
+        if case not in args.cases:
+            continue
         outcome = evaluate_regional_pipeline(pipe, "halves", names, scenes=args.scenes, **call, **extra)
         results[case] = outcome["regions"]
         print(case, {region: {k: v for k, v in r.items() if k in ("class_accuracy", "direction_error", "psnr")}
                      for region, r in outcome["regions"].items()}, flush=True)
-    results["schedule"] = evaluate_schedule(pipe, names, motions, args.scenes, call["num_frames"], **call)
-    print("schedule", {k: v for k, v in results["schedule"].items() if k.startswith("segment")}, flush=True)
+    if "schedule" in args.cases:
+        results["schedule"] = evaluate_schedule(pipe, names, motions, args.scenes, call["num_frames"], **call)
+        print("schedule", {k: v for k, v in results["schedule"].items() if k.startswith("segment")}, flush=True)
     results["seconds"] = round(time.perf_counter() - start, 1)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
