@@ -247,7 +247,9 @@ class TrainConfig(MaskTrainingFields):
 
     def __post_init__(self) -> None:
         if isinstance(self.adapter, dict):  # a saved Wan config carries Wan-only fields (e.g. implicit_act)
-            self.adapter = self._adapter_class().from_dict(self.adapter)
+            from ..backbones.wan.config import WanAdapterConfig
+
+            self.adapter = (WanAdapterConfig if self.is_wan else MIVAAdapterConfig).from_dict(self.adapter)
         if isinstance(self.validation, dict):
             self.validation = ValidationConfig.from_dict(self.validation)
         self.validate()
@@ -294,14 +296,6 @@ class TrainConfig(MaskTrainingFields):
         from ..base_registry import base_backbone
 
         return base_backbone(self.pretrained_model_path) == WAN.id
-
-    def _adapter_class(self) -> type[MIVAAdapterConfig]:
-        """`WanAdapterConfig` on a Wan base, else `MIVAAdapterConfig`."""
-        if not self.is_wan:
-            return MIVAAdapterConfig
-        from ..backbones.wan.config import WanAdapterConfig
-
-        return WanAdapterConfig
 
     def _match_backbone(self) -> None:
         """On a Wan base the adapter is a `WanAdapterConfig` (same shared fields) and no motion module is read."""
