@@ -35,6 +35,7 @@ class FlowForwardNoise:
         sigma = (timesteps.to(noise.dtype) / 1000.0).view(-1, 1, 1, 1, 1)
         return (1 - sigma) * original + sigma * noise
 
+
 # WanPipeline's T5 prompt length (its `max_sequence_length` default), and the longest a Wan base reads.
 WAN_PROMPT_LENGTH = 512
 

@@ -163,7 +163,7 @@ def _wan_body(record: dict, params: str, size: int) -> str:
     recipe = record["recipe"]
     return _WAN_BODY.format(mix=_rich_mix(),
         shift=FLOW_SHIFT, z_dim=Z_DIM, max_sequence_length=MAX_SEQUENCE_LENGTH, dropout=recipe["prompt_dropout"],
-        params=params, size_mb=size / 2**20, command=record["command"], vae_min=record["vae_seconds"] / 60,
+        params=params, size_mb=size / 2**20, command=record["command"],
         time_line=_wan_time(record), decoder_phase=_decoder_phase(record), **recipe,
     )
 

@@ -55,10 +55,10 @@ VALIDATION_SCENE = HELDOUT_SCENES
 SAMPLING = {"num_frames": 8, "num_inference_steps": 25, "guidance_scale": 1.0,
             "first_frame_cond_type": "cinemo", "use_dct_init": True, "use_adain_norm": "last"}
 # The Wan base's (miva-world-wan): 9 frames (1 + 4k, the Wan VAE's chunking), 25 flow-matching Euler steps, no
-# guidance (prompts are padded to the T5 length it was pretrained with, which its tokenizer declares), and the same research latent init as the UNet's (the
-# noised image latent for every frame, DCT low-pass), so that the two bases differ only in the model. No AdaIN:
-# MIVAWanPipeline has none. A first choice, not a measured one: tune it on the validation scenes
-# (`--first-scene VALIDATION_SCENE`), never on the reported ones.
+# guidance (prompts are padded to the T5 length it was pretrained with, which its tokenizer declares), and the same
+# research latent init as the UNet's (the noised image latent for every frame, DCT low-pass), so that the two bases
+# differ only in the model. No AdaIN: MIVAWanPipeline has none. A first choice, not a measured one: tune it on the
+# validation scenes (`--first-scene VALIDATION_SCENE`), never on the reported ones.
 WAN_SAMPLING = {"num_frames": WAN_FRAMES, "num_inference_steps": 25, "guidance_scale": 1.0,
                 "first_frame_cond_type": "cinemo", "use_dct_init": True}
 # The one place per-base sampling defaults live: MotionWorld base ("unet" / "wan") -> its pipeline call defaults.

@@ -4,7 +4,6 @@
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from miva.cli import main
