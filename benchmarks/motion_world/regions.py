@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--parallel-mode", choices=("residual", "weights"), default="residual",
                         help="how the two adapters compose (docs/regions.md)")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="which cases to run")
+    parser.add_argument("--weight", type=float, default=1.0, help="both adapters' weight (default 1)")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     pairs = [item.split("=", 1) for item in args.adapter]
@@ -80,11 +81,11 @@ def main(argv=None) -> int:
     pipe = load_pipeline(base=args.base)
     pipe.set_progress_bar_config(disable=True)
     pipe.load_adapters([folder for _, folder in pairs], adapter_names=names)
-    pipe.set_adapters(names, parallel_mode=args.parallel_mode)
+    pipe.set_adapters(names, [args.weight] * 2, parallel_mode=args.parallel_mode)
     call = sampling_defaults(args.base)
     left, right = halves()
     results, start = ({"base": args.base, "adapters": dict(pairs), "scenes": args.scenes,
-                       "parallel_mode": args.parallel_mode}, time.perf_counter())
+                       "parallel_mode": args.parallel_mode, "weight": args.weight}, time.perf_counter())
     for case, extra in (("no_masks", {}), ("masks", {"adapter_masks": {names[0]: left, names[1]: right}})):
         if case not in args.cases:
             continue
