@@ -94,7 +94,8 @@ folder offline (`miva/base_registry.py`). The folder is an ordinary diffusers `W
 `{command}`
 
 1. Autoencoder: {vae_steps} steps, batch {vae_batch} clips of {vae_frames} frames, AdamW lr {vae_lr} (warm-up,
-   cosine), MSE + 0.5 L1 + 1e-6 KL; then `latents_mean` / `latents_std` set per channel from encoded clips.
+   cosine), MSE + 0.5 L1 + 1e-6 KL;{framewise} then `latents_mean` / `latents_std` set per channel from encoded
+   clips.
 2. Transformer: {transformer_steps} steps, batch {batch} clips of {frames} frames, AdamW lr {lr} (warm-up {warmup},
    cosine), grad clip 1, EMA {ema_decay}; miva's Wan image-to-video objective (latent frame 0 clean, velocity MSE on
    frames 1..F-1); every step draws fresh training scenes (held-out scenes are never seen).{decoder_phase}
@@ -135,16 +136,21 @@ def _rich_mix() -> str:
 
 
 def _wan_time(record: dict) -> str:
-    """Each phase's time and machine; phases 1-2 taken from an earlier folder (`--init-from`) name their own machine."""
-    phases = (f"autoencoder {record['vae_seconds'] / 60:.1f} min, transformer {record['transformer_seconds'] / 60:.1f} "
-              "min")
-    if "decoder_seconds" not in record:  # no phase 3
-        return f"{phases} on {record['machine']}."
-    decoder = f"decoder {record['decoder_seconds'] / 60:.1f} min"
-    if "phases_1_2_from" in record:
-        return (f"{phases} on {record['phases_1_2_from']}; {decoder} (`--init-from` the folder of phases 1-2) on "
-                f"{record['machine']}.")
-    return f"{phases}, {decoder} on {record['machine']}."
+    """Each phase's time and machine; phases taken from an earlier folder (`--init-from`) name their own machine."""
+    labels = {"vae": "autoencoder", "transformer": "transformer", "decoder": "decoder"}
+    taken = record.get("phases_from", {})
+    groups: list[tuple[str, list[str]]] = []  # (machine, ["autoencoder 37.6 min", ...]) in phase order
+    for phase, label in labels.items():
+        if f"{phase}_seconds" not in record:
+            continue
+        machine = taken.get(phase, record["machine"])
+        if not groups or groups[-1][0] != machine:
+            groups.append((machine, []))
+        groups[-1][1].append(f"{label} {record[f'{phase}_seconds'] / 60:.1f} min")
+    text = "; ".join(f"{', '.join(parts)} on {machine}" for machine, parts in groups)
+    if taken:
+        text += f" ({' and '.join(labels[phase] for phase in taken)} taken with `--init-from` from an earlier folder)"
+    return text + "."
 
 
 def _decoder_phase(record: dict) -> str:
@@ -157,6 +163,14 @@ def _decoder_phase(record: dict) -> str:
             "cosine), MSE + 0.5 L1.")
 
 
+def _framewise(recipe: dict) -> str:
+    """The frame-wise step of phase 1, when the recipe had it (`miva.world.wan_architecture.make_vae_framewise`)."""
+    if not recipe.get("framewise_vae"):
+        return ""
+    return ("\n   then made frame-wise (the causal convolutions' past taps zeroed: every frame is coded as frame 0 was, so "
+            "the\n   latents of a clip are its frames' latents and motion is not smeared);")
+
+
 def _wan_body(record: dict, params: str, size: int) -> str:
     from .wan_architecture import FLOW_SHIFT, MAX_SEQUENCE_LENGTH, Z_DIM
 
@@ -164,7 +178,7 @@ def _wan_body(record: dict, params: str, size: int) -> str:
     return _WAN_BODY.format(mix=_rich_mix(),
         shift=FLOW_SHIFT, z_dim=Z_DIM, max_sequence_length=MAX_SEQUENCE_LENGTH, dropout=recipe["prompt_dropout"],
         params=params, size_mb=size / 2**20, command=record["command"],
-        time_line=_wan_time(record), decoder_phase=_decoder_phase(record), **recipe,
+        time_line=_wan_time(record), decoder_phase=_decoder_phase(record), framewise=_framewise(recipe), **recipe,
     )
 
 

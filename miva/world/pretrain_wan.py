@@ -7,8 +7,10 @@ The Wan2.1 counterpart of :mod:`miva.world.pretrain` (same scenes, same step-see
 exact resume), on the architecture of :mod:`miva.world.wan_architecture`:
 
 1. the ``AutoencoderKLWan`` learns MotionWorld clips of ``1 + 4`` frames (its causal encoder sees frame 0 alone, then
-   chunks of four, so both paths train): MSE + L1 + a tiny KL; then ``latents_mean`` / ``latents_std`` are set per
-   channel from encoded clips (what ``WanPipeline`` normalises with);
+   chunks of four, so both paths train): MSE + L1 + a tiny KL; then it is made frame-wise
+   (:func:`~miva.world.wan_architecture.make_vae_framewise`: each frame coded as frame 0 was, so motion between
+   frames is not smeared) and ``latents_mean`` / ``latents_std`` are set per channel from encoded clips (what
+   ``WanPipeline`` normalises with);
 2. the ``WanTransformer3DModel`` learns image-to-video with miva's Wan objective
    (:func:`miva.backbones.wan.training.wan_flow_matching_loss`: latent frame 0 clean, velocity MSE on frames 1..F-1)
    on fresh training scenes under the RICH motion mix (:func:`~miva.world.motions.sample_rich_motion`: zoom and turn
@@ -16,8 +18,9 @@ exact resume), on the architecture of :mod:`miva.world.wan_architecture`:
 3. optionally (``--decoder-steps N``; off in the shipped recipe, see :class:`WanPretrainRecipe`) the VAE's decoder
    alone is refined (encoder frozen, so the latent space the transformer learned stays exactly the same).
 
-``--init-from FOLDER`` takes phases 1-2 from a folder this command wrote (its ``pretrain_log.json`` gives their
-recipe and time) and runs phase 3 only.
+``--init-from FOLDER`` takes phases from a folder this command wrote (its ``pretrain_log.json`` gives their recipe,
+time and machine): ``--reuse vae,transformer`` (the default) keeps phases 1-2 and runs phase 3 only; ``--reuse vae``
+keeps the trained autoencoder and text encoder and runs phase 2 (and 3) anew.
 
 The result is an ordinary diffusers folder (``model_index.json`` of ``WanPipeline``; fp16 safetensors), plus
 ``pretrain_log.json`` and a model card.
@@ -38,7 +41,7 @@ import torch.nn.functional as F
 
 from .motions import sample_rich_motion
 from .pretrain import _clip_batch, _load_checkpoint, _lr_factor, _save_checkpoint
-from .wan_architecture import FLOW_SHIFT, FRAMES, MAX_SEQUENCE_LENGTH, build_wan_components
+from .wan_architecture import FLOW_SHIFT, FRAMES, MAX_SEQUENCE_LENGTH, build_wan_components, make_vae_framewise
 
 __all__ = ["WanPretrainRecipe", "pretrain_wan"]
 
@@ -51,6 +54,8 @@ class WanPretrainRecipe(argparse.Namespace):
     vae_batch = 4
     vae_frames = 5  # 1 + 4: frame 0 alone and one chunk of four
     vae_lr = 1e-3
+    # Frame-wise VAE (after phase 1): the clip-mixing one reads true clips' motion at 19.3 deg, frame-wise at 0.5 deg.
+    framewise_vae = True
     transformer_steps = 2400
     batch = 4
     frames = FRAMES
@@ -63,7 +68,12 @@ class WanPretrainRecipe(argparse.Namespace):
     decoder_steps = 0
     decoder_lr = 5e-4
     checkpoint_every = 200
-    init_from = None  # a folder with phases 1-2 done (see the module docstring)
+    init_from = None  # a folder this command wrote (see the module docstring)
+    reuse = "vae,transformer"  # with init_from: the phases taken from it, one of REUSABLE
+
+
+REUSABLE = ("vae", "vae,transformer")
+VAE_RECIPE = ("vae_steps", "vae_batch", "vae_frames", "vae_lr")  # phase 1's keys (reused with its weights)
 
 
 def _video(pixels: torch.Tensor) -> torch.Tensor:
@@ -204,37 +214,59 @@ def _write_folder(components: dict, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def _phases_from_folder(folder: Path) -> tuple[dict, dict]:
-    """Phases 1-2 of an earlier run: its components (float32) and its ``pretrain_log.json``."""
+def _phases_from_folder(folder: Path, reused: tuple[str, ...], seed: int) -> tuple[dict, dict]:
+    """The components of an earlier run (float32; its text encoder and the ``reused`` phases' modules, the rest
+    freshly built from ``seed``) and its ``pretrain_log.json``."""
     from diffusers import WanPipeline
 
     record_path = folder / "pretrain_log.json"
     if not record_path.is_file():
         raise FileNotFoundError(f"init_from={str(folder)!r} has no pretrain_log.json: give a folder that "
                                 "`python -m miva.world.pretrain_wan` wrote")
-    pipe = WanPipeline.from_pretrained(folder, dtype=torch.float32)
-    return dict(pipe.components), json.loads(record_path.read_text(encoding="utf-8"))
+    components = dict(WanPipeline.from_pretrained(folder, dtype=torch.float32).components)
+    if "transformer" not in reused:
+        components["transformer"] = build_wan_components(seed)["transformer"]
+    return components, json.loads(record_path.read_text(encoding="utf-8"))
 
 
-def _record(recipe, components: dict, seconds: dict, mean, std, earlier: dict | None) -> dict:
-    """``pretrain_log.json``: the recipe (phases 1-2 from ``earlier`` when they were taken from a folder), the time of
-    each phase, the latent statistics, the machine, the parameter counts and the command that rebuilds it all."""
-    own = {k: getattr(recipe, k) for k in dir(WanPretrainRecipe) if not k.startswith("_") and k != "init_from"}
-    if earlier is not None:
+def _reused_phases(recipe) -> tuple[str, ...]:
+    """The phases ``--init-from`` takes from its folder (validated ``recipe.reuse``); none without ``init_from``."""
+    if not recipe.init_from:
+        return ()
+    if recipe.reuse not in REUSABLE:
+        raise ValueError(f"reuse={recipe.reuse!r} is not a choice; give one of {list(REUSABLE)}")
+    if recipe.reuse == "vae,transformer" and not recipe.decoder_steps:
+        raise ValueError(f"init_from={recipe.init_from!r} with reuse='vae,transformer' keeps phases 1-2 and runs "
+                         "phase 3 only, but decoder_steps=0; give decoder_steps >= 1, or reuse='vae'")
+    return tuple(recipe.reuse.split(","))
+
+
+def _record(recipe, components: dict, seconds: dict, mean, std, earlier: dict | None, reused: tuple) -> dict:
+    """``pretrain_log.json``: the recipe (the reused phases' keys from ``earlier``), the time of each phase, the
+    machine of each reused phase, the latent statistics, the parameter counts and the command that rebuilds it all."""
+    skip = ("init_from", "reuse")
+    own = {k: getattr(recipe, k) for k in dir(WanPretrainRecipe) if not k.startswith("_") and k not in skip}
+    if "transformer" in reused:  # phases 1-2 as they were, frame-wise or not
         own.update({k: v for k, v in earlier["recipe"].items() if not k.startswith("decoder")})
+        own["framewise_vae"] = earlier["recipe"].get("framewise_vae", False)
+    elif reused:
+        own.update({k: earlier["recipe"][k] for k in VAE_RECIPE})
+    machine = (f"{platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
+               f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}")
+    flags = [f" --{k.replace('_', '-')} {own[k]}" for k in ("seed", "vae_steps", "transformer_steps", "decoder_steps")
+             if k != "decoder_steps" or own[k]]
     return {
         "recipe": own,
         **{f"{phase}_seconds": round(value, 1) for phase, value in seconds.items()},
         "latents_mean": mean,
         "latents_std": std,
-        "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}",
+        "machine": machine,
         "parameters": {name: sum(p.numel() for p in components[name].parameters())
                        for name in ("transformer", "vae", "text_encoder")},
-        "command": "python -m miva.world.pretrain_wan --out <folder>" + "".join(
-            f" --{k.replace('_', '-')} {own[k]}" for k in ("seed", "vae_steps", "transformer_steps", "decoder_steps")
-            if k != "decoder_steps" or own[k]),
-        **({"phases_1_2_from": earlier["machine"]} if earlier is not None else {}),
+        "command": "python -m miva.world.pretrain_wan --out <folder>" + "".join(flags)
+        + ("" if own["framewise_vae"] else " --no-framewise-vae"),
+        **({"phases_from": {phase: earlier.get("phases_from", {}).get(phase, earlier["machine"]) for phase in reused}}
+           if reused else {}),
     }
 
 
@@ -247,20 +279,21 @@ def pretrain_wan(out: str | Path, recipe: WanPretrainRecipe | None = None, work:
     work = Path(work) if work else out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
-    if recipe.init_from:
-        if not recipe.decoder_steps:
-            raise ValueError(f"init_from={recipe.init_from!r} keeps phases 1-2 and runs phase 3 only, but "
-                             "decoder_steps=0; give decoder_steps >= 1")
-        components, earlier = _phases_from_folder(Path(recipe.init_from))
-        seconds = {key: earlier[f"{key}_seconds"] for key in ("vae", "transformer")}
-        mean, std = earlier["latents_mean"], earlier["latents_std"]
-        log(f"phases 1-2 from {recipe.init_from}")
+    reused = _reused_phases(recipe)
+    if reused:
+        components, earlier = _phases_from_folder(Path(recipe.init_from), reused, recipe.seed)
+        seconds = {phase: earlier[f"{phase}_seconds"] for phase in reused}
+        log(f"{' and '.join(reused)} from {recipe.init_from}")
     else:
-        earlier = None
-        components = build_wan_components(recipe.seed)
-        components["text_encoder"].eval().requires_grad_(False)
-        seconds = {"vae": _train_vae(components["vae"], recipe, work, log)}
-        components["vae"].eval().requires_grad_(False)
+        components, earlier, seconds = build_wan_components(recipe.seed), None, {}
+        seconds["vae"] = _train_vae(components["vae"], recipe, work, log)
+    components["text_encoder"].eval().requires_grad_(False)
+    components["vae"].eval().requires_grad_(False)
+    if "transformer" in reused:
+        mean, std = earlier["latents_mean"], earlier["latents_std"]
+    else:
+        if recipe.framewise_vae:
+            log(f"vae: frame-wise ({make_vae_framewise(components['vae'])} causal convolutions)")
         mean, std = _set_latent_statistics(components["vae"], recipe.seed)
         log(f"latent std per channel {std}")
         seconds["transformer"] = _train_transformer(components, recipe, work, log)
@@ -268,7 +301,7 @@ def pretrain_wan(out: str | Path, recipe: WanPretrainRecipe | None = None, work:
     if recipe.decoder_steps:
         seconds["decoder"] = _refine_decoder(components["vae"], recipe, work, log)
     _write_folder(components, out)
-    record = _record(recipe, components, seconds, mean, std, earlier)
+    record = _record(recipe, components, seconds, mean, std, earlier, reused)
     (out / "pretrain_log.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     from .card import write_base_card
 
@@ -286,7 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=getattr(WanPretrainRecipe, key))
     for key in ("lr", "decoder_lr"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=float, default=getattr(WanPretrainRecipe, key))
-    parser.add_argument("--init-from", help="a folder this command wrote: keep its phases 1-2, run phase 3 only")
+    parser.add_argument("--framewise-vae", action=argparse.BooleanOptionalAction, default=WanPretrainRecipe.framewise_vae,
+                        help="make the VAE frame-wise after phase 1 (default: yes)")
+    parser.add_argument("--init-from", help="a folder this command wrote: take the --reuse phases from it")
+    parser.add_argument("--reuse", default=WanPretrainRecipe.reuse, choices=REUSABLE,
+                        help="with --init-from: the phases kept (default: vae,transformer, i.e. run phase 3 only)")
     args = parser.parse_args(argv)
     recipe = WanPretrainRecipe(**{k: v for k, v in vars(args).items() if k not in ("out", "work")})
     pretrain_wan(args.out, recipe, args.work)

@@ -9,6 +9,10 @@ shift than Wan's 480p). About 6M parameters in all.
 
 Clips are encoded in ``1 + 4k`` frames (the Wan VAE encodes frame 0, then chunks of four), so the world's Wan clips
 have 9 or 17 frames.
+
+The shipped world VAE is *frame-wise* (:func:`make_vae_framewise`): its causal convolutions see the current frame
+only, so each frame is encoded and decoded exactly as the VAE treats frame 0. A clip-mixing VAE smears motion: true
+clips through it read their motion at 19.3 deg direction error, frame-wise at 0.5 deg (docs/motionworld.md).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import torch
 from ..tiny import TINY_WORDS
 from .scenes import WORLD_WORDS
 
-__all__ = ["FRAME_SIZE", "FRAMES", "MAX_SEQUENCE_LENGTH", "build_wan_components", "wan_world_tokenizer"]
+__all__ = ["FRAME_SIZE", "FRAMES", "MAX_SEQUENCE_LENGTH", "build_wan_components", "is_vae_framewise",
+           "make_vae_framewise", "wan_world_tokenizer"]
 
 FRAME_SIZE = 64
 FRAMES = 9  # 1 + 4k: what the Wan VAE encodes without dropping frames
@@ -78,3 +83,29 @@ def build_wan_components(seed: int = 0) -> dict:
             torch.manual_seed(seed)
             modules[name] = build()
     return {**modules, "tokenizer": tokenizer, "scheduler": FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFT)}
+
+
+def _temporal_convs(vae) -> list:
+    """The causal 3-D convolutions of an ``AutoencoderKLWan`` that reach back in time (temporal kernel > 1)."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    return [m for m in vae.modules() if isinstance(m, WanCausalConv3d) and m.kernel_size[0] > 1]
+
+
+@torch.no_grad()
+def make_vae_framewise(vae) -> int:
+    """Zero the past taps of every causal 3-D convolution of ``vae`` (in place); return how many convolutions changed.
+
+    The Wan VAE pads a clip's past with zeros, so frame 0 never uses those taps: afterwards every frame is encoded and
+    decoded the way frame 0 was before (frame 0's latents do not change), and a clip's latents are its frames'
+    latents, ``(batch, z, frames, h, w)`` either way. The taps stay zero under AdamW without weight decay (zero grads
+    give zero updates) but the recipe applies this after the VAE's training."""
+    convs = _temporal_convs(vae)
+    for conv in convs:
+        conv.weight[:, :, :-1] = 0  # the kernel's last temporal index is the current frame (causal padding in front)
+    return len(convs)
+
+
+def is_vae_framewise(vae) -> bool:
+    """Whether no causal convolution of ``vae`` reads an earlier frame (see :func:`make_vae_framewise`)."""
+    return all(not conv.weight[:, :, :-1].any() for conv in _temporal_convs(vae))

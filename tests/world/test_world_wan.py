@@ -75,7 +75,7 @@ def test_decoder_refinement_keeps_the_latent_space_and_sharpens_only_the_decoder
     lines = []
     out = pretrain_wan(tmp_path / "refined", WanPretrainRecipe(decoder_steps=3, warmup=1, init_from=str(wan_world_base)),
                        log=lines.append)
-    assert lines[0] == f"phases 1-2 from {wan_world_base}" and not any(l.startswith(("vae step", "transformer step"))
+    assert lines[0] == f"vae and transformer from {wan_world_base}" and not any(l.startswith(("vae step", "transformer step"))
                                                                            for l in lines)
     before, after = WanPipeline.from_pretrained(wan_world_base), WanPipeline.from_pretrained(out)
     for name in ("transformer", "text_encoder"):
@@ -99,8 +99,9 @@ def test_init_from_errors_name_the_field(tmp_path):
     with pytest.raises(FileNotFoundError, match=rf"init_from='{tmp_path}' has no pretrain_log.json: give a folder that "
                                                 r"`python -m miva.world.pretrain_wan` wrote"):
         pretrain_wan(tmp_path / "out", WanPretrainRecipe(init_from=str(tmp_path), decoder_steps=1))
-    with pytest.raises(ValueError, match=rf"init_from='{tmp_path}' keeps phases 1-2 and runs phase 3 only, but "
-                                         r"decoder_steps=0; give decoder_steps >= 1"):
+    with pytest.raises(ValueError, match=rf"init_from='{tmp_path}' with reuse='vae,transformer' keeps phases 1-2 and "
+                                         r"runs phase 3 only, but decoder_steps=0; give decoder_steps >= 1, or "
+                                         r"reuse='vae'"):
         pretrain_wan(tmp_path / "out", WanPretrainRecipe(init_from=str(tmp_path)))
 
 
