@@ -343,17 +343,30 @@ def pretrain(out: str | Path, recipe: PretrainRecipe | None = None, work: str | 
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m miva.world.pretrain", description=__doc__.split("\n")[0])
+def recipe_parser(prog: str, doc: str, recipe: type, ints: tuple[str, ...], floats: tuple[str, ...]):
+    """The parser both pretraining commands share: ``--out``, ``--work`` and an option per recipe number (its
+    default from ``recipe``); :func:`parsed_recipe` turns the parsed arguments back into a recipe."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
     parser.add_argument("--out", required=True, help="output pipeline folder")
     parser.add_argument("--work", help="checkpoint folder (default <out>.work); an existing one is resumed")
+    for kind, keys in ((int, ints), (float, floats)):
+        for key in keys:
+            parser.add_argument(f"--{key.replace('_', '-')}", type=kind, default=getattr(recipe, key))
+    return parser
+
+
+def parsed_recipe(args: argparse.Namespace, recipe: type):
+    """The recipe of parsed arguments (every option but ``--out`` / ``--work``)."""
+    return recipe(**{k: v for k, v in vars(args).items() if k not in ("out", "work")})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = recipe_parser("python -m miva.world.pretrain", __doc__, PretrainRecipe,
+                           ("seed", "vae_steps", "unet_steps", "unet_batch", "frames", "checkpoint_every", "warmup"),
+                           ("unet_lr",))
     parser.add_argument("--init-from", help="a finished base folder: train its UNet further (a warm restart)")
-    for key in ("seed", "vae_steps", "unet_steps", "unet_batch", "frames", "checkpoint_every", "warmup"):
-        parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=getattr(PretrainRecipe, key))
-    parser.add_argument("--unet-lr", type=float, default=PretrainRecipe.unet_lr)
     args = parser.parse_args(argv)
-    recipe = PretrainRecipe(**{k: v for k, v in vars(args).items() if k not in ("out", "work")})
-    pretrain(args.out, recipe, args.work)
+    pretrain(args.out, parsed_recipe(args, PretrainRecipe), args.work)
     return 0
 
 

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .motions import sample_rich_motion
-from .pretrain import _clip_batch, _load_checkpoint, _lr_factor, _save_checkpoint
+from .pretrain import _clip_batch, _load_checkpoint, _lr_factor, _save_checkpoint, parsed_recipe, recipe_parser
 from .wan_architecture import FLOW_SHIFT, FRAMES, MAX_SEQUENCE_LENGTH, build_wan_components, make_vae_framewise
 
 __all__ = ["WanPretrainRecipe", "pretrain_wan"]
@@ -312,21 +312,16 @@ def pretrain_wan(out: str | Path, recipe: WanPretrainRecipe | None = None, work:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m miva.world.pretrain_wan", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="output pipeline folder")
-    parser.add_argument("--work", help="checkpoint folder (default <out>.work); an existing one is resumed")
-    for key in ("seed", "vae_steps", "transformer_steps", "decoder_steps", "batch", "checkpoint_every", "warmup"):
-        parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=getattr(WanPretrainRecipe, key))
-    for key in ("lr", "decoder_lr"):
-        parser.add_argument(f"--{key.replace('_', '-')}", type=float, default=getattr(WanPretrainRecipe, key))
+    parser = recipe_parser("python -m miva.world.pretrain_wan", __doc__, WanPretrainRecipe,
+                           ("seed", "vae_steps", "transformer_steps", "decoder_steps", "batch", "checkpoint_every",
+                            "warmup"), ("lr", "decoder_lr"))
     parser.add_argument("--framewise-vae", action=argparse.BooleanOptionalAction, default=WanPretrainRecipe.framewise_vae,
                         help="make the VAE frame-wise after phase 1 (default: yes)")
     parser.add_argument("--init-from", help="a folder this command wrote: take the --reuse phases from it")
     parser.add_argument("--reuse", default=WanPretrainRecipe.reuse, choices=REUSABLE,
                         help="with --init-from: the phases kept (default: vae,transformer, i.e. run phase 3 only)")
     args = parser.parse_args(argv)
-    recipe = WanPretrainRecipe(**{k: v for k, v in vars(args).items() if k not in ("out", "work")})
-    pretrain_wan(args.out, recipe, args.work)
+    pretrain_wan(args.out, parsed_recipe(args, WanPretrainRecipe), args.work)
     return 0
 
 
