@@ -6,6 +6,8 @@ MotionWorld metric on held-out scenes. No sampling: this is the ceiling of every
 
 Session 10 (shipped Wan base, `right`, 20 scenes): as one clip 65% / 19.3 deg / 18.27 dB; frame by frame 100% /
 0.5 deg / 20.31 dB. The causal 3-D convolutions mix each frame with the ones before it, and that costs the motion.
+Since session 11 the shipped base's VAE is frame-wise (`miva.world.wan_architecture.make_vae_framewise`), so both
+rows are the same there; `--base FOLDER` measures any other Wan base.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--motion", default="right")
     parser.add_argument("--scenes", type=int, default=20)
+    parser.add_argument("--base", help="a Wan base folder (default: the shipped one)")
     args = parser.parse_args(argv)
-    vae, motion = load_pipeline(base="wan").vae, get_motion(args.motion)
+    vae, motion = load_pipeline(base="wan", path=args.base).vae, get_motion(args.motion)
     for per_frame in (False, True):
         rows = []
         for index in range(args.scenes):

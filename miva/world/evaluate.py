@@ -107,7 +107,7 @@ def reference_video(pipe, index: int, target: Motion, kind: str, num_frames: int
                     split: str = "heldout") -> np.ndarray:
     """A :data:`REFERENCES` video of scene ``index`` of ``split``: ``(F, 64, 64, 3)`` ``uint8``, encoded to the
     mode of ``pipe.vae``'s latent distribution and decoded back (frame by frame on the UNet base, as one clip
-    through the Wan base's causal video autoencoder). ``num_frames`` None: the base's default."""
+    through the Wan base's video autoencoder, as the pipeline does; the shipped one is frame-wise). ``num_frames`` None: the base's default."""
     import torch
     from diffusers.image_processor import VaeImageProcessor
 
