@@ -39,6 +39,7 @@ __all__ = [
     "saved_recipe_fingerprint",
     "ship",
     "train_world_adapter",
+    "train_world_config",
     "validation_rank",
     "world_train_config",
 ]
@@ -218,20 +219,26 @@ def train_world_adapter(
 ) -> dict:
     """Write the clips, train with :func:`miva.training.train.train`, return ``{"adapter": folder, "seconds",
     "config"}``. ``recipe`` goes to :func:`world_train_config` (``world="wan"``: on the Wan base)."""
+    output_dir = Path(output_dir)
+    clips = output_dir / "clips"
+    config = world_train_config(output_dir, clips, adapter_name=adapter_name or motion.replace("+", "_"), **recipe)
+    write_world_clips(clips, motion, num_clips=num_clips, num_frames=config["num_frames"], first_scene=first_scene)
+    return train_world_config(config, output_dir, f"{motion!r} on {num_clips} clips", log)
+
+
+def train_world_config(config: dict, output_dir: str | Path, what: str, log=print) -> dict:
+    """Keep ``config`` (a :func:`world_train_config` dict whose clips are written) as ``output_dir/train_config.yaml``,
+    train it with :func:`miva.training.train.train`, return ``{"adapter": folder, "seconds", "config"}``."""
     from omegaconf import OmegaConf
 
     from ..training.train import train
     from ..training.train_config import TrainConfig
 
-    output_dir = Path(output_dir)
-    clips = output_dir / "clips"
-    config = world_train_config(output_dir, clips, adapter_name=adapter_name or motion.replace("+", "_"), **recipe)
-    write_world_clips(clips, motion, num_clips=num_clips, num_frames=config["num_frames"], first_scene=first_scene)
-    (output_dir / "train_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)), encoding="utf-8")
+    (Path(output_dir) / "train_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)), encoding="utf-8")
     start = time.perf_counter()
     adapter = train(TrainConfig.from_dict(config))
     seconds = time.perf_counter() - start
-    log(f"trained {motion!r} on {num_clips} clips in {seconds:.0f} s -> {adapter}")
+    log(f"trained {what} in {seconds:.0f} s -> {adapter}")
     return {"adapter": Path(adapter), "seconds": seconds, "config": config}
 
 

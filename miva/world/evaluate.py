@@ -33,6 +33,7 @@ __all__ = [
     "VALIDATION_SCENE",
     "WAN_SAMPLING",
     "animate_scene",
+    "animate_scene_output",
     "evaluate_pipeline",
     "evaluate_regional_pipeline",
     "pipeline_base",
@@ -81,6 +82,11 @@ def animate_scene(pipe, index: int, seed: int = 0, split: str = "heldout", image
     """Animate scene ``index`` of ``split`` (from ``image`` ``(64, 64, 3)`` instead of the scene's frame 0 if given):
     ``(F, 64, 64, 3)`` ``uint8``. ``call_kwargs`` override the pipeline's base's :func:`sampling_defaults` and go to
     ``pipe(...)`` (e.g. ``adapter_weights``, ``batch_prompt``)."""
+    return _to_uint8(animate_scene_output(pipe, index, seed, split, image, **call_kwargs).frames[0])
+
+
+def animate_scene_output(pipe, index: int, seed: int = 0, split: str = "heldout", image=None, **call_kwargs):
+    """:func:`animate_scene`'s call, returning the pipeline's whole output (``frames`` as floats, ``masks`` ...)."""
     import torch
     from PIL import Image
 
@@ -88,8 +94,7 @@ def animate_scene(pipe, index: int, seed: int = 0, split: str = "heldout", image
     image = Image.fromarray(render_clip(scene, Motion(), 1, 64)[0] if image is None else np.asarray(image))
     kwargs = {**sampling_defaults(pipeline_base(pipe)), "height": 64, "width": 64, **call_kwargs}
     kwargs.setdefault("prompt", scene.prompt)
-    frames = pipe(image=image, generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).frames[0]
-    return _to_uint8(frames)
+    return pipe(image=image, generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs)
 
 
 def _to_uint8(frames) -> np.ndarray:
