@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from miva.world import load_pipeline
+from miva.world import load_pipeline, make_scene
 from miva.world.mask_adapter import evaluate_mask_adapter, mask_dice, region_motions, train_world_mask_adapter
+from miva.world.regions import render_regional_clip
 
 FRAMES = 8  # the UNet world recipe's
 
@@ -74,13 +75,31 @@ def test_evaluation_on_one_scene_has_the_documented_keys(trained):
     pipe = load_pipeline(base="unet")
     pipe.set_progress_bar_config(disable=True)
     pipe.load_adapters([str(result["adapter"])], adapter_names=["m"])
-    scores = evaluate_mask_adapter(pipe, "m", "right", scenes=1, first_scene=3, num_inference_steps=2)
+    calls = []
+
+    class Recording:  # the pipeline, its calls and outputs kept
+        unet, vae = pipe.unet, pipe.vae
+
+        def __call__(self, **kwargs):
+            calls.append((kwargs, pipe(**kwargs)))
+            return calls[-1][1]
+
+    scores = evaluate_mask_adapter(Recording(), "m", "right", scenes=1, first_scene=3, num_inference_steps=2)
+    truth = render_regional_clip(make_scene("heldout", 3), "shape", ("right", "static"), FRAMES, 64)
+    ((kwargs, output),) = calls
+    assert (np.asarray(kwargs["image"]) == truth.frames[0]).all() and kwargs["prompt"] == truth.prompt
+    branch = kwargs["mask_branch"]
+    assert list(branch.masks) == ["m"] and (branch.masks["m"] == truth.masks[0, 0]).all() and branch.seed == 3
+    predicted = output.masks["m"][0].numpy()[1:] > 0.5  # Dice counted here, frames 1..
+    inside = truth.masks[0, 1:] > 0.5
+    expected = 2 * (predicted & inside).sum() / (predicted.sum() + inside.sum())
     assert set(scores["summary"]) == {"videos", "dice", "inside_direction_error", "inside_class_accuracy",
                                       "inside_speed", "outside_speed"}
     assert scores["summary"]["videos"] == 1 and 0.0 <= scores["summary"]["dice"] <= 1.0
     (row,) = scores["rows"]
     assert set(row) == {"scene", "dice", "regions", "seconds"} and row["scene"] == 3
-    assert row["dice"] == scores["summary"]["dice"] and set(row["regions"]) == {"shape", "background"}
+    assert row["dice"] == scores["summary"]["dice"] == pytest.approx(expected, abs=1e-6)
+    assert set(row["regions"]) == {"shape", "background"}
     assert scores["summary"]["outside_speed"] == row["regions"]["background"]["speed"]
     assert scores["sampling"]["num_inference_steps"] == 2 and scores["sampling"]["use_adain_norm"] == "last"
     assert (scores["layout"], scores["region"], scores["motion"], scores["reference"]) == ("shape", "shape", "right",
