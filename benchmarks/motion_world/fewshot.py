@@ -3,6 +3,18 @@
     python benchmarks/motion_world/fewshot.py                       # every row (hours on 2 CPU cores)
     python benchmarks/motion_world/fewshot.py --rows fewshot compose  # groups (or row ids) to run
     python benchmarks/motion_world/fewshot.py --table                 # print the table of the cached rows
+    python benchmarks/motion_world/fewshot.py --base wan              # the Wan rows on miva-world-wan (--rows, --table too)
+
+`--base` picks the MotionWorld base (docs/motionworld.md#two-bases): ``unet`` (the default, miva-world) or ``wan``
+(miva-world-wan). Everything per base comes from one place: the pipeline (`miva.world.load_pipeline(base=...)`),
+its sampling (`miva.world.evaluate.sampling_defaults`), the recipe (`miva.world.adapters.RECIPES`, trained with
+``world=base``), the cache folder (`base_fingerprint(base=...)`) and the shipped adapters that may serve a row
+(`shipped_recipes(base)`, `shipped_adapters(base)`). Row ids are the same strings on both bases. The Wan row set
+(`WAN_ROWS`) keeps the rows that apply to the DiT: references, base and 10 clips for right / zoom_in / rotate_cw,
+clips/right/{1,3}, sweep/right/{0.0,0.5,1.0,1.5}, compose/right+down/{residual_0.5,weights_1} and the ablations of
+the Wan recipe (`WAN_VARIANTS`: cross-frame "first" instead of "first_prev", no implicit prompt, no MotionLoRA).
+Left out as UNet-only: spatiotemporal Q, CA-LoRA (refused beside the implicit prompt), the orthogonal bases library
+on the UNet and AdaIN (MIVAWanPipeline has none); the seed and budget rows wait for the Wan recipe's first numbers.
 
 Each adapter is trained with miva's own trainer (`miva.training.train.train`, what `miva train --config` runs) on
 MotionWorld clips written by `miva.world.adapters`, and every row animates the same held-out scenes (never seen in
@@ -30,17 +42,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installing
 
-from miva.world import base_fingerprint, shipped_adapters  # noqa: E402
+from miva.world import WORLD_BASES, base_fingerprint, shipped_adapters  # noqa: E402
 from miva.world.adapters import (  # noqa: E402
     RECIPE_CLIPS,
-    RECIPE_STEPS,
-    SHIPPED,
-    WORLD_PARTS,
+    RECIPES,
     saved_recipe_fingerprint,
+    shipped_recipes,
     train_world_adapter,
     world_recipe_fingerprint,
 )
-from miva.world.evaluate import HELDOUT_SCENES, REFERENCES, SAMPLING  # noqa: E402
+from miva.world.evaluate import HELDOUT_SCENES, REFERENCES, sampling_defaults  # noqa: E402
 from miva.world.motions import get_motion  # noqa: E402
 
 # Adapter variants: overrides of the research recipe (cross-frame "first" + MotionLoRA + CA-LoRA).
@@ -59,6 +70,15 @@ VARIANTS = {
         for pe in (None, "rope_3d", "temporal")
     },
 }
+# The Wan recipe's (miva.world.adapters.WAN_PARTS: cross-frame "first_prev" + implicit prompt + MotionLoRA) ablations;
+# ca_mode "lora" without CA-LoRA is the text cross-attention unchanged (the official "vanilla").
+WAN_VARIANTS = {
+    "full": {},
+    "sa_first": {"sa_mode": "first"},
+    "no_implicit": {"ca_mode": "lora"},
+    "no_motion_lora": {"use_motion_lora": False},
+}
+BASE_VARIANTS = {"unet": VARIANTS, "wan": WAN_VARIANTS}
 
 
 @dataclass(frozen=True)
@@ -69,13 +89,14 @@ class AdapterSpec:
     oa_bin: int | None = None
     seed: int = 0  # the training seed (noise, timesteps, clip order); the clips themselves stay the same
     steps: int | None = None  # training steps; None: the run's --steps
+    base: str = "unet"  # the MotionWorld base it is trained on (its cache lives under that base's fingerprint)
 
     def key(self, steps: int) -> str:
         """The cache folder name of this recipe trained for ``steps`` (defaults leave no mark, so that adapters
         cached before a field existed keep their names)."""
         oa = f"-oa{self.oa_bin}" if self.oa_bin is not None else ""
         seed = f"-seed{self.seed}" if self.seed else ""
-        budget = f"-{steps}steps" if steps != RECIPE_STEPS else ""
+        budget = f"-{steps}steps" if steps != RECIPES[self.base]["steps"] else ""
         return f"{self.motion.replace('+', '_')}-{self.clips}c-{self.variant}{oa}{seed}{budget}"
 
 
@@ -150,7 +171,30 @@ def _rows() -> list[Row]:
     return rows
 
 
+def _wan_rows() -> list[Row]:
+    """The rows that apply to the Wan DiT (the module docstring says which are left out), ids as on the UNet."""
+    def spec(motion="right", **fields):
+        return AdapterSpec(motion, base="wan", **fields)
+
+    right, both = spec(), (spec(), spec("down"))
+    rows = []
+    for motion in ("right", "zoom_in", "rotate_cw"):
+        rows += [Row(f"reference/{motion}/{kind}", motion, reference=kind) for kind in REFERENCES]
+        rows.append(Row(f"fewshot/{motion}/base", motion))
+        rows.append(Row(f"fewshot/{motion}/10clips", motion, (spec(motion),)))
+    rows += [Row(f"clips/right/{n}", "right", (spec(clips=n),)) for n in (1, 3)]
+    rows += [Row(f"sweep/right/{w}", "right", (right,), (w,), target_scale=w) for w in (0.0, 0.5, 1.0, 1.5)]
+    rows += [
+        Row("compose/right+down/residual_0.5", "right+down", both, (0.5, 0.5), target_scale=0.5),
+        Row("compose/right+down/weights_1", "right+down", both, (1.0, 1.0), mode="weights"),
+    ]
+    rows += [Row(f"ablation/right/{v}", "right", (spec(variant=v),)) for v in WAN_VARIANTS if v != "full"]
+    return rows
+
+
 ROWS = _rows()
+WAN_ROWS = _wan_rows()
+BASE_ROWS = {"unet": ROWS, "wan": WAN_ROWS}
 
 
 def _bases_library(cache: Path) -> Path:
@@ -169,8 +213,9 @@ def _recipe(spec: AdapterSpec, steps: int, cache: Path) -> dict:
     extra = None
     if spec.oa_bin is not None:
         extra = {"oa_bin_id": spec.oa_bin, "oa_bases_path": str(cache / "oa_bases.safetensors")}
-    return {"num_clips": spec.clips, "adapter": {**WORLD_PARTS, **VARIANTS[spec.variant]}, "steps": steps,
-            "seed": spec.seed, "extra": extra}
+    # the variant goes over the base's parts (WORLD_PARTS / WAN_PARTS) in world_train_config
+    return {"num_clips": spec.clips, "adapter": BASE_VARIANTS[spec.base][spec.variant], "steps": steps,
+            "seed": spec.seed, "extra": extra, "world": spec.base}
 
 
 def spec_fingerprint(spec: AdapterSpec, steps: int, cache: Path) -> str:
@@ -181,14 +226,14 @@ def spec_fingerprint(spec: AdapterSpec, steps: int, cache: Path) -> str:
 
 def _shipped_equivalent(spec: AdapterSpec, steps: int, cache: Path) -> tuple[Path, dict] | None:
     """The shipped adapter trained with ``spec``'s recipe (its ``train_config.yaml``), motion and clips on the
-    current base, if any."""
-    folders = shipped_adapters()
-    for name, shipped in SHIPPED.items():
+    spec's base (`shipped_recipes(spec.base)` in `shipped_adapters(spec.base)`), if any."""
+    folders = shipped_adapters(spec.base)
+    for name, shipped in shipped_recipes(spec.base).items():
         folder = folders.get(name)
         if shipped.motion != spec.motion or folder is None or not (folder / "training.json").is_file():
             continue
         record = json.loads((folder / "training.json").read_text())
-        if record.get("clips") != spec.clips or record.get("base") != base_fingerprint():
+        if record.get("clips") != spec.clips or record.get("base") != base_fingerprint(base=spec.base):
             continue
         if saved_recipe_fingerprint(folder) != spec_fingerprint(spec, steps, cache):
             continue
@@ -243,14 +288,14 @@ def row_recipes(row: Row, cache: Path, *, steps: int, max_clips: int | None = No
 
 
 def run_row(row: Row, cache: Path, *, steps: int, scenes: int, eval_steps: int, max_clips: int | None = None,
-            log=print) -> dict:
+            log=print, base: str = "unet") -> dict:
     from miva.world import load_pipeline
     from miva.world.evaluate import evaluate_pipeline
 
     start = time.perf_counter()
     specs = _row_specs(row, max_clips)
     trained = [trained_adapter(spec, cache, steps, log) for spec in specs]
-    pipe = load_pipeline()
+    pipe = load_pipeline(base=base)
     pipe.set_progress_bar_config(disable=True)
     call = {"num_inference_steps": eval_steps, **dict(row.sampling)}
     if trained:
@@ -266,27 +311,33 @@ def run_row(row: Row, cache: Path, *, steps: int, scenes: int, eval_steps: int, 
     summary["train_seconds"] = sum(r["seconds"] for _, r in trained) or None
     summary["adapter_bytes"] = sum(r["bytes"] for _, r in trained) or None
     summary["row_seconds"] = time.perf_counter() - start
-    sampling = None if row.reference else {**SAMPLING, **call}
-    return {"row": row.id, "target": target.describe(), "sampling": sampling, "summary": summary,
+    sampling = None if row.reference else {**sampling_defaults(base), **call}
+    return {"row": row.id, "base": base, "target": target.describe(), "sampling": sampling, "summary": summary,
             "recipes": row_recipes(row, cache, steps=steps, max_clips=max_clips), "videos": result["rows"]}
 
 
-DEFAULT_SETTINGS = {"steps": RECIPE_STEPS, "scenes": HELDOUT_SCENES, "eval_steps": SAMPLING["num_inference_steps"],
-                    "max_clips": None}
+def default_settings(base: str = "unet") -> dict:
+    """The run's settings unless told otherwise, on MotionWorld ``base``: its recipe's steps and sampling's."""
+    return {"steps": RECIPES[base]["steps"], "scenes": HELDOUT_SCENES,
+            "eval_steps": sampling_defaults(base)["num_inference_steps"], "max_clips": None}
 
 
-def sampling_mark(sampling: dict | None = None) -> str:
-    """A short fingerprint of the world's default sampling (:data:`miva.world.evaluate.SAMPLING`)."""
-    text = json.dumps(SAMPLING if sampling is None else sampling, sort_keys=True)
+DEFAULT_SETTINGS = default_settings()
+
+
+def sampling_mark(sampling: dict | None = None, base: str = "unet") -> str:
+    """A short fingerprint of the world's default sampling on ``base`` (:func:`~miva.world.evaluate.sampling_defaults`)."""
+    text = json.dumps(sampling_defaults(base) if sampling is None else sampling, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def _rows_folder(settings: dict) -> str:
+def _rows_folder(settings: dict, base: str = "unet") -> str:
     """``rows-<sampling mark>``, followed by the settings that differ from the defaults: rows sampled another way
     (the world's default changed) or measured under other settings (a smoke run's 2 scenes) are never mixed into
     the table."""
-    changed = [f"{name}{value}" for name, value in settings.items() if value != DEFAULT_SETTINGS[name]]
-    return "-".join(["rows", sampling_mark(), *changed])
+    defaults = default_settings(base)
+    changed = [f"{name}{value}" for name, value in settings.items() if value != defaults[name]]
+    return "-".join(["rows", sampling_mark(base=base), *changed])
 
 
 def _fmt(value, pattern="{:.2f}") -> str:
@@ -295,14 +346,14 @@ def _fmt(value, pattern="{:.2f}") -> str:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| row | target | class acc. | dir. err (deg) | mean dir (deg) | speed (px/f) | along target (px/f) | zoom err "
+        "| base | row | target | class acc. | dir. err (deg) | mean dir (deg) | speed (px/f) | along target (px/f) | zoom err "
         "| turn err (deg/f) | PSNR | SSIM | train s | adapter KB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         s = r["summary"]
         lines.append(
-            f"| {r['row']} | {r['target']} | {_fmt(s['class_accuracy'], '{:.0%}')} | {_fmt(s['direction_error'], '{:.1f}')}"
+            f"| {r.get('base', 'unet')} | {r['row']} | {r['target']} | {_fmt(s['class_accuracy'], '{:.0%}')} | {_fmt(s['direction_error'], '{:.1f}')}"
             f" | {_fmt(s['direction_spread']['mean'], '{:.0f}')} | {_fmt(s['speed'])}"
             f" | {_fmt(s.get('drift_along_target'))}"  # rows cached before the field existed: n/a
             f" | {_fmt(s['zoom_error'], '{:.4f}')} | {_fmt(s['turn_error'])} | {_fmt(s['psnr'])}"
@@ -316,19 +367,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", nargs="*", default=[], help="row ids or id prefixes (groups); default: all")
     parser.add_argument("--cache", default=str(HERE / "cache"), help="per-row results and trained adapters")
-    parser.add_argument("--steps", type=int, default=DEFAULT_SETTINGS["steps"], help="adapter training steps")
-    parser.add_argument("--scenes", type=int, default=DEFAULT_SETTINGS["scenes"], help="held-out scenes per row")
-    parser.add_argument("--eval-steps", type=int, default=DEFAULT_SETTINGS["eval_steps"],
-                        help="denoising steps per video")
+    parser.add_argument("--base", choices=sorted(WORLD_BASES), default="unet",
+                        help="the MotionWorld base: unet (miva-world, default) or wan (miva-world-wan)")
+    parser.add_argument("--steps", type=int, help="adapter training steps (default: the base's recipe)")
+    parser.add_argument("--scenes", type=int, default=HELDOUT_SCENES, help="held-out scenes per row")
+    parser.add_argument("--eval-steps", type=int, help="denoising steps per video (default: the base's sampling)")
     parser.add_argument("--max-clips", type=int, help="cap the clips per adapter (smoke runs)")
     parser.add_argument("--table", action="store_true", help="only print the table of the cached rows")
     args = parser.parse_args(argv)
-    cache = Path(args.cache) / f"base-{base_fingerprint()}"
+    base, defaults = args.base, default_settings(args.base)
+    args.steps = defaults["steps"] if args.steps is None else args.steps
+    args.eval_steps = defaults["eval_steps"] if args.eval_steps is None else args.eval_steps
+    cache = Path(args.cache) / f"base-{base_fingerprint(base=base)}"
     settings = {"steps": args.steps, "scenes": args.scenes, "eval_steps": args.eval_steps, "max_clips": args.max_clips}
-    rows_dir = cache / _rows_folder(settings)
-    chosen = [r for r in ROWS if not args.rows or any(r.id.startswith(prefix) for prefix in args.rows)]
+    rows_dir = cache / _rows_folder(settings, base)
+    rows = BASE_ROWS[base]
+    chosen = [r for r in rows if not args.rows or any(r.id.startswith(prefix) for prefix in args.rows)]
     if not chosen:
-        parser.error(f"--rows {args.rows} match no row; rows: {', '.join(r.id for r in ROWS)}")
+        parser.error(f"--rows {args.rows} match no {base} row; rows: {', '.join(r.id for r in rows)}")
     results = []
     for row in chosen:
         path = rows_dir / (row.id.replace("/", "__") + ".json")
@@ -343,7 +399,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             continue
         print(f"== {row.id}", flush=True)
         result = run_row(row, cache, steps=args.steps, scenes=args.scenes, eval_steps=args.eval_steps,
-                         max_clips=args.max_clips)
+                         max_clips=args.max_clips, base=base)
         result["settings"] = settings
         path.parent.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".tmp").write_text(json.dumps(result, indent=2))

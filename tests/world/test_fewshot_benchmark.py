@@ -63,7 +63,7 @@ def test_a_shipped_adapter_serves_its_row_only_for_the_same_recipe_and_base(tmp_
     folder = tmp_path / "right"
     folder.mkdir()
     (folder / "miva_adapter.safetensors").write_bytes(b"x" * 10)
-    monkeypatch.setattr(fewshot, "shipped_adapters", lambda: {"right": folder})
+    monkeypatch.setattr(fewshot, "shipped_adapters", lambda base="unet": {"right": folder})
     record = {"motion": "right", "seconds": 12.5, "clips": 10, "steps": 600, "base": base_fingerprint()}
     right = fewshot.AdapterSpec("right")
 
@@ -89,7 +89,7 @@ def test_a_shipped_adapter_serves_its_row_only_for_the_same_recipe_and_base(tmp_
 
 def test_a_cached_adapter_of_another_recipe_is_trained_again(tmp_path, monkeypatch):
     fewshot = _load_script(monkeypatch)
-    monkeypatch.setattr(fewshot, "shipped_adapters", lambda: {})
+    monkeypatch.setattr(fewshot, "shipped_adapters", lambda base="unet": {})
     spec = fewshot.AdapterSpec("right", variant="sa_prev")
     folder = tmp_path / "adapters" / spec.key(600)
     (folder / "adapter").mkdir(parents=True)
@@ -113,7 +113,7 @@ def test_a_cached_adapter_of_another_recipe_is_trained_again(tmp_path, monkeypat
 
 def test_adapter_cache_keys_name_every_recipe_change(monkeypatch):
     fewshot = _load_script(monkeypatch)
-    default = fewshot.RECIPE_STEPS
+    default = fewshot.RECIPES["unet"]["steps"]
     assert fewshot.AdapterSpec("right").key(default) == "right-10c-full"  # the names of earlier caches
     keys = {
         fewshot.AdapterSpec("right").key(default),
@@ -128,7 +128,8 @@ def test_adapter_cache_keys_name_every_recipe_change(monkeypatch):
     mark = fewshot.sampling_mark()
     assert fewshot._rows_folder(dict(fewshot.DEFAULT_SETTINGS)) == f"rows-{mark}"
     assert fewshot._rows_folder({**fewshot.DEFAULT_SETTINGS, "scenes": 2}) == f"rows-{mark}-scenes2"
-    other = {**fewshot.SAMPLING, "use_adain_norm": "on" if fewshot.SAMPLING.get("use_adain_norm") != "on" else "off"}
+    unet = fewshot.sampling_defaults("unet")
+    other = {**unet, "use_adain_norm": "on" if unet.get("use_adain_norm") != "on" else "off"}
     assert fewshot.sampling_mark(other) != mark  # rows sampled another way live in another folder
 
 
