@@ -94,8 +94,8 @@ folder offline (`miva/base_registry.py`). The folder is an ordinary diffusers `W
 `{command}`
 
 1. Autoencoder: {vae_steps} steps, batch {vae_batch} clips of {vae_frames} frames, AdamW lr {vae_lr} (warm-up,
-   cosine), MSE + 0.5 L1 + 1e-6 KL;{framewise} then `latents_mean` / `latents_std` set per channel from encoded
-   clips.
+   cosine), MSE + 0.5 L1 + 1e-6 KL;{framewise}
+   then `latents_mean` / `latents_std` set per channel from encoded clips.
 2. Transformer: {transformer_steps} steps, batch {batch} clips of {frames} frames, AdamW lr {lr} (warm-up {warmup},
    cosine), grad clip 1, EMA {ema_decay}; miva's Wan image-to-video objective (latent frame 0 clean, velocity MSE on
    frames 1..F-1); every step draws fresh training scenes (held-out scenes are never seen).{decoder_phase}
