@@ -4,8 +4,8 @@ Needs no download and no GPU (well under a minute on 2 CPU cores). The base mode
 package (`miva.world`); the scene is a held-out one, never seen in training. Writes the adapter's video (mp4 + GIF),
 a side-by-side GIF (columns captioned ground truth | base | base + adapter) and the measured motion of both (`motion.json`).
 
-    miva demo --out outputs/demo --adapter right       # also: zoom_in, rotate_cw
-    miva demo --base wan                               # the Wan2.1-architecture world base (miva-world-wan)
+    miva demo --out outputs/demo --adapter right       # also: zoom_in, rotate_cw (on the default base, wan)
+    miva demo --base unet                              # the AnimateDiff UNet world base (miva-world)
     miva demo --tiny                                   # the random tiny components: mechanics only, no real motion
 """
 
@@ -18,6 +18,10 @@ import time
 
 HELP = "animate an unseen scene with a shipped MotionWorld adapter (offline, CPU); writes videos and measured motion"
 ADAPTER_NAME = "demo"
+# The demo's MotionWorld base: the one whose shipped adapters show motion best on the 20 reported held-out scenes
+# (benchmarks/motion_world/README.md, session 11). Wan: `right` 100% / 0.9 deg / +3.3 dB, `zoom_in` and `rotate_cw`
+# move in 40% / 50% of videos; UNet: `right` 85% / 19.0 deg / +3.2 dB, `zoom_in` / `rotate_cw` do not move.
+DEMO_BASE = "wan"
 PROMPT = "a waterfall, water flowing"
 
 
@@ -101,7 +105,7 @@ def run_demo(
     steps: int | None = None,
     seed: int = 0,
     log=print,
-    base: str = "unet",
+    base: str = DEMO_BASE,
 ) -> dict[str, str]:
     """Animate held-out MotionWorld scene `scene` with world base `base` ("unet": miva-world, "wan": miva-world-wan)
     alone and with its shipped adapter `adapter`; `frames` / `steps` None: the base's sampling defaults
@@ -181,8 +185,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     parser.add_argument("--adapter", default="right", help="shipped MotionWorld adapter (default: right)")
     parser.add_argument("--scene", type=int, default=0, help="held-out scene index (default: 0)")
-    parser.add_argument("--base", choices=("unet", "wan"), default="unet",
-                        help="MotionWorld base: unet (miva-world, default) or wan (miva-world-wan, Wan2.1 DiT)")
+    parser.add_argument("--base", choices=("unet", "wan"), default=DEMO_BASE,
+                        help=f"MotionWorld base: wan (miva-world-wan, Wan2.1 DiT) or unet (miva-world, AnimateDiff); "
+                        f"default {DEMO_BASE}")
     parser.add_argument("--frames", type=int, default=None,
                         help="number of frames, >= 2 (default: the base's, 8 on unet, 9 on wan; 8 with --tiny)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: 25; 4 with --tiny)")

@@ -475,7 +475,7 @@ def test_cli_dispatches_demo(monkeypatch, tmp_path):
     assert main(["demo", "--out", str(tmp_path), "--frames", "4", "--steps", "3"]) == 0
     assert main(["demo", "--out", str(tmp_path), "--tiny", "--adapter", "zoom_in", "--scene", "2"]) == 0
     assert calls == [
-        ("world", str(tmp_path), {"adapter": "right", "scene": 0, "frames": 4, "steps": 3, "seed": 0, "base": "unet"}),
+        ("world", str(tmp_path), {"adapter": "right", "scene": 0, "frames": 4, "steps": 3, "seed": 0, "base": "wan"}),
         ("tiny", str(tmp_path), {"frames": 8, "steps": 4, "seed": 0}),
     ]
     assert main([]) == 2

@@ -261,14 +261,14 @@ def test_world_demo_writes_videos_and_measured_motion(tmp_path):
     from miva.world.samples import LABEL_HEIGHT
 
     lines = []
-    paths = run_demo(str(tmp_path), adapter="right", frames=6, steps=5, log=lines.append)
+    paths = run_demo(str(tmp_path), adapter="right", frames=6, steps=5, log=lines.append, base="unet")
     with PIL.Image.open(paths["side_by_side"]) as gif:
         assert gif.n_frames == 6 and gif.size == (2 * (3 * 64 + 2 * 2), 128 + LABEL_HEIGHT)  # captions on top
     motion = json.loads(open(paths["motion"]).read())
     assert set(motion) >= {"base", "right", "target", "prompt"}
     assert any("with 'right'" in line for line in lines)
     with pytest.raises(ValueError, match="not a shipped MotionWorld adapter"):
-        run_demo(str(tmp_path), adapter="sideways")
+        run_demo(str(tmp_path), adapter="sideways", base="unet")
 
 
 def test_world_id_names_the_shipped_base_in_configs():
