@@ -231,6 +231,8 @@ def summarise(rows: list[dict]) -> dict:
         # (rows scored before it existed have none)
         "coherent_length": _mean(r.get("coherent_length") for r in rows),
         "coherent_length_range": _range(r.get("coherent_length") for r in rows),
+        # ... against the video's own fitted motion (metrics.evaluate_video): does it keep the scene as it moves?
+        "own_coherent_length": _mean(r.get("own_coherent_length") for r in rows),
         "direction_spread": direction_spread(moving),
     }
 

@@ -368,14 +368,18 @@ def evaluate_video(video, scene: Scene, target: Motion, image=None) -> dict:
     targets and drifting videos only, else ``None``), ``speed`` / ``speed_error`` (px/frame at 64 px),
     ``drift_along_target`` (:func:`drift_along`), ``zoom_error`` (log zoom per frame), ``turn_error`` (degrees per
     frame), ``psnr`` / ``ssim`` of frames 1..F-1 against the ground truth, ``frame0_psnr`` against ``image``
-    (default: the ground truth's frame 0), ``coherent_length`` (:func:`coherent_length`, frames) and the fitted
-    ``motion``.
+    (default: the ground truth's frame 0), ``coherent_length`` (:func:`coherent_length`, frames), the fitted
+    ``motion`` and ``own_coherent_length`` (the coherent length against the scene moved by that fitted motion).
     """
     video = np.asarray(video)
     frames, height, width = video.shape[:3]
     if height != width:
         raise ValueError(f"MotionWorld videos are square, got {height}x{width}")
-    return score_video(video, render_clip(scene, target, frames, width), target, image)
+    row = score_video(video, render_clip(scene, target, frames, width), target, image)
+    # A base alone moves, but not as the target: how long it keeps the scene is read against the scene moved by the
+    # video's own fitted motion.
+    row["own_coherent_length"] = coherent_length(video, render_clip(scene, Motion(**row["motion"]), frames, width))
+    return row
 
 
 def direction_spread(directions: list[float]) -> dict:

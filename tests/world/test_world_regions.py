@@ -83,6 +83,7 @@ def test_a_mask_of_all_ones_gives_exactly_the_unmasked_scores():
     ones = np.ones(truth.shape[:3], dtype=np.float32)
     masked, plain = score_video(video, truth, target, weights=ones), evaluate_video(video, scene, target)
     assert masked.pop("ssim") == pytest.approx(plain.pop("ssim"), abs=1e-6)
+    plain.pop("own_coherent_length")  # evaluate_video's own (it needs the scene to render the fitted motion)
     assert masked == plain  # class, direction error, speed, PSNR, coherent length, the fitted motion: exact
     a, b = estimate_motion(video), estimate_motion(video, weights=ones[0])
     assert (a.shifts == b.shifts).all() and (a.residual == b.residual).all()
@@ -128,14 +129,30 @@ def test_coherent_length_is_the_first_frame_no_better_than_a_still_one():
         coherent_length(truth, truth[:4])
 
 
+def test_own_coherent_length_reads_the_scene_against_the_videos_own_motion():
+    """A video that keeps the scene while it moves otherwise than the target (what a base alone does) is coherent for
+    the whole clip against its own fitted motion, though not against the target's truth."""
+    from miva.world.motions import get_motion
+    from miva.world.scenes import make_scene, render_clip
+
+    for index in range(2):
+        scene = make_scene("heldout", index)
+        for name in ("left", "zoom_out", "rotate_ccw"):
+            row = evaluate_video(render_clip(scene, get_motion(name), 9, 64), scene, get_motion("right"))
+            assert row["own_coherent_length"] == 9, (index, name)
+            if name == "left":
+                assert row["coherent_length"] == 1
+
+
 def test_the_summary_reports_coherent_length():
     rows = [{"direction": None, "speed": 0.0, "class_correct": False, "class": "static", "direction_error": None,
              "speed_error": 1.0, "drift_along_target": 0.0, "zoom_error": 0.0, "turn_error": 0.0, "psnr": 15.0,
-             "ssim": 0.3, "frame0_psnr": 25.0, "coherent_length": n} for n in (1, 4, 8)]
+             "ssim": 0.3, "frame0_psnr": 25.0, "coherent_length": n, "own_coherent_length": n + 1} for n in (1, 4, 8)]
     old = dict(rows[0])
-    del old["coherent_length"]  # a row scored before the field existed
+    del old["coherent_length"], old["own_coherent_length"]  # a row scored before the fields existed
     summary = summarise(rows + [old])
     assert summary["coherent_length"] == pytest.approx(13 / 3) and summary["coherent_length_range"] == [1, 8]
+    assert summary["own_coherent_length"] == pytest.approx(16 / 3)
 
 
 def test_bad_layouts_motions_and_weights_name_the_field():
