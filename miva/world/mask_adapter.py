@@ -93,11 +93,12 @@ def evaluate_mask_adapter(pipe, adapter_name: str, motion: str, *, layout: str =
     Each video starts from the truth's frame 0 with the scene's prompt, the adapter given the region's frame-0
     ground-truth mask (``mask_branch``, its stream seeded like the video, ``seed + scene``); the sampling is the
     world's (:func:`~miva.world.evaluate.sampling_defaults` ``("unet")`` under ``call_kwargs``). Per scene:
-    ``dice`` (:func:`mask_dice` of the predicted mask video), ``regions`` (:func:`~miva.world.regions.
+    ``dice`` (:func:`mask_dice` of the predicted mask video), ``still_dice`` (that of frame 0's mask held still: the
+    baseline a mask branch must beat), ``regions`` (:func:`~miva.world.regions.
     evaluate_regions`, every region's scores) and ``seconds``. ``reference=True`` scores the truth itself (its video
     and mask video; ``pipe`` unused): Dice 1, the metric's best.
 
-    Returns ``{"summary": {"videos", "dice", "inside_direction_error", "inside_class_accuracy", "inside_speed",
+    Returns ``{"summary": {"videos", "dice", "still_dice", "inside_direction_error", "inside_class_accuracy", "inside_speed",
     "outside_speed"}, "regions": {name: summarise(rows)}, "layout", "region", "motion", "reference", "sampling",
     "rows"}``; ``outside_speed`` is the mean drift speed (px per frame) measured outside ``region``.
     """
@@ -119,8 +120,10 @@ def evaluate_mask_adapter(pipe, adapter_name: str, motion: str, *, layout: str =
                                           **call_kwargs)
             video = _to_uint8(output.frames[0])
             predicted = np.asarray(output.masks[adapter_name][0].float().cpu())
-        row = {"scene": index, "dice": mask_dice(predicted, truth_masks), "regions": evaluate_regions(video, clip),
-               "seconds": time.perf_counter() - start}
+        row = {"scene": index, "dice": mask_dice(predicted, truth_masks),
+               # the baseline: frame 0's mask held still (a mask branch that predicts no motion of its region)
+               "still_dice": mask_dice(np.repeat(truth_masks[:1], len(truth_masks), 0), truth_masks),
+               "regions": evaluate_regions(video, clip), "seconds": time.perf_counter() - start}
         rows.append(row)
         if log:
             inside = row["regions"][region]
@@ -131,6 +134,7 @@ def evaluate_mask_adapter(pipe, adapter_name: str, motion: str, *, layout: str =
     summary = {
         "videos": len(rows),
         "dice": _mean(row["dice"] for row in rows),
+        "still_dice": _mean(row["still_dice"] for row in rows),
         "inside_direction_error": inside["direction_error"],
         "inside_class_accuracy": inside["class_accuracy"],
         "inside_speed": inside["speed"],

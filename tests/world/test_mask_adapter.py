@@ -93,11 +93,14 @@ def test_evaluation_on_one_scene_has_the_documented_keys(trained):
     predicted = output.masks["m"][0].numpy()[1:] > 0.5  # Dice counted here, frames 1..
     inside = truth.masks[0, 1:] > 0.5
     expected = 2 * (predicted & inside).sum() / (predicted.sum() + inside.sum())
-    assert set(scores["summary"]) == {"videos", "dice", "inside_direction_error", "inside_class_accuracy",
-                                      "inside_speed", "outside_speed"}
+    assert set(scores["summary"]) == {"videos", "dice", "still_dice", "inside_direction_error",
+                                      "inside_class_accuracy", "inside_speed", "outside_speed"}
     assert scores["summary"]["videos"] == 1 and 0.0 <= scores["summary"]["dice"] <= 1.0
     (row,) = scores["rows"]
-    assert set(row) == {"scene", "dice", "regions", "seconds"} and row["scene"] == 3
+    assert set(row) == {"scene", "dice", "still_dice", "regions", "seconds"} and row["scene"] == 3
+    held = truth.masks[0, :1].repeat(len(truth.masks[0]) - 1, 0) > 0.5  # frame 0's mask held over frames 1..
+    assert row["still_dice"] == pytest.approx(2 * (held & inside).sum() / (held.sum() + inside.sum()), abs=1e-6)
+    assert row["still_dice"] < 1.0
     assert row["dice"] == scores["summary"]["dice"] == pytest.approx(expected, abs=1e-6)
     assert set(row["regions"]) == {"shape", "background"}
     assert scores["summary"]["outside_speed"] == row["regions"]["background"]["speed"]
@@ -111,6 +114,7 @@ def test_the_reference_scores_a_perfect_dice_and_no_drift_outside():
     assert scores["dice"] == 1.0 and scores["inside_class_accuracy"] == 1.0
     assert scores["inside_direction_error"] < 10 and scores["outside_speed"] < 0.1
     halves = evaluate_mask_adapter(None, "m", "down", layout="halves", region="right", scenes=1, reference=True)
+    assert halves["summary"]["still_dice"] == 1.0  # a half is a fixed region: holding its mask still is exact
     assert halves["summary"]["dice"] == 1.0 and halves["regions"]["right"]["class_accuracy"] == 1.0
 
 
