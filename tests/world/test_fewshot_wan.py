@@ -1,11 +1,10 @@
 """The few-shot benchmark's `--base wan`: the Wan row set, sampling, recipe, cache folder and shipped Wan adapters."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from test_fewshot_benchmark import _load_script  # the script loaded as a module (beside this file)
 
 from miva.backbones.wan.config import WanAdapterConfig
 from miva.config.trainer import TrainConfig
@@ -13,7 +12,6 @@ from miva.world import base_fingerprint
 from miva.world.adapters import RECIPES, recipe_fingerprint, world_train_config
 from miva.world.evaluate import WAN_SAMPLING
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "motion_world" / "fewshot.py"
 WAN_IDS = [
     "reference/right/ground_truth", "reference/right/still", "fewshot/right/base", "fewshot/right/10clips",
     "reference/zoom_in/ground_truth", "reference/zoom_in/still", "fewshot/zoom_in/base", "fewshot/zoom_in/10clips",
@@ -26,11 +24,7 @@ WAN_IDS = [
 
 @pytest.fixture
 def fewshot(monkeypatch):
-    spec = importlib.util.spec_from_file_location("motion_world_fewshot", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return _load_script(monkeypatch)
 
 
 def test_the_wan_rows_are_the_dit_rows_with_unet_ids_and_valid_wan_recipes(fewshot, tmp_path):
