@@ -19,8 +19,7 @@ import time
 HELP = "animate an unseen scene with a shipped MotionWorld adapter (offline, CPU); writes videos and measured motion"
 ADAPTER_NAME = "demo"
 # The demo's MotionWorld base: the one whose shipped adapters show motion best on the 20 reported held-out scenes
-# (benchmarks/motion_world/README.md, session 11). Wan: `right` 100% / 0.9 deg / +3.3 dB, `zoom_in` and `rotate_cw`
-# move in 90% / 95% of videos; UNet: `right` 85% / 19.0 deg / +3.2 dB, `zoom_in` / `rotate_cw` do not move.
+# (the numbers: benchmarks/motion_world/README.md, session 11; on the UNet base zoom_in and rotate_cw do not move).
 DEMO_BASE = "wan"
 PROMPT = "a waterfall, water flowing"
 

@@ -73,7 +73,8 @@ class WanPretrainRecipe(argparse.Namespace):
 
 
 REUSABLE = ("vae", "vae,transformer")
-VAE_RECIPE = ("vae_steps", "vae_batch", "vae_frames", "vae_lr")  # phase 1's keys (reused with its weights)
+# Phase 1's keys (reused with its weights): every recipe key named vae_*.
+VAE_RECIPE = tuple(k for k in vars(WanPretrainRecipe) if k.startswith("vae_"))
 
 
 def _video(pixels: torch.Tensor) -> torch.Tensor:
